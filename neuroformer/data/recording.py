@@ -1,0 +1,231 @@
+"""A recording: one brainsets-style HDF5 file (DESIGN §1), built, saved and opened here.
+
+Layout (all times in seconds on the session clock):
+
+- `spikes`: IrregularTimeSeries(timestamps, unit_index), sorted by time.
+- `units`: ArrayDict(id) — unit id strings, unique across sessions ("session/unit").
+- `session`, `subject`: descriptions.
+- `trials` (optional): Interval(start, end, stimulus_id) — stimulus_id is the movie index
+  shown on the trial, or -1.
+- `movies` (optional): ArrayDict(frames uint8 (F, H, W), movie_index) — every movie's frames
+  stored once, concatenated; `movie_table`: ArrayDict(id, first_frame, n_frames, frame_rate).
+- `stimulus` (optional): Interval(start, end, movie_index) — each presentation of a movie;
+  a movie repeated over trials is referenced here, never copied.
+- `behavior` (optional): Data whose children are Regular/IrregularTimeSeries groups; a
+  variable is addressed as "group.field" (e.g. "running.speed", "eye.phi").
+- `domain`, `train_domain`, `valid_domain`, `test_domain`: Intervals.
+"""
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import InputError
+from .objects import (
+    ArrayDict,
+    Data,
+    Interval,
+    IrregularTimeSeries,
+    RegularTimeSeries,
+    SessionDescription,
+    SubjectDescription,
+)
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+
+
+def make_recording(
+    *,
+    spike_times,
+    spike_units,
+    unit_ids,
+    domain,
+    session_id,
+    subject_id="unknown",
+    species=None,
+    trials=None,
+    movies=None,
+    presentations=None,
+    behavior=None,
+    splits=None,
+):
+    """Assemble a recording as a torch_brain `Data` object (not yet validated or saved).
+
+    movies: list of (movie_id, frames (F, H, W) uint8, frame_rate).
+    presentations: dict(start=..., movie_index=...) — end follows from the movie length.
+    behavior: dict group -> RegularTimeSeries / IrregularTimeSeries.
+    splits: dict split -> Interval; None leaves them for `assign_splits`.
+    """
+    start, end = domain
+    parts = dict(
+        spikes=IrregularTimeSeries(
+            timestamps=np.asarray(spike_times, dtype=np.float64),
+            unit_index=np.asarray(spike_units, dtype=np.int64),
+            domain=Interval(float(start), float(end)),
+        ),
+        units=ArrayDict(id=np.asarray([str(u) for u in unit_ids])),
+        session=SessionDescription(id=str(session_id)),
+        subject=SubjectDescription(id=str(subject_id), species=species),
+        neuroformer_format=FORMAT_VERSION,
+    )
+    if trials is not None:
+        cols = {k: np.asarray(v) for k, v in trials.items()}
+        cols.setdefault("stimulus_id", np.full(len(cols["start"]), -1, dtype=np.int64))
+        parts["trials"] = Interval(**cols)
+    if movies:
+        parts.update(_movie_parts(movies, presentations))
+    if behavior:
+        parts["behavior"] = Data(**behavior, domain="auto")
+    for name, interval in (splits or {}).items():
+        parts[f"{name}_domain"] = interval
+    return Data(**parts, domain=Interval(float(start), float(end)))
+
+
+def _movie_parts(movies, presentations):
+    lengths = np.array([len(frames) for _, frames, _ in movies])
+    rates = np.array([float(rate) for _, _, rate in movies])
+    table = ArrayDict(
+        id=np.asarray([str(m) for m, _, _ in movies]),
+        first_frame=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
+        n_frames=lengths.astype(np.int64),
+        frame_rate=rates,
+    )
+    frames = ArrayDict(
+        frames=np.concatenate([np.asarray(f) for _, f, _ in movies]),
+        movie_index=np.repeat(np.arange(len(movies)), lengths),
+    )
+    index = np.asarray(presentations["movie_index"], dtype=np.int64)
+    starts = np.asarray(presentations["start"], dtype=np.float64)
+    safe = np.clip(index, 0, len(movies) - 1)
+    stimulus = Interval(start=starts, end=starts + lengths[safe] / rates[safe], movie_index=index)
+    return dict(movies=frames, movie_table=table, stimulus=stimulus)
+
+
+def union(intervals):
+    """Sorted, disjoint union of a list of (start, end) pairs, as an Interval."""
+    pairs = sorted((float(a), float(b)) for a, b in intervals)
+    merged = []
+    for a, b in pairs:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    if not merged:
+        return Interval(start=np.zeros(0), end=np.zeros(0))
+    arr = np.array(merged)
+    return Interval(start=arr[:, 0], end=arr[:, 1])
+
+
+def split_by_time(start, end, fractions):
+    """Contiguous train/valid/test blocks of [start, end), in that order."""
+    edges = start + (end - start) * np.concatenate([[0], np.cumsum(fractions)])
+    edges[-1] = end
+    return {name: union([(edges[i], edges[i + 1])] if edges[i + 1] > edges[i] else [])
+            for i, name in enumerate(SPLITS)}
+
+
+def split_by_trials(trials, fractions, seed, test_only_stimuli=()):
+    """Whole trials to train/valid/test, stratified by stimulus_id, seeded.
+
+    Trials of stimuli in `test_only_stimuli` (held-out movies) all go to test.
+    """
+    rng = np.random.default_rng(seed)
+    stim = np.asarray(trials.stimulus_id) if "stimulus_id" in trials.keys() else np.full(len(trials), -1)
+    assignment = np.empty(len(trials), dtype=object)
+    for s in np.unique(stim):
+        idx = np.flatnonzero(stim == s)
+        if s in set(test_only_stimuli):
+            assignment[idx] = "test"
+            continue
+        idx = rng.permutation(idx)
+        counts = np.floor(np.asarray(fractions) * len(idx)).astype(int)
+        counts[0] += len(idx) - counts.sum()
+        for name, chunk in zip(SPLITS, np.split(idx, np.cumsum(counts)[:-1])):
+            assignment[chunk] = name
+    return {name: union([(trials.start[i], trials.end[i]) for i in np.flatnonzero(assignment == name)])
+            for name in SPLITS}
+
+
+def assign_splits(data, fractions=(0.7, 0.1, 0.2), seed=0, test_only_stimuli=()):
+    """Set train/valid/test domains: by trial when trials exist, else by contiguous time blocks."""
+    if "trials" in data.keys() and len(data.trials) > 0:
+        splits = split_by_trials(data.trials, fractions, seed, test_only_stimuli)
+    else:
+        splits = split_by_time(data.domain.start[0], data.domain.end[-1], fractions)
+    for name, interval in splits.items():
+        setattr(data, f"{name}_domain", interval)
+    return data
+
+
+def parse_split(text):
+    """'0.7,0.1,0.2' -> (0.7, 0.1, 0.2), checked."""
+    try:
+        values = tuple(float(x) for x in str(text).split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6:
+        raise InputError("--split", ("split", f"expected three non-negative fractions summing to 1 "
+                                               f"(train,valid,test), got {text!r}"))
+    return values
+
+
+def save_recording(data, path):
+    """Write atomically: to a temporary name beside `path`, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            data.to_hdf5(f)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def open_recording(path):
+    """Open lazily (nothing but metadata is read); close with `.file.close()` or `with`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, ("file", "does not exist"))
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise InputError(path, ("file", f"not a readable HDF5 file ({err})")) from None
+    try:
+        return Data.from_hdf5(handle, lazy=True)
+    except Exception as err:  # a foreign HDF5 layout: say so instead of a deep trace
+        handle.close()
+        raise InputError(path, ("layout", f"not a recording file ({type(err).__name__}: {err})")) from None
+
+
+def behavior_variables(data):
+    """Names "group.field" of every behaviour variable in the recording."""
+    if "behavior" not in data.keys():
+        return []
+    names = []
+    for group in data.behavior.keys():
+        series = getattr(data.behavior, group)
+        names += [f"{group}.{k}" for k in series.keys() if k != "timestamps"]
+    return names
+
+
+def resolve_variable(data, name):
+    """Full "group.field" name for `name`, which may also be a unique group or field name."""
+    names = behavior_variables(data)
+    if name in names:
+        return name
+    matches = [n for n in names if name in n.split(".")]
+    if len(matches) == 1:
+        return matches[0]
+    raise KeyError(f"behaviour variable {name!r}: {'ambiguous' if matches else 'not found'}; "
+                   f"the recording has {names or 'none'}")
+
+
+def movie_frame_dataset(data):
+    """The HDF5 dataset of all movie frames, for partial reads (never loads the movie)."""
+    frames = data.movies.__dict__["frames"]
+    return frames if isinstance(frames, h5py.Dataset) else np.asarray(frames)

@@ -1,0 +1,300 @@
+"""A built-in synthetic recording with known ground truth: the demo's data and the tests' fixture.
+
+A procedurally generated movie (drifting gratings and moving blobs over 1/f noise) is shown on
+many trials; held-out movies are shown on a few trials each (test split only). Neurons have
+centre-surround receptive fields (separable Gaussians) that move with gaze, a response latency,
+a gain that grows with running speed, and recurrent coupling dominated by a few hub neurons
+(known directed weights W[target, source], delays in `delay_range`). Spikes come from a
+discrete-time (1 ms) conditionally Poisson process:
+
+    rate_i(t) = r0_i * exp(beta_i * z_i(t - latency_i)) * (1 + a_i * speed(t) / 20)
+                * exp(min(sum_j W_ij * k(t - t_j - d_ij), 2))
+
+where z_i is the standardised receptive-field drive and k an exponential kernel (tau 5 ms).
+Everything is drawn from one seed; `GENERATOR_VERSION` changes whenever the output would.
+"""
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from .objects import RegularTimeSeries
+from .recording import assign_splits, make_recording
+
+GENERATOR_VERSION = "1.0"
+STEP = 0.001          # simulation time step (s)
+KERNEL_TAU = 0.005    # coupling kernel time constant (s)
+KERNEL_LEN = 25       # coupling kernel length (steps)
+PX_PER_DEG = 1.0      # receptive-field shift per degree of gaze
+
+
+@dataclass
+class SyntheticConfig:
+    n_neurons: int = 100
+    seed: int = 0
+    trial_length: float = 10.0        # one movie (s)
+    n_trials: int = 24                # trials of the training movie
+    n_heldout_movies: int = 2
+    heldout_trials: int = 4           # trials per held-out movie
+    iti: float = 1.0                  # grey screen between trials (s)
+    frame_rate: float = 20.0
+    height: int = 64
+    width: int = 112
+    n_hubs: int = 5
+    delay_range: tuple = (0.002, 0.020)
+    mean_rate: float = 5.0            # target mean firing rate (Hz)
+    behavior_rate: float = 50.0       # behaviour sampling rate (Hz)
+    sessions: int = 1
+
+    @classmethod
+    def for_duration(cls, duration, **kw):
+        """A config whose training-movie trials fill about `duration` seconds in total."""
+        cfg = cls(**kw)
+        per_trial = cfg.trial_length + cfg.iti
+        heldout = cfg.n_heldout_movies * cfg.heldout_trials
+        cfg.n_trials = max(3, int(round(duration / per_trial)) - heldout)
+        return cfg
+
+
+# ---------------------------------------------------------------- movies
+
+def _pink_noise(rng, h, w):
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    f = np.sqrt(fy ** 2 + fx ** 2)
+    f[0, 0] = 1.0
+    spectrum = (rng.normal(size=(h, w)) + 1j * rng.normal(size=(h, w))) / f
+    spectrum[0, 0] = 0
+    img = np.fft.ifft2(spectrum).real
+    return img / img.std()
+
+
+def make_movie(rng, n_frames, height, width, frame_rate):
+    """uint8 (n_frames, height, width): gratings and blobs over slowly drifting 1/f noise."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    noise = _pink_noise(rng, height, 2 * width).astype(np.float32)
+    t = np.arange(n_frames) / frame_rate
+    shift = (t * rng.uniform(4, 8)).astype(int) % width             # noise drifts sideways
+    frames = np.stack([noise[:, s:s + width] for s in shift]) * 0.18
+
+    seg = int(2 * frame_rate)                                       # a grating every 2 s
+    for a in range(0, n_frames, seg):
+        theta, sf, tf = rng.uniform(0, np.pi), rng.uniform(0.04, 0.12), rng.uniform(1, 3)
+        contrast = rng.uniform(0.15, 0.35) * rng.integers(0, 2)     # half the segments blank
+        phase = 2 * np.pi * (sf * (np.cos(theta) * xx + np.sin(theta) * yy))
+        for i in range(a, min(a + seg, n_frames)):
+            frames[i] += contrast * np.sin(phase[None] - 2 * np.pi * tf * t[i])[0]
+
+    for _ in range(3):                                              # bouncing blobs
+        pos = rng.uniform([0, 0], [height, width])
+        vel = rng.uniform(-25, 25, size=2) / frame_rate
+        sigma, sign = rng.uniform(4, 9), rng.choice([-1, 1]) * 0.45
+        for i in range(n_frames):
+            pos = pos + vel
+            for d, size in enumerate((height, width)):
+                if not 0 <= pos[d] < size:
+                    vel[d] = -vel[d]
+                    pos[d] = np.clip(pos[d], 0, size - 1)
+            frames[i] += sign * np.exp(-((yy - pos[0]) ** 2 + (xx - pos[1]) ** 2) / (2 * sigma ** 2))
+    return np.clip((frames + 0.5) * 255, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- population
+
+def make_population(rng, n, cfg):
+    """Neuron parameters and the directed coupling matrix W[target, source]."""
+    p = dict(
+        rf_x=rng.uniform(0.1, 0.9, n) * cfg.width,
+        rf_y=rng.uniform(0.1, 0.9, n) * cfg.height,
+        rf_sigma=rng.uniform(2.5, 6.0, n),
+        surround_scale=rng.uniform(2.0, 3.0, n),
+        surround_weight=rng.uniform(0.4, 0.8, n),
+        polarity=rng.choice([-1.0, 1.0], n),
+        latency=rng.uniform(0.03, 0.07, n),
+        beta=rng.uniform(0.6, 1.2, n),
+        speed_gain=rng.uniform(0.0, 1.0, n),
+        target_rate=cfg.mean_rate * rng.lognormal(0, 0.5, n) / np.exp(0.125),
+    )
+    w = np.zeros((n, n))
+    hubs = rng.choice(n, size=min(cfg.n_hubs, n), replace=False)
+    for k, h in enumerate(hubs):
+        targets = rng.random(n) < 0.3
+        targets[h] = False
+        sign = -1.0 if k % 3 == 2 else 1.0                          # every third hub inhibitory
+        w[targets, h] = sign * rng.uniform(0.4, 0.9, targets.sum())
+    sparse = (rng.random((n, n)) < 0.02) & (w == 0)
+    np.fill_diagonal(sparse, False)
+    w[sparse] = rng.choice([-1.0, 1.0], sparse.sum()) * rng.uniform(0.1, 0.3, sparse.sum())
+    lo, hi = cfg.delay_range
+    delays = np.round(rng.uniform(lo, hi, (n, n)) / STEP).astype(int) * (w != 0)
+    p.update(coupling=w, delays=delays, hubs=np.sort(hubs))
+    return p
+
+
+def _ou(rng, n, rate, tau, std):
+    """Ornstein-Uhlenbeck process sampled at `rate` Hz, stationary from the start."""
+    a = np.exp(-1 / (rate * tau))
+    x = np.empty(n)
+    x[0] = rng.normal() * std
+    noise = rng.normal(size=n) * std * np.sqrt(1 - a ** 2)
+    for i in range(1, n):
+        x[i] = a * x[i - 1] + noise[i]
+    return x
+
+
+def make_behavior(rng, duration, rate):
+    n = int(round(duration * rate))
+    speed = 8.0 * np.log1p(np.exp(2.0 * _ou(rng, n, rate, 3.0, 1.0)))   # cm/s, >= 0
+    phi = _ou(rng, n, rate, 1.0, 5.0)                                      # degrees
+    theta = _ou(rng, n, rate, 1.0, 3.0)
+    return dict(speed=speed, phi=phi, theta=theta)
+
+
+def _gauss(coord, centre, sigma):
+    g = np.exp(-((coord[None, None, :] - centre[..., None]) ** 2) / (2 * sigma[None, :, None] ** 2))
+    return g / g.sum(-1, keepdims=True)
+
+
+def rf_drive(screen, phi, theta, p):
+    """Receptive-field drive (n_frames, n_neurons) of screen contrast with gaze-shifted RFs."""
+    n_frames, h, w = screen.shape
+    ys, xs = np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32)
+    drive = np.zeros((n_frames, len(p["rf_x"])), dtype=np.float32)
+    for a in range(0, n_frames, 128):
+        sl = slice(a, a + 128)
+        cx = p["rf_x"][None, :] + PX_PER_DEG * phi[sl, None]
+        cy = p["rf_y"][None, :] + PX_PER_DEG * theta[sl, None]
+        img = screen[sl].astype(np.float32) / 255.0 - 0.5
+        for scale, weight in ((1.0, 1.0), (p["surround_scale"], -p["surround_weight"])):
+            sig = p["rf_sigma"] * scale
+            gy = _gauss(ys, cy, sig).astype(np.float32)           # (f, n, h)
+            gx = _gauss(xs, cx, sig).astype(np.float32)           # (f, n, w)
+            drive[sl] += weight * ((gy @ img) * gx).sum(-1)
+    return drive * p["polarity"]
+
+
+def simulate_spikes(base_rate, n_steps, w, delays, rng, block=10_000):
+    """Spikes of the coupled process; `base_rate(a, b)` gives the uncoupled rate (b-a, n) in Hz.
+
+    Steps in chunks of the shortest delay, so that spikes within a chunk cannot affect each
+    other; each spike adds its kernel to a ring buffer of future log-rate input. Rates are
+    made block by block, so memory does not grow with the recording.
+    """
+    n = w.shape[0]
+    chunk = int(delays[delays > 0].min()) if (delays > 0).any() else block
+    kernel = np.exp(-np.arange(KERNEL_LEN) / (KERNEL_TAU / STEP))
+    ring_len = int(delays.max()) + KERNEL_LEN + chunk + 1
+    ring = np.zeros((ring_len, n))
+    src, tgt = np.nonzero(w.T)                  # connections, grouped by source
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
+    conn_w, conn_d, lags = w[tgt, src], delays[tgt, src], np.arange(KERNEL_LEN)
+    times, units = [], []
+    for a in tqdm(range(0, n_steps, block), desc="simulating spikes", unit="block", leave=False,
+                  disable=n_steps < 20 * block):
+        b = min(a + block, n_steps)
+        p_spike = np.minimum(base_rate(a, b) * STEP, 0.9)
+        uniform = rng.random(p_spike.shape, dtype=np.float32)
+        for t in range(a, b, chunk):
+            rows = slice(t - a, min(t + chunk, b) - a)
+            slots = np.arange(t, min(t + chunk, b)) % ring_len
+            fired_t, fired_j = np.nonzero(uniform[rows] < p_spike[rows] * np.exp(np.minimum(ring[slots], 2.0)))
+            ring[slots] = 0
+            if len(fired_j):
+                fired_t += t
+                counts = indptr[fired_j + 1] - indptr[fired_j]
+                first = np.repeat(indptr[fired_j] - np.cumsum(counts) + counts, counts)
+                c = first + np.arange(counts.sum())
+                at = (np.repeat(fired_t, counts) + conn_d[c])[:, None] + lags
+                np.add.at(ring, (at % ring_len, tgt[c][:, None]), conn_w[c][:, None] * kernel)
+                times.append(fired_t)
+                units.append(fired_j)
+    return np.concatenate(times), np.concatenate(units)
+
+
+def _trial_schedule(rng, cfg):
+    movie_of_trial = np.concatenate([np.zeros(cfg.n_trials, int)] +
+                                    [np.full(cfg.heldout_trials, m + 1) for m in range(cfg.n_heldout_movies)])
+    movie_of_trial = rng.permutation(movie_of_trial)
+    starts = cfg.iti + np.arange(len(movie_of_trial)) * (cfg.trial_length + cfg.iti)
+    return starts, movie_of_trial, starts[-1] + cfg.trial_length + cfg.iti
+
+
+def generate(cfg=SyntheticConfig()):
+    """Make `cfg.sessions` recordings (torch_brain Data) and their ground truth dicts."""
+    seeds = np.random.SeedSequence(cfg.seed).spawn(3 + cfg.sessions)
+    movie_rng, pop_rng, split_seed = np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1]), seeds[2]
+    n_frames = int(round(cfg.trial_length * cfg.frame_rate))
+    movies = [make_movie(movie_rng, n_frames, cfg.height, cfg.width, cfg.frame_rate)
+              for _ in range(1 + cfg.n_heldout_movies)]
+    n_pop = cfg.n_neurons if cfg.sessions == 1 else int(round(cfg.n_neurons * 1.5))
+    pop = make_population(pop_rng, n_pop, cfg)
+    out = []
+    for s in range(cfg.sessions):
+        rng = np.random.default_rng(seeds[3 + s])
+        members = np.arange(n_pop) if cfg.sessions == 1 else np.sort(rng.choice(n_pop, cfg.n_neurons, replace=False))
+        session_id = "synthetic" if cfg.sessions == 1 else f"synthetic-s{s}"
+        out.append(_session(rng, cfg, movies, pop, members, session_id, int(split_seed.generate_state(1)[0])))
+    return out
+
+
+def _session(rng, cfg, movies, pop, members, session_id, split_seed):
+    starts, movie_of_trial, duration = _trial_schedule(rng, cfg)
+    beh = make_behavior(rng, duration, cfg.behavior_rate)
+    n_grid = int(round(duration * cfg.frame_rate))                   # screen frames over the session
+    grid_t = np.arange(n_grid) / cfg.frame_rate
+    screen = np.full((n_grid, cfg.height, cfg.width), 128, dtype=np.uint8)
+    n_frames = movies[0].shape[0]
+    for start, m in zip(starts, movie_of_trial):
+        k0 = int(round(start * cfg.frame_rate))
+        screen[k0:k0 + n_frames] = movies[m]
+    beh_idx = np.minimum((grid_t * cfg.behavior_rate).astype(int), len(beh["phi"]) - 1)
+    drive = rf_drive(screen, beh["phi"][beh_idx], beh["theta"][beh_idx], pop)
+    train_frames = np.isin(np.arange(n_grid), np.concatenate(
+        [np.arange(int(round(s * cfg.frame_rate)), int(round(s * cfg.frame_rate)) + n_frames)
+         for s, m in zip(starts, movie_of_trial) if m == 0]))
+    mu, sd = drive[train_frames].mean(0), drive[train_frames].std(0) + 1e-6
+    stim_gain = np.exp(pop["beta"] * (drive - mu) / sd).astype(np.float32)   # (n_grid, n_pop)
+    stim_gain /= stim_gain[train_frames].mean(0)
+
+    speed_norm = (1 + pop["speed_gain"][None, :] * beh["speed"][:, None] / 20.0).mean(0)
+
+    def speed_gain(times):
+        speed = beh["speed"][np.minimum((times * cfg.behavior_rate).astype(int), len(beh["speed"]) - 1)]
+        return (1 + pop["speed_gain"][None, :] * speed[:, None] / 20.0) / speed_norm
+
+    def base_rate(a, b):
+        t = np.arange(a, b) * STEP
+        frame = np.clip(((t[:, None] - pop["latency"][None, :]) * cfg.frame_rate).astype(int), 0, n_grid - 1)
+        return pop["target_rate"][None, :] * np.take_along_axis(stim_gain, frame, 0) * speed_gain(t)
+
+    steps, units = simulate_spikes(base_rate, int(round(duration / STEP)), pop["coupling"], pop["delays"], rng)
+    keep = np.isin(units, members)
+    spike_times = (steps[keep] + rng.uniform(0.0, 0.999, keep.sum())) * STEP   # uniform within the step
+    order = np.argsort(spike_times, kind="stable")
+    spike_times, spike_units = spike_times[order], np.searchsorted(members, units[keep][order])
+    unit_ids = [f"{session_id}/n{i:04d}" for i in members]
+    behavior = dict(
+        running=RegularTimeSeries(speed=beh["speed"], sampling_rate=cfg.behavior_rate, domain_start=0.0),
+        eye=RegularTimeSeries(phi=beh["phi"], theta=beh["theta"], sampling_rate=cfg.behavior_rate, domain_start=0.0),
+    )
+    movie_list = [("train" if m == 0 else f"heldout{m}", frames, cfg.frame_rate) for m, frames in enumerate(movies)]
+    data = make_recording(
+        spike_times=spike_times, spike_units=spike_units, unit_ids=unit_ids,
+        domain=(0.0, duration), session_id=session_id, subject_id="synthetic-mouse", species="synthetic",
+        trials=dict(start=starts, end=starts + cfg.trial_length, stimulus_id=movie_of_trial),
+        movies=movie_list, presentations=dict(start=starts, movie_index=movie_of_trial), behavior=behavior,
+    )
+    assign_splits(data, seed=split_seed, test_only_stimuli=range(1, 1 + cfg.n_heldout_movies))
+    truth = dict(
+        unit_ids=np.asarray(unit_ids), population_index=members,
+        coupling=pop["coupling"][np.ix_(members, members)], delays=pop["delays"][np.ix_(members, members)] * STEP,
+        hubs=np.flatnonzero(np.isin(members, pop["hubs"])),
+        true_rate=(pop["target_rate"] * stim_gain * speed_gain(grid_t))[:, members].astype(np.float32),
+        true_rate_times=grid_t,
+        **{k: pop[k][members] for k in ("rf_x", "rf_y", "rf_sigma", "surround_scale", "surround_weight",
+                                         "polarity", "latency", "beta", "speed_gain", "target_rate")},
+        generator_version=GENERATOR_VERSION,
+        params=json.dumps(asdict(cfg)),
+    )
+    return data, truth
+

@@ -1,0 +1,235 @@
+"""Windows of one or more recordings, as padded token batches (DESIGN §2).
+
+A window at t0 holds:
+- current tokens: [START at t0, spike_1, ..., spike_n] over [t0, t0 + current). Spike times are
+  put on the `dt_res` grid relative to t0 (q = floor((t - t0) / dt_res)) and ordered by (q, unit
+  index). Position i predicts token i+1: its gap class Δ = q_{i+1} - q_i in {0, ..., current/dt_res}
+  then its unit; the last position predicts END (class `end_class`), with no unit target.
+- history tokens over [t0 - history, t0), on the same grid (negative times);
+- the movie frames whose onsets fall in [t0 + current - frames, t0 + current);
+- behaviour samples in [t0 + current - behavior, t0 + current).
+All times given to the model are float32 seconds relative to t0. A sampled window spans
+[t0 - before, t0 + current) with before = max(history, frames - current, behavior - current),
+and lies wholly inside one split's domain, so no split ever reads another's data.
+"""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .objects import (
+    Dataset,
+    DatasetIndex,
+    RandomFixedWindowSampler,
+    SequentialFixedWindowSampler,
+    collate,
+    pad,
+)
+from .recording import movie_frame_dataset, open_recording, resolve_variable
+from .validate import check
+from .vocab import START, UnitVocab
+
+IGNORE = -100
+
+
+@dataclass
+class WindowSpec:
+    current: float = 0.05
+    history: float = 0.05
+    frames: float = 0.15          # 0: no frames
+    behavior: float = 0.05        # 0: no behaviour
+    variables: tuple = ()         # behaviour variables to load ("group.field" or short names)
+    dt_res: float = 0.001
+
+    @property
+    def n_dt(self):
+        """Number of gap classes 0 .. current/dt_res (END comes after them)."""
+        return int(round(self.current / self.dt_res)) + 1
+
+    @property
+    def end_class(self):
+        return self.n_dt
+
+    @property
+    def before(self):
+        return max(self.history, self.frames - self.current, self.behavior - self.current, 0.0)
+
+    @property
+    def length(self):
+        return self.before + self.current
+
+
+class RecordingSet(Dataset):
+    """torch_brain Dataset over recording files anywhere on disk (id = file stem).
+
+    Files are validated when the set is made and opened lazily in each process, so forked
+    DataLoader workers never share an HDF5 handle.
+    """
+
+    def __init__(self, paths, validate=True):
+        paths = [Path(p) for p in paths]
+        stems = [p.stem for p in paths]
+        if len(set(stems)) != len(stems):
+            raise InputError(", ".join(map(str, paths)), ("recording id", "two recordings share a file name stem"))
+        self._recording_ids = sorted(stems)
+        self._paths = dict(zip(stems, paths))
+        self._open, self._pid = {}, None
+        self.transform, self.namespace_attributes = None, None
+        for rid in self._recording_ids:
+            data = self.get_recording(rid)
+            problems = check(data) if validate else []
+            if problems:
+                raise InputError(self._paths[rid], problems)
+
+    def get_recording(self, recording_id, _namespace=""):
+        if self._pid != os.getpid():
+            self._open, self._pid = {}, os.getpid()
+        if recording_id not in self._open:
+            self._open[recording_id] = open_recording(self._paths[recording_id])
+        return self._open[recording_id]
+
+    def get_sampling_intervals(self, split="train"):
+        return {rid: getattr(self.get_recording(rid), f"{split}_domain") for rid in self.recording_ids}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_open"], state["_pid"] = {}, None
+        return state
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Maps a DatasetIndex (recording, start, end) to the tokens of one window."""
+
+    def __init__(self, recordings, spec, vocab=None):
+        self.recordings, self.spec = recordings, spec
+        self.vocab = vocab if vocab is not None else UnitVocab()
+        self.unit_tokens, self.variables = {}, {}
+        for rid in recordings.recording_ids:
+            data = recordings.get_recording(rid)
+            path = recordings._paths[rid]
+            ids = data.units.id.astype(str)
+            self.unit_tokens[rid] = self.vocab.extend(ids) if vocab is None else self.vocab.lookup(ids, str(path))
+            try:
+                self.variables[rid] = [resolve_variable(data, v) for v in spec.variables]
+            except KeyError as err:
+                raise InputError(path, ("behavior", err.args[0])) from None
+            if spec.frames > 0 and "movies" not in data.keys():
+                raise InputError(path, ("movies", "frames were requested (frames > 0) but the recording has no movie"))
+
+    def __getitem__(self, index: DatasetIndex):
+        spec = self.spec
+        data = self.recordings.get_recording(index.recording_id)
+        t0 = index.start + spec.before
+        sample = {"t0": torch.tensor(t0, dtype=torch.float64)}
+        sample.update(self._spikes(data, index.recording_id, t0))
+        if spec.frames > 0:
+            sample.update(self._frames(data, t0))
+        for name in self.variables[index.recording_id]:
+            sample[f"behavior.{name}"] = self._behavior(data, name, t0)
+        return sample
+
+    def _spikes(self, data, rid, t0):
+        spec = self.spec
+        window = data.spikes.slice(t0 - spec.history, t0 + spec.current, reset_origin=False)
+        q = np.floor((window.timestamps - t0) / spec.dt_res + 1e-9).astype(np.int64)
+        units = self.unit_tokens[rid][window.unit_index]
+        order = np.lexsort((units, q))
+        q, units = q[order], units[order]
+        past = q < 0
+        hist_q, hist_u, cur_q, cur_u = q[past], units[past], q[~past], units[~past]
+        n = len(cur_q)
+        tok_q = np.concatenate([[0], cur_q])
+        dt_target = np.concatenate([np.diff(tok_q), [spec.end_class]])
+        unit_target = np.concatenate([cur_u, [IGNORE]])
+        return {
+            "current": pad({
+                "unit": torch.from_numpy(np.concatenate([[START], cur_u])),
+                "time": torch.from_numpy((tok_q * spec.dt_res).astype(np.float32)),
+                "dt_target": torch.from_numpy(dt_target),
+                "unit_target": torch.from_numpy(unit_target),
+                "mask": _ones(tok_q),
+            }),
+            "history": pad({
+                "unit": torch.from_numpy(hist_u),
+                "time": torch.from_numpy((hist_q * spec.dt_res).astype(np.float32)),
+                "mask": _ones(hist_q),
+            }),
+            "n_spikes": torch.tensor(n),
+        }
+
+    def _frames(self, data, t0):
+        """Frames with onsets in [t0 + current - frames, t0 + current), read by partial I/O."""
+        spec = self.spec
+        lo, hi = t0 + spec.current - spec.frames, t0 + spec.current
+        pres = data.stimulus
+        table = data.movie_table
+        chunks, times = [], []
+        for k in np.flatnonzero((pres.start < hi) & (pres.end > lo)):
+            m = pres.movie_index[k]
+            rate, first = table.frame_rate[m], table.first_frame[m]
+            i0 = max(0, int(np.ceil((lo - pres.start[k]) * rate - 1e-9)))
+            i1 = min(int(table.n_frames[m]), int(np.ceil((hi - pres.start[k]) * rate - 1e-9)))
+            if i1 > i0:
+                chunks.append(movie_frame_dataset(data)[first + i0:first + i1])
+                times.append(pres.start[k] + np.arange(i0, i1) / rate - t0)
+        shape = movie_frame_dataset(data).shape[1:]
+        frames = np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.uint8)
+        times = np.concatenate(times) if times else np.zeros(0)
+        return {"frames": pad({"pixels": torch.from_numpy(frames), "time": torch.from_numpy(times.astype(np.float32)),
+                               "mask": _ones(times)})}
+
+    def _behavior(self, data, name, t0):
+        group, field_name = name.split(".")
+        series = getattr(data.behavior, group).slice(t0 + self.spec.current - self.spec.behavior,
+                                                     t0 + self.spec.current, reset_origin=False)
+        values = np.asarray(getattr(series, field_name), dtype=np.float32)
+        times = np.asarray(series.timestamps, dtype=np.float64) - t0
+        return pad({"value": torch.from_numpy(values), "time": torch.from_numpy(times.astype(np.float32)),
+                    "mask": _ones(values)})
+
+
+def _ones(values):
+    """Mask of real entries; padding (added by collation) is False."""
+    return torch.ones(len(values), dtype=torch.bool)
+
+
+def collate_windows(samples):
+    """torch_brain collation (padding with masks); padded targets become IGNORE."""
+    batch = collate(samples)
+    cur = batch["current"]
+    cur["dt_target"] = cur["dt_target"].masked_fill(~cur["mask"], IGNORE)
+    cur["unit_target"] = cur["unit_target"].masked_fill(~cur["mask"], IGNORE)
+    return batch
+
+
+@dataclass
+class LoaderOptions:
+    split: str = "train"
+    batch_size: int = 32
+    shuffle: bool = True          # random windows (training) or a sequential tiling
+    seed: int = 0
+    num_workers: int = 0
+    step: float | None = None     # sequential step; default = the current window (tiles it)
+
+
+def make_loader(paths, spec, options=LoaderOptions(), vocab=None, recordings=None):
+    """DataLoader of window batches over `paths`, from the given split's domains.
+
+    Random windows use torch_brain's RandomFixedWindowSampler with a seeded generator (same
+    seed, same order); sequential ones tile the split with step `current`.
+    """
+    recordings = recordings or RecordingSet(paths)
+    dataset = WindowDataset(recordings, spec, vocab)
+    intervals = recordings.get_sampling_intervals(options.split)
+    if options.shuffle:
+        generator = torch.Generator().manual_seed(options.seed)
+        sampler = RandomFixedWindowSampler(sampling_intervals=intervals, window_length=spec.length,
+                                           generator=generator)
+    else:
+        sampler = SequentialFixedWindowSampler(sampling_intervals=intervals, window_length=spec.length,
+                                               step=options.step or spec.current, drop_short=True)
+    return torch.utils.data.DataLoader(dataset, batch_size=options.batch_size, sampler=sampler,
+                                       collate_fn=collate_windows, num_workers=options.num_workers)
