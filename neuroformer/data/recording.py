@@ -15,13 +15,13 @@ Layout (all times in seconds on the session clock):
   variable is addressed as "group.field" (e.g. "running.speed", "eye.phi").
 - `domain`, `train_domain`, `valid_domain`, `test_domain`: Intervals.
 """
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from ..errors import InputError
+from ..io import atomic_path
 from .objects import (
     ArrayDict,
     Data,
@@ -173,17 +173,9 @@ def parse_split(text):
 
 def save_recording(data, path):
     """Write atomically: to a temporary name beside `path`, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            data.to_hdf5(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        data.to_hdf5(f)
+    return Path(path)
 
 
 def open_recording(path):

@@ -15,12 +15,15 @@ Everything is drawn from one seed; `GENERATOR_VERSION` changes whenever the outp
 """
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from .objects import RegularTimeSeries
-from .recording import assign_splits, make_recording
+from ..io import atomic_savez
+from .recording import assign_splits, make_recording, save_recording
+from .validate import require_valid
 
 GENERATOR_VERSION = "1.0"
 STEP = 0.001          # simulation time step (s)
@@ -298,3 +301,19 @@ def _session(rng, cfg, movies, pop, members, session_id, split_seed):
     )
     return data, truth
 
+
+
+def write_synthetic(out, cfg=SyntheticConfig()):
+    """Write the recording(s) and ground truth; returns the recording paths.
+
+    One session: OUT.h5 and OUT.truth.npz. K sessions: OUT_s0.h5 ... with their truth files.
+    """
+    out = Path(out)
+    paths = []
+    for k, (data, truth) in enumerate(generate(cfg)):
+        path = out if cfg.sessions == 1 else out.with_name(f"{out.stem}_s{k}{out.suffix or '.h5'}")
+        require_valid(data, path)
+        save_recording(data, path)
+        atomic_savez(path.with_suffix(".truth.npz"), **truth)
+        paths.append(path)
+    return paths

@@ -1,0 +1,101 @@
+"""The `neuroformer` command: parses arguments and calls the library, nothing more."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import InputError
+
+
+def _prepare(args):
+    from .data.importers import VideoSpec, prepare
+    from .data.recording import parse_split
+    from .data.synthetic import SyntheticConfig, write_synthetic
+
+    split = parse_split(args.split)
+    if args.synthetic:
+        if args.source:
+            raise InputError(args.source, ("SOURCE", "give either a SOURCE file or --synthetic, not both"))
+        kw = dict(n_neurons=args.neurons, seed=args.seed, sessions=args.sessions, trial_length=args.trial_length)
+        cfg = (SyntheticConfig.for_duration(args.duration, **kw) if args.duration
+               else SyntheticConfig(**kw, **({"n_trials": args.trials} if args.trials else {})))
+        paths = write_synthetic(args.output, cfg)
+    else:
+        if not args.source:
+            raise InputError("prepare", ("SOURCE", "missing: give a .nwb/.npz/.pkl/.mat file or --synthetic"))
+        video = (VideoSpec(args.video, args.video_fps, args.video_start, args.video_per_trial)
+                 if args.video else None)
+        paths = [prepare(args.source, args.output, config=args.config, bin_size=args.bin_size,
+                         behavior=args.behavior, frame_rate=args.frame_rate, video=video, split=split,
+                         seed=args.seed)]
+    for p in paths:
+        print(f"wrote {p}")
+
+
+def _info(args):
+    from .data.info import format_summary, summarize
+
+    for path in args.files:
+        summary = summarize(path)
+        print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+
+
+def _demo(args):
+    from .demo import run_demo
+
+    run_demo(args.output, seed=args.seed)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="neuroformer", description=__doc__.split(":")[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser("prepare", help="import a recording (NWB, array dictionary, video) or make a synthetic one")
+    p.add_argument("source", nargs="?", help=".nwb, or an array dictionary (.npz, .pkl, .mat)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output recording (.h5)")
+    p.add_argument("--config", help="data config YAML for an array dictionary (original keys)")
+    p.add_argument("--bin-size", type=float, help="bin width (s) of the binned spike counts")
+    p.add_argument("--behavior", action="append", default=[], metavar="NAME=DT",
+                   help="a behaviour variable of the array dictionary and its sample interval (s); repeatable")
+    p.add_argument("--frame-rate", type=float, help="frame rate (Hz) of the array dictionary's `frames`")
+    p.add_argument("--video", help="video file (mp4/avi) shown during the recording")
+    p.add_argument("--video-fps", type=float, help="video frame rate (Hz); default: the file's")
+    p.add_argument("--video-start", type=float, default=0.0, help="time (s) of the video's first frame")
+    p.add_argument("--video-per-trial", action="store_true",
+                   help="the video is shown at the start of every trial (stored once)")
+    p.add_argument("--split", default="0.7,0.1,0.2",
+                   help="train,valid,test fractions: of trials when there are trials, else contiguous time blocks")
+    p.add_argument("--seed", type=int, default=0, help="seed for splits, spike placement in bins, synthetic data")
+    g = p.add_argument_group("synthetic recording")
+    g.add_argument("--synthetic", action="store_true", help="make the built-in synthetic recording")
+    g.add_argument("--neurons", type=int, default=100)
+    g.add_argument("--duration", type=float, help="total duration (s); sets the number of training-movie trials")
+    g.add_argument("--trials", type=int, help="trials of the training movie (default 24)")
+    g.add_argument("--trial-length", type=float, default=10.0, help="movie length (s)")
+    g.add_argument("--sessions", type=int, default=1, help="sessions drawn from one population")
+    p.set_defaults(run=_prepare)
+
+    p = verbs.add_parser("info", help="summarise a recording file")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_info)
+
+    p = verbs.add_parser("demo", help="run the main job on the built-in synthetic recording")
+    p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""Importers: NWB files, the original Neuroformer's array dictionary, and video files.
+
+Each returns a recording `Data` object (see recording.py); `prepare` validates it, assigns
+splits when the source has none, and writes it atomically.
+
+Binned counts become spike times by one documented rule (`counts_to_spikes`): the c spikes of
+a bin [k*dt, (k+1)*dt) are placed independently and uniformly in [(k+0.01)*dt, (k+0.99)*dt),
+drawn from a seeded generator, so re-binning at dt returns the counts exactly.
+"""
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from ..errors import InputError
+from .objects import IrregularTimeSeries, RegularTimeSeries
+from .recording import assign_splits, make_recording, save_recording, union
+from .validate import require_valid
+
+BIN_MARGIN = 0.01
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def counts_to_spikes(counts, bin_size, seed=0, t_start=0.0):
+    """(n_units, n_bins) counts -> sorted (times, unit_index) by the rule in the module doc."""
+    counts = np.asarray(counts)
+    units, bins = np.nonzero(counts)
+    reps = counts[units, bins].astype(np.int64)
+    units, bins = np.repeat(units, reps), np.repeat(bins, reps)
+    u = np.random.default_rng(seed).uniform(BIN_MARGIN, 1 - BIN_MARGIN, len(bins))
+    times = t_start + (bins + u) * bin_size
+    order = np.argsort(times, kind="stable")
+    return times[order], units[order]
+
+
+def _name(text):
+    return re.sub(r"[^0-9A-Za-z_]+", "_", str(text)).strip("_") or "series"
+
+
+def behavior_series(name, values, *, rate=None, start=0.0, timestamps=None):
+    """One behaviour group: 1-D values give field `name`; (n, k) give `name_0` .. `name_{k-1}`."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        fields = {name: values}
+    elif values.ndim == 2:
+        fields = {f"{name}_{i}": values[:, i] for i in range(values.shape[1])}
+    else:
+        raise ValueError(f"expected (samples,) or (samples, features), got shape {values.shape}")
+    if timestamps is None:
+        return RegularTimeSeries(sampling_rate=float(rate), domain_start=float(start), **fields)
+    timestamps = np.asarray(timestamps, dtype=np.float64)
+    if len(timestamps) != len(values):
+        raise ValueError(f"{len(values)} samples but {len(timestamps)} timestamps")
+    return IrregularTimeSeries(timestamps=timestamps, domain="auto", **fields)
+
+
+def to_gray_uint8(frames):
+    """Frames (N, H, W) or (N, H, W, 3) of any numeric type -> uint8 (N, H, W)."""
+    frames = np.asarray(frames)
+    if frames.ndim == 4 and frames.shape[-1] in (3, 4):
+        weights = np.array([0.299, 0.587, 0.114])
+        frames = frames[..., :3] @ weights
+    if frames.ndim != 3:
+        raise ValueError(f"expected (frames, height, width[, 3]), got shape {frames.shape}")
+    if frames.dtype != np.uint8:
+        frames = frames.astype(np.float64)
+        if frames.size and np.nanmax(frames) <= 1.0:
+            frames = frames * 255
+        frames = np.clip(np.nan_to_num(frames), 0, 255).astype(np.uint8)
+    return frames
+
+
+def read_video(path):
+    """All frames of a video file as grey uint8 (N, H, W), and its frame rate from the header."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, ("video", "file does not exist"))
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    try:
+        if not cap.isOpened():
+            raise InputError(path, ("video", "OpenCV cannot open this file as a video"))
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame)
+    finally:
+        cap.release()
+    if not frames:
+        raise InputError(path, ("video", "no frames could be decoded"))
+    return np.stack(frames), float(fps)
+
+
+def write_video(path, frames, fps):
+    """Write grey uint8 frames (N, H, W) losslessly (FFV1 .avi) or as mp4v (.mp4)."""
+    path = Path(path)
+    fourcc = cv2.VideoWriter_fourcc(*("FFV1" if path.suffix == ".avi" else "mp4v"))
+    h, w = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), fourcc, float(fps), (w, h), False)
+    if not writer.isOpened():
+        raise InputError(path, ("video", "OpenCV could not open a writer for this file type"))
+    for frame in frames:
+        writer.write(np.ascontiguousarray(frame))
+    writer.release()
+    return path
+
+
+@dataclass
+class VideoSpec:
+    """A video to attach: --video FILE --video-fps HZ --video-start S [--video-per-trial]."""
+    path: str
+    fps: float | None = None      # default: the file's own frame rate
+    start: float = 0.0
+    per_trial: bool = False       # shown at the start of every trial (stored once)
+
+
+def attach_video(parts, spec, trials=None):
+    """Add a movie and its presentations to the make_recording keyword arguments."""
+    frames, file_fps = read_video(spec.path)
+    fps = spec.fps or file_fps
+    if not fps or fps <= 0:
+        raise InputError(spec.path, ("video-fps", "the file states no frame rate; pass --video-fps"))
+    if spec.per_trial:
+        if trials is None:
+            raise InputError(spec.path, ("video-per-trial", "the recording has no trials"))
+        starts = np.asarray(trials["start"], dtype=np.float64) + spec.start
+    else:
+        starts = np.array([spec.start])
+    parts["movies"] = [(Path(spec.path).stem, frames, fps)]
+    parts["presentations"] = dict(start=starts, movie_index=np.zeros(len(starts), np.int64))
+    if trials is not None and spec.per_trial:
+        trials["stimulus_id"] = np.zeros(len(trials["start"]), np.int64)
+    return parts
+
+
+def _domain(*arrays):
+    values = [np.asarray(a, dtype=np.float64).ravel() for a in arrays if a is not None]
+    values = np.concatenate([v[np.isfinite(v)] for v in values if v.size] or [np.zeros(1)])
+    return float(min(0.0, values.min())), float(values.max()) + 1e-3
+
+
+# ---------------------------------------------------------------- array dictionary
+
+CONFIG_KEYS = {"session", "spikes", "frames", "modalities", "intervals", "seed"}
+STREAM_KEYS = {"data", "dt", "repeat"}
+VARIABLE_KEYS = {"data", "dt", "predict", "objective", "n_classes"}
+SPLIT_KEYS = ("intervals", "train_intervals", "valid_intervals", "test_intervals", "finetune_intervals")
+
+
+@dataclass
+class ArrayConfig:
+    """The data config of an array dictionary (the original's keys, checked)."""
+    session: str | None = None
+    spikes: dict = field(default_factory=lambda: {"data": "spikes", "dt": None})
+    frames: dict | None = None
+    modalities: dict = field(default_factory=dict)
+    intervals: dict = field(default_factory=dict)
+    seed: int = 0
+
+    @classmethod
+    def load(cls, path=None, bin_size=None, behavior=(), frame_rate=None):
+        """From a YAML file (optional), then CLI shorthands filling the same structure."""
+        raw = {}
+        if path:
+            try:
+                raw = yaml.safe_load(Path(path).read_text()) or {}
+            except (OSError, yaml.YAMLError) as err:
+                raise InputError(path, ("config", f"cannot read YAML ({err})")) from None
+            _check_keys(path, "", raw, CONFIG_KEYS)
+        cfg = cls(**raw)
+        src = path or "data config"
+        cfg.spikes = {"data": "spikes", "dt": None, **(cfg.spikes or {})}
+        _check_keys(src, "spikes.", cfg.spikes, STREAM_KEYS)
+        if bin_size is not None:
+            cfg.spikes["dt"] = float(bin_size)
+        if frame_rate is not None:
+            cfg.frames = {"data": "frames", **(cfg.frames or {}), "dt": 1.0 / float(frame_rate)}
+        if cfg.frames is not None:
+            _check_keys(src, "frames.", cfg.frames, STREAM_KEYS)
+        for item in behavior:
+            name, _, dt = str(item).partition("=")
+            try:
+                dt = float(dt)
+            except ValueError:
+                raise InputError(src, ("--behavior", f"expected NAME=DT (seconds), got {item!r}")) from None
+            cfg.modalities.setdefault("behavior", {}).setdefault("variables", {})[name] = {"data": name, "dt": dt}
+        for mtype, modality in cfg.modalities.items():
+            if not isinstance(modality, dict):
+                raise InputError(src, (f"modalities.{mtype}", "expected a mapping with 'variables'"))
+            for name, var in (modality.get("variables") or {}).items():
+                _check_keys(src, f"modalities.{mtype}.variables.{name}.", var, VARIABLE_KEYS)
+                if not isinstance(var.get("dt"), (int, float)) or var["dt"] <= 0:
+                    raise InputError(src, (f"modalities.{mtype}.variables.{name}.dt", "must be a positive number (s)"))
+        _check_keys(src, "intervals.", cfg.intervals, set(SPLIT_KEYS))
+        if not isinstance(cfg.spikes.get("dt"), (int, float)) or cfg.spikes["dt"] <= 0:
+            raise InputError(src, ("spikes.dt", "the bin size is required (--bin-size SECONDS or spikes.dt)"))
+        return cfg
+
+
+def _check_keys(src, prefix, mapping, allowed):
+    if not isinstance(mapping, dict):
+        raise InputError(src, (prefix.rstrip(".") or "config", f"expected a mapping, got {type(mapping).__name__}"))
+    unknown = sorted(set(mapping) - set(allowed))
+    if unknown:
+        raise InputError(src, [(prefix + k, f"unknown key (allowed: {sorted(allowed)})") for k in unknown])
+
+
+def load_array_dict(path):
+    """The dictionary inside a .npz, .pkl/.pickle or .mat file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, ("file", "does not exist"))
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        if path.suffix in (".pkl", ".pickle"):
+            with open(path, "rb") as f:
+                obj = pickle.load(f)
+            if not isinstance(obj, dict):
+                raise InputError(path, ("file", f"expected a pickled dict, got {type(obj).__name__}"))
+            return obj
+        if path.suffix == ".mat":
+            from scipy.io import loadmat
+            return {k: v for k, v in loadmat(path).items() if not k.startswith("__")}
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(path, ("file", f"cannot read ({type(err).__name__}: {err})")) from None
+    raise InputError(path, ("file", f"unsupported extension {path.suffix!r} (use .npz, .pkl or .mat)"))
+
+
+def _get(arrays, key, path, field_name):
+    if key not in arrays:
+        raise InputError(path, (field_name, f"key {key!r} not in the file (keys: {sorted(arrays)})"))
+    return np.asarray(arrays[key])
+
+
+def _as_intervals(values, path, field_name):
+    """(K, 2) start/end pairs, or 1-D window starts (windows as long as the smallest step)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 2 and values.shape[1] == 2:
+        return values
+    if values.ndim == 1 and len(values) > 1:
+        starts = np.unique(values)
+        width = np.diff(starts).min()
+        return np.stack([starts, starts + width], 1)
+    raise InputError(path, (field_name, f"expected (K, 2) start/end pairs or >1 window start times, got shape {values.shape}"))
+
+
+def import_arrays(path, cfg):
+    """The original Neuroformer array dictionary -> recording Data."""
+    path = Path(path)
+    arrays = load_array_dict(path)
+    counts = _get(arrays, cfg.spikes["data"], path, "spikes")
+    if counts.ndim != 2:
+        raise InputError(path, ("spikes", f"expected binned counts (n_neurons, n_timesteps), got shape {counts.shape}"))
+    if not np.issubdtype(counts.dtype, np.number) or not np.isfinite(counts).all():
+        raise InputError(path, ("spikes", "counts must be finite numbers"))
+    if (counts < 0).any() or (counts != np.round(counts)).any():
+        raise InputError(path, ("spikes", "counts must be non-negative integers"))
+    bin_size = float(cfg.spikes["dt"])
+    times, units = counts_to_spikes(counts.astype(np.int64), bin_size, seed=cfg.seed)
+    duration = counts.shape[1] * bin_size
+    session = cfg.session or path.stem
+    parts = dict(spike_times=times, spike_units=units, unit_ids=[f"{session}/{i}" for i in range(len(counts))],
+                 domain=(0.0, duration), session_id=session)
+
+    spans = {k: _as_intervals(_get(arrays, cfg.intervals.get(k, k), path, k), path, k)
+             for k in SPLIT_KEYS if cfg.intervals.get(k, k) in arrays}
+    if "intervals" in spans and np.asarray(arrays[cfg.intervals.get("intervals", "intervals")]).ndim == 2:
+        parts["trials"] = dict(start=spans["intervals"][:, 0], end=spans["intervals"][:, 1])
+
+    behavior = {}
+    for mtype, modality in cfg.modalities.items():
+        for name, var in (modality.get("variables") or {}).items():
+            values = _get(arrays, var.get("data", name), path, f"modalities.{mtype}.variables.{name}")
+            try:
+                behavior[_name(name)] = behavior_series(_name(name), values, rate=1.0 / var["dt"])
+            except ValueError as err:
+                raise InputError(path, (f"modalities.{mtype}.variables.{name}", str(err))) from None
+
+    if cfg.frames is not None:
+        try:
+            frames = to_gray_uint8(_get(arrays, cfg.frames.get("data", "frames"), path, "frames"))
+        except ValueError as err:
+            raise InputError(path, ("frames", str(err))) from None
+        fps = 1.0 / float(cfg.frames["dt"])
+        if cfg.frames.get("repeat") == "trials":
+            if "trials" not in parts:
+                raise InputError(path, ("frames.repeat", "'trials' needs (K, 2) `intervals` as trials"))
+            starts = parts["trials"]["start"]
+            parts["trials"]["stimulus_id"] = np.zeros(len(starts), np.int64)
+        else:
+            starts = np.zeros(1)
+        parts["movies"] = [("frames", frames, fps)]
+        parts["presentations"] = dict(start=starts, movie_index=np.zeros(len(starts), np.int64))
+
+    data = make_recording(**parts, behavior=behavior or None)
+    if "train_intervals" in spans and "test_intervals" in spans:
+        train = union(spans["train_intervals"])
+        if "valid_intervals" in spans:
+            valid = union(spans["valid_intervals"])
+        else:  # the last tenth of the training time becomes validation
+            train, valid = _carve_tail(train, 0.1)
+        data.train_domain, data.valid_domain, data.test_domain = train, valid, union(spans["test_intervals"])
+    if "finetune_intervals" in spans:
+        data.finetune_domain = union(spans["finetune_intervals"])
+    return data
+
+
+def _carve_tail(interval, fraction):
+    lengths = interval.end - interval.start
+    cut_at = lengths.sum() * (1 - fraction)
+    before = np.concatenate([[0], np.cumsum(lengths)])[:-1]
+    head, tail = [], []
+    for s, e, b in zip(interval.start, interval.end, before):
+        split = s + max(0.0, min(e - s, cut_at - b))
+        if split > s:
+            head.append((s, split))
+        if e > split:
+            tail.append((split, e))
+    return union(head), union(tail)
+
+
+# ---------------------------------------------------------------- NWB
+
+def import_nwb(path):
+    """An NWB file (pynwb) -> recording Data: units, behaviour series, trials, stimulus movie."""
+    from pynwb import NWBHDF5IO
+    from pynwb.image import ImageSeries
+    from pynwb.base import TimeSeries
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, ("file", "does not exist"))
+    try:
+        io = NWBHDF5IO(str(path), "r")
+        nwb = io.read()
+    except Exception as err:
+        raise InputError(path, ("file", f"pynwb cannot read it ({type(err).__name__}: {err})")) from None
+    try:
+        if nwb.units is None or len(nwb.units) == 0:
+            raise InputError(path, ("units", "no Units table (sorted spikes) in the file"))
+        session = _name(nwb.identifier or path.stem)
+        names = (nwb.units["unit_name"][:] if "unit_name" in nwb.units.colnames else nwb.units.id[:])
+        per_unit = [np.asarray(nwb.units["spike_times"][i], dtype=np.float64) for i in range(len(nwb.units))]
+        times = np.concatenate(per_unit)
+        units = np.repeat(np.arange(len(per_unit)), [len(s) for s in per_unit])
+        order = np.argsort(times, kind="stable")
+        if np.isfinite(times).all():  # keep NaNs in place so the validator reports them
+            times, units = times[order], units[order]
+
+        series = [obj for obj in nwb.objects.values() if isinstance(obj, TimeSeries)]
+        behavior, movies, ends = {}, [], [times]
+        for ts in series:
+            if isinstance(ts, ImageSeries):
+                movies.append(ts)
+            elif ts.data is not None and np.ndim(ts.data) in (1, 2) and ts.name not in behavior:
+                kw = dict(rate=ts.rate, start=ts.starting_time or 0.0) if ts.rate else dict(timestamps=ts.timestamps[:])
+                behavior[_name(ts.name)] = behavior_series(_name(ts.name), np.asarray(ts.data[:]), **kw)
+                ends.append(np.asarray(behavior[_name(ts.name)].domain.end))
+        trials = None
+        if nwb.trials is not None and len(nwb.trials):
+            trials = dict(start=np.asarray(nwb.trials["start_time"][:], dtype=np.float64),
+                          end=np.asarray(nwb.trials["stop_time"][:], dtype=np.float64))
+            ends.append(trials["end"])
+        if nwb.epochs is not None and len(nwb.epochs):
+            ends.append(np.asarray(nwb.epochs["stop_time"][:], dtype=np.float64))
+        parts = dict(spike_times=times, spike_units=units, unit_ids=[f"{session}/{n}" for n in names],
+                     domain=_domain(*ends), session_id=session,
+                     subject_id=(nwb.subject.subject_id if nwb.subject is not None else None) or "unknown",
+                     species=(nwb.subject.species if nwb.subject is not None else None) or None,
+                     trials=trials, behavior=behavior or None)
+        if movies:
+            parts.update(_nwb_movie(movies[0], path, parts["domain"]))
+        return make_recording(**parts)
+    finally:
+        io.close()
+
+
+def _nwb_movie(ts, path, domain):
+    """The first ImageSeries: frames in the file, or an external video file beside it."""
+    if ts.external_file is not None and len(ts.external_file):
+        video = Path(ts.external_file[0])
+        frames, fps = read_video(video if video.is_absolute() else path.parent / video)
+    else:
+        frames, fps = to_gray_uint8(ts.data[:]), None
+    if ts.rate:
+        fps, start = float(ts.rate), float(ts.starting_time or 0.0)
+    elif ts.timestamps is not None:
+        stamps = np.asarray(ts.timestamps[:])
+        fps, start = 1.0 / float(np.median(np.diff(stamps))), float(stamps[0])
+    else:
+        start = 0.0
+    if not fps:
+        raise InputError(path, (f"stimulus {ts.name}", "no frame rate or timestamps"))
+    return dict(movies=[(ts.name, frames, fps)], presentations=dict(start=[start], movie_index=[0]),
+                domain=(domain[0], max(domain[1], start + len(frames) / fps)))
+
+
+# ---------------------------------------------------------------- prepare
+
+def prepare(source, out, *, config=None, bin_size=None, behavior=(), frame_rate=None, video=None,
+            split=(0.7, 0.1, 0.2), seed=0):
+    """Import `source` (.nwb, .npz/.pkl/.mat), attach a video, set splits, validate, save."""
+    source = Path(source)
+    if source.suffix == ".nwb":
+        data = import_nwb(source)
+    else:
+        data = import_arrays(source, ArrayConfig.load(config, bin_size, behavior, frame_rate))
+    if video is not None:
+        data = _with_video(data, video)
+    if "train_domain" not in data.keys():
+        assign_splits(data, split, seed)
+    require_valid(data, source)
+    return save_recording(data, out)
+
+
+def _with_video(data, spec):
+    """Rebuild `data` with a video attached (replacing any movie)."""
+    trials = None
+    if "trials" in data.keys():
+        trials = {k: np.asarray(getattr(data.trials, k)) for k in data.trials.keys()}
+    parts = attach_video({}, spec, trials)
+    movie = parts["movies"][0]
+    starts = parts["presentations"]["start"]
+    end = max(data.domain.end[-1], float(np.max(starts)) + len(movie[1]) / movie[2])
+    rebuilt = make_recording(
+        spike_times=data.spikes.timestamps, spike_units=data.spikes.unit_index, unit_ids=data.units.id,
+        domain=(data.domain.start[0], end), session_id=data.session.id, subject_id=data.subject.id,
+        species=data.subject.species, trials=trials, **parts,
+        behavior={k: getattr(data.behavior, k) for k in data.behavior.keys()} if "behavior" in data.keys() else None)
+    for key in data.keys():
+        if key.endswith("_domain"):
+            setattr(rebuilt, key, getattr(data, key))
+    return rebuilt
