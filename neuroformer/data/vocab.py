@@ -23,12 +23,12 @@ class UnitVocab:
                 self.words.append(u)
         return self.lookup(unit_ids)
 
-    def lookup(self, unit_ids, source="unit ids"):
+    def lookup(self, unit_ids):
         """Token indices of known unit ids; unknown ids are an error naming them."""
         ids = [str(u) for u in unit_ids]
         unknown = [u for u in ids if u not in self.index]
         if unknown:
-            raise KeyError(f"{source}: {len(unknown)} unit ids not in the vocabulary "
+            raise KeyError(f"{len(unknown)} unit ids not in the vocabulary "
                            f"(e.g. {unknown[:3]}); extend the vocabulary for a new session")
         return np.array([self.index[u] for u in ids], dtype=np.int64)
 

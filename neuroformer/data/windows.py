@@ -2,8 +2,8 @@
 
 A window at t0 holds:
 - current tokens: [START at t0, spike_1, ..., spike_n] over [t0, t0 + current). Spike times are
-  put on the `dt_res` grid relative to t0 (q = floor((t - t0) / dt_res)) and ordered by (q, unit
-  index). Position i predicts token i+1: its gap class Δ = q_{i+1} - q_i in {0, ..., current/dt_res}
+  put on the `dt_res` grid (t0 itself is snapped to it, a shift under dt_res / 2; then
+  q = floor(t / dt_res) - t0 / dt_res) and ordered by (q, unit index). Position i predicts token i+1: its gap class Δ = q_{i+1} - q_i in {0, ..., current/dt_res}
   then its unit; the last position predicts END (class `end_class`), with no unit target.
 - history tokens over [t0 - history, t0), on the same grid (negative times);
 - the movie frames whose onsets fall in [t0 + current - frames, t0 + current);
@@ -111,36 +111,49 @@ class WindowDataset(torch.utils.data.Dataset):
             data = recordings.get_recording(rid)
             path = recordings._paths[rid]
             ids = data.units.id.astype(str)
-            self.unit_tokens[rid] = self.vocab.extend(ids) if vocab is None else self.vocab.lookup(ids, str(path))
+            try:
+                self.unit_tokens[rid] = self.vocab.extend(ids) if vocab is None else self.vocab.lookup(ids)
+            except KeyError as err:
+                raise InputError(path, ("units.id", err.args[0])) from None
             try:
                 self.variables[rid] = [resolve_variable(data, v) for v in spec.variables]
             except KeyError as err:
                 raise InputError(path, ("behavior", err.args[0])) from None
-            if spec.frames > 0 and "movies" not in data.keys():
-                raise InputError(path, ("movies", "frames were requested (frames > 0) but the recording has no movie"))
+            if spec.frames > 0:
+                if "movies" not in data.keys():
+                    raise InputError(path, ("movies", "frames were requested (frames > 0) but the recording has no movie"))
+                size = tuple(movie_frame_dataset(data).shape[1:])
+                first = self.__dict__.setdefault("frame_size", size)
+                if size != first:
+                    raise InputError(path, ("movies.frames", f"frame size {size} differs from {first} of the "
+                                                             "other recordings; batches need one size"))
 
     def __getitem__(self, index: DatasetIndex):
         spec = self.spec
         data = self.recordings.get_recording(index.recording_id)
-        t0 = index.start + spec.before
+        k0 = int(round((index.start + spec.before) / spec.dt_res))   # t0 on the dt_res grid
+        t0 = k0 * spec.dt_res
         sample = {"t0": torch.tensor(t0, dtype=torch.float64)}
-        sample.update(self._spikes(data, index.recording_id, t0))
+        sample.update(self._spikes(data, index.recording_id, k0))
         if spec.frames > 0:
             sample.update(self._frames(data, t0))
         for name in self.variables[index.recording_id]:
             sample[f"behavior.{name}"] = self._behavior(data, name, t0)
         return sample
 
-    def _spikes(self, data, rid, t0):
+    def _spikes(self, data, rid, k0):
+        """Tokens from grid bins q = floor(t / dt_res) - k0, so adjacent windows agree exactly."""
         spec = self.spec
-        window = data.spikes.slice(t0 - spec.history, t0 + spec.current, reset_origin=False)
-        q = np.floor((window.timestamps - t0) / spec.dt_res + 1e-9).astype(np.int64)
-        units = self.unit_tokens[rid][window.unit_index]
+        n_hist, n_cur = int(round(spec.history / spec.dt_res)), int(round(spec.current / spec.dt_res))
+        window = data.spikes.slice((k0 - n_hist - 1) * spec.dt_res, (k0 + n_cur + 1) * spec.dt_res,
+                                   reset_origin=False)
+        q = np.floor(window.timestamps / spec.dt_res + 1e-6).astype(np.int64) - k0
+        keep = (q >= -n_hist) & (q < n_cur)
+        q, units = q[keep], self.unit_tokens[rid][window.unit_index[keep]]
         order = np.lexsort((units, q))
         q, units = q[order], units[order]
         past = q < 0
         hist_q, hist_u, cur_q, cur_u = q[past], units[past], q[~past], units[~past]
-        n = len(cur_q)
         tok_q = np.concatenate([[0], cur_q])
         dt_target = np.concatenate([np.diff(tok_q), [spec.end_class]])
         unit_target = np.concatenate([cur_u, [IGNORE]])
@@ -157,7 +170,7 @@ class WindowDataset(torch.utils.data.Dataset):
                 "time": torch.from_numpy((hist_q * spec.dt_res).astype(np.float32)),
                 "mask": _ones(hist_q),
             }),
-            "n_spikes": torch.tensor(n),
+            "n_spikes": torch.tensor(len(cur_q)),
         }
 
     def _frames(self, data, t0):
