@@ -19,7 +19,7 @@ import yaml
 from ..errors import InputError
 from .objects import IrregularTimeSeries, RegularTimeSeries
 from .recording import assign_splits, make_recording, save_recording, union
-from .validate import require_valid
+from .validate import require_finite, require_valid
 
 BIN_MARGIN = 0.01
 
@@ -43,8 +43,13 @@ def _name(text):
 
 
 def behavior_series(name, values, *, rate=None, start=0.0, timestamps=None):
-    """One behaviour group: 1-D values give field `name`; (n, k) give `name_0` .. `name_{k-1}`."""
+    """One behaviour group: 1-D values give field `name`; (n, k) give `name_0` .. `name_{k-1}`.
+
+    A single row or column (MATLAB's vectors) counts as 1-D.
+    """
     values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 2 and 1 in values.shape:
+        values = values.ravel()
     if values.ndim == 1:
         fields = {name: values}
     elif values.ndim == 2:
@@ -56,6 +61,8 @@ def behavior_series(name, values, *, rate=None, start=0.0, timestamps=None):
     timestamps = np.asarray(timestamps, dtype=np.float64)
     if len(timestamps) != len(values):
         raise ValueError(f"{len(values)} samples but {len(timestamps)} timestamps")
+    if not np.isfinite(timestamps).all():
+        raise ValueError(f"{int((~np.isfinite(timestamps)).sum())} NaN or infinite timestamps")
     return IrregularTimeSeries(timestamps=timestamps, domain="auto", **fields)
 
 
@@ -354,9 +361,9 @@ def import_nwb(path):
         per_unit = [np.asarray(nwb.units["spike_times"][i], dtype=np.float64) for i in range(len(nwb.units))]
         times = np.concatenate(per_unit)
         units = np.repeat(np.arange(len(per_unit)), [len(s) for s in per_unit])
+        require_finite("spikes.timestamps", times, path)
         order = np.argsort(times, kind="stable")
-        if np.isfinite(times).all():  # keep NaNs in place so the validator reports them
-            times, units = times[order], units[order]
+        times, units = times[order], units[order]
 
         series = [obj for obj in nwb.objects.values() if isinstance(obj, TimeSeries)]
         behavior, movies, ends = {}, [], [times]
@@ -365,7 +372,10 @@ def import_nwb(path):
                 movies.append(ts)
             elif ts.data is not None and np.ndim(ts.data) in (1, 2) and ts.name not in behavior:
                 kw = dict(rate=ts.rate, start=ts.starting_time or 0.0) if ts.rate else dict(timestamps=ts.timestamps[:])
-                behavior[_name(ts.name)] = behavior_series(_name(ts.name), np.asarray(ts.data[:]), **kw)
+                try:
+                    behavior[_name(ts.name)] = behavior_series(_name(ts.name), np.asarray(ts.data[:]), **kw)
+                except ValueError as err:
+                    raise InputError(path, (f"behavior.{_name(ts.name)}", str(err))) from None
                 ends.append(np.asarray(behavior[_name(ts.name)].domain.end))
         trials = None
         if nwb.trials is not None and len(nwb.trials):

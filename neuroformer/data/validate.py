@@ -81,7 +81,7 @@ def check(data):
             problems.append(("units.id", "empty unit id"))
         uniq, counts = np.unique(ids, return_counts=True)
         if (counts > 1).any():
-            problems.append(("units.id", f"duplicate unit ids: {list(uniq[counts > 1][:5])}"))
+            problems.append(("units.id", f"duplicate unit ids: {[str(u) for u in uniq[counts > 1][:5]]}"))
 
     if "spikes" in keys:
         times = _array(data.spikes, "timestamps")
@@ -169,6 +169,14 @@ def _check_series(field, series, lo, hi, problems):
         problems.append((field, f"wrong length: {len(series)} samples at {rate:g} Hz from {start:g} s cover "
                                 f"[{start:g}, {end:g}) s, but the recording is [{lo:g}, {hi:g}) s "
                                 f"(expected at most {expected} samples)"))
+
+
+def require_finite(field, values, source):
+    """Raise before building a series from `values`: torch_brain asserts on NaN timestamps."""
+    problems = []
+    _finite(field, np.asarray(values), problems)
+    if problems:
+        raise InputError(source, problems)
 
 
 def validate_file(path):

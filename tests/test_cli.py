@@ -1,0 +1,38 @@
+"""The command line: prepare --synthetic, info --json, and the demo end to end."""
+import json
+
+import numpy as np
+
+from neuroformer.cli import main
+from neuroformer.demo import run_demo
+
+
+def test_prepare_synthetic_sessions_and_info_json(tmp_path, capsys):
+    out = tmp_path / "syn.h5"
+    assert main(["prepare", "--synthetic", "-o", str(out), "--neurons", "12", "--trials", "3",
+                 "--trial-length", "2", "--sessions", "2", "--seed", "5"]) == 0
+    paths = [tmp_path / "syn_s0.h5", tmp_path / "syn_s1.h5"]
+    assert all(p.exists() and p.with_suffix(".truth.npz").exists() for p in paths)
+    capsys.readouterr()
+    assert main(["info", "--json", *map(str, paths)]) == 0
+    lines = capsys.readouterr().out
+    first = json.loads(lines[:lines.index("}\n{") + 1])
+    assert first["units"] == 12 and first["session"] == "synthetic-s0"
+    assert sorted(first["behavior"]) == ["eye.phi", "eye.theta", "running.speed"]
+    assert set(first["splits"]) == {"train", "valid", "test"}
+
+
+def test_synthetic_duration_option(tmp_path):
+    out = tmp_path / "d.h5"
+    assert main(["prepare", "--synthetic", "-o", str(out), "--neurons", "8", "--duration", "60",
+                 "--trial-length", "4"]) == 0
+    truth = np.load(out.with_suffix(".truth.npz"))
+    assert abs(len(truth["true_rate_times"]) / 20.0 - 60) < 6
+
+
+def test_demo_end_to_end(tmp_path):
+    report = run_demo(tmp_path, seed=0)
+    assert report["recording"]["units"] == 100
+    assert report["loader"]["windows"] > 1000 and report["loader"]["tokens"] > 10_000
+    assert (tmp_path / "overview.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "demo_report.json").read_text())["loader"]["windows"] == report["loader"]["windows"]
