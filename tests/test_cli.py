@@ -1,5 +1,6 @@
 """The command line: prepare --synthetic, info --json, and the demo end to end."""
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -36,3 +37,12 @@ def test_demo_end_to_end(tmp_path):
     assert report["loader"]["windows"] > 1000 and report["loader"]["tokens"] > 10_000
     assert (tmp_path / "overview.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "demo_report.json").read_text())["loader"]["windows"] == report["loader"]["windows"]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    ci_command = (root / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci_command.startswith("pip install torch==2.14.1 torchvision==0.29.1")
+    assert f"    {ci_command}\n" in readme
+    assert "    pip install torch==2.14.1 torchvision==0.29.1 -e . && neuroformer demo\n" in readme

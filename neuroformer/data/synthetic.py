@@ -10,7 +10,7 @@ discrete-time (1 ms) conditionally Poisson process:
     rate_i(t) = r0_i * exp(beta_i * z_i(t - latency_i)) * (1 + a_i * speed(t) / 20)
                 * exp(min(sum_j W_ij * k(t - t_j - d_ij), 2))
 
-where z_i is the standardised receptive-field drive and k an exponential kernel (tau 5 ms).
+where z_i is the standardised receptive-field drive and k(s) = exp(-s / 5 ms) for s >= 0.
 Everything is drawn from one seed; `GENERATOR_VERSION` changes whenever the output would.
 """
 import json
@@ -28,7 +28,6 @@ from .validate import require_valid
 GENERATOR_VERSION = "1.0"
 STEP = 0.001          # simulation time step (s)
 KERNEL_TAU = 0.005    # coupling kernel time constant (s)
-KERNEL_LEN = 25       # coupling kernel length (steps)
 PX_PER_DEG = 1.0      # receptive-field shift per degree of gaze
 
 
@@ -153,64 +152,74 @@ def make_behavior(rng, duration, rate):
     return dict(speed=speed, phi=phi, theta=theta)
 
 
-def _gauss(coord, centre, sigma):
-    g = np.exp(-((coord[None, None, :] - centre[..., None]) ** 2) / (2 * sigma[None, :, None] ** 2))
-    return g / g.sum(-1, keepdims=True)
+def rf_maps(p, height, width):
+    """Centre-surround receptive fields (n_neurons, height * width), signed by polarity."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    d2 = (yy[None] - p["rf_y"][:, None, None]) ** 2 + (xx[None] - p["rf_x"][:, None, None]) ** 2
+
+    def gaussian(sigma):
+        g = np.exp(-d2 / (2 * sigma[:, None, None] ** 2))
+        return g / g.sum((1, 2), keepdims=True)
+
+    maps = gaussian(p["rf_sigma"]) - p["surround_weight"][:, None, None] * gaussian(p["rf_sigma"] * p["surround_scale"])
+    return (maps * p["polarity"][:, None, None]).reshape(len(d2), -1).astype(np.float32)
 
 
 def rf_drive(screen, phi, theta, p):
-    """Receptive-field drive (n_frames, n_neurons) of screen contrast with gaze-shifted RFs."""
+    """Receptive-field drive (n_frames, n_neurons) of screen contrast, with gaze-shifted RFs.
+
+    A receptive field moved by the gaze sees the same as the fixed field on the screen moved
+    the other way (bilinear, grey outside), so each frame is shifted once and projected on all
+    fields by one matrix product. Grey frames (between trials) give zero drive.
+    """
+    from scipy.ndimage import shift as shift_image
+
     n_frames, h, w = screen.shape
-    ys, xs = np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32)
-    drive = np.zeros((n_frames, len(p["rf_x"])), dtype=np.float32)
-    for a in range(0, n_frames, 128):
-        sl = slice(a, a + 128)
-        cx = p["rf_x"][None, :] + PX_PER_DEG * phi[sl, None]
-        cy = p["rf_y"][None, :] + PX_PER_DEG * theta[sl, None]
-        img = screen[sl].astype(np.float32) / 255.0 - 0.5
-        for scale, weight in ((1.0, 1.0), (p["surround_scale"], -p["surround_weight"])):
-            sig = p["rf_sigma"] * scale
-            gy = _gauss(ys, cy, sig).astype(np.float32)           # (f, n, h)
-            gx = _gauss(xs, cx, sig).astype(np.float32)           # (f, n, w)
-            drive[sl] += weight * ((gy @ img) * gx).sum(-1)
-    return drive * p["polarity"]
+    maps = rf_maps(p, h, w)
+    drive = np.zeros((n_frames, maps.shape[0]), dtype=np.float32)
+    shown = np.flatnonzero((screen != 128).any((1, 2)))
+    for a in range(0, len(shown), 512):
+        idx = shown[a:a + 512]
+        img = np.stack([shift_image(screen[i].astype(np.float32) / 255.0 - 0.5,
+                                    (-PX_PER_DEG * theta[i], -PX_PER_DEG * phi[i]), order=1, cval=0.0)
+                        for i in idx])
+        drive[idx] = img.reshape(len(idx), -1) @ maps.T
+    return drive
 
 
 def simulate_spikes(base_rate, n_steps, w, delays, rng, block=10_000):
     """Spikes of the coupled process; `base_rate(a, b)` gives the uncoupled rate (b-a, n) in Hz.
 
-    Steps in chunks of the shortest delay, so that spikes within a chunk cannot affect each
-    other; each spike adds its kernel to a ring buffer of future log-rate input. Rates are
-    made block by block, so memory does not grow with the recording.
+    The coupling input I (log-rate) decays by exp(-STEP / KERNEL_TAU) each step; a spike of j
+    at step t adds W[i, j] to I_i at step t + delays[i, j], through a ring buffer of arrivals.
+    Rates are made block by block, so memory does not grow with the recording.
     """
     n = w.shape[0]
-    chunk = int(delays[delays > 0].min()) if (delays > 0).any() else block
-    kernel = np.exp(-np.arange(KERNEL_LEN) / (KERNEL_TAU / STEP))
-    ring_len = int(delays.max()) + KERNEL_LEN + chunk + 1
-    ring = np.zeros((ring_len, n))
+    decay = np.exp(-STEP / KERNEL_TAU)
+    ring_len = int(delays.max()) + 1
+    arrivals = np.zeros((ring_len, n))
+    coupling = np.zeros(n)
     src, tgt = np.nonzero(w.T)                  # connections, grouped by source
     indptr = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
-    conn_w, conn_d, lags = w[tgt, src], delays[tgt, src], np.arange(KERNEL_LEN)
+    conn_w, conn_d = w[tgt, src], delays[tgt, src]
     times, units = [], []
     for a in tqdm(range(0, n_steps, block), desc="simulating spikes", unit="block", leave=False,
                   disable=n_steps < 20 * block):
         b = min(a + block, n_steps)
         p_spike = np.minimum(base_rate(a, b) * STEP, 0.9)
-        uniform = rng.random(p_spike.shape, dtype=np.float32)
-        for t in range(a, b, chunk):
-            rows = slice(t - a, min(t + chunk, b) - a)
-            slots = np.arange(t, min(t + chunk, b)) % ring_len
-            fired_t, fired_j = np.nonzero(uniform[rows] < p_spike[rows] * np.exp(np.minimum(ring[slots], 2.0)))
-            ring[slots] = 0
-            if len(fired_j):
-                fired_t += t
-                counts = indptr[fired_j + 1] - indptr[fired_j]
-                first = np.repeat(indptr[fired_j] - np.cumsum(counts) + counts, counts)
-                c = first + np.arange(counts.sum())
-                at = (np.repeat(fired_t, counts) + conn_d[c])[:, None] + lags
-                np.add.at(ring, (at % ring_len, tgt[c][:, None]), conn_w[c][:, None] * kernel)
-                times.append(fired_t)
-                units.append(fired_j)
+        uniform = rng.random(p_spike.shape)
+        for t in range(a, b):
+            slot = t % ring_len
+            coupling *= decay
+            coupling += arrivals[slot]
+            arrivals[slot] = 0
+            fired = np.flatnonzero(uniform[t - a] < p_spike[t - a] * np.exp(np.minimum(coupling, 2.0)))
+            if len(fired):
+                counts = indptr[fired + 1] - indptr[fired]
+                c = np.repeat(indptr[fired] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+                np.add.at(arrivals, ((t + conn_d[c]) % ring_len, tgt[c]), conn_w[c])
+                times.append(np.full(len(fired), t))
+                units.append(fired)
     return np.concatenate(times), np.concatenate(units)
 
 
