@@ -11,7 +11,6 @@ Memory that does not grow with the recording's length shows that reads are lazy.
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -19,6 +18,15 @@ from pathlib import Path
 
 FULL = dict(lengths=(900.0, 3600.0), neurons=1000, windows=2000)
 QUICK = dict(lengths=(150.0, 300.0), neurons=50, windows=100)
+
+
+def _peak_rss_mb():
+    """High-water resident memory of this process image (VmHWM; unlike getrusage's ru_maxrss it
+    does not carry the parent's peak across fork and exec)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def read_windows(path, n_windows, seed=0):
@@ -30,7 +38,7 @@ def read_windows(path, n_windows, seed=0):
     torch.set_num_threads(1)
     spec = WindowSpec(current=1.0, history=1.0, frames=1.0, behavior=1.0, variables=("running.speed",))
     loader = make_loader([path], spec, LoaderOptions(batch_size=1, seed=seed))
-    base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base_mb = _peak_rss_mb()
     clock, n, tokens, frames = time.perf_counter(), 0, 0, 0
     while n < n_windows:
         for batch in loader:
@@ -40,9 +48,9 @@ def read_windows(path, n_windows, seed=0):
             if n == n_windows:
                 break
     seconds = time.perf_counter() - clock
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_mb = _peak_rss_mb()
     return dict(windows=n, seconds=seconds, windows_per_s=n / seconds, tokens_per_window=tokens / n,
-                frames_per_window=frames / n, rss_before_reading_mb=base_kb / 1024, peak_rss_mb=peak_kb / 1024,
+                frames_per_window=frames / n, rss_before_reading_mb=base_mb, peak_rss_mb=peak_mb,
                 file_mb=Path(path).stat().st_size / 2**20)
 
 

@@ -104,3 +104,22 @@ def test_vocabulary_extends_and_rejects_unknown_units(known_file):
 def test_recordings_with_different_frame_sizes_are_refused(tiny_synthetic, known_file):
     with pytest.raises(InputError, match=r"tiny.h5: movies.frames: frame size \(64, 112\) differs from \(4, 6\)"):
         make_loader([tiny_synthetic, known_file], WindowSpec())
+
+
+def test_torch_brain_dataset_reads_the_file_lazily(tiny_synthetic):
+    from neuroformer.data.objects import Dataset
+
+    ds = Dataset(tiny_synthetic.parent, recording_ids=[tiny_synthetic.stem])
+    piece = ds[DatasetIndex(tiny_synthetic.stem, 2.0, 3.0)]
+    times = np.asarray(piece.spikes.timestamps)
+    assert len(times) > 0 and times.min() >= 0 and times.max() < 1.0       # origin reset to the start
+    assert np.asarray(piece.behavior.running.speed).shape == (50,)
+
+
+def test_worker_processes_give_the_same_batches(tiny_synthetic):
+    spec = WindowSpec(variables=("eye.phi",))
+    def batches(workers):
+        loader = make_loader([tiny_synthetic], spec, LoaderOptions(batch_size=8, seed=3, num_workers=workers))
+        return [(b["t0"], b["current"]["unit"], b["frames"]["pixels"], b["behavior.eye.phi"]["value"]) for b in loader]
+    for a, b in zip(batches(0), batches(2), strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))

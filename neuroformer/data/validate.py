@@ -84,17 +84,7 @@ def check(data):
             problems.append(("units.id", f"duplicate unit ids: {[str(u) for u in uniq[counts > 1][:5]]}"))
 
     if "spikes" in keys:
-        times = _array(data.spikes, "timestamps")
-        units = _array(data.spikes, "unit_index")
-        if _finite("spikes.timestamps", times, problems):
-            _sorted("spikes.timestamps", times, problems)
-            _within("spikes.timestamps", times, times, lo, hi, problems)
-        if units.dtype.kind not in "iu":
-            problems.append(("spikes.unit_index", f"expected integers, got dtype {units.dtype}"))
-        elif len(units) and (units.min() < 0 or units.max() >= n_units):
-            bad = (units < 0) | (units >= n_units)
-            problems.append(("spikes.unit_index", f"{int(bad.sum())} values outside [0, {n_units}) "
-                                                  f"(e.g. {int(units[bad][0])}); units has {n_units} ids"))
+        _check_spikes(data.spikes, n_units, lo, hi, problems)
 
     n_movies = len(data.movie_table) if "movie_table" in keys else 0
     if "trials" in keys:
@@ -140,6 +130,58 @@ def check(data):
                 problems.append((f"{SPLITS[i]}_domain", f"overlaps {SPLITS[j]}_domain by "
                                                        f"{_overlap(present[i], present[j]):.6g} s"))
     return problems
+
+
+def _chunks(obj, key, size=1 << 20):
+    """(offset, array) pieces of `key`, read piece by piece when lazy: memory stays flat."""
+    source = obj.__dict__.get(key)
+    source = np.asarray(getattr(obj, key)) if source is None or isinstance(source, np.ndarray) else source
+    for a in range(0, max(len(source), 1), size):
+        yield a, np.asarray(source[a:a + size])
+
+
+def _check_spikes(spikes, n_units, lo, hi, problems):
+    """Spike checks in bounded memory (the spike arrays are the only large ones)."""
+    nan = desc = bad_unit = 0
+    first_nan = first_desc = example_unit = None
+    prev, t_min, t_max = -np.inf, np.inf, -np.inf
+    for a, t in _chunks(spikes, "timestamps"):
+        if t.dtype.kind not in "fiu":
+            problems.append(("spikes.timestamps", f"expected numbers, got dtype {t.dtype}"))
+            return
+        finite = np.isfinite(t)
+        if not finite.all():
+            nan += int((~finite).sum())
+            first_nan = a + int(np.argmax(~finite)) if first_nan is None else first_nan
+        t = np.where(finite, t, np.nan)
+        steps = np.diff(np.concatenate([[prev], t])) < 0
+        if steps.any():
+            desc += int(steps.sum())
+            if first_desc is None:
+                i = int(np.argmax(steps))
+                first_desc = (a + i, t[i], prev if i == 0 else t[i - 1])
+        if len(t):
+            prev = t[-1]
+            t_min, t_max = min(t_min, np.nanmin(t, initial=np.inf)), max(t_max, np.nanmax(t, initial=-np.inf))
+    for a, u in _chunks(spikes, "unit_index"):
+        if u.dtype.kind not in "iu":
+            problems.append(("spikes.unit_index", f"expected integers, got dtype {u.dtype}"))
+            break
+        bad = (u < 0) | (u >= n_units)
+        if bad.any():
+            bad_unit += int(bad.sum())
+            example_unit = int(u[bad][0]) if example_unit is None else example_unit
+    if nan:
+        problems.append(("spikes.timestamps", f"{nan} NaN or infinite values (first at index {first_nan})"))
+    if desc:
+        i, now, before = first_desc
+        problems.append(("spikes.timestamps", f"not sorted: {desc} decreasing steps, first at index {i} "
+                                              f"({now!r} after {before!r})"))
+    if t_max >= t_min:
+        _within("spikes.timestamps", [t_min], [t_max], lo, hi, problems)
+    if bad_unit:
+        problems.append(("spikes.unit_index", f"{bad_unit} values outside [0, {n_units}) "
+                                              f"(e.g. {example_unit}); units has {n_units} ids"))
 
 
 def _overlap(a, b):

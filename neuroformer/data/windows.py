@@ -29,7 +29,7 @@ from .objects import (
     pad,
 )
 from .recording import movie_frame_dataset, open_recording, resolve_variable
-from .validate import check
+from .validate import validate_file
 from .vocab import START, UnitVocab
 
 IGNORE = -100
@@ -78,11 +78,9 @@ class RecordingSet(Dataset):
         self._paths = dict(zip(stems, paths))
         self._open, self._pid = {}, None
         self.transform, self.namespace_attributes = None, None
-        for rid in self._recording_ids:
-            data = self.get_recording(rid)
-            problems = check(data) if validate else []
-            if problems:
-                raise InputError(self._paths[rid], problems)
+        if validate:
+            for rid in self._recording_ids:
+                validate_file(self._paths[rid])
 
     def get_recording(self, recording_id, _namespace=""):
         if self._pid != os.getpid():
