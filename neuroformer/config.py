@@ -1,0 +1,154 @@
+"""Configs: YAML mapped onto dataclasses, checked key by key (unknown keys and wrong types are
+errors naming the key). One width key (`model.width`); every other size is derived from it.
+"""
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import InputError
+
+
+@dataclass
+class WindowConfig:
+    current: float = 0.05      # s, predicted window
+    history: float = 0.05      # s, past spikes before it
+    frames: float = 0.15       # s of movie frames ending with the current window; 0 = no stimulus
+    behavior: float = 0.05     # s of behaviour samples ending with the current window
+    dt_res: float = 0.001      # s, resolution of the gap classes
+
+
+@dataclass
+class Variable:
+    predict: bool = False              # a target of the behaviour heads (never also an input)
+    objective: str = "regression"      # regression | classification
+    n_classes: int = 0                 # classification only
+
+
+@dataclass
+class Modality:
+    variables: dict[str, Variable] = field(default_factory=dict)
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "patch"                # patch | conv3d | resnet18
+    weights: str | None = None         # resnet18: a state_dict file; default torchvision's cache
+    patch: int = 8                     # patch: pixels per side; conv3d: spatial stride
+    frozen: bool = True                # resnet18: features computed once and cached
+
+
+@dataclass
+class ModelConfig:
+    width: int = 64
+    heads: int = 4
+    history_layers: int = 1
+    visual_layers: int = 1
+    behavior_layers: int = 1
+    decoder_layers: int = 2
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    contrastive_dim: int = 0           # 0: the width
+
+
+@dataclass
+class LossConfig:
+    spikes: float = 1.0
+    contrastive: float = 0.1
+    behavior: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_batches: int = 50
+    checkpoint_every: int = 250
+    num_workers: int = 0
+
+
+@dataclass
+class Config:
+    window: WindowConfig = field(default_factory=WindowConfig)
+    modalities: dict[str, Modality] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def variables(self, predict):
+        """Behaviour variables used as inputs (predict=False) or as targets (predict=True)."""
+        return [name for m in self.modalities.values() for name, v in m.variables.items() if v.predict == predict]
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _build(cls, raw, where, source):
+    """Instantiate dataclass `cls` from a mapping, checking keys and types recursively."""
+    if not isinstance(raw, dict):
+        raise InputError(source, (where or "config", f"expected a mapping, got {type(raw).__name__}"))
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise InputError(source, [(f"{where}{k}", f"unknown key (allowed: {sorted(hints)})") for k in unknown])
+    return cls(**{k: _value(hints[k], v, f"{where}{k}", source) for k, v in raw.items()})
+
+
+def _value(hint, value, where, source):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where + ".", source)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(source, (where, f"expected a mapping, got {type(value).__name__}"))
+        return {str(k): _value(args[1], v, f"{where}.{k}", source) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _value(next(a for a in args if a is not type(None)), value, where, source)
+    ok = isinstance(value, hint) and not (hint in (int, float) and isinstance(value, bool))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise InputError(source, (where, f"expected {hint.__name__}, got {type(value).__name__} {value!r}"))
+    return value
+
+
+def config_from_dict(raw, source="config"):
+    cfg = _build(Config, raw or {}, "", source)
+    _check(cfg, source)
+    return cfg
+
+
+def load_config(path):
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise InputError(path, ("config", f"cannot read YAML ({err})")) from None
+    return config_from_dict(raw, path)
+
+
+def _check(cfg, source):
+    m = cfg.model
+    if m.width % m.heads or (m.width // m.heads) % 4:
+        raise InputError(source, ("model.heads", f"width {m.width} must split into heads whose size is a multiple of 4"))
+    if m.backbone.name not in ("patch", "conv3d", "resnet18"):
+        raise InputError(source, ("model.backbone.name", f"unknown backbone {m.backbone.name!r} (patch, conv3d, resnet18)"))
+    for mname, modality in cfg.modalities.items():
+        for vname, v in modality.variables.items():
+            if v.objective not in ("regression", "classification"):
+                raise InputError(source, (f"modalities.{mname}.variables.{vname}.objective",
+                                          f"unknown objective {v.objective!r} (regression, classification)"))
+            if v.objective == "classification" and v.n_classes < 2:
+                raise InputError(source, (f"modalities.{mname}.variables.{vname}.n_classes",
+                                          "classification needs n_classes >= 2"))
