@@ -40,6 +40,16 @@ def _info(args):
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
 
 
+def _train(args):
+    from .config import load_config
+    from .train import RunOptions, train
+
+    metrics = train(load_config(args.config), args.data,
+                    RunOptions(args.output, args.max_steps, args.seed, args.device, args.resume))
+    if metrics:
+        print(json.dumps(metrics, indent=2))
+
+
 def _demo(args):
     from .demo import run_demo
 
@@ -79,6 +89,16 @@ def build_parser():
     p.add_argument("files", nargs="+")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=_info)
+
+    p = verbs.add_parser("train", help="train a model on one or more recordings")
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--data", required=True, action="append", help="recording (.h5); repeat for several sessions")
+    p.add_argument("-o", "--output", required=True, type=Path, help="run directory (checkpoints, metrics.jsonl)")
+    p.add_argument("--max-steps", type=int, help="override train.max_steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.set_defaults(run=_train)
 
     p = verbs.add_parser("demo", help="run the main job on the built-in synthetic recording")
     p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"))

@@ -41,9 +41,9 @@ def test_history_frames_and_behaviour(known_file):
     assert hist["unit"].tolist() == [2, 3]                  # a@0.15, b@0.18
     assert np.allclose(hist["time"].numpy(), [-0.05, -0.02])
     frames = sample["frames"].obj                           # onsets in [0.1, 0.25): frames 1 and 2
-    assert frames["pixels"][:, 0, 0].tolist() == [10, 20]
+    assert frames["pixels"][:, 0, 0].tolist() == [10, 20] and frames["index"].tolist() == [1, 2]
     assert np.allclose(frames["time"].numpy(), [-0.1, 0.0])
-    beh = sample["behavior.running.speed"].obj              # samples in [0.2, 0.25) at 100 Hz
+    beh = sample["behavior.speed"].obj                      # samples in [0.2, 0.25) at 100 Hz, under the name asked for
     assert beh["value"].tolist() == [20, 21, 22, 23, 24]
     assert np.allclose(beh["time"].numpy(), [0, 0.01, 0.02, 0.03, 0.04], atol=1e-6)
 

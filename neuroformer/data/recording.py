@@ -141,7 +141,9 @@ def split_by_trials(trials, fractions, seed, test_only_stimuli=()):
             continue
         idx = rng.permutation(idx)
         counts = np.floor(np.asarray(fractions) * len(idx)).astype(int)
-        counts[0] += len(idx) - counts.sum()
+        if len(idx) >= 3:          # a split asked for gets at least one trial
+            counts[1:] = np.where(np.asarray(fractions[1:]) > 0, np.maximum(counts[1:], 1), counts[1:])
+        counts[0] = len(idx) - counts[1:].sum()
         for name, chunk in zip(SPLITS, np.split(idx, np.cumsum(counts)[:-1])):
             assignment[chunk] = name
     return {name: union([(trials.start[i], trials.end[i]) for i in np.flatnonzero(assignment == name)])

@@ -6,8 +6,9 @@ A window at t0 holds:
   q = floor(t / dt_res) - t0 / dt_res) and ordered by (q, unit index). Position i predicts token i+1: its gap class Δ = q_{i+1} - q_i in {0, ..., current/dt_res}
   then its unit; the last position predicts END (class `end_class`), with no unit target.
 - history tokens over [t0 - history, t0), on the same grid (negative times);
-- the movie frames whose onsets fall in [t0 + current - frames, t0 + current);
-- behaviour samples in [t0 + current - behavior, t0 + current).
+- the movie frames whose onsets fall in [t0 + current - frames, t0 + current), with their index
+  into the stored movies (the same index means the same movie frame, e.g. on repeated trials);
+- behaviour samples in [t0 + current - behavior, t0 + current), under "behavior.<name as requested>".
 All times given to the model are float32 seconds relative to t0. A sampled window spans
 [t0 - before, t0 + current) with before = max(history, frames - current, behavior - current),
 and lies wholly inside one split's domain, so no split ever reads another's data.
@@ -114,7 +115,7 @@ class WindowDataset(torch.utils.data.Dataset):
             except KeyError as err:
                 raise InputError(path, ("units.id", err.args[0])) from None
             try:
-                self.variables[rid] = [resolve_variable(data, v) for v in spec.variables]
+                self.variables[rid] = {v: resolve_variable(data, v) for v in spec.variables}
             except KeyError as err:
                 raise InputError(path, ("behavior", err.args[0])) from None
             if spec.frames > 0:
@@ -135,8 +136,8 @@ class WindowDataset(torch.utils.data.Dataset):
         sample.update(self._spikes(data, index.recording_id, k0))
         if spec.frames > 0:
             sample.update(self._frames(data, t0))
-        for name in self.variables[index.recording_id]:
-            sample[f"behavior.{name}"] = self._behavior(data, name, t0)
+        for requested, name in self.variables[index.recording_id].items():
+            sample[f"behavior.{requested}"] = self._behavior(data, name, t0)
         return sample
 
     def _spikes(self, data, rid, k0):
@@ -177,7 +178,7 @@ class WindowDataset(torch.utils.data.Dataset):
         lo, hi = t0 + spec.current - spec.frames, t0 + spec.current
         pres = data.stimulus
         table = data.movie_table
-        chunks, times = [], []
+        chunks, times, index = [], [], []
         for k in np.flatnonzero((pres.start < hi) & (pres.end > lo)):
             m = pres.movie_index[k]
             rate, first = table.frame_rate[m], table.first_frame[m]
@@ -186,11 +187,13 @@ class WindowDataset(torch.utils.data.Dataset):
             if i1 > i0:
                 chunks.append(movie_frame_dataset(data)[first + i0:first + i1])
                 times.append(pres.start[k] + np.arange(i0, i1) / rate - t0)
+                index.append(np.arange(first + i0, first + i1))
         shape = movie_frame_dataset(data).shape[1:]
         frames = np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.uint8)
         times = np.concatenate(times) if times else np.zeros(0)
+        index = np.concatenate(index) if index else np.zeros(0, np.int64)
         return {"frames": pad({"pixels": torch.from_numpy(frames), "time": torch.from_numpy(times.astype(np.float32)),
-                               "mask": _ones(times)})}
+                               "index": torch.from_numpy(index), "mask": _ones(times)})}
 
     def _behavior(self, data, name, t0):
         group, field_name = name.split(".")

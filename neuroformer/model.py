@@ -1,0 +1,232 @@
+"""The Neuroformer model: predicts the next spike's gap and unit from history, video and behaviour.
+
+Read top to bottom: embeddings -> context encoders (history, visual, behaviour) -> one memory
+-> causal decoder over the current window -> heads (Δ/END, then unit given Δ) -> behaviour
+queries -> losses. The likelihood is the one of DESIGN §2: NLL per spike (nats) =
+-[Σ log p(Δ or END) + Σ log p(unit | Δ)] / number of spikes.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import make_backbone
+from .data.windows import IGNORE
+from .nn import Block, stack
+
+HISTORY, VISUAL, BEHAVIOR, NULL = range(4)     # modality type embeddings of memory tokens
+
+
+class Neuroformer(nn.Module):
+    def __init__(self, cfg, vocab_size, frame_shape=None, behavior_stats=None):
+        super().__init__()
+        self.cfg = cfg
+        m, w = cfg.model, cfg.model.width
+        self.n_dt = int(round(cfg.window.current / cfg.window.dt_res)) + 1
+        self.end_class = self.n_dt
+        block = dict(heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout)
+
+        self.unit_emb = nn.Embedding(vocab_size, w)
+        self.type_emb = nn.Embedding(4, w)
+        self.null = nn.Parameter(torch.zeros(1, 1, w))
+        self.history = stack(m.history_layers, w, name="history", **block)
+
+        self.uses_frames = cfg.window.frames > 0
+        if self.uses_frames:
+            self.backbone = make_backbone(m.backbone, frame_shape)
+            n_pos = self.backbone.grid[0] * self.backbone.grid[1]
+            self.visual_in = nn.Linear(self.backbone.channels, w)
+            self.visual_pos = nn.Parameter(torch.zeros(n_pos, w))
+            self.visual = stack(m.visual_layers, w, name="visual", **block)
+
+        self.inputs, self.targets = cfg.variables(predict=False), cfg.variables(predict=True)
+        names = self.inputs + self.targets
+        self.var_index = {n: i for i, n in enumerate(names)}
+        self.var_emb = nn.Embedding(max(1, len(names)), w)
+        stats = torch.as_tensor(behavior_stats if behavior_stats is not None else [[0.0, 1.0]] * len(names),
+                                dtype=torch.float32).view(-1, 2)
+        self.register_buffer("behavior_stats", stats)           # (mean, std) per variable, from training data
+        self.value_in = nn.Linear(1, w)
+        self.behavior = stack(m.behavior_layers if self.inputs else 0, w, name="behavior", **block)
+
+        self.decoder = stack(m.decoder_layers, w, name="decoder", cross=True, **block)
+        self.norm = nn.LayerNorm(w)
+        self.dt_head = nn.Linear(w, self.n_dt + 1)
+        self.dt_emb = nn.Embedding(self.n_dt + 1, w)
+        self.unit_head = nn.Linear(w, vocab_size)
+
+        objectives = {n: v for mod in cfg.modalities.values() for n, v in mod.variables.items()}
+        self.objectives = {n: objectives[n].objective for n in self.targets}
+        if self.targets:
+            self.query = Block(w, cross=True, name="query", **block)
+            self.readout = nn.ModuleList(nn.Linear(w, objectives[n].n_classes or 1) for n in self.targets)
+
+        c = m.contrastive_dim or w
+        self.proj_neural, self.proj_visual = nn.Linear(w, c), nn.Linear(w, c)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.apply(_init)
+
+    # ------------------------------------------------------------------ context
+
+    def encode_context(self, batch):
+        """Memory (tokens, times, mask) of history, frames and input behaviour, plus pooled visual."""
+        B = batch["current"]["unit"].shape[0]
+        parts, pooled_visual = [], None
+        hist = batch["history"]
+        h = self.unit_emb(hist["unit"]) + self.type_emb.weight[HISTORY]
+        for blk in self.history:
+            h = blk(h, hist["time"], hist["mask"])
+        parts.append((h, hist["time"], hist["mask"]))
+
+        if self.uses_frames:
+            fr = batch["frames"]
+            feats = self.backbone(fr["pixels"])                                  # (B, F, P, C)
+            _, F_, P, _ = feats.shape
+            v = self.visual_in(feats) + self.visual_pos + self.type_emb.weight[VISUAL]
+            v = v.reshape(B, F_ * P, -1)
+            v_time = fr["time"].repeat_interleave(P, dim=1)
+            v_mask = fr["mask"].repeat_interleave(P, dim=1)
+            for blk in self.visual:
+                v = blk(v, v_time, v_mask)
+            parts.append((v, v_time, v_mask))
+            pooled_visual = _masked_mean(v, v_mask)
+
+        if self.inputs:
+            toks, times, masks = [], [], []
+            for name in self.inputs:
+                b = batch[f"behavior.{name}"]
+                i = self.var_index[name]
+                z = (b["value"] - self.behavior_stats[i, 0]) / self.behavior_stats[i, 1]
+                toks.append(self.value_in(z.unsqueeze(-1)) + self.var_emb.weight[i] + self.type_emb.weight[BEHAVIOR])
+                times.append(b["time"])
+                masks.append(b["mask"])
+            x, t, mk = torch.cat(toks, 1), torch.cat(times, 1), torch.cat(masks, 1)
+            for blk in self.behavior:
+                x = blk(x, t, mk)
+            parts.append((x, t, mk))
+
+        null = (self.null + self.type_emb.weight[NULL]).expand(B, 1, -1)          # never an empty memory
+        zeros = torch.zeros(B, 1, device=null.device)
+        parts.append((null, zeros, torch.ones(B, 1, dtype=torch.bool, device=null.device)))
+        memory = tuple(torch.cat(p, 1) for p in zip(*parts))
+        return memory, pooled_visual
+
+    # ------------------------------------------------------------------ decoder and heads
+
+    def decode(self, batch, memory):
+        cur = batch["current"]
+        x = self.unit_emb(cur["unit"])
+        for blk in self.decoder:
+            x = blk(x, cur["time"], cur["mask"], causal=True, memory=memory)
+        return self.norm(x)
+
+    def heads(self, x, dt):
+        """Logits of the gap (Δ or END) and of the unit given gap `dt` (teacher-forced or sampled)."""
+        return self.dt_head(x), self.unit_head(x + self.dt_emb(dt))
+
+    def forward(self, batch):
+        """Losses and summed metrics of a batch (see `metrics_from_sums`)."""
+        cur = batch["current"]
+        memory, pooled_visual = self.encode_context(batch)
+        x = self.decode(batch, memory)
+        dt_target, unit_target = cur["dt_target"], cur["unit_target"]
+        dt_logits, unit_logits = self.heads(x, dt_target.clamp(min=0))
+        dt_nll = F.cross_entropy(dt_logits.flatten(0, 1), dt_target.flatten(), ignore_index=IGNORE, reduction="sum")
+        unit_nll = F.cross_entropy(unit_logits.flatten(0, 1), unit_target.flatten(), ignore_index=IGNORE,
+                                   reduction="sum")
+        n_targets = (dt_target != IGNORE).sum()
+        loss_spikes = (dt_nll + unit_nll) / n_targets.clamp(min=1)
+        is_unit, is_end = unit_target != IGNORE, dt_target == self.end_class
+        out = {
+            "nll_sum": (dt_nll + unit_nll).detach(), "n_spikes": batch["n_spikes"].sum(),
+            "unit_correct": ((unit_logits.argmax(-1) == unit_target) & is_unit).sum(), "unit_count": is_unit.sum(),
+            "end_correct": ((dt_logits.argmax(-1) == self.end_class) & is_end).sum(), "end_count": is_end.sum(),
+        }
+        loss = self.cfg.loss.spikes * loss_spikes
+
+        if self.uses_frames and self.cfg.loss.contrastive > 0:
+            c_loss, correct, count = self.contrastive(x, cur["mask"], pooled_visual, batch["frames"])
+            loss = loss + self.cfg.loss.contrastive * c_loss
+            out.update(contrast_correct=correct, contrast_count=count, contrast_batch=torch.tensor(len(x)))
+
+        if self.targets:
+            b_loss, sums = self.behavior_loss(batch, torch.cat([x, memory[0]], 1),
+                                              torch.cat([cur["time"], memory[1]], 1),
+                                              torch.cat([cur["mask"], memory[2]], 1))
+            loss = loss + self.cfg.loss.behavior * b_loss
+            out.update(sums)
+        out["loss"] = loss
+        return out
+
+    # ------------------------------------------------------------------ auxiliary objectives
+
+    def contrastive(self, x, mask, pooled_visual, frames):
+        """CLIP-style InfoNCE between pooled neural and pooled visual features, learned temperature.
+
+        Other windows showing the same movie frame (repeated trials) are not negatives; windows
+        without frames take no part.
+        """
+        key = torch.where(frames["mask"], frames["index"], -1).max(1).values          # last frame shown
+        valid = key >= 0
+        n = F.normalize(self.proj_neural(_masked_mean(x, mask)), dim=-1)[valid]
+        v = F.normalize(self.proj_visual(pooled_visual), dim=-1)[valid]
+        key = key[valid]
+        if len(key) < 2:
+            zero = (n.sum() + v.sum()) * 0                  # keeps both projections in the graph
+            return zero, torch.tensor(0), torch.tensor(0)
+        logits = self.logit_scale.clamp(max=math.log(100)).exp() * n @ v.T
+        same = (key[:, None] == key[None, :]) & ~torch.eye(len(key), dtype=torch.bool, device=key.device)
+        logits = logits.masked_fill(same, float("-inf"))
+        labels = torch.arange(len(key), device=key.device)
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        return loss, (logits.argmax(1) == labels).sum().detach(), torch.tensor(len(key))
+
+    def behavior_loss(self, batch, context, context_time, context_mask):
+        """POYO-style output queries at each target sample's timestamp."""
+        loss, sums = 0.0, {}
+        for readout, name in zip(self.readout, self.targets):
+            b = batch[f"behavior.{name}"]
+            i = self.var_index[name]
+            q = self.var_emb.weight[i].expand(*b["value"].shape, -1)
+            y = readout(self.query(q, b["time"], b["mask"], memory=(context, context_time, context_mask)))
+            if self.objectives[name] == "regression":
+                z = (b["value"] - self.behavior_stats[i, 0]) / self.behavior_stats[i, 1]
+                err = ((y.squeeze(-1) - z) ** 2)[b["mask"]]
+            else:
+                err = F.cross_entropy(y[b["mask"]], b["value"][b["mask"]].long(), reduction="none")
+            loss = loss + err.mean() if len(err) else loss
+            sums[f"behavior_err_sum.{name}"] = err.sum().detach()
+            sums[f"behavior_count.{name}"] = torch.tensor(len(err))
+        return loss / len(self.targets), sums
+
+
+def metrics_from_sums(sums):
+    """Validation metrics from summed batch outputs: NLL per spike (nats), unit top-1 and END
+    accuracy, contrastive retrieval top-1 (chance = 1 / batch), behaviour error per variable."""
+    def ratio(a, b):
+        return float(sums[a]) / max(float(sums[b]), 1.0) if a in sums else None
+
+    out = {"nll_per_spike": ratio("nll_sum", "n_spikes"), "unit_accuracy": ratio("unit_correct", "unit_count"),
+           "end_accuracy": ratio("end_correct", "end_count")}
+    if "contrast_count" in sums:
+        out["retrieval_top1"] = ratio("contrast_correct", "contrast_count")
+    for key in sums:
+        if key.startswith("behavior_err_sum."):
+            name = key.split(".", 1)[1]
+            out[f"behavior_error.{name}"] = ratio(key, f"behavior_count.{name}")
+    return out
+
+
+def _masked_mean(x, mask):
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def _init(module):
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)

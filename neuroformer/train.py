@@ -1,0 +1,257 @@
+"""Training: AdamW with warm-up and cosine decay, validation, atomic checkpoints, exact resume, DDP.
+
+Window order is a pure function of (seed, epoch): each epoch draws its random windows from
+torch_brain's RandomFixedWindowSampler with a generator seeded by both, DDP rank r takes every
+world-th batch, and a resumed run skips the batches it had done. Checkpoints hold only tensors
+and plain types, so `torch.load(weights_only=True)` reads them.
+"""
+import json
+import math
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .config import config_from_dict
+from .data.objects import RandomFixedWindowSampler, SequentialFixedWindowSampler
+from .data.recording import resolve_variable
+from .data.vocab import UnitVocab
+from .data.windows import RecordingSet, WindowDataset, WindowSpec, collate_windows
+from .errors import InputError
+from .io import atomic_path
+from .model import Neuroformer, metrics_from_sums
+
+
+def window_spec(cfg):
+    w = cfg.window
+    return WindowSpec(current=w.current, history=w.history, frames=w.frames, behavior=w.behavior,
+                      variables=tuple(cfg.variables(False) + cfg.variables(True)), dt_res=w.dt_res)
+
+
+def behavior_stats(recordings, names):
+    """(mean, std) of each behaviour variable over the training split of all recordings."""
+    stats = []
+    for name in names:
+        values = []
+        for rid in recordings.recording_ids:
+            data = recordings.get_recording(rid)
+            group, field = resolve_variable(data, name).split(".")
+            series = getattr(data.behavior, group)
+            t, v = np.asarray(series.timestamps), np.asarray(getattr(series, field))
+            dom = data.train_domain
+            inside = ((t[:, None] >= dom.start[None]) & (t[:, None] < dom.end[None])).any(1)
+            values.append(v[inside])
+        v = np.concatenate(values)
+        stats.append([float(v.mean()), float(v.std() + 1e-6)])
+    return stats
+
+
+def build(cfg, data_paths, vocab=None, stats=None):
+    """Recordings, window dataset and model for a config (vocabulary and stats from a checkpoint
+    when resuming, else made from the data)."""
+    recordings = RecordingSet(data_paths)
+    dataset = WindowDataset(recordings, window_spec(cfg), vocab)
+    frame_shape = getattr(dataset, "frame_size", None)
+    names = cfg.variables(False) + cfg.variables(True)
+    if stats is None:
+        stats = behavior_stats(recordings, names)
+    model = Neuroformer(cfg, len(dataset.vocab), frame_shape=frame_shape, behavior_stats=stats)
+    return recordings, dataset, model
+
+
+def epoch_batches(recordings, spec, split, batch_size, seed, epoch, rank=0, world=1):
+    """This rank's batches of random windows for (seed, epoch): a list of lists of indices."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    sampler = RandomFixedWindowSampler(sampling_intervals=recordings.get_sampling_intervals(split),
+                                       window_length=spec.length, generator=generator)
+    indices = list(sampler)
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
+    return batches[rank::world][:len(batches) // world]
+
+
+def validation_batches(recordings, spec, batch_size, limit):
+    """The first `limit` batches of a sequential tiling of the validation split (deterministic)."""
+    sampler = SequentialFixedWindowSampler(sampling_intervals=recordings.get_sampling_intervals("valid"),
+                                           window_length=spec.length, step=spec.current, drop_short=True)
+    indices = list(sampler)
+    stride = max(1, len(indices) // max(1, limit * batch_size))     # spread over the whole split
+    indices = indices[::stride][:limit * batch_size]
+    return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+
+
+def lr_lambda(warmup, total):
+    def f(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def to_device(batch, device):
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True) if torch.is_tensor(batch) else batch
+
+
+def evaluate(model, dataset, batches, device):
+    """Summed metrics over `batches` (lists of indices), then `metrics_from_sums`."""
+    was_training = model.training
+    model.eval()
+    sums = {}
+    with torch.no_grad(), _autocast(device):
+        for idx in batches:
+            out = model(to_device(collate_windows([dataset[i] for i in idx]), device))
+            for k, v in out.items():
+                if k != "loss":
+                    sums[k] = sums.get(k, 0) + float(v)
+            sums["loss_sum"] = sums.get("loss_sum", 0) + float(out["loss"])
+            sums["batches"] = sums.get("batches", 0) + 1
+    model.train(was_training)
+    metrics = metrics_from_sums(sums)
+    metrics["loss"] = sums.get("loss_sum", 0) / max(1, sums.get("batches", 0))
+    return metrics
+
+
+def _autocast(device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" else nullcontext()
+
+
+@dataclass
+class RunOptions:
+    out: Path
+    max_steps: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    resume: bool = False
+
+
+def train(cfg, data_paths, opts):
+    """Train `cfg` on `data_paths`; returns the final validation metrics (rank 0)."""
+    rank, world = _init_distributed(opts.device)
+    device = torch.device(f"cuda:{rank % max(1, torch.cuda.device_count())}" if opts.device == "cuda" else opts.device)
+    out = Path(opts.out)
+    total = opts.max_steps or cfg.train.max_steps
+    state = _load_for_resume(out / "last.pt", cfg) if opts.resume else None
+    vocab = UnitVocab.from_state_dict(state["vocab"]) if state else None
+    stats = state["behavior_stats"] if state else None
+    torch.manual_seed(opts.seed)
+    recordings, dataset, model = build(cfg, data_paths, vocab, stats)
+    model.to(device)
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, total))
+    step, epoch, done, best = 0, 0, 0, float("inf")
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, done, best = state["step"], state["epoch"], state["batches_done"], state["best_valid_loss"]
+        torch.set_rng_state(state["torch_rng"])
+        opts.seed = state["seed"]
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    spec = dataset.spec
+    valid = validation_batches(recordings, spec, cfg.train.batch_size, cfg.train.eval_batches)
+    metrics_path = out / "metrics.jsonl"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, step)
+    bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=rank != 0)
+    last_valid = None
+    while step < total:
+        batches = epoch_batches(recordings, spec, "train", cfg.train.batch_size, opts.seed, epoch, rank, world)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[done:], collate_fn=collate_windows,
+                                             num_workers=cfg.train.num_workers,
+                                             generator=torch.Generator().manual_seed(opts.seed))
+        for batch in loader:
+            with _autocast(device):
+                result = ddp(to_device(batch, device))
+            optimizer.zero_grad(set_to_none=True)
+            result["loss"].backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step, done = step + 1, done + 1
+            bar.update(1)
+            if rank == 0:
+                row = {"step": step, "split": "train", "loss": float(result["loss"].detach()),
+                       "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                       **metrics_from_sums({k: float(v) for k, v in result.items() if k != "loss"})}
+                _append(metrics_path, row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if step % cfg.train.eval_every == 0 or step == total:
+                last_valid = evaluate(model, dataset, valid, device)
+                if rank == 0:
+                    _append(metrics_path, {"step": step, "split": "valid", **last_valid})
+                    if last_valid["loss"] < best:
+                        best = last_valid["loss"]
+                        _save(out / "best.pt", model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts)
+            if rank == 0 and (step % cfg.train.checkpoint_every == 0 or step == total):
+                _save(out / "last.pt", model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts)
+            if step >= total:
+                break
+        else:
+            epoch, done = epoch + 1, 0
+    bar.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return last_valid
+
+
+def _save(path, model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts):
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "step": step, "epoch": epoch, "batches_done": done, "seed": opts.seed, "best_valid_loss": best,
+        "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(), "vocab": dataset.vocab.state_dict(),
+        "behavior_stats": model.behavior_stats.tolist(),
+        "frame_shape": list(getattr(dataset, "frame_size", ()) or ()),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path):
+    """A checkpoint (weights_only) -> (config, state)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, ("checkpoint", "does not exist"))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InputError(path, ("checkpoint", f"cannot be read ({type(err).__name__}: {err})")) from None
+    return config_from_dict(state["config"], path), state
+
+
+def _load_for_resume(path, cfg):
+    saved_cfg, state = load_checkpoint(path)
+    if saved_cfg.to_dict() != cfg.to_dict():
+        diff = [k for k in cfg.to_dict() if cfg.to_dict()[k] != saved_cfg.to_dict()[k]]
+        raise InputError(path, ("config", f"the checkpoint was made with another config (differs in {diff})"))
+    return state
+
+
+def _append(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(path, step):
+    """On resume, forget metrics logged after the checkpoint (they are logged again)."""
+    if path.exists():
+        rows = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(r + "\n" for r in rows))
+
+
+def _init_distributed(device):
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)

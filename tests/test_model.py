@@ -1,0 +1,136 @@
+"""The model: config checking, shapes, the likelihood against a reference, causality, rotary
+time invariance, attention capture, contrastive exclusions, backbones."""
+import math
+from contextlib import nullcontext
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from neuroformer.backbones import make_backbone
+from neuroformer.config import BackboneConfig, config_from_dict, load_config
+from neuroformer.data.windows import IGNORE, LoaderOptions, make_loader
+from neuroformer.errors import InputError
+from neuroformer.model import Neuroformer, metrics_from_sums
+from neuroformer.nn import capture_attention
+from neuroformer.train import window_spec
+
+TINY_CFG = {
+    "window": {"current": 0.05, "history": 0.05, "frames": 0.1, "behavior": 0.05},
+    "modalities": {"behavior": {"variables": {"running.speed": {"predict": False}, "eye.phi": {"predict": True}}}},
+    "model": {"width": 16, "heads": 2, "history_layers": 1, "visual_layers": 1, "behavior_layers": 1,
+              "decoder_layers": 2, "dropout": 0.0, "backbone": {"name": "patch", "patch": 16}},
+    "train": {"batch_size": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_synthetic):
+    torch.manual_seed(0)
+    cfg = config_from_dict(TINY_CFG)
+    loader = make_loader([tiny_synthetic], window_spec(cfg), LoaderOptions(batch_size=8, seed=0))
+    model = Neuroformer(cfg, len(loader.dataset.vocab), frame_shape=(64, 112)).eval()
+    return cfg, model, next(iter(loader))
+
+
+def test_shipped_configs_load():
+    demo, published = load_config("configs/demo.yaml"), load_config("configs/published.yaml")
+    assert demo.model.width == 64
+    assert (published.model.width, published.model.heads, published.model.decoder_layers) == (256, 8, 6)
+    assert published.window.current == published.window.history == 0.05
+
+
+@pytest.mark.parametrize("raw, field, problem", [
+    ({"model": {"widht": 64}}, "model.widht", "unknown key"),
+    ({"train": {"batch_size": "32"}}, "train.batch_size", "expected int, got str"),
+    ({"model": {"dropout": True}}, "model.dropout", "expected float, got bool"),
+    ({"modalities": {"behavior": {"variables": {"speed": {"objective": "ranking"}}}}},
+     "modalities.behavior.variables.speed.objective", "unknown objective"),
+    ({"model": {"width": 30, "heads": 4}}, "model.heads", "must split into heads"),
+    ({"model": {"backbone": {"name": "vit"}}}, "model.backbone.name", "unknown backbone"),
+])
+def test_config_errors_name_the_key(raw, field, problem):
+    with pytest.raises(InputError, match=rf"cfg.yaml: {field}: .*{problem}"):
+        config_from_dict(raw, "cfg.yaml")
+
+
+def test_nll_per_spike_matches_a_reference_computation(setup):
+    cfg, model, batch = setup
+    with torch.no_grad():
+        out = model(batch)
+        memory, _ = model.encode_context(batch)
+        x = model.decode(batch, memory)
+        cur = batch["current"]
+        dt_logits, unit_logits = model.heads(x, cur["dt_target"].clamp(min=0))
+    total, spikes = 0.0, 0
+    for b in range(len(x)):
+        for i in range(int(cur["mask"][b].sum())):
+            d = int(cur["dt_target"][b, i])
+            total -= float(F.log_softmax(dt_logits[b, i], -1)[d])
+            if int(cur["unit_target"][b, i]) != IGNORE:
+                total -= float(F.log_softmax(unit_logits[b, i], -1)[int(cur["unit_target"][b, i])])
+                spikes += 1
+    assert spikes == int(batch["n_spikes"].sum())
+    assert metrics_from_sums(out)["nll_per_spike"] == pytest.approx(total / spikes, rel=1e-5)
+    assert math.log(len(model.unit_emb.weight)) < total / spikes < 20     # untrained: about uniform
+
+
+def test_decoder_is_causal(setup):
+    _, model, batch = setup
+    cur = batch["current"]
+    b = int(cur["mask"].sum(1).argmax())
+    n = int(cur["mask"][b].sum())
+    changed = {k: {kk: vv.clone() for kk, vv in v.items()} if isinstance(v, dict) else v for k, v in batch.items()}
+    changed["current"]["unit"][b, n - 1] = 3 if int(cur["unit"][b, n - 1]) != 3 else 4
+    with torch.no_grad():
+        memory, _ = model.encode_context(batch)
+        a, c = model.decode(batch, memory), model.decode(changed, memory)
+    assert torch.allclose(a[b, :n - 1], c[b, :n - 1], atol=1e-6) and not torch.allclose(a[b, n - 1], c[b, n - 1])
+
+
+def test_attention_depends_on_time_differences_only(setup):
+    _, model, batch = setup
+    shifted = {k: {kk: vv.clone() for kk, vv in v.items()} if isinstance(v, dict) else v for k, v in batch.items()}
+    for key, value in shifted.items():
+        if isinstance(value, dict) and "time" in value:
+            value["time"] += 0.37
+    with torch.no_grad():
+        a, b = model(batch), model(shifted)
+    assert float(a["nll_sum"]) == pytest.approx(float(b["nll_sum"]), rel=1e-4)
+
+
+def test_attention_capture_rows_sum_to_one_and_costs_nothing_when_off(setup):
+    _, model, batch = setup
+    with torch.no_grad(), capture_attention() as weights:
+        model(batch)
+    assert {"decoder.0.self", "decoder.0.cross", "history.0.self", "visual.0.self"} <= set(weights)
+    w = weights["decoder.1.self"][0]
+    cur_mask = batch["current"]["mask"]
+    assert w.shape[-2:] == (cur_mask.shape[1], cur_mask.shape[1])
+    rows = w.transpose(1, 2)[cur_mask]                                # (real queries, heads, keys)
+    assert torch.allclose(rows.sum(-1), torch.ones(()), atol=1e-5)
+    assert torch.all(w.triu(1) == 0)                                  # causal
+    with torch.no_grad(), capture_attention() as outer:
+        pass
+    assert outer == {}
+
+
+def test_contrastive_excludes_windows_showing_the_same_frame(setup):
+    _, model, _ = setup
+    torch.manual_seed(1)
+    x, pooled = torch.randn(4, 3, 16), torch.randn(4, 16)
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    frames = {"index": torch.tensor([[5], [5], [7], [9]]), "mask": torch.ones(4, 1, dtype=torch.bool)}
+    loss, correct, count = model.contrastive(x, mask, pooled, frames)
+    frames_distinct = {"index": torch.tensor([[5], [6], [7], [9]]), "mask": frames["mask"]}
+    loss_distinct, _, _ = model.contrastive(x, mask, pooled, frames_distinct)
+    assert int(count) == 4 and float(loss) < float(loss_distinct)     # one fewer negative for two rows
+
+
+@pytest.mark.parametrize("name, grid", [("patch", (8, 14)), ("conv3d", (8, 14)), ("resnet18", (8, 14))])
+def test_backbones_keep_a_spatial_grid(name, grid):
+    with pytest.warns(UserWarning, match="random weights") if name == "resnet18" else nullcontext():
+        bb = make_backbone(BackboneConfig(name=name, patch=8), (64, 112))
+    out = bb(torch.randint(0, 255, (2, 3, 64, 112), dtype=torch.uint8))
+    assert bb.grid == grid and out.shape == (2, 3, grid[0] * grid[1], bb.channels)
+
