@@ -1,0 +1,93 @@
+"""Training: checkpoints readable with weights_only, exact resume after SIGKILL, DDP on CPU."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from neuroformer.train import load_checkpoint
+
+from test_model import TINY_CFG
+
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    cfg = {**TINY_CFG, "model": {**TINY_CFG["model"], "dropout": 0.1},
+           "train": {"batch_size": 8, "max_steps": STEPS, "warmup_steps": 4, "eval_every": 10, "eval_batches": 2,
+                     "checkpoint_every": 4}}
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _cmd(config, data, out, *extra):
+    return [sys.executable, "-m", "neuroformer.cli", "train", "--config", str(config), "--data", str(data),
+            "-o", str(out), "--seed", "7", *extra]
+
+
+def _weights(path):
+    return load_checkpoint(path)[1]["model"]
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_config, tiny_synthetic, tmp_path):
+    subprocess.run(_cmd(tiny_config, tiny_synthetic, tmp_path / "straight"), check=True, capture_output=True)
+    proc = subprocess.Popen(_cmd(tiny_config, tiny_synthetic, tmp_path / "killed"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(last)[1]["step"]
+    assert 0 < killed_at < STEPS
+    subprocess.run(_cmd(tiny_config, tiny_synthetic, tmp_path / "killed", "--resume"), check=True, capture_output=True)
+    a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(last)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, STEPS + 1))
+
+
+def test_checkpoint_holds_everything_and_loads_weights_only(tiny_config, tiny_synthetic, tmp_path):
+    subprocess.run(_cmd(tiny_config, tiny_synthetic, tmp_path, "--max-steps", "10"), check=True, capture_output=True)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "step", "epoch", "batches_done", "seed", "torch_rng", "config",
+            "vocab", "behavior_stats"} <= set(state)
+    assert state["step"] == 10 and state["vocab"]["words"][2] == "synthetic/n0000"
+    assert (tmp_path / "best.pt").exists()
+    valid = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"valid"' in x]
+    assert valid and valid[-1]["nll_per_spike"] > 0
+
+
+def test_resume_with_another_config_is_refused(tiny_config, tiny_synthetic, tmp_path):
+    subprocess.run(_cmd(tiny_config, tiny_synthetic, tmp_path, "--max-steps", "4"), check=True, capture_output=True)
+    other = tmp_path / "other.yaml"
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw["model"]["width"] = 32
+    other.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run(_cmd(other, tiny_synthetic, tmp_path, "--resume"), capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "last.pt: config: the checkpoint was made with another config (differs in ['model'])" in proc.stderr
+
+
+def test_torchrun_two_processes_on_cpu(tiny_config, tiny_synthetic, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "neuroformer.cli", "train",
+                    "--config", str(tiny_config), "--data", str(tiny_synthetic), "-o", str(tmp_path),
+                    "--max-steps", "6"], check=True, capture_output=True, env=env, timeout=300)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    single = tmp_path / "single"
+    subprocess.run(_cmd(tiny_config, tiny_synthetic, single, "--max-steps", "6"), check=True, capture_output=True)
+    reference = torch.load(single / "last.pt", weights_only=True)
+    assert state["step"] == 6 and set(state) == set(reference)
+    assert state["model"].keys() == reference["model"].keys()
