@@ -9,6 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["neuroformer", "neuroformer.*"]),
+    package_data={"neuroformer": ["configs/*.yaml"]},
     install_requires=[
         # Install torch and torchvision as a matching pair in the same pip call
         # (README and .ci/run pin torch==2.14.1 torchvision==0.29.1).

@@ -53,7 +53,7 @@ def _train(args):
 def _demo(args):
     from .demo import run_demo
 
-    run_demo(args.output, seed=args.seed)
+    run_demo(args.output, seed=args.seed, max_steps=args.max_steps)
 
 
 def build_parser():
@@ -103,6 +103,7 @@ def build_parser():
     p = verbs.add_parser("demo", help="run the main job on the built-in synthetic recording")
     p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, help="training steps (default: the demo config's 600)")
     p.set_defaults(run=_demo)
     return parser
 

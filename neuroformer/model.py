@@ -81,7 +81,7 @@ class Neuroformer(nn.Module):
 
         if self.uses_frames:
             fr = batch["frames"]
-            feats = self.backbone(fr["pixels"])                                  # (B, F, P, C)
+            feats = fr["features"] if "features" in fr else self.backbone(fr["pixels"])   # (B, F, P, C)
             _, F_, P, _ = feats.shape
             v = self.visual_in(feats) + self.visual_pos + self.type_emb.weight[VISUAL]
             v = v.reshape(B, F_ * P, -1)

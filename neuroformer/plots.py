@@ -52,3 +52,29 @@ def recording_overview(path, out_png, seconds=4.0):
     finally:
         data.file.close()
     return out_png
+
+
+def training_curves(metrics_jsonl, out_png, baseline=None):
+    """Training loss and validation NLL per spike against step (and a baseline's NLL)."""
+    import json
+
+    rows = [json.loads(line) for line in open(metrics_jsonl)]
+    train = [(r["step"], r["loss"]) for r in rows if r["split"] == "train"]
+    valid = [(r["step"], r["nll_per_spike"]) for r in rows if r["split"] == "valid"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if train:
+        steps, loss = np.array(train).T
+        k = max(1, len(loss) // 50)
+        ax.plot(steps, loss, color="0.75", lw=0.8, label="train loss (per target)")
+        ax.plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, "valid"), color="0.4", lw=1)
+    if valid:
+        ax.plot(*np.array(valid).T, "o-", color="C0", label="valid NLL per spike")
+    if baseline is not None:
+        ax.axhline(baseline, color="C3", ls="--", label="empirical frequencies")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

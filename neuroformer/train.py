@@ -23,14 +23,20 @@ from .data.recording import resolve_variable
 from .data.vocab import UnitVocab
 from .data.windows import RecordingSet, WindowDataset, WindowSpec, collate_windows
 from .errors import InputError
+from .features import compute_features
 from .io import atomic_path
 from .model import Neuroformer, metrics_from_sums
+
+
+def uses_cached_features(cfg):
+    return cfg.window.frames > 0 and cfg.model.backbone.name == "resnet18" and cfg.model.backbone.frozen
 
 
 def window_spec(cfg):
     w = cfg.window
     return WindowSpec(current=w.current, history=w.history, frames=w.frames, behavior=w.behavior,
-                      variables=tuple(cfg.variables(False) + cfg.variables(True)), dt_res=w.dt_res)
+                      variables=tuple(cfg.variables(False) + cfg.variables(True)), dt_res=w.dt_res,
+                      features=cfg.model.backbone.name if uses_cached_features(cfg) else "")
 
 
 def behavior_stats(recordings, names):
@@ -55,6 +61,9 @@ def build(cfg, data_paths, vocab=None, stats=None):
     """Recordings, window dataset and model for a config (vocabulary and stats from a checkpoint
     when resuming, else made from the data)."""
     recordings = RecordingSet(data_paths)
+    if uses_cached_features(cfg):
+        for path in data_paths:
+            compute_features(path, cfg.model.backbone)
     dataset = WindowDataset(recordings, window_spec(cfg), vocab)
     frame_shape = getattr(dataset, "frame_size", None)
     names = cfg.variables(False) + cfg.variables(True)
@@ -255,3 +264,16 @@ def _init_distributed(device):
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def load_model(checkpoint, data_paths, device="cpu"):
+    """A trained model with its config and a window dataset over `data_paths` (vocabulary from
+    the checkpoint; recordings with units it does not know are refused)."""
+    cfg, state = load_checkpoint(checkpoint)
+    recordings, dataset, model = build(cfg, data_paths, UnitVocab.from_state_dict(state["vocab"]),
+                                       state["behavior_stats"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise InputError(checkpoint, ("model", f"weights do not fit the config ({err})")) from None
+    return cfg, model.to(device).eval(), dataset, recordings

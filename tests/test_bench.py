@@ -17,3 +17,32 @@ def test_bench_windows_quick(tmp_path):
     assert 1.7 < long["recording_s"] / short["recording_s"] < 2.3 and long["spikes"] > 1.5 * short["spikes"]
     assert short["windows_per_s"] > 10 and short["frames_per_window"] == 20
     assert out.with_suffix(".png").exists()
+
+
+def _run(script, *args):
+    return subprocess.run([sys.executable, str(SCRIPT.parents[1] / script), *map(str, args)],
+                          check=True, capture_output=True, text=True)
+
+
+def test_ablation_quick(tmp_path):
+    out = tmp_path / "ablation.json"
+    _run("bench/ablation.py", "--quick", "--workdir", tmp_path, "--out", out)
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows) == ["history only", "+ stimulus", "+ behaviour", "empirical frequencies"]
+    assert all(0 < r["nll_per_spike"] < 20 for r in rows.values())
+    assert rows["history only"].get("retrieval_top1") is None and rows["+ stimulus"]["retrieval_top1"] is not None
+
+
+def test_bench_train_quick(tmp_path):
+    out = tmp_path / "train.json"
+    _run("bench/bench_train.py", "--quick", "--workdir", tmp_path, "--out", out)
+    demo, published = json.loads(out.read_text())["rows"]
+    assert (published["width"], published["heads"], published["layers_per_stack"]) == (256, 8, 6)
+    assert published["parameters"] > 10 * demo["parameters"] and demo["seconds_per_step"] > 0
+    assert published["visual_tokens_per_sample"] > 0
+
+
+def test_stimulus_feature_script_quick(tmp_path):
+    proc = _run("stimuli/extract_features.py", "--quick", "--backbone", "resnet18", "-o", tmp_path)
+    assert "features (80, 112, 128)" in proc.stdout
+    assert (tmp_path / "quick.resnet18.features.h5").exists() and (tmp_path / "features_resnet18.png").exists()

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
@@ -44,6 +45,7 @@ class WindowSpec:
     behavior: float = 0.05        # 0: no behaviour
     variables: tuple = ()         # behaviour variables to load ("group.field" or short names)
     dt_res: float = 0.001
+    features: str = ""            # read cached frozen features of this backbone instead of pixels
 
     @property
     def n_dt(self):
@@ -135,7 +137,7 @@ class WindowDataset(torch.utils.data.Dataset):
         sample = {"t0": torch.tensor(t0, dtype=torch.float64)}
         sample.update(self._spikes(data, index.recording_id, k0))
         if spec.frames > 0:
-            sample.update(self._frames(data, t0))
+            sample.update(self._frames(data, index.recording_id, t0))
         for requested, name in self.variables[index.recording_id].items():
             sample[f"behavior.{requested}"] = self._behavior(data, name, t0)
         return sample
@@ -172,12 +174,32 @@ class WindowDataset(torch.utils.data.Dataset):
             "n_spikes": torch.tensor(len(cur_q)),
         }
 
-    def _frames(self, data, t0):
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_feature_files", None)
+        state.pop("_feature_pid", None)
+        return state
+
+    def _frame_source(self, data, rid):
+        """The stored frames, or their cached features (opened once per process)."""
+        if not self.spec.features:
+            return "pixels", movie_frame_dataset(data)
+        if self.__dict__.get("_feature_pid") != os.getpid():
+            self._feature_files, self._feature_pid = {}, os.getpid()
+        if rid not in self._feature_files:
+            path = self.recordings._paths[rid].with_suffix(f".{self.spec.features}.features.h5")
+            if not path.exists():
+                raise InputError(path, ("features", "no cached features; run compute_features first"))
+            self._feature_files[rid] = h5py.File(path, "r")["features"]
+        return "features", self._feature_files[rid]
+
+    def _frames(self, data, rid, t0):
         """Frames with onsets in [t0 + current - frames, t0 + current), read by partial I/O."""
         spec = self.spec
         lo, hi = t0 + spec.current - spec.frames, t0 + spec.current
         pres = data.stimulus
         table = data.movie_table
+        key, source = self._frame_source(data, rid)
         chunks, times, index = [], [], []
         for k in np.flatnonzero((pres.start < hi) & (pres.end > lo)):
             m = pres.movie_index[k]
@@ -185,14 +207,14 @@ class WindowDataset(torch.utils.data.Dataset):
             i0 = max(0, int(np.ceil((lo - pres.start[k]) * rate - 1e-9)))
             i1 = min(int(table.n_frames[m]), int(np.ceil((hi - pres.start[k]) * rate - 1e-9)))
             if i1 > i0:
-                chunks.append(movie_frame_dataset(data)[first + i0:first + i1])
+                chunks.append(source[first + i0:first + i1])
                 times.append(pres.start[k] + np.arange(i0, i1) / rate - t0)
                 index.append(np.arange(first + i0, first + i1))
-        shape = movie_frame_dataset(data).shape[1:]
-        frames = np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.uint8)
+        frames = np.concatenate(chunks) if chunks else np.zeros((0, *source.shape[1:]), source.dtype)
+        frames = frames.astype(np.float32) if key == "features" else frames
         times = np.concatenate(times) if times else np.zeros(0)
         index = np.concatenate(index) if index else np.zeros(0, np.int64)
-        return {"frames": pad({"pixels": torch.from_numpy(frames), "time": torch.from_numpy(times.astype(np.float32)),
+        return {"frames": pad({key: torch.from_numpy(frames), "time": torch.from_numpy(times.astype(np.float32)),
                                "index": torch.from_numpy(index), "mask": _ones(times)})}
 
     def _behavior(self, data, name, t0):

@@ -1,0 +1,97 @@
+"""Training speed and memory at the demo size and at the original Neuroformer's published size.
+
+Each config trains in a fresh process on the synthetic recording (100 neurons, ~6 Hz) with
+batch 32, 50 ms current and history windows and 3 frames of 64x112; after 3 warm-up steps it
+times 10 optimizer steps. Reported: seconds per step, spike tokens per second, tokens per
+sample (current + history spikes, visual tokens, behaviour tokens) and peak resident memory
+(VmHWM, including ~600 MB of imports).
+
+    python bench/bench_train.py           # ~3 min on 2 cores
+    python bench/bench_train.py --quick   # what the test runs
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def peak_rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def measure(config, recording, steps, warmup, batch_size):
+    import torch
+
+    from neuroformer.config import load_config
+    from neuroformer.train import build, epoch_batches, to_device
+    from neuroformer.data.windows import collate_windows
+
+    torch.manual_seed(0)
+    cfg = load_config(config)
+    cfg.train.batch_size = batch_size
+    recordings, dataset, model = build(cfg, [recording])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batches = epoch_batches(recordings, dataset.spec, "train", batch_size, 0, 0)
+    spike_tokens = visual = behavior = 0
+    clock = None
+    for i in range(warmup + steps):
+        if i == warmup:
+            clock = time.perf_counter()
+        batch = to_device(collate_windows([dataset[j] for j in batches[i % len(batches)]]), "cpu")
+        out = model(batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        if i >= warmup:
+            spike_tokens += int(batch["current"]["mask"].sum() + batch["history"]["mask"].sum())
+            if "frames" in batch:
+                visual += int(batch["frames"]["mask"].sum()) * (model.visual_pos.shape[0])
+            behavior += sum(int(v["mask"].sum()) for k, v in batch.items() if k.startswith("behavior."))
+    seconds = (time.perf_counter() - clock) / steps
+    n = steps * batch_size
+    return dict(config=Path(config).name, width=cfg.model.width, heads=cfg.model.heads,
+                layers_per_stack=cfg.model.decoder_layers, backbone=cfg.model.backbone.name,
+                parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                batch=batch_size, seconds_per_step=seconds, spike_tokens_per_s=spike_tokens / steps / seconds,
+                spike_tokens_per_sample=spike_tokens / n, visual_tokens_per_sample=visual / n,
+                behavior_tokens_per_sample=behavior / n, peak_rss_mb=peak_rss_mb())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/neuroformer-bench"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train.json")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    steps, warmup, batch = (2, 1, 4) if args.quick else (10, 3, 32)
+    if args.child:
+        print(json.dumps(measure(args.child[0], args.child[1], steps, warmup, batch)))
+        return
+    from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    recording = args.workdir / ("train_quick.h5" if args.quick else "train_demo.h5")
+    if not recording.exists():
+        write_synthetic(recording, SyntheticConfig(n_neurons=20, trial_length=3, n_trials=4, n_heldout_movies=1,
+                                                   heldout_trials=1) if args.quick else SyntheticConfig())
+    rows = []
+    for config in ("demo.yaml", "published.yaml"):
+        child = subprocess.run([sys.executable, __file__, "--child", str(ROOT / "configs" / config), str(recording),
+                                *(["--quick"] if args.quick else [])], check=True, capture_output=True, text=True)
+        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(dict(quick=args.quick, date=time.strftime("%Y-%m-%d"), rows=rows), indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
