@@ -16,14 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from _common import peak_rss_mb
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def peak_rss_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
 
 
 def measure(config, recording, steps, warmup, batch_size):

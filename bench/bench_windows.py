@@ -16,17 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from _common import peak_rss_mb
+
 FULL = dict(lengths=(900.0, 3600.0), neurons=1000, windows=2000)
 QUICK = dict(lengths=(150.0, 300.0), neurons=50, windows=100)
-
-
-def _peak_rss_mb():
-    """High-water resident memory of this process image (VmHWM; unlike getrusage's ru_maxrss it
-    does not carry the parent's peak across fork and exec)."""
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def read_windows(path, n_windows, seed=0):
@@ -38,7 +31,7 @@ def read_windows(path, n_windows, seed=0):
     torch.set_num_threads(1)
     spec = WindowSpec(current=1.0, history=1.0, frames=1.0, behavior=1.0, variables=("running.speed",))
     loader = make_loader([path], spec, LoaderOptions(batch_size=1, seed=seed))
-    base_mb = _peak_rss_mb()
+    base_mb = peak_rss_mb()
     clock, n, tokens, frames = time.perf_counter(), 0, 0, 0
     while n < n_windows:
         for batch in loader:
@@ -48,7 +41,7 @@ def read_windows(path, n_windows, seed=0):
             if n == n_windows:
                 break
     seconds = time.perf_counter() - clock
-    peak_mb = _peak_rss_mb()
+    peak_mb = peak_rss_mb()
     return dict(windows=n, seconds=seconds, windows_per_s=n / seconds, tokens_per_window=tokens / n,
                 frames_per_window=frames / n, rss_before_reading_mb=base_mb, peak_rss_mb=peak_mb,
                 file_mb=Path(path).stat().st_size / 2**20)

@@ -1,8 +1,8 @@
 """The Neuroformer model: predicts the next spike's gap and unit from history, video and behaviour.
 
 Read top to bottom: embeddings -> context encoders (history, visual, behaviour) -> one memory
--> causal decoder over the current window -> heads (Δ/END, then unit given Δ) -> behaviour
-queries -> losses. The likelihood is the one of DESIGN §2: NLL per spike (nats) =
+-> causal decoder over the current window -> heads (Δ/END, then unit given Δ, plus each unit's
+drive read out of the memory by its own query) -> behaviour queries -> losses. The likelihood is the one of DESIGN §2: NLL per spike (nats) =
 -[Σ log p(Δ or END) + Σ log p(unit | Δ)] / number of spikes.
 """
 import math
@@ -37,7 +37,8 @@ class Neuroformer(nn.Module):
             self.backbone = make_backbone(m.backbone, frame_shape)
             n_pos = self.backbone.grid[0] * self.backbone.grid[1]
             self.visual_in = nn.Linear(self.backbone.channels, w)
-            self.visual_pos = nn.Parameter(torch.zeros(n_pos, w))
+            self.visual_pos = nn.Parameter(torch.zeros(n_pos, w))     # learned, on top of a fixed 2-D code
+            self.register_buffer("visual_grid_code", _grid_code(self.backbone.grid, w), persistent=False)
             self.visual = stack(m.visual_layers, w, name="visual", **block)
 
         self.inputs, self.targets = cfg.variables(predict=False), cfg.variables(predict=True)
@@ -55,6 +56,10 @@ class Neuroformer(nn.Module):
         self.dt_head = nn.Linear(w, self.n_dt + 1)
         self.dt_emb = nn.Embedding(self.n_dt + 1, w)
         self.unit_head = nn.Linear(w, vocab_size)
+        # one output query per unit reads its own drive out of the memory (a receptive field in
+        # the visual tokens, its inputs in the history): a bias on that unit's logit
+        self.unit_readout = Block(w, cross=True, name="units", self_attend=False, **block)
+        self.unit_drive = nn.Linear(w, 1)
 
         objectives = {n: v for mod in cfg.modalities.values() for n, v in mod.variables.items()}
         self.objectives = {n: objectives[n].objective for n in self.targets}
@@ -83,7 +88,7 @@ class Neuroformer(nn.Module):
             fr = batch["frames"]
             feats = fr["features"] if "features" in fr else self.backbone(fr["pixels"])   # (B, F, P, C)
             _, F_, P, _ = feats.shape
-            v = self.visual_in(feats) + self.visual_pos + self.type_emb.weight[VISUAL]
+            v = self.visual_in(feats) + self.visual_grid_code + self.visual_pos + self.type_emb.weight[VISUAL]
             v = v.reshape(B, F_ * P, -1)
             v_time = fr["time"].repeat_interleave(P, dim=1)
             v_mask = fr["mask"].repeat_interleave(P, dim=1)
@@ -115,23 +120,29 @@ class Neuroformer(nn.Module):
     # ------------------------------------------------------------------ decoder and heads
 
     def decode(self, batch, memory):
+        """Decoder states (B, L, W) of the current tokens, and each unit's drive (B, 1, V)."""
         cur = batch["current"]
         x = self.unit_emb(cur["unit"])
         for blk in self.decoder:
             x = blk(x, cur["time"], cur["mask"], causal=True, memory=memory)
-        return self.norm(x)
+        B, V = len(x), self.unit_emb.num_embeddings
+        q = self.unit_emb.weight.expand(B, V, -1)
+        q_time = torch.full((B, V), self.cfg.window.current / 2, device=x.device)
+        drive = self.unit_drive(self.unit_readout(q, q_time, torch.ones(B, V, dtype=torch.bool, device=x.device),
+                                                  memory=memory))
+        return self.norm(x), drive.transpose(1, 2)
 
-    def heads(self, x, dt):
+    def heads(self, x, drive, dt):
         """Logits of the gap (Δ or END) and of the unit given gap `dt` (teacher-forced or sampled)."""
-        return self.dt_head(x), self.unit_head(x + self.dt_emb(dt))
+        return self.dt_head(x), self.unit_head(x + self.dt_emb(dt)) + drive
 
     def forward(self, batch):
         """Losses and summed metrics of a batch (see `metrics_from_sums`)."""
         cur = batch["current"]
         memory, pooled_visual = self.encode_context(batch)
-        x = self.decode(batch, memory)
+        x, drive = self.decode(batch, memory)
         dt_target, unit_target = cur["dt_target"], cur["unit_target"]
-        dt_logits, unit_logits = self.heads(x, dt_target.clamp(min=0))
+        dt_logits, unit_logits = self.heads(x, drive, dt_target.clamp(min=0))
         dt_nll = F.cross_entropy(dt_logits.flatten(0, 1), dt_target.flatten(), ignore_index=IGNORE, reduction="sum")
         unit_nll = F.cross_entropy(unit_logits.flatten(0, 1), unit_target.flatten(), ignore_index=IGNORE,
                                    reduction="sum")
@@ -216,6 +227,17 @@ def metrics_from_sums(sums):
             name = key.split(".", 1)[1]
             out[f"behavior_error.{name}"] = ratio(key, f"behavior_count.{name}")
     return out
+
+
+def _grid_code(grid, width):
+    """Fixed 2-D sine-cosine code of patch positions (half the width for rows, half for columns),
+    so that queries can find a place on the screen from the first step."""
+    def code(n, dims):
+        pos = torch.arange(n, dtype=torch.float32)[:, None]
+        freq = torch.exp(-math.log(100.0) * torch.arange(0, dims, 2, dtype=torch.float32) / dims)
+        return torch.cat([torch.sin(pos * freq), torch.cos(pos * freq)], 1)[:, :dims]
+    rows, cols = code(grid[0], width // 2), code(grid[1], width - width // 2)
+    return torch.cat([rows[:, None].expand(-1, grid[1], -1), cols[None].expand(grid[0], -1, -1)], -1).reshape(-1, width)
 
 
 def _masked_mean(x, mask):

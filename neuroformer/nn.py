@@ -78,12 +78,15 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: self-attention, optional cross-attention to a memory, MLP."""
+    """Pre-norm transformer block: self-attention (optional), cross-attention to a memory
+    (optional), MLP."""
 
-    def __init__(self, width, heads, mlp_ratio, dropout, cross=False, name=""):
+    def __init__(self, width, heads, mlp_ratio, dropout, cross=False, name="", self_attend=True):
         super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.attn = Attention(width, heads, f"{name}.self")
+        self.attn = None
+        if self_attend:
+            self.norm1 = nn.LayerNorm(width)
+            self.attn = Attention(width, heads, f"{name}.self")
         self.cross = None
         if cross:
             self.norm2 = nn.LayerNorm(width)
@@ -95,8 +98,9 @@ class Block(nn.Module):
 
     def forward(self, x, t, mask, causal=False, memory=None):
         """memory: (tokens, times, mask) for cross-attention."""
-        h = self.norm1(x)
-        x = x + self.drop(self.attn(h, t, h, t, mask, causal))
+        if self.attn is not None:
+            h = self.norm1(x)
+            x = x + self.drop(self.attn(h, t, h, t, mask, causal))
         if self.cross is not None:
             m, m_time, m_mask = memory
             x = x + self.drop(self.cross(self.norm2(x), t, m, m_time, m_mask))
