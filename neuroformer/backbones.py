@@ -4,7 +4,7 @@
 - `conv3d`: a small 3-D convolution over time and space, trained from scratch.
 - `resnet18`: torchvision's ResNet-18 up to `layer2` (stride 8, 128 channels), so 64x112
   frames keep an 8x14 grid; ImageNet weights from a file or torchvision's cache, else random
-  with a warning (nothing is downloaded). Frozen by default.
+  with a warning (nothing is downloaded). Frozen by default; `pool` averages the grid (2: 4x7).
 """
 import warnings
 from pathlib import Path
@@ -47,7 +47,7 @@ class Conv3dBackbone(nn.Module):
 
 
 class ResNetBackbone(nn.Module):
-    def __init__(self, frame_shape, weights=None, frozen=True):
+    def __init__(self, frame_shape, weights=None, frozen=True, pool=1):
         super().__init__()
         import torchvision
 
@@ -57,7 +57,8 @@ class ResNetBackbone(nn.Module):
             warnings.warn("resnet18: no pretrained weights found (file or torchvision cache); using random weights")
         else:
             net.load_state_dict(state)
-        self.net = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2)
+        self.net = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
+                                 nn.AvgPool2d(pool) if pool > 1 else nn.Identity())
         self.frozen, self.channels = frozen, 128
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -93,4 +94,4 @@ def make_backbone(cfg, frame_shape):
         return PatchBackbone(frame_shape, cfg.patch)
     if cfg.name == "conv3d":
         return Conv3dBackbone(frame_shape, cfg.patch)
-    return ResNetBackbone(frame_shape, cfg.weights, cfg.frozen)
+    return ResNetBackbone(frame_shape, cfg.weights, cfg.frozen, cfg.pool)

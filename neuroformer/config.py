@@ -39,6 +39,12 @@ class BackboneConfig:
     weights: str | None = None         # resnet18: a state_dict file; default torchvision's cache
     patch: int = 8                     # patch: pixels per side; conv3d: spatial stride
     frozen: bool = True                # resnet18: features computed once and cached
+    pool: int = 1                      # resnet18: average-pool the feature grid by pool x pool
+
+    @property
+    def tag(self):
+        """Name of the cached features: backbone and pooling."""
+        return self.name + (f"-pool{self.pool}" if self.pool > 1 else "")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Frozen visual features, computed once per recording and cached beside it.
 
-The cache `REC.<backbone>.features.h5` holds one feature map per stored movie frame
+The cache `REC.<backbone tag>.features.h5` (e.g. `resnet18`, `resnet18-pool2`) holds one feature map per stored movie frame
 (`features`: (n_frames, P, C) float16, in the order of `movies.frames`), with the backbone's
 name, grid and weight source as attributes. Because movies are stored once, a movie repeated
 over many trials is encoded once.
@@ -20,7 +20,7 @@ from .io import atomic_path
 
 
 def cache_path(recording, backbone_cfg):
-    return Path(recording).with_suffix(f".{backbone_cfg.name}.features.h5")
+    return Path(recording).with_suffix(f".{backbone_cfg.tag}.features.h5")
 
 
 def _weights_tag(backbone_cfg):

@@ -67,6 +67,7 @@ class Attention(nn.Module):
         mask = key_mask[:, None, None, :]
         if causal:
             mask = mask & torch.ones(Nq, Nk, dtype=torch.bool, device=x.device).tril()
+        mask = mask | ~mask.any(-1, keepdim=True)    # a row with no key (e.g. no history) stays finite
         if _captured is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
@@ -98,6 +99,8 @@ class Block(nn.Module):
 
     def forward(self, x, t, mask, causal=False, memory=None):
         """memory: (tokens, times, mask) for cross-attention."""
+        if x.shape[1] == 0:                          # e.g. no history spikes in the whole batch
+            return x
         if self.attn is not None:
             h = self.norm1(x)
             x = x + self.drop(self.attn(h, t, h, t, mask, causal))

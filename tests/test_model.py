@@ -75,6 +75,17 @@ def test_nll_per_spike_matches_a_reference_computation(setup):
     assert math.log(len(model.unit_emb.weight)) < total / spikes < 20     # untrained: about uniform
 
 
+def test_windows_without_history_stay_finite(setup):
+    _, model, batch = setup
+    empty_one = {k: {kk: vv.clone() for kk, vv in v.items()} if isinstance(v, dict) else v for k, v in batch.items()}
+    empty_one["history"]["mask"][0] = False                           # one window has no history spike
+    empty_all = dict(empty_one, history={k: v[:, :0] for k, v in batch["history"].items()})  # none has any
+    with torch.no_grad():
+        for b in (empty_one, empty_all):
+            out = model(b)
+            assert torch.isfinite(out["loss"]) and torch.isfinite(out["nll_sum"])
+
+
 def test_decoder_is_causal(setup):
     _, model, batch = setup
     cur = batch["current"]
@@ -127,10 +138,11 @@ def test_contrastive_excludes_windows_showing_the_same_frame(setup):
     assert int(count) == 4 and float(loss) < float(loss_distinct)     # one fewer negative for two rows
 
 
-@pytest.mark.parametrize("name, grid", [("patch", (8, 14)), ("conv3d", (8, 14)), ("resnet18", (8, 14))])
-def test_backbones_keep_a_spatial_grid(name, grid):
+@pytest.mark.parametrize("name, pool, grid", [("patch", 1, (8, 14)), ("conv3d", 1, (8, 14)),
+                                              ("resnet18", 1, (8, 14)), ("resnet18", 2, (4, 7))])
+def test_backbones_keep_a_spatial_grid(name, pool, grid):
     with pytest.warns(UserWarning, match="random weights") if name == "resnet18" else nullcontext():
-        bb = make_backbone(BackboneConfig(name=name, patch=8), (64, 112))
+        bb = make_backbone(BackboneConfig(name=name, patch=8, pool=pool), (64, 112))
     out = bb(torch.randint(0, 255, (2, 3, 64, 112), dtype=torch.uint8))
     assert bb.grid == grid and out.shape == (2, 3, grid[0] * grid[1], bb.channels)
 
