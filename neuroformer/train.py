@@ -65,7 +65,7 @@ def build(cfg, data_paths, vocab=None, stats=None):
         for path in data_paths:
             compute_features(path, cfg.model.backbone)
     dataset = WindowDataset(recordings, window_spec(cfg), vocab)
-    frame_shape = getattr(dataset, "frame_size", None)
+    frame_shape = dataset.frame_size
     names = cfg.variables(False) + cfg.variables(True)
     if stats is None:
         stats = behavior_stats(recordings, names)
@@ -220,7 +220,7 @@ def _save(path, model, optimizer, scheduler, cfg, dataset, step, epoch, done, be
         "step": step, "epoch": epoch, "batches_done": done, "seed": opts.seed, "best_valid_loss": best,
         "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(), "vocab": dataset.vocab.state_dict(),
         "behavior_stats": model.behavior_stats.tolist(),
-        "frame_shape": list(getattr(dataset, "frame_size", ()) or ()),
+        "frame_shape": list(dataset.frame_size or ()),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

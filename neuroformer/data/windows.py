@@ -107,7 +107,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def __init__(self, recordings, spec, vocab=None):
         self.recordings, self.spec = recordings, spec
         self.vocab = vocab if vocab is not None else UnitVocab()
-        self.unit_tokens, self.variables = {}, {}
+        self.unit_tokens, self.variables, self.frame_size = {}, {}, None
         for rid in recordings.recording_ids:
             data = recordings.get_recording(rid)
             path = recordings._paths[rid]
@@ -124,10 +124,10 @@ class WindowDataset(torch.utils.data.Dataset):
                 if "movies" not in data.keys():
                     raise InputError(path, ("movies", "frames were requested (frames > 0) but the recording has no movie"))
                 size = tuple(movie_frame_dataset(data).shape[1:])
-                first = self.__dict__.setdefault("frame_size", size)
-                if size != first:
-                    raise InputError(path, ("movies.frames", f"frame size {size} differs from {first} of the "
-                                                             "other recordings; batches need one size"))
+                self.frame_size = self.frame_size or size
+                if size != self.frame_size:
+                    raise InputError(path, ("movies.frames", f"frame size {size} differs from {self.frame_size} of "
+                                                             "the other recordings; batches need one size"))
 
     def __getitem__(self, index: DatasetIndex):
         spec = self.spec
