@@ -128,23 +128,27 @@ class VideoSpec:
     per_trial: bool = False       # shown at the start of every trial (stored once)
 
 
-def attach_video(parts, spec, trials=None):
-    """Add a movie and its presentations to the make_recording keyword arguments."""
+def one_movie(name, frames, fps, *, start=0.0, trials=None, per_trial=False, source, field_name):
+    """make_recording arguments for one movie shown once at `start`, or at every trial start
+    (+ start) — stored once either way; marks those trials' stimulus_id."""
+    if per_trial:
+        if trials is None:
+            raise InputError(source, (field_name, "the movie is shown per trial but the recording has no trials"))
+        starts = np.asarray(trials["start"], dtype=np.float64) + start
+        trials["stimulus_id"] = np.zeros(len(starts), np.int64)
+    else:
+        starts = np.array([float(start)])
+    return dict(movies=[(name, frames, fps)], presentations=dict(start=starts, movie_index=np.zeros(len(starts), np.int64)))
+
+
+def attach_video(spec, trials=None):
+    """make_recording arguments for the video of `spec` (trials gain their stimulus_id)."""
     frames, file_fps = read_video(spec.path)
     fps = spec.fps or file_fps
     if not fps or fps <= 0:
         raise InputError(spec.path, ("video-fps", "the file states no frame rate; pass --video-fps"))
-    if spec.per_trial:
-        if trials is None:
-            raise InputError(spec.path, ("video-per-trial", "the recording has no trials"))
-        starts = np.asarray(trials["start"], dtype=np.float64) + spec.start
-    else:
-        starts = np.array([spec.start])
-    parts["movies"] = [(Path(spec.path).stem, frames, fps)]
-    parts["presentations"] = dict(start=starts, movie_index=np.zeros(len(starts), np.int64))
-    if trials is not None and spec.per_trial:
-        trials["stimulus_id"] = np.zeros(len(trials["start"]), np.int64)
-    return parts
+    return one_movie(Path(spec.path).stem, frames, fps, start=spec.start, trials=trials, per_trial=spec.per_trial,
+                     source=spec.path, field_name="video-per-trial")
 
 
 def _domain(*arrays):
@@ -299,16 +303,9 @@ def import_arrays(path, cfg):
             frames = to_gray_uint8(_get(arrays, cfg.frames.get("data", "frames"), path, "frames"))
         except ValueError as err:
             raise InputError(path, ("frames", str(err))) from None
-        fps = 1.0 / float(cfg.frames["dt"])
-        if cfg.frames.get("repeat") == "trials":
-            if "trials" not in parts:
-                raise InputError(path, ("frames.repeat", "'trials' needs (K, 2) `intervals` as trials"))
-            starts = parts["trials"]["start"]
-            parts["trials"]["stimulus_id"] = np.zeros(len(starts), np.int64)
-        else:
-            starts = np.zeros(1)
-        parts["movies"] = [("frames", frames, fps)]
-        parts["presentations"] = dict(start=starts, movie_index=np.zeros(len(starts), np.int64))
+        parts.update(one_movie("frames", frames, 1.0 / float(cfg.frames["dt"]), trials=parts.get("trials"),
+                               per_trial=cfg.frames.get("repeat") == "trials", source=path,
+                               field_name="frames.repeat"))
 
     data = make_recording(**parts, behavior=behavior or None)
     if "train_intervals" in spans and "test_intervals" in spans:
@@ -412,7 +409,7 @@ def _nwb_movie(ts, path, domain):
         start = 0.0
     if not fps:
         raise InputError(path, (f"stimulus {ts.name}", "no frame rate or timestamps"))
-    return dict(movies=[(ts.name, frames, fps)], presentations=dict(start=[start], movie_index=[0]),
+    return dict(one_movie(ts.name, frames, fps, start=start, source=path, field_name=f"stimulus {ts.name}"),
                 domain=(domain[0], max(domain[1], start + len(frames) / fps)))
 
 
@@ -439,7 +436,7 @@ def _with_video(data, spec):
     trials = None
     if "trials" in data.keys():
         trials = {k: np.asarray(getattr(data.trials, k)) for k in data.trials.keys()}
-    parts = attach_video({}, spec, trials)
+    parts = attach_video(spec, trials)
     movie = parts["movies"][0]
     starts = parts["presentations"]["start"]
     end = max(data.domain.end[-1], float(np.max(starts)) + len(movie[1]) / movie[2])
