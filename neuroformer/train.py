@@ -49,8 +49,9 @@ def behavior_stats(recordings, names):
             group, field = resolve_variable(data, name).split(".")
             series = getattr(data.behavior, group)
             t, v = np.asarray(series.timestamps), np.asarray(getattr(series, field))
-            dom = data.train_domain
-            inside = ((t[:, None] >= dom.start[None]) & (t[:, None] < dom.end[None])).any(1)
+            dom = data.train_domain                                  # sorted, disjoint intervals
+            k = np.searchsorted(dom.start, t, side="right") - 1
+            inside = (k >= 0) & (t < dom.end[np.maximum(k, 0)])
             values.append(v[inside])
         v = np.concatenate(values)
         stats.append([float(v.mean()), float(v.std() + 1e-6)])
