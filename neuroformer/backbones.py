@@ -28,7 +28,7 @@ class PatchBackbone(nn.Module):
         p = self.patch
         x = frames.float() / 255.0 - 0.5
         x = x.view(B, F, H // p, p, W // p, p).permute(0, 1, 2, 4, 3, 5)
-        return x.reshape(B, F, -1, p * p)
+        return x.reshape(B, F, (H // p) * (W // p), p * p)
 
 
 class Conv3dBackbone(nn.Module):

@@ -50,6 +50,37 @@ def _train(args):
         print(json.dumps(metrics, indent=2))
 
 
+def _simulate(args):
+    from .model import Sampling
+    from .simulate import SimulationOptions, save_nwb, save_simulation, simulate
+
+    trials = None if args.trials is None else _int_list(args.trials, "--trials")
+    opts = SimulationOptions(split=args.split, trials=trials, repeats=args.repeats, seed=args.seed,
+                             history=args.history, batch=args.batch, cache=not args.no_cache, device=args.device,
+                             sampling=Sampling(args.temperature, args.top_k, args.top_p, args.max_spikes))
+    sim = simulate(args.run, args.data, opts)
+    print(f"wrote {save_simulation(sim, args.output)}: {len(sim.timestamps)} spikes, "
+          f"{len(sim.trials['index'])} trials x {sim.repeats} repeats")
+    if args.nwb:
+        print(f"wrote {save_nwb(sim, args.nwb)}")
+
+
+def _evaluate(args):
+    from .evaluate import evaluate_simulation, format_comparison
+
+    report = evaluate_simulation(args.data, args.simulated, args.output, run=args.run, baseline=args.baseline,
+                                 device=args.device, psth_bin=args.psth_bin, seed=args.seed)
+    print(format_comparison(report["summary"]))
+    print(f"wrote {args.output} and figures {', '.join(report['figures'])}")
+
+
+def _int_list(text, flag):
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise InputError(flag, ("trials", f"expected comma-separated trial indices, got {text!r}")) from None
+
+
 def _demo(args):
     from .demo import run_demo
 
@@ -83,12 +114,12 @@ def build_parser():
     g.add_argument("--trials", type=int, help="trials of the training movie (default 24)")
     g.add_argument("--trial-length", type=float, default=10.0, help="movie length (s)")
     g.add_argument("--sessions", type=int, default=1, help="sessions drawn from one population")
-    p.set_defaults(run=_prepare)
+    p.set_defaults(func=_prepare)
 
     p = verbs.add_parser("info", help="summarise a recording file")
     p.add_argument("files", nargs="+")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(run=_info)
+    p.set_defaults(func=_info)
 
     p = verbs.add_parser("train", help="train a model on one or more recordings")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
@@ -98,20 +129,51 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
-    p.set_defaults(run=_train)
+    p.set_defaults(func=_train)
+
+    p = verbs.add_parser("simulate", help="roll out trials closed-loop with a trained model")
+    p.add_argument("--run", required=True, type=Path, help="run directory (its best.pt) or a checkpoint file")
+    p.add_argument("--data", required=True, help="recording (.h5) whose stimuli and behaviour drive the rollout")
+    p.add_argument("-o", "--output", required=True, type=Path, help="simulated spikes (.h5)")
+    p.add_argument("--nwb", type=Path, help="also write the spikes as NWB")
+    p.add_argument("--split", default="test", help="simulate the trials of this split (default test)")
+    p.add_argument("--trials", help="comma-separated trial indices instead of a split")
+    p.add_argument("--repeats", type=int, default=1, help="rollouts per trial")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--history", default="generated", choices=["generated", "recorded"],
+                   help="history of each window: the generated spikes (closed loop) or the recorded ones")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: all)")
+    p.add_argument("--max-spikes", type=int, default=1000, help="cap on spikes per window")
+    p.add_argument("--batch", type=int, default=16, help="trials x repeats generated together")
+    p.add_argument("--no-cache", action="store_true", help="naive: re-run the whole model for every spike")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_simulate)
+
+    p = verbs.add_parser("evaluate", help="compare simulated trials with held-out recorded ones (and a GLM)")
+    p.add_argument("--data", required=True, help="the recording the simulation was made from (.h5)")
+    p.add_argument("--simulated", required=True, help="simulated spikes (.h5 from simulate)")
+    p.add_argument("--run", type=Path, help="also score held-out recorded spikes under this model")
+    p.add_argument("--baseline", choices=["glm"], help="fit, simulate and score the Poisson GLM baseline too")
+    p.add_argument("-o", "--output", required=True, type=Path, help="report (.json); figures beside it")
+    p.add_argument("--psth-bin", type=float, default=0.05, help="PSTH bin (s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the GLM's rollouts")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_evaluate)
 
     p = verbs.add_parser("demo", help="run the main job on the built-in synthetic recording")
     p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, help="training steps (default: the demo config's 600)")
-    p.set_defaults(run=_demo)
+    p.set_defaults(func=_demo)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        args.func(args)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,9 +1,24 @@
-"""Atomic writes: to a temporary name beside the target, then rename, so nothing half-written stays."""
+"""Atomic writes (to a temporary name beside the target, then rename, so nothing half-written
+stays) and opening HDF5 files with a clear error."""
 import os
 from contextlib import contextmanager
 from pathlib import Path
 
+import h5py
 import numpy as np
+
+from .errors import InputError
+
+
+def open_hdf5(path):
+    """An HDF5 file opened read-only; a missing or unreadable file is an InputError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, ("file", "does not exist"))
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise InputError(path, ("file", f"not a readable HDF5 file ({err})")) from None
 
 
 @contextmanager

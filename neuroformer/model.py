@@ -2,18 +2,21 @@
 
 Read top to bottom: embeddings -> context encoders (history, visual, behaviour) -> one memory
 -> causal decoder over the current window -> heads (Δ/END, then unit given Δ, plus each unit's
-drive read out of the memory by its own query) -> behaviour queries -> losses. The likelihood is the one of DESIGN §2: NLL per spike (nats) =
--[Σ log p(Δ or END) + Σ log p(unit | Δ)] / number of spikes.
+drive read out of the memory by its own query) -> behaviour queries -> losses -> generation of
+a window, spike by spike (DESIGN §4). The likelihood is the one of DESIGN §2: NLL per spike (nats)
+= -[Σ log p(Δ or END) + Σ log p(unit | Δ)] / number of spikes.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .backbones import make_backbone
+from .data.vocab import START
 from .data.windows import IGNORE
-from .nn import Block, stack
+from .nn import Block, new_caches, run_stack, stack
 
 HISTORY, VISUAL, BEHAVIOR, NULL = range(4)     # modality type embeddings of memory tokens
 
@@ -59,7 +62,7 @@ class Neuroformer(nn.Module):
         # one output query per unit reads its own drive out of the memory (a receptive field in
         # the visual tokens, its inputs in the history): a bias on that unit's logit
         self.unit_readout = Block(w, cross=True, name="units", self_attend=False, **block)
-        self.unit_drive = nn.Linear(w, 1)
+        self.unit_drive_out = nn.Linear(w, 1)
 
         objectives = {n: v for mod in cfg.modalities.values() for n, v in mod.variables.items()}
         self.objectives = {n: objectives[n].objective for n in self.targets}
@@ -80,20 +83,24 @@ class Neuroformer(nn.Module):
         parts, pooled_visual = [], None
         hist = batch["history"]
         h = self.unit_emb(hist["unit"]) + self.type_emb.weight[HISTORY]
-        for blk in self.history:
-            h = blk(h, hist["time"], hist["mask"])
+        h = run_stack(self.history, h, hist["time"], hist["mask"])
         parts.append((h, hist["time"], hist["mask"]))
 
         if self.uses_frames:
             fr = batch["frames"]
-            feats = fr["features"] if "features" in fr else self.backbone(fr["pixels"])   # (B, F, P, C)
+            if "features" in fr:
+                feats = fr["features"]                                                      # (B, F, P, C)
+            elif fr["pixels"].shape[1]:
+                feats = self.backbone(fr["pixels"])
+            else:                                                  # no window of the batch shows a frame
+                feats = fr["pixels"].new_zeros(B, 0, self.visual_pos.shape[0], self.backbone.channels)
+            feats = feats.to(self.visual_in.weight.dtype)
             _, F_, P, _ = feats.shape
             v = self.visual_in(feats) + self.visual_grid_code + self.visual_pos + self.type_emb.weight[VISUAL]
-            v = v.reshape(B, F_ * P, -1)
+            v = v.reshape(B, F_ * P, v.shape[-1])
             v_time = fr["time"].repeat_interleave(P, dim=1)
             v_mask = fr["mask"].repeat_interleave(P, dim=1)
-            for blk in self.visual:
-                v = blk(v, v_time, v_mask)
+            v = run_stack(self.visual, v, v_time, v_mask)
             parts.append((v, v_time, v_mask))
             pooled_visual = _masked_mean(v, v_mask)
 
@@ -102,13 +109,12 @@ class Neuroformer(nn.Module):
             for name in self.inputs:
                 b = batch[f"behavior.{name}"]
                 i = self.var_index[name]
-                z = (b["value"] - self.behavior_stats[i, 0]) / self.behavior_stats[i, 1]
+                z = (b["value"].to(self.value_in.weight.dtype) - self.behavior_stats[i, 0]) / self.behavior_stats[i, 1]
                 toks.append(self.value_in(z.unsqueeze(-1)) + self.var_emb.weight[i] + self.type_emb.weight[BEHAVIOR])
                 times.append(b["time"])
                 masks.append(b["mask"])
             x, t, mk = torch.cat(toks, 1), torch.cat(times, 1), torch.cat(masks, 1)
-            for blk in self.behavior:
-                x = blk(x, t, mk)
+            x = run_stack(self.behavior, x, t, mk)
             parts.append((x, t, mk))
 
         null = (self.null + self.type_emb.weight[NULL]).expand(B, 1, -1)          # never an empty memory
@@ -119,18 +125,22 @@ class Neuroformer(nn.Module):
 
     # ------------------------------------------------------------------ decoder and heads
 
-    def decode(self, batch, memory):
-        """Decoder states (B, L, W) of the current tokens, and each unit's drive (B, 1, V)."""
-        cur = batch["current"]
-        x = self.unit_emb(cur["unit"])
-        for blk in self.decoder:
-            x = blk(x, cur["time"], cur["mask"], causal=True, memory=memory)
-        B, V = len(x), self.unit_emb.num_embeddings
+    def decode(self, current, memory, caches=None):
+        """Decoder states (B, L, W) of the current tokens {unit, time, mask}. With `caches`
+        (generation), `current` holds only the tokens new since the last call."""
+        x = self.unit_emb(current["unit"])
+        t = self.decoder[0].rotary.angles(current["time"])           # once for every layer
+        for blk, cache in zip(self.decoder, caches or [None] * len(self.decoder)):
+            x = blk(x, t, current["mask"], causal=True, memory=memory, cache=cache)
+        return self.norm(x)
+
+    def unit_drive(self, memory):
+        """Each unit's drive (B, 1, V): its own output query reads the memory once per window."""
+        B, V = len(memory[0]), self.unit_emb.num_embeddings
         q = self.unit_emb.weight.expand(B, V, -1)
-        q_time = torch.full((B, V), self.cfg.window.current / 2, device=x.device)
-        drive = self.unit_drive(self.unit_readout(q, q_time, torch.ones(B, V, dtype=torch.bool, device=x.device),
-                                                  memory=memory))
-        return self.norm(x), drive.transpose(1, 2)
+        q_time = torch.full((B, V), self.cfg.window.current / 2, device=q.device)
+        mask = torch.ones(B, V, dtype=torch.bool, device=q.device)
+        return self.unit_drive_out(self.unit_readout(q, q_time, mask, memory=memory)).transpose(1, 2)
 
     def heads(self, x, drive, dt):
         """Logits of the gap (Δ or END) and of the unit given gap `dt` (teacher-forced or sampled)."""
@@ -140,7 +150,7 @@ class Neuroformer(nn.Module):
         """Losses and summed metrics of a batch (see `metrics_from_sums`)."""
         cur = batch["current"]
         memory, pooled_visual = self.encode_context(batch)
-        x, drive = self.decode(batch, memory)
+        x, drive = self.decode(cur, memory), self.unit_drive(memory)
         dt_target, unit_target = cur["dt_target"], cur["unit_target"]
         dt_logits, unit_logits = self.heads(x, drive, dt_target.clamp(min=0))
         dt_nll = F.cross_entropy(dt_logits.flatten(0, 1), dt_target.flatten(), ignore_index=IGNORE, reduction="sum")
@@ -210,6 +220,84 @@ class Neuroformer(nn.Module):
             sums[f"behavior_err_sum.{name}"] = err.sum().detach()
             sums[f"behavior_count.{name}"] = torch.tensor(len(err))
         return loss / len(self.targets), sums
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.inference_mode()
+    def generate(self, batch, generators, allowed_units, sampling=None, cache=True):
+        """Sample each batch element's current window, one spike at a time.
+
+        `batch` is a collated window whose context (history, frames, behaviour) is filled in and
+        whose current sequence is ignored; `generators` holds one torch.Generator per element
+        (None: nothing to sample). Gaps that would leave the window and units outside
+        `allowed_units` (bool, vocabulary size) get no probability. With `cache` the context is
+        encoded once and the decoder keeps keys and values; without it every spike re-runs the
+        whole model (the naive reference). Returns per element a list of (bin, unit token), bins
+        of dt_res counted from t0, and whether a window hit `sampling.max_spikes`.
+        """
+        sampling = sampling or Sampling()
+        B, device = len(generators), self.unit_emb.weight.device
+        n_bins, dt_res = self.n_dt - 1, self.cfg.window.dt_res
+        gaps = torch.arange(self.n_dt + 1, device=device)
+        done = torch.tensor([g is None for g in generators], device=device)
+        units = torch.full((B, 1), START, device=device)
+        bins = torch.zeros(B, 1, dtype=torch.long, device=device)
+        new = slice(None)                           # positions the decoder has not seen yet
+        caches = new_caches(self.decoder) if cache else None
+        memory, out, truncated = None, [[] for _ in range(B)], False
+        while not done.all():
+            if memory is None or not cache:
+                memory, _ = self.encode_context(batch)
+                drive = self.unit_drive(memory)
+            current = {"unit": units[:, new], "time": (bins[:, new].double() * dt_res).float(),
+                       "mask": torch.ones_like(units[:, new], dtype=torch.bool)}
+            x = self.decode(current, memory, caches)[:, -1:]
+            last = bins[:, -1:]
+            leaves = (gaps < self.end_class) & (last + gaps >= n_bins)
+            full = torch.tensor([len(o) >= sampling.max_spikes for o in out], device=device)[:, None]
+            truncated |= bool((full & ~done[:, None]).any())
+            dt_logits = self.dt_head(x)[:, 0].masked_fill(leaves | (full & (gaps < self.end_class)), float("-inf"))
+            dt = sample_classes(dt_logits, generators, done, sampling, fill=self.end_class)
+            ended = done | (dt == self.end_class)
+            _, unit_logits = self.heads(x, drive, dt[:, None])
+            unit_logits = unit_logits[:, 0].masked_fill(~allowed_units, float("-inf"))
+            unit = sample_classes(unit_logits, generators, ended, sampling, fill=START)
+            for b in torch.nonzero(~ended)[:, 0].tolist():
+                out[b].append((int(last[b, 0] + dt[b]), int(unit[b])))
+            done = ended
+            units = torch.cat([units, unit[:, None]], 1)
+            bins = torch.cat([bins, (last[:, 0] + dt.clamp(max=n_bins - 1) * ~ended)[:, None]], 1)
+            new = slice(-1, None) if cache else slice(None)
+        return out, truncated
+
+
+@dataclass
+class Sampling:
+    """How spikes are drawn: softmax temperature, top-k (0: all), top-p (1: all), and a cap on
+    spikes per window (a model that never says END would otherwise run forever)."""
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_spikes: int = 1000
+
+
+def sample_classes(logits, generators, skip, sampling, fill):
+    """One class per row by inverse CDF, each row with its own generator, so a row's draw does
+    not depend on the other rows. Rows in `skip` draw nothing and get `fill`."""
+    logits = logits.double() / sampling.temperature
+    if sampling.top_k:
+        kth = logits.topk(min(sampling.top_k, logits.shape[-1]), -1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    if sampling.top_p < 1:
+        p_sorted, order = probs.sort(-1, descending=True)
+        beyond = (p_sorted.cumsum(-1) - p_sorted) >= sampling.top_p     # keep the smallest set reaching top_p
+        probs = probs.masked_fill(torch.zeros_like(beyond).scatter(-1, order, beyond), 0.0)
+    cdf = probs.cumsum(-1)
+    u = torch.tensor([0.0 if s else float(torch.rand((), generator=g, dtype=torch.float64))
+                      for g, s in zip(generators, skip.tolist())], dtype=torch.float64, device=cdf.device)
+    drawn = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], side="right")[:, 0].clamp(max=cdf.shape[-1] - 1)
+    return drawn.masked_fill(skip, fill)
 
 
 def metrics_from_sums(sums):

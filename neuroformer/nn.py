@@ -2,6 +2,7 @@
 
 Attention weights can be captured for analysis with `capture_attention()`; when nothing
 captures, attention runs through `F.scaled_dot_product_attention` and stores nothing.
+A `KVCache` per attention module lets a decoder take one new token per step (generation).
 """
 import math
 from contextlib import contextmanager
@@ -34,13 +35,38 @@ class RotaryTime(nn.Module):
         periods = torch.logspace(math.log10(t_min), math.log10(t_max), n, dtype=torch.float64)
         self.register_buffer("omega", (2 * math.pi / periods).float(), persistent=False)
 
-    def forward(self, x, t):
-        """x (B, H, N, D), t (B, N) seconds."""
-        n = self.omega.numel()
+    def angles(self, t):
+        """cos and sin of the angles of times t (B, N), computed once for all layers of a stack."""
         angle = t.float()[:, None, :, None] * self.omega
-        cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+        return angle.cos(), angle.sin()
+
+    def forward(self, x, t):
+        """x (B, H, N, D); t (B, N) seconds, or their `angles`."""
+        n = self.omega.numel()
+        cos, sin = t if isinstance(t, tuple) else self.angles(t)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         a, b, rest = x[..., :n], x[..., n:2 * n], x[..., 2 * n:]
         return torch.cat([a * cos - b * sin, a * sin + b * cos, rest], dim=-1)
+
+
+class KVCache:
+    """Rotated keys and values kept between decoding steps. `grow=True` (self-attention) appends
+    each step's keys; otherwise (cross-attention to a fixed memory) the first keys, values and
+    attention mask are reused."""
+
+    def __init__(self, grow):
+        self.grow, self.k, self.v, self.key_mask, self.attn_mask = grow, None, None, None, None
+
+    @property
+    def fixed(self):
+        return self.k is not None and not self.grow
+
+    def update(self, k, v, key_mask):
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2)
+            key_mask = torch.cat([self.key_mask, key_mask], 1)
+        self.k, self.v, self.key_mask = k, v, key_mask
+        return k, v, key_mask
 
 
 class Attention(nn.Module):
@@ -57,17 +83,27 @@ class Attention(nn.Module):
         self.out = nn.Linear(width, width)
         self.rotary = RotaryTime(width // heads)
 
-    def forward(self, x, x_time, context, context_time, key_mask, causal=False):
-        """x (B, Nq, W) attends to context (B, Nk, W); key_mask (B, Nk) True where real."""
+    def forward(self, x, x_time, context, context_time, key_mask, causal=False, cache=None):
+        """x (B, Nq, W) attends to context (B, Nk, W); key_mask (B, Nk) True where real.
+
+        With a cache, `context` holds only the new keys (or nothing new for a fixed memory) and
+        causal queries are the last Nq positions."""
         B, Nq, W = x.shape
-        Nk = context.shape[1]
-        q = self.q(x).view(B, Nq, self.heads, -1).transpose(1, 2)
-        k, v = self.kv(context).view(B, Nk, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-        q, k = self.rotary(q, x_time), self.rotary(k, context_time)
-        mask = key_mask[:, None, None, :]
-        if causal:
-            mask = mask & torch.ones(Nq, Nk, dtype=torch.bool, device=x.device).tril()
-        mask = mask | ~mask.any(-1, keepdim=True)    # a row with no key (e.g. no history) stays finite
+        q = self.rotary(self.q(x).view(B, Nq, self.heads, -1).transpose(1, 2), x_time)
+        if cache is not None and cache.fixed:
+            k, v, mask = cache.k, cache.v, cache.attn_mask
+        else:
+            k, v = self.kv(context).view(B, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+            k = self.rotary(k, context_time)
+            if cache is not None:
+                k, v, key_mask = cache.update(k, v, key_mask)
+            mask = key_mask[:, None, None, :]
+            if causal:
+                Nk = k.shape[2]
+                mask = mask & torch.ones(Nq, Nk, dtype=torch.bool, device=x.device).tril(Nk - Nq)
+            mask = mask | ~mask.any(-1, keepdim=True)    # a row with no key (e.g. no history) stays finite
+            if cache is not None and not cache.grow:
+                cache.attn_mask = mask
         if _captured is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
@@ -97,17 +133,37 @@ class Block(nn.Module):
                                  nn.Linear(mlp_ratio * width, width), nn.Dropout(dropout))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, t, mask, causal=False, memory=None):
-        """memory: (tokens, times, mask) for cross-attention."""
+    @property
+    def rotary(self):
+        return (self.attn or self.cross).rotary
+
+    def forward(self, x, t, mask, causal=False, memory=None, cache=None):
+        """memory: (tokens, times, mask) for cross-attention; cache: (self, cross) KVCaches."""
         if x.shape[1] == 0:                          # e.g. no history spikes in the whole batch
             return x
+        self_cache, cross_cache = cache or (None, None)
+        t = t if isinstance(t, tuple) else self.rotary.angles(t)      # shared by self- and cross-attention
         if self.attn is not None:
             h = self.norm1(x)
-            x = x + self.drop(self.attn(h, t, h, t, mask, causal))
+            x = x + self.drop(self.attn(h, t, h, t, mask, causal, self_cache))
         if self.cross is not None:
             m, m_time, m_mask = memory
-            x = x + self.drop(self.cross(self.norm2(x), t, m, m_time, m_mask))
+            x = x + self.drop(self.cross(self.norm2(x), t, m, m_time, m_mask, cache=cross_cache))
         return x + self.mlp(self.norm3(x))
+
+
+def run_stack(blocks, x, t, mask, **kwargs):
+    """Apply blocks in turn, with the rotary angles of times t computed once for all of them."""
+    if len(blocks) and x.shape[1]:
+        t = blocks[0].rotary.angles(t)
+    for blk in blocks:
+        x = blk(x, t, mask, **kwargs)
+    return x
+
+
+def new_caches(blocks):
+    """One (self, cross) cache pair per block, for step-by-step decoding."""
+    return [(KVCache(grow=True), KVCache(grow=False)) for _ in blocks]
 
 
 def stack(n, width, heads, mlp_ratio, dropout, name, cross=False):

@@ -78,3 +78,68 @@ def training_curves(metrics_jsonl, out_png, baseline=None):
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+def rasters(panels, n_units, out_png):
+    """Spike rasters of one trial per row group: panels {row title: {model: (times, units)}}."""
+    names = list(next(iter(panels.values())))
+    fig, axes = plt.subplots(len(names), len(panels), figsize=(5 * len(panels), 1.6 * len(names) + 0.6),
+                             squeeze=False, sharex="col", sharey=True)
+    for c, (title, runs) in enumerate(panels.items()):
+        for r, name in enumerate(names):
+            t, u = runs[name]
+            ax = axes[r, c]
+            ax.scatter(t, u, s=0.5, c="k", marker="|", lw=0.5)
+            ax.set_ylim(-0.5, n_units - 0.5)
+            ax.set_ylabel(f"{name}\nunit", fontsize=8)
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+        axes[-1, c].set_xlabel("time from trial start (s)")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def example_psths(psths, units, bin_size, title, out_png):
+    """PSTHs (Hz) of example units: psths {model: (bins, N)}."""
+    fig, axes = plt.subplots(len(units), 1, figsize=(8, 1.3 * len(units) + 0.5), sharex=True, squeeze=False)
+    for ax, u in zip(axes[:, 0], units):
+        for j, (name, p) in enumerate(psths.items()):
+            ax.plot(np.arange(len(p)) * bin_size, p[:, u], lw=1.2 if j == 0 else 1,
+                    color="k" if j == 0 else f"C{j - 1}", label=name)
+        ax.set_ylabel(f"unit {u}\nHz", fontsize=8)
+    axes[0, 0].legend(fontsize=7, ncol=len(psths))
+    axes[0, 0].set_title(title, fontsize=9)
+    axes[-1, 0].set_xlabel("time from trial start (s)")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def correlation_scatter(per_neuron, out_png, ceilings=None):
+    """Per-neuron PSTH correlation: Neuroformer against the GLM (or a histogram without one),
+    one colour per row group; per_neuron {(group, model): r}."""
+    groups = sorted({g for g, _ in per_neuron})
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    for j, g in enumerate(groups):
+        nf = per_neuron[(g, "neuroformer")]
+        if (g, "glm") in per_neuron:
+            ax.scatter(per_neuron[(g, "glm")], nf, s=10, color=f"C{j}", label=g)
+        else:
+            ax.hist(nf[np.isfinite(nf)], bins=20, alpha=0.5, color=f"C{j}", label=g)
+    if any(m == "glm" for _, m in per_neuron):
+        ax.plot([-1, 1], [-1, 1], color="0.6", lw=0.8)
+        ax.set_xlim(-0.2, 1)
+        ax.set_ylim(-0.2, 1)
+        ax.set_xlabel("GLM PSTH r")
+        ax.set_ylabel("Neuroformer PSTH r")
+    else:
+        ax.set_xlabel("Neuroformer PSTH r")
+    ax.legend(fontsize=8)
+    ax.set_title("per-neuron PSTH correlation with held-out trials", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

@@ -46,3 +46,21 @@ def test_stimulus_feature_script_quick(tmp_path):
     proc = _run("stimuli/extract_features.py", "--quick", "--backbone", "resnet18", "-o", tmp_path)
     assert "features (80, 112, 128)" in proc.stdout
     assert (tmp_path / "quick.resnet18.features.h5").exists() and (tmp_path / "features_resnet18.png").exists()
+
+
+def test_bench_generate_quick(tmp_path):
+    out = tmp_path / "generate.json"
+    _run("bench/bench_generate.py", "--quick", "--workdir", tmp_path, "--out", out)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["mode"], r["batch"]) for r in rows] == [("cached", 1), ("naive", 1), ("cached", 2)]
+    assert all(r["spikes"] > 0 and r["ms_per_spike"] > 0 for r in rows)
+    # frequency-initialised models fire at about the recording's rate
+    assert all(0.3 < r["generated_rate_hz"] / r["recorded_rate_hz"] < 3 for r in rows)
+
+
+def test_long_trials_quick(tmp_path):
+    _run("simulate/long_trials.py", "--quick", "-o", tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["summary"]) == {"training_movies", "held_out_movies"}
+    assert report["rows"]["held_out_movies"]["neuroformer"]["scored_spikes"] > 0
+    assert (tmp_path / "simulated.nwb").exists() and (tmp_path / "report_psth.png").exists()

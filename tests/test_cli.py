@@ -32,7 +32,7 @@ def test_synthetic_duration_option(tmp_path):
 
 
 def test_demo_end_to_end(tmp_path):
-    report = run_demo(tmp_path, seed=0, max_steps=30)
+    report = run_demo(tmp_path, seed=0, max_steps=30, repeats=1)
     assert report["recording"]["units"] == 100
     valid = report["valid"]
     assert set(valid) == {"neuroformer", "empirical frequencies"}
@@ -40,6 +40,10 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path / "overview.png").stat().st_size > 10_000 and (tmp_path / "training.png").exists()
     assert (tmp_path / "run" / "best.pt").exists()
     assert json.loads((tmp_path / "demo_report.json").read_text())["valid"] == valid
+    sim = report["simulation"]
+    assert set(sim) == {"training_movies", "held_out_movies"}
+    assert all(0 < sim[g][m]["rate_ratio"] < 10 for g in sim for m in ("neuroformer", "glm"))
+    assert all(Path(f).exists() for f in report["figures"]) and len(report["figures"]) == 5
 
 
 def test_ci_runs_exactly_the_readme_test_command():

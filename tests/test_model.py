@@ -59,7 +59,7 @@ def test_nll_per_spike_matches_a_reference_computation(setup):
     with torch.no_grad():
         out = model(batch)
         memory, _ = model.encode_context(batch)
-        x, drive = model.decode(batch, memory)
+        x, drive = model.decode(batch["current"], memory), model.unit_drive(memory)
         cur = batch["current"]
         dt_logits, unit_logits = model.heads(x, drive, cur["dt_target"].clamp(min=0))
     total, spikes = 0.0, 0
@@ -95,7 +95,7 @@ def test_decoder_is_causal(setup):
     changed["current"]["unit"][b, n - 1] = 3 if int(cur["unit"][b, n - 1]) != 3 else 4
     with torch.no_grad():
         memory, _ = model.encode_context(batch)
-        a, c = model.decode(batch, memory)[0], model.decode(changed, memory)[0]
+        a, c = model.decode(batch["current"], memory), model.decode(changed["current"], memory)
     assert torch.allclose(a[b, :n - 1], c[b, :n - 1], atol=1e-6) and not torch.allclose(a[b, n - 1], c[b, n - 1])
 
 

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
-from ..io import atomic_path
+from ..io import atomic_path, open_hdf5
 from .objects import (
     ArrayDict,
     Data,
@@ -182,13 +182,7 @@ def save_recording(data, path):
 
 def open_recording(path):
     """Open lazily (nothing but metadata is read); close with `.file.close()` or `with`."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, ("file", "does not exist"))
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as err:
-        raise InputError(path, ("file", f"not a readable HDF5 file ({err})")) from None
+    handle = open_hdf5(path)
     try:
         return Data.from_hdf5(handle, lazy=True)
     except Exception as err:  # a foreign HDF5 layout: say so instead of a deep trace
@@ -223,3 +217,36 @@ def movie_frame_dataset(data):
     """The HDF5 dataset of all movie frames, for partial reads (never loads the movie)."""
     frames = data.movies.__dict__["frames"]
     return frames if isinstance(frames, h5py.Dataset) else np.asarray(frames)
+
+
+def spike_counts(data, start, end, bin_size):
+    """Counts (T, N) of every unit in bins k of [start + k*bin, start + (k+1)*bin) (spike times
+    floored onto the grid of multiples of `bin_size`; `start` is on that grid)."""
+    k0, k1 = int(round(start / bin_size)), int(round(end / bin_size))
+    window = data.spikes.slice(k0 * bin_size - bin_size, k1 * bin_size + bin_size, reset_origin=False)
+    k = np.floor(np.asarray(window.timestamps) / bin_size + 1e-6).astype(np.int64) - k0
+    keep = (k >= 0) & (k < k1 - k0)
+    counts = np.zeros((k1 - k0, len(data.units.id)), dtype=np.int64)
+    np.add.at(counts, (k[keep], np.asarray(window.unit_index)[keep]), 1)
+    return counts
+
+
+def frame_on_screen(data, times):
+    """Index into the stored movie frames of the frame shown at each time, -1 where none is."""
+    out = np.full(len(times), -1, dtype=np.int64)
+    if "stimulus" not in data.keys():
+        return out
+    pres, table = data.stimulus, data.movie_table
+    for s, e, m in zip(np.asarray(pres.start), np.asarray(pres.end), np.asarray(pres.movie_index)):
+        on = (times >= s) & (times < e)
+        i = np.floor((times[on] - s) * table.frame_rate[m] + 1e-9).astype(np.int64)
+        out[on] = table.first_frame[m] + np.minimum(i, table.n_frames[m] - 1)
+    return out
+
+
+def behavior_at(data, name, times):
+    """The latest sample of behaviour variable `name` at each time (the first sample before it)."""
+    group, field_name = resolve_variable(data, name).split(".")
+    series = getattr(data.behavior, group)
+    t, v = np.asarray(series.timestamps), np.asarray(getattr(series, field_name), dtype=np.float64)
+    return v[np.clip(np.searchsorted(t, times, side="right") - 1, 0, len(v) - 1)]

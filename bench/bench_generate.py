@@ -1,0 +1,124 @@
+"""Generation speed: KV-cached closed-loop rollouts against the naive full recompute per spike.
+
+On the synthetic recording (100 neurons, ~5 Hz, 32 s trials of a 20 Hz 64x112 movie), at the demo
+size and at the original's published size (width 256, 8 heads, 6 layers per stack, resnet18
+features), batch 1 and batch 16, cached and naive in the same run. Models are untrained but
+frequency-initialised (the Δ/END and unit heads' biases are the log frequencies of the training
+windows), so they generate about as many spikes per window as the recording has and the cost per
+spike is the one of a trained model. Reported: ms per generated spike, simulated seconds per
+wall second, generated and recorded firing rates; the headline is 16 repeats of one 32 s trial
+at the published size as one batch.
+
+    python bench/bench_generate.py           # ~12 min on 2 cores
+    python bench/bench_generate.py --quick   # what the test runs
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import peak_rss_mb
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def frequency_initialise(model, dataset, recordings):
+    """Set the Δ/END and unit heads' biases to log frequencies of training windows (weights tiny)."""
+    from neuroformer.data.vocab import SPECIALS
+    from neuroformer.data.windows import IGNORE, collate_windows
+    from neuroformer.train import epoch_batches
+
+    dt = torch.ones(model.n_dt + 1)
+    unit = torch.ones(len(dataset.vocab))
+    for idx in epoch_batches(recordings, dataset.spec, "train", 32, 0, 0)[:20]:
+        cur = collate_windows([dataset[i] for i in idx])["current"]
+        dt += torch.bincount(cur["dt_target"][cur["dt_target"] != IGNORE], minlength=len(dt)).float()
+        unit += torch.bincount(cur["unit_target"][cur["unit_target"] != IGNORE], minlength=len(unit)).float()
+    unit[:len(SPECIALS)] = 1e-12
+    with torch.no_grad():
+        model.dt_head.bias.copy_((dt / dt.sum()).log())
+        model.unit_head.bias.copy_((unit / unit.sum()).log())
+        model.dt_head.weight.mul_(0.01)
+        model.unit_head.weight.mul_(0.01)
+        model.unit_drive_out.weight.zero_()
+
+
+def measure(config, recording, duration, batch, cache, repeats):
+    from neuroformer.config import load_config
+    from neuroformer.simulate import SimulationOptions, rollout
+    from neuroformer.train import build
+
+    torch.manual_seed(0)
+    cfg = load_config(config)
+    recordings, dataset, model = build(cfg, [recording])
+    model.eval()
+    frequency_initialise(model, dataset, recordings)
+    rid = recordings.recording_ids[0]
+    data = recordings.get_recording(rid)
+    start = float(data.trials.start[0])
+    trials = {"index": np.array([0]), "start": np.array([start]), "end": np.array([start + duration]),
+              "stimulus_id": np.array([0])}
+    opts = SimulationOptions(repeats=repeats, batch=batch, cache=cache, progress=False)
+    rollout(model, dataset, rid, {k: v.copy() for k, v in trials.items()} | {"end": np.array([start + 0.1])},
+            SimulationOptions(repeats=1, batch=1, cache=cache, progress=False))          # warm-up
+    clock = time.perf_counter()
+    sim = rollout(model, dataset, rid, trials, opts)
+    wall = time.perf_counter() - clock
+    n_units = len(sim.unit_ids)
+    w = data.spikes.slice(start, start + duration, reset_origin=False)
+    return dict(config=Path(config).name, width=cfg.model.width, layers=cfg.model.decoder_layers, batch=batch,
+                mode="cached" if cache else "naive", repeats=repeats, simulated_s=duration * repeats,
+                wall_s=wall, spikes=len(sim.timestamps), ms_per_spike=1000 * wall / max(1, len(sim.timestamps)),
+                sim_s_per_wall_s=duration * repeats / wall,
+                generated_rate_hz=len(sim.timestamps) / (duration * repeats * n_units),
+                recorded_rate_hz=len(w.timestamps) / (duration * n_units), peak_rss_mb=peak_rss_mb())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/neuroformer-bench"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generate.json")
+    args = parser.parse_args()
+    from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        recording = args.workdir / "generate_quick.h5"
+        syn = SyntheticConfig(n_neurons=20, trial_length=2, n_trials=4, n_heldout_movies=1, heldout_trials=1)
+        configs = [ROOT / "configs" / "demo.yaml"]
+        # (duration s, batch, cache, repeats)
+        plan = {"demo.yaml": [(0.2, 1, True, 1), (0.2, 1, False, 1), (0.2, 2, True, 2)]}
+    else:
+        recording = args.workdir / "generate_32s.h5"
+        syn = SyntheticConfig(trial_length=32.0, n_trials=6, n_heldout_movies=1, heldout_trials=2)
+        configs = [ROOT / "configs" / "demo.yaml", ROOT / "configs" / "published.yaml"]
+        plan = {"demo.yaml": [(8.0, 1, True, 1), (1.0, 1, False, 1), (32.0, 16, True, 16), (0.5, 16, False, 16)],
+                "published.yaml": [(4.0, 1, True, 1), (0.5, 1, False, 1), (32.0, 16, True, 16),
+                                   (0.25, 16, False, 16)]}
+    if not recording.exists():
+        write_synthetic(recording, syn)
+    rows = []
+    for config in configs:
+        for duration, batch, cache, repeats in plan[config.name]:
+            row = measure(config, recording, duration, batch, cache, repeats)
+            rows.append(row)
+            print(json.dumps(row))
+    for config in configs:
+        mine = [r for r in rows if r["config"] == config.name]
+        for batch in sorted({r["batch"] for r in mine}):
+            c = [r for r in mine if r["batch"] == batch and r["mode"] == "cached"]
+            n = [r for r in mine if r["batch"] == batch and r["mode"] == "naive"]
+            if c and n:
+                print(f"{config.name} batch {batch}: cached is {n[0]['ms_per_spike'] / c[0]['ms_per_spike']:.1f}x "
+                      f"faster per spike than naive")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
+                                    "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""Simulated trials against the held-out recorded ones (DESIGN §4), side by side with the GLM.
+
+Rows: held-out trials of movies seen in training, and trials of held-out movies (a recording
+without movie ids has one row, "trials"). Per row and per model:
+- psth_r: per-neuron Pearson correlation of the simulated PSTH (mean over trials x repeats) with
+  the recorded PSTH (mean over the recorded trials), PSTHs of each movie concatenated;
+- rates: mean firing rates, simulated / recorded (population ratio; per-neuron relative error);
+- isi_ks: per-neuron Kolmogorov-Smirnov distance between ISI distributions (ISIs within trials);
+- pairwise_similarity: correlation between the upper triangles of the recorded and simulated
+  neuron x neuron correlation matrices of PSTH-bin counts;
+- window_f1: F1 of "unit fires in the bin" of each simulated repeat against its recorded trial,
+  pooled over units and bins;
+- with a run (and for the GLM): NLL per spike of the recorded spikes in the full current windows
+  tiling each trial, and bits per spike over a homogeneous Poisson process on the 1 ms grid
+  (rates from the training split).
+The noise ceiling: split-half (odd vs even trials) PSTH correlation of the recorded trials, its
+Spearman-Brown extension to all trials, and sqrt of that, the expected correlation of a perfect
+model's PSTH with the recorded one; and the window F1 between recorded trials of one movie.
+"""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import ks_2samp
+
+from .data.objects import DatasetIndex
+from .data.recording import behavior_variables, open_recording, spike_counts
+from .errors import InputError
+from .io import atomic_path
+from .simulate import load_simulation
+
+
+def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, device="cpu", psth_bin=0.05,
+                        seed=0, progress=True):
+    """Compare a simulation with the recording, write the JSON report and figures, return it."""
+    from .glm import PoissonGLM
+
+    sim = load_simulation(sim_path)
+    data = open_recording(data_path)
+    _check_match(data, sim, sim_path)
+    models = {"neuroformer": sim}
+    loaded = _load_run(run, data_path, device) if run else None
+    glm = None
+    if baseline == "glm":
+        inputs = loaded[0].variables(False) if loaded else behavior_variables(data)
+        glm = PoissonGLM.fit(data_path, behavior=inputs, feature_file=_feature_file(loaded, data_path),
+                             progress=progress)
+        models["glm"] = glm.simulate(data, sim.trials, sim.repeats, seed, progress=progress)
+
+    rows, per_neuron = {}, {}
+    for group, trials in _groups(data, sim.trials).items():
+        rec = _recorded(data, sim.trials, trials)
+        row = {"trials": len(trials), "movies": sorted({int(sim.trials["stimulus_id"][i]) for i in trials}),
+               "noise_ceiling": _noise_ceiling(rec, sim.trials, trials, psth_bin, len(sim.unit_ids))}
+        for name, s in models.items():
+            row[name], per_neuron[(group, name)] = _compare(rec, s, sim.trials, trials, psth_bin)
+        if loaded or glm:
+            scores = _likelihoods(data, sim.trials, trials, loaded, glm)
+            for name, value in scores.items():
+                row.setdefault(name, {}).update(value)
+        rows[group] = row
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    figures = _figures(data, models, sim, per_neuron, psth_bin, out_path.with_suffix(""))
+    report = {"recording": str(data_path), "simulated": str(sim_path), "run": str(run) if run else None,
+              "psth_bin": psth_bin, "repeats": sim.repeats, "rows": rows, "summary": _summary(rows),
+              "glm": {"penalty": glm.penalty, "config": glm.cfg.__dict__} if glm else None,
+              "figures": [str(f) for f in figures]}
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=_jsonable))
+    return report
+
+
+def _jsonable(x):
+    return x.tolist() if hasattr(x, "tolist") else str(x)
+
+
+def _check_match(data, sim, sim_path):
+    ids = np.asarray(data.units.id).astype(str)
+    if len(ids) != len(sim.unit_ids) or (ids != sim.unit_ids).any():
+        raise InputError(sim_path, ("units/id", "the simulation's units are not the recording's (another recording?)"))
+    n = len(data.trials) if "trials" in data.keys() else 0
+    if n and (sim.trials["index"].max() >= n):
+        raise InputError(sim_path, ("trials/index", f"trial {int(sim.trials['index'].max())} is not in the recording "
+                                                    f"({n} trials)"))
+
+
+def _groups(data, trials):
+    """Rows of the report: positions into `trials` of training-movie and held-out-movie trials."""
+    stim = np.asarray(trials["stimulus_id"])
+    if (stim < 0).all():
+        return {"trials": list(range(len(stim)))}
+    seen = set()
+    if "trials" in data.keys():
+        dom = data.train_domain
+        t_start, t_stim = np.asarray(data.trials.start), np.asarray(data.trials.stimulus_id)
+        k = np.searchsorted(dom.start, t_start, side="right") - 1
+        inside = (k >= 0) & (t_start < np.asarray(dom.end)[np.maximum(k, 0)])
+        seen = set(t_stim[inside].tolist())
+    groups = {"training_movies": [i for i, s in enumerate(stim) if s in seen],
+              "held_out_movies": [i for i, s in enumerate(stim) if s not in seen]}
+    return {k: v for k, v in groups.items() if v}
+
+
+def _recorded(data, trials, positions):
+    """Recorded spikes of the given trials as (times from trial start, unit) per position."""
+    out = {}
+    for i in positions:
+        s, e = float(trials["start"][i]), float(trials["end"][i])
+        w = data.spikes.slice(s, e, reset_origin=False)
+        out[i] = (np.asarray(w.timestamps) - s, np.asarray(w.unit_index))
+    return out
+
+
+def _simulated(sim, trials, i, r):
+    t, u = sim.spikes_of(int(trials["index"][i]), r)
+    return t - float(trials["start"][i]), u
+
+
+def _counts(times, units, n_bins, bin_size, n_units):
+    k = np.floor(times / bin_size + 1e-9).astype(np.int64)
+    keep = (k >= 0) & (k < n_bins)
+    c = np.zeros((n_bins, n_units))
+    np.add.at(c, (k[keep], units[keep]), 1)
+    return c
+
+
+def _by_movie(trials, positions):
+    stim = np.asarray(trials["stimulus_id"])
+    return {int(m): [i for i in positions if stim[i] == m] for m in sorted(set(stim[positions].tolist()))}
+
+
+def _psths(spikes_of, trials, positions, psth_bin, n_units):
+    """PSTH (Hz) per movie, concatenated over movies: spikes_of(i) gives a list of (times, units)."""
+    parts = []
+    for movie, idx in _by_movie(trials, positions).items():
+        n_bins = int(min(trials["end"][i] - trials["start"][i] for i in idx) / psth_bin + 1e-9)
+        runs = [_counts(t, u, n_bins, psth_bin, n_units) for i in idx for t, u in spikes_of(i)]
+        parts.append(np.mean(runs, 0) / psth_bin if runs else np.zeros((n_bins, n_units)))
+    return np.concatenate(parts)
+
+
+def _rowwise_r(a, b):
+    """Pearson r of each column of a with the same column of b (NaN where either is constant)."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    den = np.sqrt((a ** 2).sum(0) * (b ** 2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (a * b).sum(0) / den, np.nan)
+
+
+def _median(x):
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if len(x) else None
+
+
+def _compare(rec, sim, trials, positions, psth_bin):
+    n = len(sim.unit_ids)
+    repeats = range(sim.repeats)
+    rec_psth = _psths(lambda i: [rec[i]], trials, positions, psth_bin, n)
+    sim_psth = _psths(lambda i: [_simulated(sim, trials, i, r) for r in repeats], trials, positions, psth_bin, n)
+    r = _rowwise_r(rec_psth, sim_psth)
+
+    duration = sum(float(trials["end"][i] - trials["start"][i]) for i in positions)
+    rec_n = np.bincount(np.concatenate([rec[i][1] for i in positions]), minlength=n)
+    sim_n = np.bincount(np.concatenate([_simulated(sim, trials, i, q)[1] for i in positions for q in repeats]),
+                        minlength=n)
+    rec_rate, sim_rate = rec_n / duration, sim_n / (duration * sim.repeats)
+    active = rec_rate > 0
+
+    ks = []
+    for unit in range(n):
+        a = _isis([rec[i] for i in positions], unit)
+        b = _isis([_simulated(sim, trials, i, q) for i in positions for q in repeats], unit)
+        if len(a) >= 20 and len(b) >= 20:
+            ks.append(ks_2samp(a, b).statistic)
+
+    rec_bins = np.concatenate([_trial_counts(rec[i], trials, i, psth_bin, n) for i in positions])
+    sim_bins = np.concatenate([_trial_counts(_simulated(sim, trials, i, q), trials, i, psth_bin, n)
+                               for i in positions for q in repeats])
+    tp = fp = fn = 0
+    for i in positions:
+        a = _trial_counts(rec[i], trials, i, psth_bin, n) > 0
+        for q in repeats:
+            b = _trial_counts(_simulated(sim, trials, i, q), trials, i, psth_bin, n) > 0
+            tp, fp, fn = tp + (a & b).sum(), fp + (~a & b).sum(), fn + (a & ~b).sum()
+    metrics = {
+        "psth_r_median": _median(r), "psth_r_mean": float(np.nanmean(r)) if np.isfinite(r).any() else None,
+        "rate_recorded_hz": float(rec_rate.mean()), "rate_simulated_hz": float(sim_rate.mean()),
+        "rate_ratio": float(sim_rate.mean() / max(rec_rate.mean(), 1e-12)),
+        "rate_rel_error_median": _median(np.abs(sim_rate[active] - rec_rate[active]) / rec_rate[active]),
+        "rate_r": float(_rowwise_r(rec_rate[:, None], sim_rate[:, None])[0]),
+        "isi_ks_median": _median(ks), "isi_units": len(ks),
+        "pairwise_similarity": _pairwise_similarity(rec_bins, sim_bins),
+        "window_f1": float(2 * tp / max(2 * tp + fp + fn, 1)),
+    }
+    return metrics, r
+
+
+def _isis(runs, unit):
+    return np.concatenate([np.diff(np.sort(t[u == unit])) for t, u in runs] + [np.zeros(0)])
+
+
+def _trial_counts(spikes, trials, i, bin_size, n):
+    n_bins = int((trials["end"][i] - trials["start"][i]) / bin_size + 1e-9)
+    return _counts(spikes[0], spikes[1], n_bins, bin_size, n)
+
+
+def _pairwise_similarity(a, b):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ca, cb = np.corrcoef(a.T), np.corrcoef(b.T)
+    iu = np.triu_indices(len(ca), 1)
+    x, y = ca[iu], cb[iu]
+    ok = np.isfinite(x) & np.isfinite(y)
+    return float(np.corrcoef(x[ok], y[ok])[0, 1]) if ok.sum() > 2 else None
+
+
+def _noise_ceiling(rec, trials, positions, psth_bin, n):
+    halves = [[], []]
+    for movie, idx in _by_movie(trials, positions).items():
+        if len(idx) < 2:
+            return {"note": f"movie {movie} has fewer than 2 recorded trials; no split-half ceiling"}
+        halves[0] += idx[0::2]
+        halves[1] += idx[1::2]
+    a = _psths(lambda i: [rec[i]], trials, halves[0], psth_bin, n)
+    b = _psths(lambda i: [rec[i]], trials, halves[1], psth_bin, n)
+    r = _rowwise_r(a, b)
+    sb = 2 * r / (1 + r)
+    tp = fp = fn = 0
+    for movie, idx in _by_movie(trials, positions).items():
+        for x in range(len(idx)):
+            for y in range(x + 1, len(idx)):
+                p = _trial_counts(rec[idx[x]], trials, idx[x], psth_bin, n) > 0
+                q = _trial_counts(rec[idx[y]], trials, idx[y], psth_bin, n) > 0
+                tp, fp, fn = tp + (p & q).sum(), fp + (~p & q).sum(), fn + (p & ~q).sum()
+    return {"split_half_r_median": _median(r), "spearman_brown_median": _median(sb),
+            "psth_r_ceiling_median": _median(np.sqrt(np.clip(sb, 0, None))),
+            "window_f1_between_trials": float(2 * tp / max(2 * tp + fp + fn, 1))}
+
+
+def _figures(data, models, sim, per_neuron, psth_bin, stem):
+    """Rasters of the first trial of each row, PSTHs of the six most modulated units on the
+    first movie, and the per-neuron correlation scatter."""
+    from .plots import correlation_scatter, example_psths, rasters
+
+    groups, n = _groups(data, sim.trials), len(sim.unit_ids)
+    panels = {}
+    for group, positions in groups.items():
+        i = positions[0]
+        rec = _recorded(data, sim.trials, [i])[i]
+        panels[f"{group}: trial {int(sim.trials['index'][i])}"] = {
+            "recorded": rec, **{name: _simulated(s, sim.trials, i, 0) for name, s in models.items()}}
+    first = next(iter(groups.values()))
+    movie, idx = next(iter(_by_movie(sim.trials, first).items()))
+    rec = _recorded(data, sim.trials, idx)
+    psths = {"recorded": _psths(lambda i: [rec[i]], sim.trials, idx, psth_bin, n)}
+    for name, s in models.items():
+        psths[name] = _psths(lambda i: [_simulated(s, sim.trials, i, r) for r in range(s.repeats)],
+                             sim.trials, idx, psth_bin, n)
+    units = np.argsort(-psths["recorded"].std(0))[:6]
+    return [rasters(panels, n, f"{stem}_rasters.png"),
+            example_psths(psths, units, psth_bin, f"movie {movie}: {len(idx)} recorded trials", f"{stem}_psth.png"),
+            correlation_scatter(per_neuron, f"{stem}_psth_r.png")]
+
+
+# ---------------------------------------------------------------------- likelihoods
+
+def _load_run(run, data_path, device):
+    from .train import load_model
+
+    run = Path(run)
+    return load_model(run / "best.pt" if run.is_dir() else run, [data_path], device) + (device,)
+
+
+def _feature_file(loaded, data_path):
+    if not loaded or not loaded[2].spec.features:
+        return None
+    return Path(data_path).with_suffix(f".{loaded[2].spec.features}.features.h5")
+
+
+def _likelihoods(data, trials, positions, loaded, glm):
+    """NLL per spike and bits per spike over homogeneous Poisson of the recorded spikes in the
+    full current windows tiling each trial (the windows the model generates)."""
+    from .train import evaluate
+
+    dt = 1e-3 if loaded is None else loaded[0].window.dt_res
+    current = 0.05 if loaded is None else loaded[0].window.current
+    n_cur = int(round(current / dt))
+    train_counts = sum(spike_counts(data, a, b, dt).sum(0) for a, b in
+                       zip(np.asarray(data.train_domain.start), np.asarray(data.train_domain.end)))
+    train_time = float(np.sum(np.asarray(data.train_domain.end) - np.asarray(data.train_domain.start)))
+    rate = np.maximum(train_counts / train_time, 1e-3)                 # Hz, floor for silent units
+    ll_hom, n_spikes, ll_glm, windows = 0.0, 0, 0.0, []
+    for i in positions:
+        k0 = int(round(trials["start"][i] / dt))
+        n_full = int(round(trials["end"][i] / dt)) - k0
+        n_full -= n_full % n_cur
+        if glm is not None:
+            ll, counts = glm.log_likelihood(data, k0 * dt, (k0 + n_full) * dt)
+            ll_glm += float(ll.sum())
+        else:
+            counts = spike_counts(data, k0 * dt, (k0 + n_full) * dt, dt)
+        ll_hom += float((counts * np.log(rate * dt) - rate * dt).sum() - _log_factorial(counts))
+        n_spikes += int(counts.sum())
+        windows += [k0 + w * n_cur for w in range(n_full // n_cur)]
+    out = {}
+    if glm is not None:
+        out["glm"] = {"nll_per_spike": -ll_glm / max(n_spikes, 1),
+                      "bits_per_spike": (ll_glm - ll_hom) / (max(n_spikes, 1) * math.log(2))}
+    if loaded is not None:
+        cfg, model, dataset, recordings, device = loaded
+        rid, spec = recordings.recording_ids[0], dataset.spec
+        index = [DatasetIndex(rid, k * dt - spec.before, (k + n_cur) * dt) for k in windows]
+        batches = [index[j:j + 64] for j in range(0, len(index), 64)]
+        metrics = evaluate(model, dataset, batches, device)
+        ll_model = -metrics["nll_per_spike"] * n_spikes
+        out["neuroformer"] = {"nll_per_spike": metrics["nll_per_spike"],
+                              "bits_per_spike": (ll_model - ll_hom) / (max(n_spikes, 1) * math.log(2))}
+    for v in out.values():
+        v["scored_spikes"] = n_spikes
+    return out
+
+
+def _log_factorial(counts):
+    from scipy.special import gammaln
+    return float(gammaln(counts + 1).sum())
+
+
+def _summary(rows):
+    keys = ("psth_r_median", "rate_ratio", "isi_ks_median", "pairwise_similarity", "window_f1", "bits_per_spike")
+    out = {}
+    for group, row in rows.items():
+        out[group] = {name: {k: row[name].get(k) for k in keys if k in row[name]}
+                      for name in ("neuroformer", "glm") if name in row}
+        out[group]["noise_ceiling"] = row["noise_ceiling"].get("psth_r_ceiling_median")
+    return out
+
+
+def format_comparison(summary):
+    """The report's summary as a text table: one line per row group and model."""
+    cols = ("psth_r_median", "rate_ratio", "isi_ks_median", "pairwise_similarity", "window_f1", "bits_per_spike")
+    lines = [f"{'':<18}{'model':<13}" + "".join(f"{c:>21}" for c in cols)]
+    for group, row in summary.items():
+        for name in ("neuroformer", "glm"):
+            if name in row:
+                cells = "".join(f"{row[name][c]:>21.3f}" if row[name].get(c) is not None else f"{'-':>21}" for c in cols)
+                lines.append(f"{group:<18}{name:<13}{cells}")
+        ceiling = row.get("noise_ceiling")
+        lines.append(f"{group:<18}{'ceiling':<13}" + (f"{ceiling:>21.3f}" if ceiling is not None else f"{'-':>21}"))
+    return "\n".join(lines)

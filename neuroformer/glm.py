@@ -1,0 +1,260 @@
+"""The Poisson GLM baseline (DESIGN §4), built once here and used by every analysis.
+
+On the model's 1 ms grid, each unit's log rate per bin is
+
+    log λ_i(t) = b_i + Σ_k W_ki x_k(t)
+
+with features x (z-scored on the training split):
+- stimulus: the frame on screen, as its leading principal components (PCA of block-averaged
+  pixels, or of a cached backbone's features), filtered by raised-cosine lag bases spanning
+  0 - `stim_lags` s (latency and temporal filtering);
+- behaviour: the current value of each input variable;
+- spike history: every unit's past spikes filtered by raised-cosine bases over 1 bin -
+  `history` s (own history on the diagonal, coupling off it).
+Weights are fitted by L-BFGS on the training split for a path of L2 penalties (warm-started,
+strongest first); the chosen one has the best validation log-likelihood among those whose
+closed-loop rollout of validation data is stable (population rate within 0.5-2x the recorded). Simulation is closed loop like the model's: Poisson counts drawn bin
+by bin (rate and count capped at `max_count` per bin, so an unstable fit cannot run away), history from the
+simulated spikes, the recorded activity before the trial start as the initial state.
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.decomposition import PCA
+from tqdm import tqdm
+
+from .data.recording import behavior_at, frame_on_screen, movie_frame_dataset, open_recording, spike_counts
+from .errors import InputError
+
+
+@dataclass
+class GLMConfig:
+    bin: float = 0.001
+    stim_components: int = 16
+    stim_lags: float = 0.3
+    stim_bases: int = 6
+    history: float = 0.05
+    history_bases: int = 3
+    penalties: tuple = (1.0, 1e-1, 1e-2, 1e-3)
+    max_iter: int = 30
+    max_count: int = 1
+    downsample: int = 4               # pixel block size before PCA
+
+
+def raised_cosines(n, first, last):
+    """(n, last + 1) raised-cosine bumps over lags first..last bins, log-stretched so early lags
+    are resolved finely (Pillow et al. 2008); lags below `first` are zero."""
+    lags = np.arange(last + 1, dtype=np.float64)
+    x = np.log(lags + 1.0)
+    centres = np.linspace(math.log(first + 1.0), math.log(last + 1.0), n)
+    width = (centres[1] - centres[0]) if n > 1 else x[-1] - x[first] + 1
+    arg = np.clip((x[None, :] - centres[:, None]) * math.pi / (2 * width), -math.pi, math.pi)
+    bases = 0.5 * (1 + np.cos(arg))
+    bases[:, :first] = 0.0
+    return bases
+
+
+def lag_filter(signal, kernel):
+    """Causal filtering of signal (S, C) by kernel (nb, L) over lags 0..L-1: returns the
+    (S - L + 1, C * nb) outputs that have a full past, feature c * nb + b = Σ_l kernel[b, l] signal[t - l, c]."""
+    x = torch.as_tensor(signal, dtype=torch.float32).T[:, None, :]                 # (C, 1, S)
+    w = torch.as_tensor(kernel[:, ::-1].copy(), dtype=torch.float32)[:, None, :]   # (nb, 1, L)
+    y = F.conv1d(x, w)                                                              # (C, nb, S - L + 1)
+    return y.permute(2, 0, 1).reshape(y.shape[2], -1).numpy()
+
+
+class PoissonGLM:
+    """A fitted GLM: stimulus PCA, bases, feature standardisation, weights and bias."""
+
+    def __init__(self, cfg, unit_ids, behavior, frame_pcs, mean, std, weight, bias, penalty):
+        self.cfg, self.unit_ids, self.behavior = cfg, list(unit_ids), list(behavior)
+        self.frame_pcs = frame_pcs                # (stored frames, K): PCA of every stored frame
+        self.mean, self.std, self.weight, self.bias, self.penalty = mean, std, weight, bias, penalty
+        self.stim_kernel = raised_cosines(cfg.stim_bases, 0, int(round(cfg.stim_lags / cfg.bin)))
+        self.hist_kernel = raised_cosines(cfg.history_bases, 1, int(round(cfg.history / cfg.bin)))
+        self.pad = max(self.stim_kernel.shape[1], self.hist_kernel.shape[1]) - 1
+
+    @property
+    def n_history_features(self):
+        return len(self.unit_ids) * len(self.hist_kernel)
+
+    # ------------------------------------------------------------------ features
+
+    def design(self, data, start, end):
+        """Raw features (T, F) of the bins of [start, end) and their counts (T, N); the history
+        features use the recorded spikes."""
+        stim = self.external_features(data, start, end)
+        counts = spike_counts(data, start - self.pad * self.cfg.bin, end, self.cfg.bin)
+        hist = lag_filter(counts, self.hist_kernel)[-len(stim):]
+        return np.concatenate([stim, hist], 1), counts[self.pad:]
+
+    def external_features(self, data, start, end):
+        """Stimulus and behaviour features (T, F_ext) of the bins of [start, end)."""
+        b = self.cfg.bin
+        k0, k1 = int(round(start / b)), int(round(end / b))
+        times = (np.arange(k0 - self.pad, k1) + 0.5) * b
+        frame = frame_on_screen(data, times)
+        parts = []
+        if self.frame_pcs.size:
+            pcs = np.where(frame[:, None] >= 0, self.frame_pcs[np.maximum(frame, 0)], 0.0)
+            parts.append(lag_filter(pcs, self.stim_kernel)[-(k1 - k0):])
+        parts += [behavior_at(data, v, times[self.pad:])[:, None] for v in self.behavior]
+        return np.concatenate(parts, 1).astype(np.float32) if parts else np.zeros((k1 - k0, 0), np.float32)
+
+    def log_rate(self, features):
+        z = (torch.as_tensor(features) - self.mean) / self.std
+        return z @ self.weight + self.bias
+
+    # ------------------------------------------------------------------ fitting
+
+    @classmethod
+    def fit(cls, path, cfg=GLMConfig(), behavior=(), feature_file=None, progress=True):
+        """Fit on the training split of recording `path`; the penalty is chosen on validation."""
+        data = open_recording(path)
+        pcs = _frame_pcs(data, path, cfg, feature_file)
+        n = len(data.units.id)
+        glm = cls(cfg, data.units.id.astype(str), behavior, pcs, 0.0, 1.0, None, None, None)
+        train = _stack(glm, data, data.train_domain)
+        valid = _stack(glm, data, data.valid_domain)
+        if train[1].sum() == 0:
+            raise InputError(path, ("train_domain", "no spikes in the training split; the GLM cannot be fitted"))
+        mean, std = train[0].mean(0), train[0].std(0) + 1e-6
+        x_tr, y_tr = (train[0] - mean) / std, train[1]
+        x_va, y_va = (valid[0] - mean) / std, valid[1]
+        weight = torch.zeros(x_tr.shape[1], n, requires_grad=True)
+        bias = torch.log(y_tr.mean(0) + 1e-8).clone().requires_grad_(True)
+        fits = []
+        for penalty in tqdm(cfg.penalties, desc="fitting GLM", disable=not progress):     # strongest first
+            _lbfgs(x_tr, y_tr, weight, bias, penalty, cfg.max_iter)
+            with torch.no_grad():
+                ll = float(_poisson_ll(x_va @ weight + bias, y_va).sum()) if len(y_va) else -float(penalty)
+            fit = cls(cfg, glm.unit_ids, behavior, pcs, mean, std, weight.detach().clone(), bias.detach().clone(),
+                      penalty)
+            fits.append((fit.stable(data), ll, fit))
+        return max(fits, key=lambda f: (f[0], f[1]))[2]
+
+    def stable(self, data, seconds=3.0, low=0.5, high=2.0):
+        """Whether closed-loop rollouts of the first `seconds` of (up to two) validation intervals
+        keep the population rate within [low, high] x the recorded one: an exp-GLM with strong
+        coupling can fit well one step ahead and still run away when it feeds on its own spikes."""
+        dom = data.valid_domain if len(data.valid_domain) else data.train_domain
+        start = np.asarray(dom.start)[:2]
+        end = np.minimum(np.asarray(dom.end)[:2], start + seconds)
+        trials = {"index": np.arange(len(start)), "start": start, "end": end, "stimulus_id": np.full(len(start), -1)}
+        simulated = len(self.simulate(data, trials, 1, seed=0, progress=False).timestamps)
+        recorded = sum(len(data.spikes.slice(a, b, reset_origin=False).timestamps) for a, b in zip(start, end))
+        return low <= simulated / max(recorded, 1) <= high
+
+    # ------------------------------------------------------------------ scoring and simulation
+
+    def log_likelihood(self, data, start, end):
+        """Per-bin, per-unit Poisson log-likelihood (T, N) of the recorded spikes of [start, end)
+        given their recorded history, and the counts."""
+        x, counts = self.design(data, start, end)
+        counts = torch.as_tensor(counts, dtype=torch.float32)
+        with torch.no_grad():
+            return _poisson_ll(self.log_rate(x), counts).numpy(), counts.numpy()
+
+    def simulate(self, data, trials, repeats, seed, progress=True):
+        """Closed-loop Poisson rollouts of `trials` (dict index/start/end/stimulus_id), each
+        (trial, repeat) with its own generator seeded like the model's."""
+        from .simulate import Simulation, trial_seed
+
+        b, n = self.cfg.bin, len(self.unit_ids)
+        items = [(i, r) for i in range(len(trials["index"])) for r in range(repeats)]
+        kernel = torch.as_tensor(self.hist_kernel[:, ::-1].copy(), dtype=torch.float32)[:, :-1]   # (nb, L-1)
+        L = kernel.shape[1]
+        drives, buffers, rngs, lengths = [], [], [], []
+        n_ext = self.weight.shape[0] - self.n_history_features
+        for i, r in items:
+            s, e = float(trials["start"][i]), float(trials["end"][i])
+            ext = torch.as_tensor(self.external_features(data, s, e))
+            with torch.no_grad():
+                drives.append((ext - self.mean[:n_ext]) / self.std[:n_ext] @ self.weight[:n_ext] + self.bias)
+            buffers.append(torch.as_tensor(spike_counts(data, s - L * b, s, b), dtype=torch.float32))
+            rngs.append(np.random.default_rng(trial_seed(seed, int(trials["index"][i]), r)))
+            lengths.append(len(ext))
+        T = max(lengths)
+        drive = torch.stack([F.pad(d, (0, 0, 0, T - len(d))) for d in drives])                # (B, T, N)
+        buffer = torch.stack(buffers)                                                         # (B, L, N)
+        h_mean, h_std = self.mean[n_ext:].view(n, -1), self.std[n_ext:].view(n, -1)
+        w_hist = self.weight[n_ext:]
+        out = np.zeros((len(items), T, n), dtype=np.int64)
+        for t in tqdm(range(T), desc="simulating GLM", unit="bin", disable=not progress, mininterval=1):
+            with torch.no_grad():
+                h = (torch.einsum("kl,bln->bnk", kernel, buffer) - h_mean) / h_std
+                rate = (drive[:, t] + h.reshape(len(items), -1) @ w_hist).exp().clamp(max=self.cfg.max_count).numpy()
+            counts = np.stack([np.minimum(g.poisson(lam), self.cfg.max_count) if t < m else np.zeros(n, np.int64)
+                               for g, lam, m in zip(rngs, rate, lengths)])
+            out[:, t] = counts
+            buffer = torch.cat([buffer[:, 1:], torch.as_tensor(counts, dtype=torch.float32)[:, None]], 1)
+        rows = []
+        for j, (i, r) in enumerate(items):
+            k, u = np.nonzero(out[j])
+            reps = out[j][k, u]
+            k0 = int(round(trials["start"][i] / b))
+            rows.append((np.repeat((k0 + k + 0.5) * b, reps), np.repeat(u, reps),
+                         np.full(reps.sum(), trials["index"][i]), np.full(reps.sum(), r)))
+        times, units, trial, repeat = (np.concatenate(c) for c in zip(*rows))
+        order = np.lexsort((units, times, repeat, trial))
+        return Simulation(times[order], units[order], trial[order], repeat[order], np.asarray(self.unit_ids),
+                          trials, repeats, {"model": "poisson GLM", "glm": str(asdict(self.cfg)), "seed": seed})
+
+
+def _stack(glm, data, domain):
+    xs, ys = [], []
+    for a, b in zip(np.asarray(domain.start), np.asarray(domain.end)):
+        x, y = glm.design(data, a, b)
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        return torch.zeros(0, 0), torch.zeros(0, len(glm.unit_ids))
+    return torch.as_tensor(np.concatenate(xs)), torch.as_tensor(np.concatenate(ys), dtype=torch.float32)
+
+
+def _poisson_ll(log_rate, counts):
+    return counts * log_rate - log_rate.exp() - torch.lgamma(counts + 1)
+
+
+def _lbfgs(x, y, weight, bias, penalty, max_iter):
+    n_spikes = float(y.sum())
+    opt = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        eta = x @ weight + bias
+        loss = ((eta.exp() - y * eta).sum() / n_spikes + penalty * (weight ** 2).sum() / 2)
+        loss.backward()
+        return loss
+    opt.step(closure)
+
+
+def _frame_pcs(data, path, cfg, feature_file):
+    """Leading principal components of every stored frame, fitted on the frames shown during
+    training (block-averaged pixels, or cached backbone features)."""
+    if "movies" not in data.keys():
+        return np.zeros((0, 0))
+    if feature_file is not None:
+        import h5py
+        with h5py.File(feature_file, "r") as f:
+            frames = f["features"][()].reshape(len(f["features"]), -1)
+    else:
+        source, d = movie_frame_dataset(data), cfg.downsample
+        chunks = []
+        for i in range(0, len(source), 1024):
+            x = np.asarray(source[i:i + 1024], dtype=np.float32)
+            H, W = x.shape[1] // d * d, x.shape[2] // d * d
+            chunks.append(x[:, :H, :W].reshape(len(x), H // d, d, W // d, d).mean((2, 4)).reshape(len(x), -1))
+        frames = np.concatenate(chunks)
+    dom = data.train_domain
+    shown = np.unique(np.concatenate([frame_on_screen(data, np.arange(a, b, 0.01))
+                                      for a, b in zip(np.asarray(dom.start), np.asarray(dom.end))] + [[-1]]))
+    shown = shown[shown >= 0]
+    if len(shown) < 2:
+        raise InputError(path, ("stimulus", "fewer than two movie frames are shown in the training split"))
+    k = min(cfg.stim_components, len(shown) - 1, frames.shape[1])
+    pca = PCA(n_components=k, random_state=0).fit(frames[shown])
+    return pca.transform(frames).astype(np.float32)

@@ -1,0 +1,266 @@
+"""Closed-loop simulation of whole trials (DESIGN §4), and the simulated-spikes file.
+
+A trial is rolled out window by window (step = the current window). In each window the context
+(frames and behaviour from the recording, history) is encoded once and the model samples the
+window's spikes with a KV-cached decoder (`Neuroformer.generate`). With `history="generated"`
+(closed loop, the default) the history of a window holds the spikes the model generated; before
+the trial's start, where nothing was generated, it holds the recorded activity (the state the
+trial starts from; no spike inside a simulated trial is ever read). `history="recorded"` reads
+every window's history from the recording (open loop, the original implementation's rollout).
+
+Trials and repeats are generated together in batches; each (seed, trial, repeat) has its own
+random generator, so spikes do not depend on the batch size. Generated spikes sit at the centre
+of their dt_res bin.
+"""
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data.objects import DatasetIndex, pad
+from .data.windows import collate_windows
+from .errors import InputError
+from .io import atomic_path, open_hdf5
+from .model import Sampling
+from .train import load_model, to_device
+
+SIM_FORMAT = 1
+
+
+@dataclass
+class SimulationOptions:
+    split: str = "test"
+    trials: tuple | None = None         # indices into the recording's trials; default: all of `split`
+    repeats: int = 1
+    seed: int = 0
+    history: str = "generated"          # "generated" (closed loop) or "recorded" (open loop)
+    sampling: Sampling = field(default_factory=Sampling)
+    batch: int = 16
+    cache: bool = True                  # False: re-run the whole model for every spike (naive)
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass
+class Simulation:
+    """Simulated spikes of several trials and repeats, on the recording's clock."""
+    timestamps: np.ndarray              # (S,) float64 seconds
+    unit_index: np.ndarray              # (S,) index into unit_ids
+    trial: np.ndarray                   # (S,) index into the recording's trials
+    repeat: np.ndarray                  # (S,)
+    unit_ids: np.ndarray                # (N,) str
+    trials: dict                        # index, start, end, stimulus_id: one row per simulated trial
+    repeats: int
+    attrs: dict = field(default_factory=dict)
+
+    def spikes_of(self, trial, repeat):
+        keep = (self.trial == trial) & (self.repeat == repeat)
+        return self.timestamps[keep], self.unit_index[keep]
+
+
+def trial_seed(seed, trial, repeat):
+    """The generator seed of one (seed, trial, repeat)."""
+    return int(np.random.SeedSequence([seed, trial, repeat]).generate_state(1)[0])
+
+
+def select_trials(data, path, split="test", trials=None):
+    """Trial table rows to simulate: `trials` (indices) or every trial inside `split`'s domain.
+    A recording without trials uses its split's intervals as trials."""
+    if "trials" in data.keys() and len(data.trials) > 0:
+        start, end = np.asarray(data.trials.start), np.asarray(data.trials.end)
+        stim = (np.asarray(data.trials.stimulus_id) if "stimulus_id" in data.trials.keys()
+                else np.full(len(start), -1))
+    else:
+        dom = getattr(data, f"{split}_domain")
+        start, end, stim = np.asarray(dom.start), np.asarray(dom.end), np.full(len(dom), -1)
+    if trials is None:
+        dom = getattr(data, f"{split}_domain")
+        k = np.searchsorted(dom.start, start, side="right") - 1
+        index = np.flatnonzero((k >= 0) & (end <= np.asarray(dom.end)[np.maximum(k, 0)] + 1e-9))
+        if len(index) == 0:
+            raise InputError(path, (f"{split}_domain", "no trial lies inside this split"))
+    else:
+        index = np.asarray(trials, dtype=int)
+        bad = index[(index < 0) | (index >= len(start))]
+        if len(bad):
+            raise InputError(path, ("trials", f"no trial {bad.tolist()} (the recording has {len(start)})"))
+    return {"index": index, "start": start[index], "end": end[index], "stimulus_id": stim[index]}
+
+
+def _check(opts, path):
+    problems = []
+    if opts.history not in ("generated", "recorded"):
+        problems.append(("--history", f"expected 'generated' or 'recorded', got {opts.history!r}"))
+    if opts.repeats < 1 or opts.batch < 1:
+        problems.append(("--repeats/--batch", "must be at least 1"))
+    s = opts.sampling
+    if not s.temperature > 0 or s.top_k < 0 or not 0 < s.top_p <= 1 or s.max_spikes < 1:
+        problems.append(("sampling", "temperature > 0, top-k >= 0, 0 < top-p <= 1 and max-spikes >= 1"))
+    if problems:
+        raise InputError(path, *problems)
+
+
+def simulate(checkpoint, data_path, opts=SimulationOptions()):
+    """Roll out the selected trials of `data_path` with the model of `checkpoint` (a .pt file or
+    a run directory, whose best.pt is used)."""
+    checkpoint = Path(checkpoint)
+    checkpoint = checkpoint / "best.pt" if checkpoint.is_dir() else checkpoint
+    _check(opts, data_path)
+    _, model, dataset, recordings = load_model(checkpoint, [data_path], opts.device)
+    rid = recordings.recording_ids[0]
+    trials = select_trials(recordings.get_recording(rid), data_path, opts.split, opts.trials)
+    sim = rollout(model, dataset, rid, trials, opts)
+    sim.attrs.update(recording=str(data_path), checkpoint=str(checkpoint))
+    return sim
+
+
+def rollout(model, dataset, rid, trials, opts):
+    """Simulate `trials` (index, start, end, stimulus_id) of recording `rid` of `dataset` with `model`."""
+    data, spec = dataset.recordings.get_recording(rid), dataset.spec
+    tokens = dataset.unit_tokens[rid]
+    allowed = torch.zeros(len(dataset.vocab), dtype=torch.bool, device=opts.device)
+    allowed[torch.as_tensor(tokens)] = True
+    unit_of_token = np.full(len(dataset.vocab), -1)
+    unit_of_token[tokens] = np.arange(len(tokens))
+
+    items = [(i, r) for i in range(len(trials["index"])) for r in range(opts.repeats)]
+    total_bins = int(round(np.sum(trials["end"] - trials["start"]) / spec.dt_res)) * opts.repeats
+    bar = tqdm(total=total_bins, unit=" sim s", unit_scale=spec.dt_res, desc="simulating", disable=not opts.progress,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim s [{elapsed}<{remaining}, {rate_fmt}]")
+    rows, truncated = [], 0
+    for first in range(0, len(items), opts.batch):
+        chunk = items[first:first + opts.batch]
+        spikes, n = _rollout(model, dataset, rid, trials, chunk, opts, allowed, bar)
+        truncated += n
+        for (i, r), (bins, units) in zip(chunk, spikes):
+            rows.append((np.full(len(bins), trials["index"][i]), np.full(len(bins), r),
+                         (bins + 0.5) * spec.dt_res, unit_of_token[units]))
+    bar.close()
+    trial, repeat, times, units = (np.concatenate(c) for c in zip(*rows))
+    order = np.lexsort((units, times, repeat, trial))
+    attrs = {"truncated_windows": truncated, "options": json.dumps(asdict(opts), default=str), "dt_res": spec.dt_res}
+    return Simulation(times[order], units[order].astype(np.int64), trial[order].astype(np.int64),
+                      repeat[order].astype(np.int64), np.asarray(data.units.id).astype(str), trials,
+                      opts.repeats, attrs)
+
+
+def _rollout(model, dataset, rid, trials, chunk, opts, allowed, bar):
+    """Generate one batch of (trial, repeat) items window by window; returns per item the
+    generated (absolute bin, unit token) arrays, and how many windows hit the spike cap."""
+    spec = dataset.spec
+    n_cur = int(round(spec.current / spec.dt_res))
+    k_start = [int(round(trials["start"][i] / spec.dt_res)) for i, _ in chunk]
+    k_end = [int(round(trials["end"][i] / spec.dt_res)) for i, _ in chunk]
+    n_windows = [-(-(e - s) // n_cur) for s, e in zip(k_start, k_end)]
+    generators = [torch.Generator().manual_seed(trial_seed(opts.seed, int(trials["index"][i]), r)) for i, r in chunk]
+    bins, units = [[] for _ in chunk], [[] for _ in chunk]      # per item: generated arrays, window by window
+    truncated = 0
+    for w in range(max(n_windows)):
+        samples = []
+        for j in range(len(chunk)):
+            k0 = k_start[j] + min(w, n_windows[j] - 1) * n_cur
+            sample = dataset[DatasetIndex(rid, k0 * spec.dt_res - spec.before, (k0 + n_cur) * spec.dt_res)]
+            if opts.history == "generated":
+                sample["history"] = _closed_loop_history(sample["history"], bins[j], units[j], k0, k_start[j], spec)
+            samples.append(sample)
+        active = [g if w < n else None for g, n in zip(generators, n_windows)]
+        out, hit = model.generate(to_device(collate_windows(samples), opts.device), active, allowed,
+                                  opts.sampling, cache=opts.cache)
+        truncated += int(hit)
+        for j, spikes in enumerate(out):
+            if spikes:
+                q, u = np.asarray(spikes, dtype=np.int64).T
+                k = k_start[j] + w * n_cur + q
+                bins[j].append(k[k < k_end[j]])
+                units[j].append(u[k < k_end[j]])
+        bar.update(sum(min(n_cur, max(0, e - s - w * n_cur)) for s, e in zip(k_start, k_end)))
+    return [(_cat(b), _cat(u)) for b, u in zip(bins, units)], truncated
+
+
+def _closed_loop_history(recorded, bins, units, k0, k_start, spec):
+    """History tokens of a window at bin k0: recorded before the trial start, generated after."""
+    recorded = recorded.obj
+    n_hist, n_cur = int(round(spec.history / spec.dt_res)), int(round(spec.current / spec.dt_res))
+    q_rec = np.round(recorded["time"].numpy() / spec.dt_res).astype(np.int64)
+    before = k0 + q_rec < k_start
+    back = -(-n_hist // n_cur) + 1                   # generated windows the history can reach
+    k, u = _cat(bins[-back:]), _cat(units[-back:])
+    recent = (k >= k0 - n_hist) & (k < k0)
+    q = np.concatenate([q_rec[before], k[recent] - k0])
+    u = np.concatenate([recorded["unit"].numpy()[before], u[recent]])
+    order = np.lexsort((u, q))
+    return pad({"unit": torch.from_numpy(u[order]),
+                "time": torch.from_numpy((q[order] * spec.dt_res).astype(np.float32)),
+                "mask": torch.ones(len(q), dtype=torch.bool)})
+
+
+def _cat(arrays):
+    return np.concatenate(arrays) if len(arrays) else np.zeros(0, np.int64)
+# ---------------------------------------------------------------------- files
+
+def save_simulation(sim, path):
+    """HDF5: spikes/{timestamps, unit_index, trial, repeat}, units/id, trials/{index, start, end,
+    stimulus_id}, and attributes (recording, checkpoint, options, repeats); written atomically."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update(format="neuroformer-simulation", format_version=SIM_FORMAT, repeats=sim.repeats,
+                       **{k: v for k, v in sim.attrs.items()})
+        g = f.create_group("spikes")
+        for name in ("timestamps", "unit_index", "trial", "repeat"):
+            g.create_dataset(name, data=getattr(sim, name))
+        f.create_group("units").create_dataset("id", data=sim.unit_ids.astype("S"))
+        t = f.create_group("trials")
+        for name, values in sim.trials.items():
+            t.create_dataset(name, data=values)
+    return Path(path)
+
+
+def load_simulation(path):
+    """Read a file written by `save_simulation`; a wrong or incomplete file names what is missing."""
+    with open_hdf5(path) as f:
+        if f.attrs.get("format") != "neuroformer-simulation":
+            raise InputError(path, ("format", "not a simulated-spikes file (neuroformer simulate writes them)"))
+        needed = [f"spikes/{n}" for n in ("timestamps", "unit_index", "trial", "repeat")] + \
+                 ["units/id"] + [f"trials/{n}" for n in ("index", "start", "end", "stimulus_id")]
+        missing = [n for n in needed if n not in f]
+        if missing:
+            raise InputError(path, *[(n, "missing") for n in missing])
+        s = {n: f[f"spikes/{n}"][()] for n in ("timestamps", "unit_index", "trial", "repeat")}
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()
+                 if k not in ("format", "format_version", "repeats")}
+        return Simulation(s["timestamps"], s["unit_index"], s["trial"], s["repeat"],
+                          f["units/id"][()].astype(str), {n: f[f"trials/{n}"][()] for n in f["trials"]},
+                          int(f.attrs["repeats"]), attrs)
+
+
+def save_nwb(sim, path, session_description="Neuroformer simulation"):
+    """NWB: one Units row per (repeat, unit) with `unit_name` and `repeat` columns, and a trials
+    table (`trial_index`, `stimulus_id`). Deterministic for a given simulation."""
+    from datetime import datetime, timezone
+
+    from pynwb import NWBHDF5IO, NWBFile
+
+    identifier = f"neuroformer-sim-{Path(str(sim.attrs.get('recording', 'recording'))).stem}-" \
+                 f"{json.loads(sim.attrs.get('options', '{}')).get('seed', 0)}"
+    nwb = NWBFile(session_description=session_description, identifier=identifier,
+                  session_start_time=datetime(1970, 1, 1, tzinfo=timezone.utc),
+                  notes=f"neuroformer simulate; model {sim.attrs.get('checkpoint', '')}; "
+                        f"recording {sim.attrs.get('recording', '')}; options {sim.attrs.get('options', '')}")
+    nwb.add_trial_column("trial_index", "index of the trial in the source recording")
+    nwb.add_trial_column("stimulus_id", "movie shown on the trial (-1: none)")
+    for i in np.argsort(sim.trials["start"]):
+        nwb.add_trial(start_time=float(sim.trials["start"][i]), stop_time=float(sim.trials["end"][i]),
+                      trial_index=int(sim.trials["index"][i]), stimulus_id=int(sim.trials["stimulus_id"][i]))
+    nwb.add_unit_column("unit_name", "unit id in the source recording")
+    nwb.add_unit_column("repeat", "repeat of the simulation")
+    for r in range(sim.repeats):
+        mine = sim.repeat == r
+        for u, name in enumerate(sim.unit_ids):
+            times = np.sort(sim.timestamps[mine & (sim.unit_index == u)])
+            nwb.add_unit(spike_times=times, unit_name=str(name), repeat=r)
+    with atomic_path(path) as tmp, NWBHDF5IO(str(tmp), "w") as io:
+        io.write(nwb)
+    return Path(path)

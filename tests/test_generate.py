@@ -1,0 +1,231 @@
+"""Generation and closed-loop simulation: KV cache against full recompute, seeds, batch
+invariance, the generated history really used, valid output, NWB, the GLM and evaluation."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pynwb
+import pytest
+import torch
+import yaml
+
+from neuroformer.config import config_from_dict
+from neuroformer.data.objects import pad
+from neuroformer.data.vocab import SPECIALS
+from neuroformer.data.windows import LoaderOptions, collate_windows, make_loader
+from neuroformer.errors import InputError
+from neuroformer.model import Neuroformer, Sampling, sample_classes
+from neuroformer.nn import new_caches
+from neuroformer.simulate import (
+    SimulationOptions,
+    _closed_loop_history,
+    load_simulation,
+    save_nwb,
+    save_simulation,
+    simulate,
+)
+from neuroformer.train import window_spec
+from test_model import TINY_CFG
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_synthetic):
+    torch.manual_seed(0)
+    cfg = config_from_dict(TINY_CFG)
+    loader = make_loader([tiny_synthetic], window_spec(cfg), LoaderOptions(batch_size=6, seed=1))
+    model = Neuroformer(cfg, len(loader.dataset.vocab), frame_shape=(64, 112)).eval()
+    return model, next(iter(loader)), loader.dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_synthetic, tmp_path_factory):
+    """A briefly trained tiny model (its rollouts need only be valid, not good)."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = {**TINY_CFG, "train": {"batch_size": 8, "max_steps": 20, "warmup_steps": 2, "eval_every": 20,
+                                 "eval_batches": 1, "checkpoint_every": 20}}
+    (out / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    subprocess.run([sys.executable, "-m", "neuroformer.cli", "train", "--config", str(out / "tiny.yaml"),
+                    "--data", str(tiny_synthetic), "-o", str(out / "run")], check=True, capture_output=True)
+    return out / "run"
+
+
+def _allowed(model, dataset):
+    allowed = torch.zeros(model.unit_emb.num_embeddings, dtype=torch.bool)
+    allowed[len(SPECIALS):] = True
+    return allowed
+
+
+def test_cached_and_full_decoding_give_the_same_logits_under_teacher_forcing(setup):
+    model, batch, _ = setup
+    cur = batch["current"]
+    with torch.no_grad():
+        memory, _ = model.encode_context(batch)
+        drive = model.unit_drive(memory)
+        full = model.decode(cur, memory)
+        caches = new_caches(model.decoder)
+        steps = [model.decode({k: cur[k][:, i:i + 1] for k in ("unit", "time", "mask")}, memory, caches)
+                 for i in range(cur["unit"].shape[1])]
+        cached = torch.cat(steps, 1)
+        real = cur["mask"]
+        dt = cur["dt_target"].clamp(min=0)
+        for a, b in zip(model.heads(full, drive, dt), model.heads(cached, drive, dt)):
+            assert torch.allclose(a[real], b[real], atol=1e-5)
+
+
+def test_cached_and_naive_generation_give_identical_spikes_in_float64(setup):
+    model, batch, dataset = setup
+    model64 = Neuroformer(model.cfg, model.unit_emb.num_embeddings, frame_shape=(64, 112)).double().eval()
+    model64.load_state_dict(model.state_dict())
+    allowed = _allowed(model64, dataset)
+    runs = []
+    for cache in (True, False):
+        generators = [torch.Generator().manual_seed(10 + b) for b in range(len(batch["t0"]))]
+        runs.append(model64.generate(batch, generators, allowed, cache=cache)[0])
+    assert runs[0] == runs[1]
+    assert sum(len(o) for o in runs[0]) > 20
+
+
+def test_generated_windows_are_ordered_inside_the_window_and_use_allowed_units(setup):
+    model, batch, dataset = setup
+    allowed = _allowed(model, dataset)
+    allowed[5:9] = False
+    generators = [torch.Generator().manual_seed(b) for b in range(len(batch["t0"]))]
+    generators[2] = None                                            # nothing sampled for this element
+    out, truncated = model.generate(batch, generators, allowed, Sampling(max_spikes=2))
+    assert out[2] == [] and truncated
+    for spikes in out:
+        bins = [q for q, _ in spikes]
+        assert bins == sorted(bins) and all(0 <= q < model.n_dt - 1 for q in bins)
+        assert all(bool(allowed[u]) for _, u in spikes) and len(spikes) <= 2
+
+
+def test_sampling_draws_each_row_from_its_own_generator():
+    logits = torch.randn(4, 7)
+    skip = torch.tensor([False, True, False, False])
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2, 3, 4)]     # noqa: E731
+    together = sample_classes(logits, gens(), skip, Sampling(), fill=-1)
+    alone = [int(sample_classes(logits[i:i + 1], [gens()[i]], skip[i:i + 1], Sampling(), fill=-1)) for i in range(4)]
+    assert together.tolist() == alone and together[1] == -1
+    top1 = sample_classes(logits, gens(), torch.zeros(4, dtype=torch.bool), Sampling(top_k=1), fill=-1)
+    assert top1.tolist() == logits.argmax(-1).tolist()
+    nucleus = sample_classes(logits, gens(), torch.zeros(4, dtype=torch.bool), Sampling(top_p=1e-6), fill=-1)
+    assert nucleus.tolist() == logits.argmax(-1).tolist()
+
+
+def test_the_generated_history_is_what_the_next_window_sees(setup):
+    setup_model, _, dataset = setup
+    model = Neuroformer(setup_model.cfg, setup_model.unit_emb.num_embeddings, frame_shape=(64, 112)).eval()
+    torch.manual_seed(0)
+    for p in model.parameters():                      # large weights, so history effects are far above rounding
+        p.data.normal_(0, 0.3)
+    spec, rid = dataset.spec, dataset.recordings.recording_ids[0]
+    from neuroformer.data.objects import DatasetIndex
+    k_start = 20_000                                    # trial start bin; the window after the first one
+    k0 = k_start + 50
+    sample = dataset[DatasetIndex(rid, k0 * spec.dt_res - spec.before, (k0 + 50) * spec.dt_res)]
+    a = [np.array([k_start + 3, k_start + 40]), np.array([k_start + 41])]
+    b = [np.array([k_start + 3, k_start + 12]), np.array([k_start + 45])]
+    units = [np.array([4, 7]), np.array([9])]
+    hist_a = _closed_loop_history(sample["history"], a, units, k0, k_start, spec).obj
+    hist_b = _closed_loop_history(sample["history"], b, units, k0, k_start, spec).obj
+    assert hist_a["unit"].tolist() == [4, 7, 9]
+    assert np.allclose(hist_a["time"].numpy(), [-0.047, -0.010, -0.009], atol=1e-6)
+    logits = []
+    for hist in (hist_a, hist_b, hist_a):
+        s = dict(sample, history=pad(hist))
+        with torch.no_grad():
+            b_ = collate_windows([s])
+            memory, _ = model.encode_context(b_)
+            x = model.decode(b_["current"], memory)[:, :1]
+            logits.append(torch.cat(model.heads(x, model.unit_drive(memory), torch.zeros(1, 1, dtype=torch.long)), -1))
+    assert (logits[0] - logits[1]).abs().max() > 1e-2 and torch.equal(logits[0], logits[2])
+
+
+def test_closed_loop_history_keeps_recorded_spikes_only_before_the_trial(setup):
+    _, _, dataset = setup
+    spec = dataset.spec
+    recorded = pad({"unit": torch.tensor([5, 6, 7]), "time": torch.tensor([-0.040, -0.020, -0.005]),
+                    "mask": torch.ones(3, dtype=torch.bool)})
+    hist = _closed_loop_history(recorded, [np.array([1010])], [np.array([8])], 1020, 1000, spec).obj
+    # bins 980 and 1000 are recorded before/at the trial start: only 980 (< 1000) stays; 1015 is dropped
+    assert hist["unit"].tolist() == [5, 8] and np.allclose(hist["time"].numpy(), [-0.040, -0.010])
+
+
+def test_simulation_is_seeded_batch_invariant_and_valid(tiny_run, tiny_synthetic, tmp_path):
+    opts = dict(trials=(0, 6), repeats=2, progress=False)
+    one = simulate(tiny_run, tiny_synthetic, SimulationOptions(batch=1, seed=5, **opts))
+    many = simulate(tiny_run, tiny_synthetic, SimulationOptions(batch=16, seed=5, **opts))
+    other = simulate(tiny_run, tiny_synthetic, SimulationOptions(batch=16, seed=6, **opts))
+    assert len(one.timestamps) > 100
+    for name in ("timestamps", "unit_index", "trial", "repeat"):
+        assert np.array_equal(getattr(one, name), getattr(many, name))
+    assert not np.array_equal(one.timestamps[:50], other.timestamps[:50])
+    for i, trial in enumerate(one.trials["index"]):
+        for r in range(2):
+            t, u = one.spikes_of(trial, r)
+            assert np.all(np.diff(t) >= 0) and len(t) > 0
+            assert one.trials["start"][i] <= t.min() and t.max() < one.trials["end"][i]
+            assert u.min() >= 0 and u.max() < len(one.unit_ids)
+    back = load_simulation(save_simulation(one, tmp_path / "sim.h5"))
+    assert np.array_equal(back.timestamps, one.timestamps) and list(back.unit_ids) == list(one.unit_ids)
+    nwb = save_nwb(one, tmp_path / "sim.nwb")
+    assert list(pynwb.validate(path=str(nwb))) == []
+    with pynwb.NWBHDF5IO(str(nwb), "r") as io:
+        units = io.read().units.to_dataframe()
+    assert len(units) == 2 * len(one.unit_ids)
+    assert sum(len(s) for s in units.spike_times) == len(one.timestamps)
+    assert set(units.repeat) == {0, 1} and units.unit_name.iloc[0] == one.unit_ids[0]
+
+
+@pytest.mark.parametrize("history", ["generated", "recorded"])
+def test_rollout_feeds_each_window_the_previous_windows_spikes(tiny_run, tiny_synthetic, monkeypatch, history):
+    """End to end: the history given to the model in window 2 is window 1's generated spikes
+    (closed loop), or the recorded spikes (open loop)."""
+    calls, original = [], Neuroformer.generate
+
+    def spy(self, batch, *args, **kwargs):
+        out = original(self, batch, *args, **kwargs)
+        h = batch["history"]
+        calls.append((h["unit"][0][h["mask"][0]].tolist(), h["time"][0][h["mask"][0]].tolist(), out[0][0]))
+        return out
+    monkeypatch.setattr(Neuroformer, "generate", spy)
+    simulate(tiny_run, tiny_synthetic, SimulationOptions(trials=(0,), seed=2, history=history, progress=False))
+    (_, _, first), (units, times, _) = calls[0], calls[1]
+    generated = sorted((q - 50, u) for q, u in first)
+    if history == "generated":
+        assert len(first) > 0
+        assert sorted(zip(np.round(np.array(times) * 1000).astype(int).tolist(), units)) == generated
+    else:
+        assert sorted(zip(np.round(np.array(times) * 1000).astype(int).tolist(), units)) != generated
+
+
+@pytest.mark.parametrize("opts, problem", [
+    (dict(trials=(99,)), "trials: no trial"),
+    (dict(sampling=Sampling(temperature=0.0)), "sampling: temperature > 0"),
+    (dict(history="replayed"), "--history: expected"),
+])
+def test_bad_simulation_options_are_named(tiny_run, tiny_synthetic, opts, problem):
+    with pytest.raises(InputError, match=problem):
+        simulate(tiny_run, tiny_synthetic, SimulationOptions(progress=False, **opts))
+
+
+def test_cli_simulate_and_evaluate_with_glm(tiny_run, tiny_synthetic, tmp_path):
+    cli = [sys.executable, "-m", "neuroformer.cli"]
+    subprocess.run(cli + ["simulate", "--run", str(tiny_run), "--data", str(tiny_synthetic), "--repeats", "2",
+                          "-o", str(tmp_path / "sim.h5"), "--nwb", str(tmp_path / "sim.nwb")],
+                   check=True, capture_output=True)
+    subprocess.run(cli + ["evaluate", "--data", str(tiny_synthetic), "--simulated", str(tmp_path / "sim.h5"),
+                          "--run", str(tiny_run), "--baseline", "glm", "-o", str(tmp_path / "eval" / "report.json")],
+                   check=True, capture_output=True)
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert set(report["rows"]) == {"training_movies", "held_out_movies"}
+    row = report["rows"]["held_out_movies"]
+    for name in ("neuroformer", "glm"):
+        assert -1 <= row[name]["psth_r_median"] <= 1 and row[name]["rate_simulated_hz"] > 0
+        assert np.isfinite(row[name]["bits_per_spike"]) and row[name]["scored_spikes"] > 0
+    assert 0 <= row["noise_ceiling"]["window_f1_between_trials"] <= 1
+    assert all((tmp_path / "eval" / f).exists() for f in ("report_rasters.png", "report_psth.png", "report_psth_r.png"))
+    bad = subprocess.run(cli + ["evaluate", "--data", str(tiny_synthetic), "--simulated", str(tiny_synthetic),
+                                "-o", str(tmp_path / "x.json")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "format: not a simulated-spikes file" in bad.stderr
