@@ -61,6 +61,9 @@ def _simulate(args):
     sim = simulate(args.run, args.data, opts)
     print(f"wrote {save_simulation(sim, args.output)}: {len(sim.timestamps)} spikes, "
           f"{len(sim.trials['index'])} trials x {sim.repeats} repeats")
+    if sim.attrs["truncated_windows"]:
+        print(f"warning: {sim.attrs['truncated_windows']} windows reached --max-spikes {args.max_spikes} "
+              "and were cut short", file=sys.stderr)
     if args.nwb:
         print(f"wrote {save_nwb(sim, args.nwb)}")
 
@@ -84,7 +87,7 @@ def _int_list(text, flag):
 def _demo(args):
     from .demo import run_demo
 
-    run_demo(args.output, seed=args.seed, max_steps=args.max_steps)
+    run_demo(args.output, seed=args.seed, max_steps=args.max_steps, repeats=args.repeats)
 
 
 def build_parser():
@@ -166,6 +169,7 @@ def build_parser():
     p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, help="training steps (default: the demo config's 600)")
+    p.add_argument("--repeats", type=int, default=2, help="closed-loop rollouts per test trial")
     p.set_defaults(func=_demo)
     return parser
 

@@ -5,7 +5,7 @@ Stages and their budgets on 2 CPU cores (the whole demo stays under 10 minutes):
 2. train `configs/demo.yaml` (600 steps, ~3.5 min) with validation every 250 steps;
 3. score the trained model and the empirical-frequency baseline on the whole validation split
    and write `demo_report.json` and `training.png`;
-4. simulate every test trial closed-loop (4 repeats), fit and simulate the Poisson GLM on the same
+4. simulate every test trial closed-loop (2 repeats), fit and simulate the Poisson GLM on the same
    trials, and compare both with the recorded held-out trials (~1.5 min): `simulation_report.json`
    and its figures.
 """
@@ -26,7 +26,7 @@ from .train import RunOptions, epoch_batches, evaluate, load_model, train, valid
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 
-def run_demo(out_dir, seed=0, max_steps=None, repeats=4):
+def run_demo(out_dir, seed=0, max_steps=None, repeats=2):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report, clock = {"stages_s": {}}, time.perf_counter()

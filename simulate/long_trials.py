@@ -1,8 +1,9 @@
-"""Long closed-loop trials: train on a synthetic recording with 32 s trials, roll out its held-out
-trials closed-loop (16 repeats each), and compare them with the held-out recorded repeats and
-with the Poisson GLM, on held-out trials of the training movie and on held-out movies.
+"""Long closed-loop trials: train on a synthetic recording with 32 s trials (10 of the training
+movie, 3 of a held-out movie), roll out its test trials closed-loop (8 repeats each), and compare
+them with the held-out recorded repeats and with the Poisson GLM, on held-out trials of the
+training movie and on the held-out movie.
 
-    python simulate/long_trials.py -o runs/long_trials      # full run: ~45 min on 2 CPU cores
+    python simulate/long_trials.py -o runs/long_trials      # full run: ~20 min on 2 CPU cores
     python simulate/long_trials.py --quick -o /tmp/lt       # a few seconds' worth; what the test runs
 
 Writes OUT/recording.h5 (+ .truth.npz), OUT/run/ (checkpoints), OUT/simulated.h5 and .nwb,
@@ -27,8 +28,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="tiny recording and model (for tests)")
-    parser.add_argument("--steps", type=int, help="training steps (default 3000; quick 20)")
-    parser.add_argument("--repeats", type=int, help="rollouts per held-out trial (default 16; quick 2)")
+    parser.add_argument("--steps", type=int, help="training steps (default 1500; quick 20)")
+    parser.add_argument("--repeats", type=int, help="rollouts per held-out trial (default 8; quick 2)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.quick:
@@ -36,8 +37,8 @@ def main():
                               seed=args.seed)
         steps, repeats = args.steps or 20, args.repeats or 2
     else:
-        syn = SyntheticConfig(trial_length=32.0, n_trials=12, n_heldout_movies=2, heldout_trials=3, seed=args.seed)
-        steps, repeats = args.steps or 3000, args.repeats or 16
+        syn = SyntheticConfig(trial_length=32.0, n_trials=10, n_heldout_movies=1, heldout_trials=3, seed=args.seed)
+        steps, repeats = args.steps or 1500, args.repeats or 8
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     stages, clock = {}, time.perf_counter()
