@@ -22,20 +22,22 @@ import math
 from pathlib import Path
 
 import numpy as np
+from scipy.special import gammaln
 from scipy.stats import ks_2samp
 
 from .data.objects import DatasetIndex
 from .data.recording import behavior_variables, open_recording, spike_counts
 from .errors import InputError
+from .glm import PoissonGLM
 from .io import atomic_path
+from .plots import correlation_scatter, example_psths, rasters
 from .simulate import load_simulation
+from .train import evaluate, load_model
 
 
 def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, device="cpu", psth_bin=0.05,
                         seed=0, progress=True):
     """Compare a simulation with the recording, write the JSON report and figures, return it."""
-    from .glm import PoissonGLM
-
     sim = load_simulation(sim_path)
     data = open_recording(data_path)
     _check_match(data, sim, sim_path)
@@ -243,8 +245,6 @@ def _noise_ceiling(rec, trials, positions, psth_bin, n):
 def _figures(data, models, sim, per_neuron, psth_bin, stem):
     """Rasters of the first trial of each row, PSTHs of the six most modulated units on the
     first movie, and the per-neuron correlation scatter."""
-    from .plots import correlation_scatter, example_psths, rasters
-
     groups, n = _groups(data, sim.trials), len(sim.unit_ids)
     panels = {}
     for group, positions in groups.items():
@@ -268,8 +268,6 @@ def _figures(data, models, sim, per_neuron, psth_bin, stem):
 # ---------------------------------------------------------------------- likelihoods
 
 def _load_run(run, data_path, device):
-    from .train import load_model
-
     run = Path(run)
     return load_model(run / "best.pt" if run.is_dir() else run, [data_path], device) + (device,)
 
@@ -283,8 +281,6 @@ def _feature_file(loaded, data_path):
 def _likelihoods(data, trials, positions, loaded, glm):
     """NLL per spike and bits per spike over homogeneous Poisson of the recorded spikes in the
     full current windows tiling each trial (the windows the model generates)."""
-    from .train import evaluate
-
     dt = 1e-3 if loaded is None else loaded[0].window.dt_res
     current = 0.05 if loaded is None else loaded[0].window.current
     n_cur = int(round(current / dt))
@@ -324,7 +320,6 @@ def _likelihoods(data, trials, positions, loaded, glm):
 
 
 def _log_factorial(counts):
-    from scipy.special import gammaln
     return float(gammaln(counts + 1).sum())
 
 

@@ -20,6 +20,7 @@ simulated spikes, the recorded activity before the trial start as the initial st
 import math
 from dataclasses import asdict, dataclass
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from .data.recording import behavior_at, frame_on_screen, movie_frame_dataset, open_recording, spike_counts
 from .errors import InputError
+from .simulate import Simulation, trial_seed
 
 
 @dataclass
@@ -161,8 +163,6 @@ class PoissonGLM:
     def simulate(self, data, trials, repeats, seed, progress=True):
         """Closed-loop Poisson rollouts of `trials` (dict index/start/end/stimulus_id), each
         (trial, repeat) with its own generator seeded like the model's."""
-        from .simulate import Simulation, trial_seed
-
         b, n = self.cfg.bin, len(self.unit_ids)
         items = [(i, r) for i in range(len(trials["index"])) for r in range(repeats)]
         kernel = torch.as_tensor(self.hist_kernel[:, ::-1].copy(), dtype=torch.float32)[:, :-1]   # (nb, L-1)
@@ -238,7 +238,6 @@ def _frame_pcs(data, path, cfg, feature_file):
     if "movies" not in data.keys():
         return np.zeros((0, 0))
     if feature_file is not None:
-        import h5py
         with h5py.File(feature_file, "r") as f:
             frames = f["features"][()].reshape(len(f["features"]), -1)
     else:
