@@ -6,7 +6,7 @@ Stages and their budgets on 2 CPU cores (the whole demo stays under 10 minutes):
 3. score the trained model and the empirical-frequency baseline on the whole validation split
    and write `demo_report.json` and `training.png`;
 4. simulate every test trial closed-loop (2 repeats), fit and simulate the Poisson GLM on the same
-   trials, and compare both with the recorded held-out trials (~1.5 min): `simulation_report.json`
+   trials, and compare both with the recorded held-out trials (~4 min): `simulation_report.json`
    and its figures.
 """
 import json

@@ -161,33 +161,26 @@ def _median(x):
 def _compare(rec, sim, trials, positions, psth_bin):
     n = len(sim.unit_ids)
     repeats = range(sim.repeats)
+    runs = {(i, q): _simulated(sim, trials, i, q) for i in positions for q in repeats}
     rec_psth = _psths(lambda i: [rec[i]], trials, positions, psth_bin, n)
-    sim_psth = _psths(lambda i: [_simulated(sim, trials, i, r) for r in repeats], trials, positions, psth_bin, n)
+    sim_psth = _psths(lambda i: [runs[(i, q)] for q in repeats], trials, positions, psth_bin, n)
     r = _rowwise_r(rec_psth, sim_psth)
 
     duration = sum(float(trials["end"][i] - trials["start"][i]) for i in positions)
     rec_n = np.bincount(np.concatenate([rec[i][1] for i in positions]), minlength=n)
-    sim_n = np.bincount(np.concatenate([_simulated(sim, trials, i, q)[1] for i in positions for q in repeats]),
-                        minlength=n)
+    sim_n = np.bincount(np.concatenate([u for _, u in runs.values()]), minlength=n)
     rec_rate, sim_rate = rec_n / duration, sim_n / (duration * sim.repeats)
     active = rec_rate > 0
 
-    ks = []
-    for unit in range(n):
-        a = _isis([rec[i] for i in positions], unit)
-        b = _isis([_simulated(sim, trials, i, q) for i in positions for q in repeats], unit)
-        if len(a) >= 20 and len(b) >= 20:
-            ks.append(ks_2samp(a, b).statistic)
+    rec_isi, sim_isi = _isis([rec[i] for i in positions], n), _isis(list(runs.values()), n)
+    ks = [ks_2samp(a, b).statistic for a, b in zip(rec_isi, sim_isi) if len(a) >= 20 and len(b) >= 20]
 
-    rec_bins = np.concatenate([_trial_counts(rec[i], trials, i, psth_bin, n) for i in positions])
-    sim_bins = np.concatenate([_trial_counts(_simulated(sim, trials, i, q), trials, i, psth_bin, n)
-                               for i in positions for q in repeats])
+    rec_bins = {i: _trial_counts(rec[i], trials, i, psth_bin, n) for i in positions}
+    sim_bins = {key: _trial_counts(run, trials, key[0], psth_bin, n) for key, run in runs.items()}
     tp = fp = fn = 0
-    for i in positions:
-        a = _trial_counts(rec[i], trials, i, psth_bin, n) > 0
-        for q in repeats:
-            b = _trial_counts(_simulated(sim, trials, i, q), trials, i, psth_bin, n) > 0
-            tp, fp, fn = tp + (a & b).sum(), fp + (~a & b).sum(), fn + (a & ~b).sum()
+    for (i, _), b in sim_bins.items():
+        a, b = rec_bins[i] > 0, b > 0
+        tp, fp, fn = tp + (a & b).sum(), fp + (~a & b).sum(), fn + (a & ~b).sum()
     metrics = {
         "psth_r_median": _median(r), "psth_r_mean": float(np.nanmean(r)) if np.isfinite(r).any() else None,
         "rate_recorded_hz": float(rec_rate.mean()), "rate_simulated_hz": float(sim_rate.mean()),
@@ -195,14 +188,25 @@ def _compare(rec, sim, trials, positions, psth_bin):
         "rate_rel_error_median": _median(np.abs(sim_rate[active] - rec_rate[active]) / rec_rate[active]),
         "rate_r": float(_rowwise_r(rec_rate[:, None], sim_rate[:, None])[0]),
         "isi_ks_median": _median(ks), "isi_units": len(ks),
-        "pairwise_similarity": _pairwise_similarity(rec_bins, sim_bins),
+        "pairwise_similarity": _pairwise_similarity(np.concatenate(list(rec_bins.values())),
+                                                    np.concatenate(list(sim_bins.values()))),
         "window_f1": float(2 * tp / max(2 * tp + fp + fn, 1)),
     }
     return metrics, r
 
 
-def _isis(runs, unit):
-    return np.concatenate([np.diff(np.sort(t[u == unit])) for t, u in runs] + [np.zeros(0)])
+def _isis(runs, n):
+    """Inter-spike intervals of each unit, within each run (trial or repeat), as n arrays."""
+    gaps, owners = [], []
+    for t, u in runs:
+        order = np.lexsort((t, u))
+        t, u = t[order], u[order]
+        same = u[1:] == u[:-1]
+        gaps.append(np.diff(t)[same])
+        owners.append(u[1:][same])
+    gaps, owners = np.concatenate(gaps + [np.zeros(0)]), np.concatenate(owners + [np.zeros(0, np.int64)])
+    order = np.argsort(owners, kind="stable")
+    return np.split(gaps[order], np.searchsorted(owners[order], np.arange(1, n)))
 
 
 def _trial_counts(spikes, trials, i, bin_size, n):

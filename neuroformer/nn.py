@@ -27,31 +27,26 @@ def capture_attention():
 
 class RotaryTime(nn.Module):
     """Rotates half of each head's dimensions by angles t * 2π / period, with periods spread
-    log-uniformly over [t_min, t_max] seconds, so q·k depends only on time differences.
-
-    Pairs (a_j, b_j) = (x_j, x_{n+j}) turn by angle_j: x' = x * C + x[swap] * S, with
-    C = [cos, cos, 1], S = [-sin, sin, 0] and swap exchanging the two halves (four operations)."""
+    log-uniformly over [t_min, t_max] seconds, so q·k depends only on time differences."""
 
     def __init__(self, head_dim, t_min=1e-4, t_max=2.0):
         super().__init__()
         n = head_dim // 4
         periods = torch.logspace(math.log10(t_min), math.log10(t_max), n, dtype=torch.float64)
         self.register_buffer("omega", (2 * math.pi / periods).float(), persistent=False)
-        swap = torch.cat([torch.arange(n, 2 * n), torch.arange(n), torch.arange(2 * n, head_dim)])
-        self.register_buffer("swap", swap, persistent=False)
-        self.rest = head_dim - 2 * n
 
     def angles(self, t):
-        """C and S (B, 1, N, head_dim) of times t (B, N), computed once for all layers of a stack."""
+        """cos and sin (B, 1, N, head_dim / 4) of times t (B, N), computed once for all layers of a stack."""
         angle = t.float()[:, None, :, None] * self.omega
-        cos, sin = angle.cos(), angle.sin()
-        ones = cos.new_ones(*cos.shape[:-1], self.rest)
-        return torch.cat([cos, cos, ones], -1), torch.cat([-sin, sin, ones * 0], -1)
+        return angle.cos(), angle.sin()
 
     def forward(self, x, t):
         """x (B, H, N, D); t (B, N) seconds, or their `angles`."""
-        c, s = t if isinstance(t, tuple) else self.angles(t)
-        return x * c.to(x.dtype) + x[..., self.swap] * s.to(x.dtype)
+        n = self.omega.numel()
+        cos, sin = t if isinstance(t, tuple) else self.angles(t)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        a, b, rest = x[..., :n], x[..., n:2 * n], x[..., 2 * n:]
+        return torch.cat([a * cos - b * sin, a * sin + b * cos, rest], dim=-1)
 
 
 class KVCache:
