@@ -152,7 +152,7 @@ def _rollout(model, dataset, rid, trials, chunk, opts, allowed, bar):
     """Generate one batch of (trial, repeat) items window by window; returns per item the
     generated (absolute bin, unit token) arrays, and how many windows hit the spike cap."""
     spec = dataset.spec
-    n_cur = int(round(spec.current / spec.dt_res))
+    n_cur = spec.n_dt - 1                            # bins per current window
     k_start = [int(round(trials["start"][i] / spec.dt_res)) for i, _ in chunk]
     k_end = [int(round(trials["end"][i] / spec.dt_res)) for i, _ in chunk]
     n_windows = [-(-(e - s) // n_cur) for s, e in zip(k_start, k_end)]
@@ -184,7 +184,7 @@ def _rollout(model, dataset, rid, trials, chunk, opts, allowed, bar):
 def _closed_loop_history(recorded, bins, units, k0, k_start, spec):
     """History tokens of a window at bin k0: recorded before the trial start, generated after."""
     recorded = recorded.obj
-    n_hist, n_cur = int(round(spec.history / spec.dt_res)), int(round(spec.current / spec.dt_res))
+    n_hist, n_cur = int(round(spec.history / spec.dt_res)), spec.n_dt - 1
     q_rec = np.round(recorded["time"].numpy() / spec.dt_res).astype(np.int64)
     before = k0 + q_rec < k_start
     back = -(-n_hist // n_cur) + 1                   # generated windows the history can reach
@@ -200,6 +200,8 @@ def _closed_loop_history(recorded, bins, units, k0, k_start, spec):
 
 def _cat(arrays):
     return np.concatenate(arrays) if len(arrays) else np.zeros(0, np.int64)
+
+
 # ---------------------------------------------------------------------- files
 
 def save_simulation(sim, path):
