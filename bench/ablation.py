@@ -18,7 +18,7 @@ from pathlib import Path
 from neuroformer.baselines import frequency_baseline
 from neuroformer.config import Modality, Variable, load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
-from neuroformer.train import RunOptions, epoch_batches, evaluate, load_model, train, validation_batches
+from neuroformer.train import RunOptions, epoch_batches, evaluate, load_model, train, tiling_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     base = load_config(ROOT / "configs" / "demo.yaml")
-    syn = SyntheticConfig(n_neurons=30, trial_length=4, n_trials=8, n_heldout_movies=1, heldout_trials=2) \
+    syn = SyntheticConfig(n_neurons=30, trial_length=4, n_movies=1, n_trials=8, n_heldout_movies=1, heldout_trials=2) \
         if args.quick else SyntheticConfig()
     steps = args.steps or (30 if args.quick else 1500)
     base.train.eval_every = base.train.checkpoint_every = steps
@@ -57,7 +57,7 @@ def main():
         run = args.workdir / ("quick-" if args.quick else "") / name.replace(" ", "_").replace("+", "plus")
         train(cfg, [recording], RunOptions(run, max_steps=steps, seed=args.seed))
         cfg, model, dataset, recordings = load_model(run / "last.pt", [recording])
-        valid = validation_batches(recordings, dataset.spec, 32, limit=10**9)
+        valid = tiling_batches(recordings, dataset.spec, 32, limit=10**9)
         rows[name] = evaluate(model, dataset, valid, "cpu")
         print(name, json.dumps(rows[name]), flush=True)
     train_batches = epoch_batches(recordings, dataset.spec, "train", 32, args.seed, 0)

@@ -88,13 +88,13 @@ def main():
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.quick:
         recording = args.workdir / "generate_quick.h5"
-        syn = SyntheticConfig(n_neurons=20, trial_length=2, n_trials=4, n_heldout_movies=1, heldout_trials=1)
+        syn = SyntheticConfig(n_neurons=20, trial_length=2, n_movies=1, n_trials=4, n_heldout_movies=1, heldout_trials=1)
         configs = [ROOT / "configs" / "demo.yaml"]
         # (duration s, batch, cache, repeats)
         plan = {"demo.yaml": [(0.2, 1, True, 1), (0.2, 1, False, 1), (0.2, 2, True, 2)]}
     else:
         recording = args.workdir / "generate_32s.h5"
-        syn = SyntheticConfig(trial_length=32.0, n_trials=6, n_heldout_movies=1, heldout_trials=2)
+        syn = SyntheticConfig(trial_length=32.0, n_movies=1, n_trials=6, n_heldout_movies=1, heldout_trials=2)
         configs = [ROOT / "configs" / "demo.yaml", ROOT / "configs" / "published.yaml"]
         plan = {"demo.yaml": [(8.0, 1, True, 1), (1.0, 1, False, 1), (32.0, 16, True, 16), (0.5, 16, False, 16)],
                 "published.yaml": [(4.0, 1, True, 1), (0.5, 1, False, 1), (32.0, 16, True, 16),

@@ -75,7 +75,7 @@ def main():
     args.workdir.mkdir(parents=True, exist_ok=True)
     recording = args.workdir / ("train_quick.h5" if args.quick else "train_demo.h5")
     if not recording.exists():
-        write_synthetic(recording, SyntheticConfig(n_neurons=20, trial_length=3, n_trials=4, n_heldout_movies=1,
+        write_synthetic(recording, SyntheticConfig(n_neurons=20, trial_length=3, n_movies=1, n_trials=4, n_heldout_movies=1,
                                                    heldout_trials=1) if args.quick else SyntheticConfig())
     rows = []
     for config in ("demo.yaml", "published.yaml"):

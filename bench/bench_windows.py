@@ -52,7 +52,7 @@ def make_recording(path, seconds, neurons):
 
     if not path.exists():
         clock = time.perf_counter()
-        write_synthetic(path, SyntheticConfig.for_duration(seconds, n_neurons=neurons, seed=0))
+        write_synthetic(path, SyntheticConfig.for_duration(seconds, n_neurons=neurons, n_movies=1, seed=0))
         print(f"made {path} in {time.perf_counter() - clock:.0f} s", flush=True)
     return path
 

@@ -13,10 +13,16 @@ def _prepare(args):
     from .data.synthetic import SyntheticConfig, write_synthetic
 
     split = parse_split(args.split)
-    if args.synthetic:
+    if args.circuit:
+        from .data.circuits import HubCircuitConfig, hub_circuit, write_circuit
+
+        kw = dict(n_neurons=args.neurons, seed=args.seed) | ({"duration": args.duration} if args.duration else {})
+        paths = [write_circuit(args.output, *hub_circuit(HubCircuitConfig(**kw)))]
+    elif args.synthetic:
         if args.source:
             raise InputError(args.source, ("SOURCE", "give either a SOURCE file or --synthetic, not both"))
-        kw = dict(n_neurons=args.neurons, seed=args.seed, sessions=args.sessions, trial_length=args.trial_length)
+        kw = dict(n_neurons=args.neurons, seed=args.seed, sessions=args.sessions, trial_length=args.trial_length,
+                  n_movies=args.movies)
         cfg = (SyntheticConfig.for_duration(args.duration, **kw) if args.duration
                else SyntheticConfig(**kw, **({"n_trials": args.trials} if args.trials else {})))
         paths = write_synthetic(args.output, cfg)
@@ -77,6 +83,18 @@ def _evaluate(args):
     print(f"wrote {args.output} and figures {', '.join(report['figures'])}")
 
 
+def _connectivity(args):
+    from .connectivity import extract_connectivity, format_scores
+
+    result = extract_connectivity(args.run, args.data, args.output, split=args.split, windows=args.windows,
+                                  perturbation_windows=args.perturbation_windows, combine=args.combine,
+                                  baseline=args.baseline, device=args.device)
+    if result["scores"]:
+        print("against the true coupling (off-diagonal):")
+        print(format_scores(result["scores"]))
+    print(f"wrote {args.output} and figures {', '.join(result['figures'])}")
+
+
 def _int_list(text, flag):
     try:
         return tuple(int(x) for x in text.split(","))
@@ -113,10 +131,13 @@ def build_parser():
     g = p.add_argument_group("synthetic recording")
     g.add_argument("--synthetic", action="store_true", help="make the built-in synthetic recording")
     g.add_argument("--neurons", type=int, default=100)
-    g.add_argument("--duration", type=float, help="total duration (s); sets the number of training-movie trials")
-    g.add_argument("--trials", type=int, help="trials of the training movie (default 24)")
+    g.add_argument("--duration", type=float, help="total duration (s); sets the trials per training movie")
+    g.add_argument("--movies", type=int, default=3, help="training movies (default 3)")
+    g.add_argument("--trials", type=int, help="trials of each training movie (default 10)")
     g.add_argument("--trial-length", type=float, default=10.0, help="movie length (s)")
     g.add_argument("--sessions", type=int, default=1, help="sessions drawn from one population")
+    g.add_argument("--circuit", choices=["hub"], help="a ground-truth circuit instead (spontaneous activity, "
+                                                      "true coupling in OUT.truth.npz; --neurons, --duration)")
     p.set_defaults(func=_prepare)
 
     p = verbs.add_parser("info", help="summarise a recording file")
@@ -164,6 +185,19 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the GLM's rollouts")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_evaluate)
+
+    p = verbs.add_parser("connectivity", help="neuron x neuron matrices from attention, perturbation and baselines")
+    p.add_argument("--run", required=True, type=Path, help="run directory (its best.pt) or a checkpoint file")
+    p.add_argument("--data", required=True, help="recording (.h5)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="matrices (.npz); figures beside it")
+    p.add_argument("--split", default="test", help="windows of this split (default test)")
+    p.add_argument("--windows", type=int, default=256, help="windows tiling the split for attention")
+    p.add_argument("--perturbation-windows", type=int, default=32, help="windows for the perturbation (0: skip)")
+    p.add_argument("--combine", default="mean", choices=["mean", "last", "grad"],
+                   help="heads and layers: mean, last layer, or gradient-weighted (see README)")
+    p.add_argument("--baseline", choices=["glm"], help="also fit the Poisson GLM and return its coupling")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_connectivity)
 
     p = verbs.add_parser("demo", help="run the main job on the built-in synthetic recording")
     p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"))

@@ -26,6 +26,8 @@ class Variable:
     predict: bool = False              # a target of the behaviour heads (never also an input)
     objective: str = "regression"      # regression | classification
     n_classes: int = 0                 # classification only
+    channels: int = 1                  # >1: a multichannel input signal, values (T, channels); one token
+                                       # per channel and sample, with a channel embedding
 
 
 @dataclass
@@ -94,6 +96,11 @@ class Config:
         """Behaviour variables used as inputs (predict=False) or as targets (predict=True)."""
         return [name for m in self.modalities.values() for name, v in m.variables.items() if v.predict == predict]
 
+    def channels(self):
+        """Channels of every input variable (1 for a scalar)."""
+        return {name: v.channels for m in self.modalities.values() for name, v in m.variables.items()
+                if not v.predict}
+
     def to_dict(self):
         return dataclasses.asdict(self)
 
@@ -155,6 +162,9 @@ def _check(cfg, source):
             if v.objective not in ("regression", "classification"):
                 raise InputError(source, (f"modalities.{mname}.variables.{vname}.objective",
                                           f"unknown objective {v.objective!r} (regression, classification)"))
+            if v.channels < 1 or (v.channels > 1 and v.predict):
+                raise InputError(source, (f"modalities.{mname}.variables.{vname}.channels",
+                                          "must be >= 1, and multichannel signals are inputs only (predict: false)"))
             if v.objective == "classification" and v.n_classes < 2:
                 raise InputError(source, (f"modalities.{mname}.variables.{vname}.n_classes",
                                           "classification needs n_classes >= 2"))

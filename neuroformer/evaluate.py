@@ -46,8 +46,9 @@ def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, 
     glm = None
     if baseline == "glm":
         inputs = loaded[0].variables(False) if loaded else behavior_variables(data)
+        longest = float(np.max(np.asarray(sim.trials["end"]) - np.asarray(sim.trials["start"])))
         glm = PoissonGLM.fit(data_path, behavior=inputs, feature_file=_feature_file(loaded, data_path),
-                             progress=progress)
+                             progress=progress, stable_seconds=longest)
         models["glm"] = glm.simulate(data, sim.trials, sim.repeats, seed, progress=progress)
 
     rows, per_neuron = {}, {}

@@ -113,8 +113,10 @@ class PoissonGLM:
     # ------------------------------------------------------------------ fitting
 
     @classmethod
-    def fit(cls, path, cfg=GLMConfig(), behavior=(), feature_file=None, progress=True):
-        """Fit on the training split of recording `path`; the penalty is chosen on validation."""
+    def fit(cls, path, cfg=GLMConfig(), behavior=(), feature_file=None, progress=True, stable_seconds=3.0):
+        """Fit on the training split of recording `path`; the penalty is chosen on validation, among
+        fits whose closed-loop rollouts of `stable_seconds` (set it to the simulated trials' length)
+        stay stable."""
         data = open_recording(path)
         pcs = _frame_pcs(data, path, cfg, feature_file)
         n = len(data.units.id)
@@ -135,7 +137,7 @@ class PoissonGLM:
                 ll = float(_poisson_ll(x_va @ weight + bias, y_va).sum()) if len(y_va) else -float(penalty)
             fit = cls(cfg, glm.unit_ids, behavior, pcs, mean, std, weight.detach().clone(), bias.detach().clone(),
                       penalty)
-            fits.append((fit.stable(data), ll, fit))
+            fits.append((fit.stable(data, stable_seconds), ll, fit))
         return max(fits, key=lambda f: (f[0], f[1]))[2]
 
     def stable(self, data, seconds=3.0, low=0.5, high=2.0):

@@ -52,6 +52,11 @@ class Neuroformer(nn.Module):
                                 dtype=torch.float32).view(-1, 2)
         self.register_buffer("behavior_stats", stats)           # (mean, std) per variable, from training data
         self.value_in = nn.Linear(1, w)
+        channels = cfg.channels()
+        self.channel_offset = {n: sum(channels[m] for m in self.inputs[:k] if channels[m] > 1)
+                               for k, n in enumerate(self.inputs) if channels[n] > 1}
+        if self.channel_offset:
+            self.channel_emb = nn.Embedding(sum(c for c in channels.values() if c > 1), w)
         self.behavior = stack(m.behavior_layers if self.inputs else 0, w, name="behavior", **block)
 
         self.decoder = stack(m.decoder_layers, w, name="decoder", cross=True, **block)
@@ -110,9 +115,15 @@ class Neuroformer(nn.Module):
                 b = batch[f"behavior.{name}"]
                 i = self.var_index[name]
                 z = (b["value"].to(self.value_in.weight.dtype) - self.behavior_stats[i, 0]) / self.behavior_stats[i, 1]
-                toks.append(self.value_in(z.unsqueeze(-1)) + self.var_emb.weight[i] + self.type_emb.weight[BEHAVIOR])
-                times.append(b["time"])
-                masks.append(b["mask"])
+                tok = self.value_in(z.unsqueeze(-1)) + self.var_emb.weight[i] + self.type_emb.weight[BEHAVIOR]
+                time, mask = b["time"], b["mask"]
+                if name in self.channel_offset:            # (B, n, C, W): a token per sample and channel
+                    C = z.shape[-1]
+                    tok = (tok + self.channel_emb.weight[self.channel_offset[name]:][:C]).flatten(1, 2)
+                    time, mask = time.repeat_interleave(C, 1), mask.repeat_interleave(C, 1)
+                toks.append(tok)
+                times.append(time)
+                masks.append(mask)
             x, t, mk = torch.cat(toks, 1), torch.cat(times, 1), torch.cat(masks, 1)
             x = run_stack(self.behavior, x, t, mk)
             parts.append((x, t, mk))

@@ -12,17 +12,20 @@ import torch.nn.functional as F
 from torch import nn
 
 _captured = None  # dict name -> list of (B, H, Nq, Nk) weights while capturing
+_keep_graph = False
 
 
 @contextmanager
-def capture_attention():
-    """Collect every attention module's weights (softmax) by module name."""
-    global _captured
-    previous, _captured = _captured, {}
+def capture_attention(keep_graph=False):
+    """Collect every attention module's weights (softmax) by module name; with `keep_graph`
+    they stay in the autograd graph (for gradient-weighted attention)."""
+    global _captured, _keep_graph
+    previous, _captured = (_captured, _keep_graph), {}
+    _keep_graph = keep_graph
     try:
         yield _captured
     finally:
-        _captured = previous
+        _captured, _keep_graph = previous
 
 
 class RotaryTime(nn.Module):
@@ -110,7 +113,7 @@ class Attention(nn.Module):
         else:
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
             weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-            _captured.setdefault(self.name, []).append(weights.detach())
+            _captured.setdefault(self.name, []).append(weights if _keep_graph else weights.detach())
             y = weights @ v
         return self.out(y.transpose(1, 2).reshape(B, Nq, W))
 

@@ -143,3 +143,43 @@ def correlation_scatter(per_neuron, out_png, ceilings=None):
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+def connectivity_figure(matrices, truth, out_png):
+    """Each (target x source) matrix as an image, diagonal blanked; the true W first if known."""
+    panels = ({"true W": truth} if truth is not None else {}) | matrices
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, (name, m) in zip(axes[0], panels.items()):
+        m = np.array(m, dtype=float)
+        np.fill_diagonal(m, np.nan)
+        if "attention" in name:
+            m = m - 1.0                                      # chance level at 0
+        lim = np.nanpercentile(np.abs(m), 99) or 1.0
+        ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("source unit", fontsize=7)
+        ax.set_ylabel("target unit", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def stimulus_maps(maps, unit_ids, out_png, n=12):
+    """Neuron x patch attention maps (relative to chance) of the `n` units with the most structured maps."""
+    spread = maps.reshape(len(maps), -1).std(1)
+    units = np.argsort(-spread)[:n]
+    cols = min(6, len(units))
+    rows = -(-len(units) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.6 * rows + 0.3), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, u in zip(axes.ravel(), units):
+        ax.imshow(maps[u], cmap="magma", interpolation="nearest")
+        ax.set_title(str(unit_ids[u]), fontsize=7)
+    fig.suptitle("stimulus attention (unit read-out, relative to chance)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

@@ -58,6 +58,24 @@ def behavior_stats(recordings, names):
     return stats
 
 
+def _check_channels(cfg, recordings, dataset):
+    """Every input variable has the number of channels its config declares."""
+    for name, channels in cfg.channels().items():
+        for rid in recordings.recording_ids:
+            full = dataset.variables[rid][name]
+            group, field = full.split(".")
+            shape = _shape(getattr(recordings.get_recording(rid).behavior, group), field)
+            found = shape[1] if len(shape) == 2 else 1
+            if found != channels or len(shape) > 2:
+                raise InputError(recordings._paths[rid], (f"behavior.{full}", f"has shape {tuple(shape)}: {found} "
+                                                          f"channel(s), the config declares channels: {channels}"))
+
+
+def _shape(series, field):
+    value = series.__dict__.get(field)
+    return value.shape if value is not None else np.shape(getattr(series, field))
+
+
 def build(cfg, data_paths, vocab=None, stats=None):
     """Recordings, window dataset and model for a config (vocabulary and stats from a checkpoint
     when resuming, else made from the data)."""
@@ -66,6 +84,7 @@ def build(cfg, data_paths, vocab=None, stats=None):
         for path in data_paths:
             compute_features(path, cfg.model.backbone)
     dataset = WindowDataset(recordings, window_spec(cfg), vocab)
+    _check_channels(cfg, recordings, dataset)
     frame_shape = dataset.frame_size
     names = cfg.variables(False) + cfg.variables(True)
     if stats is None:
@@ -84,12 +103,13 @@ def epoch_batches(recordings, spec, split, batch_size, seed, epoch, rank=0, worl
     return batches[rank::world][:len(batches) // world]
 
 
-def validation_batches(recordings, spec, batch_size, limit):
-    """The first `limit` batches of a sequential tiling of the validation split (deterministic)."""
-    sampler = SequentialFixedWindowSampler(sampling_intervals=recordings.get_sampling_intervals("valid"),
+def tiling_batches(recordings, spec, batch_size, limit, split="valid"):
+    """The first `limit` batches of a sequential tiling of a split (deterministic), spread over
+    the whole split when it holds more windows."""
+    sampler = SequentialFixedWindowSampler(sampling_intervals=recordings.get_sampling_intervals(split),
                                            window_length=spec.length, step=spec.current, drop_short=True)
     indices = list(sampler)
-    stride = max(1, len(indices) // max(1, limit * batch_size))     # spread over the whole split
+    stride = max(1, len(indices) // max(1, limit * batch_size))
     indices = indices[::stride][:limit * batch_size]
     return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
 
@@ -168,7 +188,7 @@ def train(cfg, data_paths, opts):
         opts.seed = state["seed"]
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     spec = dataset.spec
-    valid = validation_batches(recordings, spec, cfg.train.batch_size, cfg.train.eval_batches)
+    valid = tiling_batches(recordings, spec, cfg.train.batch_size, cfg.train.eval_batches)
     metrics_path = out / "metrics.jsonl"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

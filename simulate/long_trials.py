@@ -33,11 +33,11 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.quick:
-        syn = SyntheticConfig(n_neurons=20, trial_length=3.0, n_trials=6, n_heldout_movies=1, heldout_trials=2,
+        syn = SyntheticConfig(n_neurons=20, trial_length=3.0, n_movies=1, n_trials=6, n_heldout_movies=1, heldout_trials=2,
                               seed=args.seed)
         steps, repeats = args.steps or 20, args.repeats or 2
     else:
-        syn = SyntheticConfig(trial_length=32.0, n_trials=10, n_heldout_movies=1, heldout_trials=3, seed=args.seed)
+        syn = SyntheticConfig(trial_length=32.0, n_movies=1, n_trials=10, n_heldout_movies=1, heldout_trials=3, seed=args.seed)
         steps, repeats = args.steps or 1500, args.repeats or 8
     out = args.output
     out.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ def main():
     cfg = BackboneConfig(name=args.backbone, weights=args.weights)
     if args.quick:
         args.data = write_synthetic(args.output / "quick.h5", SyntheticConfig(
-            n_neurons=5, trial_length=2, n_trials=3, n_heldout_movies=1, heldout_trials=1))[0]
+            n_neurons=5, trial_length=2, n_movies=1, n_trials=3, n_heldout_movies=1, heldout_trials=1))[0]
     frames, feats, grid, cache = (video_features(args.video, cfg) if args.video
                                   else recording_features(args.data, cfg))
     png = figure(frames, feats, grid, args.output / f"features_{args.backbone}.png")

@@ -11,7 +11,7 @@ from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NWB_A8604 = SHARED / "pynapple_A8604" / "A8604-211122.nwb"
 
-TINY = dict(n_neurons=30, trial_length=4.0, n_trials=6, n_heldout_movies=1, heldout_trials=2, seed=3)
+TINY = dict(n_neurons=30, trial_length=4.0, n_movies=2, n_trials=3, n_heldout_movies=1, heldout_trials=2, seed=3)
 
 
 @pytest.fixture(scope="session")

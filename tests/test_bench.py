@@ -64,3 +64,13 @@ def test_long_trials_quick(tmp_path):
     assert set(report["summary"]) == {"training_movies", "held_out_movies"}
     assert report["rows"]["held_out_movies"]["neuroformer"]["scored_spikes"] > 0
     assert (tmp_path / "simulated.nwb").exists() and (tmp_path / "report_psth.png").exists()
+
+
+def test_bench_connectivity_quick(tmp_path):
+    out = tmp_path / "connectivity.json"
+    _run("bench/bench_connectivity.py", "--quick", "--workdir", tmp_path, "--out", out)
+    report = json.loads(out.read_text())
+    assert report["neurons"] == 50 and report["spikes"] > 1000
+    assert set(report["rows"]) == {"attention (mean)", "attention (grad)", "perturbation", "pearson (10 ms)",
+                                   "lagged correlation (1 ms, 1-5 ms)"}
+    assert all(r["seconds"] > 0 for r in report["rows"].values())

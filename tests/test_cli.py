@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from neuroformer.cli import main
+from neuroformer.data.synthetic import SyntheticConfig
 from neuroformer.demo import run_demo
 
 
@@ -25,15 +26,16 @@ def test_prepare_synthetic_sessions_and_info_json(tmp_path, capsys):
 
 def test_synthetic_duration_option(tmp_path):
     out = tmp_path / "d.h5"
-    assert main(["prepare", "--synthetic", "-o", str(out), "--neurons", "8", "--duration", "60",
+    assert main(["prepare", "--synthetic", "-o", str(out), "--neurons", "8", "--duration", "120",
                  "--trial-length", "4"]) == 0
     truth = np.load(out.with_suffix(".truth.npz"))
-    assert abs(len(truth["true_rate_times"]) / 20.0 - 60) < 6
+    assert abs(len(truth["true_rate_times"]) / 20.0 - 120) < 6
 
 
 def test_demo_end_to_end(tmp_path):
-    report = run_demo(tmp_path, seed=0, max_steps=30, repeats=1)
-    assert report["recording"]["units"] == 100
+    small = SyntheticConfig(n_neurons=40, trial_length=5.0, n_movies=2, n_trials=4, heldout_trials=2)
+    report = run_demo(tmp_path, seed=0, max_steps=30, repeats=1, synthetic=small)
+    assert report["recording"]["units"] == 40
     valid = report["valid"]
     assert set(valid) == {"neuroformer", "empirical frequencies"}
     assert 0 < valid["neuroformer"]["nll_per_spike"] < 20 and 0 <= valid["neuroformer"]["retrieval_top1"] <= 1
@@ -43,7 +45,12 @@ def test_demo_end_to_end(tmp_path):
     sim = report["simulation"]
     assert set(sim) == {"training_movies", "held_out_movies"}
     assert all(0 < sim[g][m]["rate_ratio"] < 10 for g in sim for m in ("neuroformer", "glm"))
-    assert all(Path(f).exists() for f in report["figures"]) and len(report["figures"]) == 5
+    assert set(report["connectivity"]) >= {"self_attention", "history_attention", "perturbation", "pearson",
+                                           "lagged_correlation"}
+    assert all(0 <= s["auroc"] <= 1 for s in report["connectivity"].values())
+    with np.load(tmp_path / "connectivity.npz") as m:
+        assert m["stimulus_attention"].shape[0] == 40 and m["self_attention"].shape == (40, 40)
+    assert all(Path(f).exists() for f in report["figures"]) and len(report["figures"]) == 7
 
 
 def test_ci_runs_exactly_the_readme_test_command():

@@ -29,12 +29,13 @@ def test_file_is_valid_and_has_the_promised_structure(tiny_synthetic):
     data = open_recording(tiny_synthetic)
     cfg = SyntheticConfig(**TINY)
     assert len(data.units) == 30 and data.units.id[0] == "synthetic/n0000"
-    assert data.movies.__dict__["frames"].shape == (2 * 80, 64, 112)  # 2 movies of 4 s at 20 Hz, stored once
-    assert len(data.stimulus) == len(data.trials) == cfg.n_trials + cfg.heldout_trials
+    assert data.movies.__dict__["frames"].shape == (3 * 80, 64, 112)  # 3 movies of 4 s at 20 Hz, stored once
+    assert len(data.stimulus) == len(data.trials) == cfg.n_movies * cfg.n_trials + cfg.heldout_trials
+    assert sorted(np.unique(data.trials.stimulus_id, return_counts=True)[1]) == [2, 3, 3]
     rate = len(data.spikes.timestamps) / data.domain.end[-1] / 30
     assert 2.5 < rate < 12
     # held-out movies are shown only on test trials
-    held = data.trials.stimulus_id > 0
+    held = data.trials.stimulus_id >= cfg.n_movies
     for name in ("train", "valid"):
         dom = getattr(data, f"{name}_domain")
         assert not any(np.any((dom.start < e) & (dom.end > s)) for s, e in

@@ -1,7 +1,8 @@
 """A built-in synthetic recording with known ground truth: the demo's data and the tests' fixture.
 
-A procedurally generated movie (drifting gratings and moving blobs over 1/f noise) is shown on
-many trials; held-out movies are shown on a few trials each (test split only). Neurons have
+Procedurally generated movies (drifting gratings and moving blobs over 1/f noise): a few
+training movies, each shown on many trials, and held-out movies shown on a few trials each
+(test split only). Neurons have
 centre-surround receptive fields (separable Gaussians) that move with gaze, a response latency,
 a gain that grows with running speed, and recurrent coupling dominated by a few hub neurons
 (known directed weights W[target, source], delays in `delay_range`). Spikes come from a
@@ -10,7 +11,8 @@ discrete-time (1 ms) conditionally Poisson process:
     rate_i(t) = r0_i * exp(beta_i * z_i(t - latency_i)) * (1 + a_i * speed(t) / 20)
                 * exp(min(sum_j W_ij * k(t - t_j - d_ij), 2))
 
-where z_i is the standardised receptive-field drive and k(s) = exp(-s / 5 ms) for s >= 0.
+where z_i is the receptive-field drive standardised on the movie being shown (contrast
+adaptation: every movie gives each neuron the same mean stimulus gain) and k(s) = exp(-s / 5 ms) for s >= 0.
 Everything is drawn from one seed; `GENERATOR_VERSION` changes whenever the output would.
 """
 import json
@@ -25,7 +27,7 @@ from ..io import atomic_savez
 from .recording import assign_splits, make_recording, save_recording
 from .validate import require_valid
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.2"
 STEP = 0.001          # simulation time step (s)
 KERNEL_TAU = 0.005    # coupling kernel time constant (s)
 PX_PER_DEG = 1.0      # receptive-field shift per degree of gaze
@@ -36,7 +38,8 @@ class SyntheticConfig:
     n_neurons: int = 100
     seed: int = 0
     trial_length: float = 10.0        # one movie (s)
-    n_trials: int = 24                # trials of the training movie
+    n_movies: int = 3                 # training movies
+    n_trials: int = 10                # trials of each training movie
     n_heldout_movies: int = 2
     heldout_trials: int = 4           # trials per held-out movie
     iti: float = 1.0                  # grey screen between trials (s)
@@ -51,11 +54,11 @@ class SyntheticConfig:
 
     @classmethod
     def for_duration(cls, duration, **kw):
-        """A config whose training-movie trials fill about `duration` seconds in total."""
+        """A config whose trials fill about `duration` seconds in total."""
         cfg = cls(**kw)
         per_trial = cfg.trial_length + cfg.iti
         heldout = cfg.n_heldout_movies * cfg.heldout_trials
-        cfg.n_trials = max(3, int(round(duration / per_trial)) - heldout)
+        cfg.n_trials = max(3, int(round((duration / per_trial - heldout) / cfg.n_movies)))
         return cfg
 
 
@@ -224,8 +227,8 @@ def simulate_spikes(base_rate, n_steps, w, delays, rng, block=10_000):
 
 
 def _trial_schedule(rng, cfg):
-    movie_of_trial = np.concatenate([np.zeros(cfg.n_trials, int)] +
-                                    [np.full(cfg.heldout_trials, m + 1) for m in range(cfg.n_heldout_movies)])
+    movie_of_trial = np.concatenate([np.full(cfg.n_trials, m) for m in range(cfg.n_movies)] +
+                                    [np.full(cfg.heldout_trials, cfg.n_movies + m) for m in range(cfg.n_heldout_movies)])
     movie_of_trial = rng.permutation(movie_of_trial)
     starts = cfg.iti + np.arange(len(movie_of_trial)) * (cfg.trial_length + cfg.iti)
     return starts, movie_of_trial, starts[-1] + cfg.trial_length + cfg.iti
@@ -237,7 +240,7 @@ def generate(cfg=SyntheticConfig()):
     movie_rng, pop_rng, split_seed = np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1]), seeds[2]
     n_frames = int(round(cfg.trial_length * cfg.frame_rate))
     movies = [make_movie(movie_rng, n_frames, cfg.height, cfg.width, cfg.frame_rate)
-              for _ in range(1 + cfg.n_heldout_movies)]
+              for _ in range(cfg.n_movies + cfg.n_heldout_movies)]
     n_pop = cfg.n_neurons if cfg.sessions == 1 else int(round(cfg.n_neurons * 1.5))
     pop = make_population(pop_rng, n_pop, cfg)
     out = []
@@ -247,6 +250,32 @@ def generate(cfg=SyntheticConfig()):
         session_id = "synthetic" if cfg.sessions == 1 else f"synthetic-s{s}"
         out.append(_session(rng, cfg, movies, pop, members, session_id, int(split_seed.generate_state(1)[0])))
     return out
+
+
+def _movie_frames(starts, movie_of_trial, cfg, n_grid, n_frames):
+    """Screen-frame index -> movie shown (-1 for the grey screen)."""
+    shown = np.full(n_grid, -1)
+    for start, m in zip(starts, movie_of_trial):
+        k0 = int(round(start * cfg.frame_rate))
+        shown[k0:k0 + n_frames] = m
+    return shown
+
+
+def _adapted_gain(drive, beta, shown):
+    """Stimulus gain exp(beta * z) with z the drive standardised on each movie's own frames.
+
+    Contrast adaptation: each neuron's mean gain over every movie is 1, so a movie changes
+    when a neuron fires, not how much on average (cortical rates are similar across natural
+    movies). The grey screen keeps the training movie's (movie 0) adapted state.
+    """
+    gain = np.empty(drive.shape, dtype=np.float32)
+    for m in np.unique(shown):
+        frames = shown == m
+        ref = shown == max(m, 0)
+        mu, sd = drive[ref].mean(0), drive[ref].std(0) + 1e-6
+        g = np.exp(beta * (drive[frames] - mu) / sd)
+        gain[frames] = g / np.exp(beta * (drive[ref] - mu) / sd).mean(0)
+    return gain
 
 
 def _session(rng, cfg, movies, pop, members, session_id, split_seed):
@@ -261,12 +290,7 @@ def _session(rng, cfg, movies, pop, members, session_id, split_seed):
         screen[k0:k0 + n_frames] = movies[m]
     beh_idx = np.minimum((grid_t * cfg.behavior_rate).astype(int), len(beh["phi"]) - 1)
     drive = rf_drive(screen, beh["phi"][beh_idx], beh["theta"][beh_idx], pop)
-    train_frames = np.isin(np.arange(n_grid), np.concatenate(
-        [np.arange(int(round(s * cfg.frame_rate)), int(round(s * cfg.frame_rate)) + n_frames)
-         for s, m in zip(starts, movie_of_trial) if m == 0]))
-    mu, sd = drive[train_frames].mean(0), drive[train_frames].std(0) + 1e-6
-    stim_gain = np.exp(pop["beta"] * (drive - mu) / sd).astype(np.float32)   # (n_grid, n_pop)
-    stim_gain /= stim_gain[train_frames].mean(0)
+    stim_gain = _adapted_gain(drive, pop["beta"], _movie_frames(starts, movie_of_trial, cfg, n_grid, n_frames))
 
     speed_norm = (1 + pop["speed_gain"][None, :] * beh["speed"][:, None] / 20.0).mean(0)
 
@@ -289,14 +313,15 @@ def _session(rng, cfg, movies, pop, members, session_id, split_seed):
         running=RegularTimeSeries(speed=beh["speed"], sampling_rate=cfg.behavior_rate, domain_start=0.0),
         eye=RegularTimeSeries(phi=beh["phi"], theta=beh["theta"], sampling_rate=cfg.behavior_rate, domain_start=0.0),
     )
-    movie_list = [("train" if m == 0 else f"heldout{m}", frames, cfg.frame_rate) for m, frames in enumerate(movies)]
+    movie_list = [(f"train{m}" if m < cfg.n_movies else f"heldout{m - cfg.n_movies}", frames, cfg.frame_rate)
+                  for m, frames in enumerate(movies)]
     data = make_recording(
         spike_times=spike_times, spike_units=spike_units, unit_ids=unit_ids,
         domain=(0.0, duration), session_id=session_id, subject_id="synthetic-mouse", species="synthetic",
         trials=dict(start=starts, end=starts + cfg.trial_length, stimulus_id=movie_of_trial),
         movies=movie_list, presentations=dict(start=starts, movie_index=movie_of_trial), behavior=behavior,
     )
-    assign_splits(data, seed=split_seed, test_only_stimuli=range(1, 1 + cfg.n_heldout_movies))
+    assign_splits(data, seed=split_seed, test_only_stimuli=range(cfg.n_movies, cfg.n_movies + cfg.n_heldout_movies))
     truth = dict(
         unit_ids=np.asarray(unit_ids), population_index=members,
         coupling=pop["coupling"][np.ix_(members, members)], delays=pop["delays"][np.ix_(members, members)] * STEP,
