@@ -8,7 +8,7 @@ which covers the true delays of 2-10 ms and the 5 ms kernel) on the same test sp
 fit the Poisson GLM on the training split, and score every matrix against the true W
 (off-diagonal R², Spearman, AUROC; see neuroformer/connectivity.py).
 
-    python analysis/hub_circuit.py -o runs/hub                 # full: 3 seeds, ~30 min on 2 CPU cores
+    python analysis/hub_circuit.py -o runs/hub                 # full: 3 seeds, ~40 min (≈13 min per seed, 1 thread)
     python analysis/hub_circuit.py --quick -o /tmp/hub         # seconds; what the test runs
 
 Writes OUT/table.json (per seed and mean ± sd), OUT/table.md, OUT/r2.png and
@@ -80,7 +80,7 @@ def run_seed(out, seed, circuit, steps, windows, perturbation_windows, glm_cfg):
     times["glm_s"] = time.perf_counter() - clock
 
     scores = {k: score(v, truth, SIGNED[k.split(" ")[0]]) for k, v in matrices.items()}
-    shown = {k: matrices[k] for k in ("history_attention (grad)", "readout_attention (grad)", "perturbation",
+    shown = {k: matrices[k] for k in ("self_attention (grad)", "history_attention (grad)", "perturbation",
                                       "pearson", "lagged_correlation (1-20 ms)", "glm_coupling") if k in matrices}
     connectivity_figure(shown, truth, out / "connectivity_matrices.png")
     np.savez_compressed(out / "matrices.npz", truth=truth, **matrices)

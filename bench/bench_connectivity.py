@@ -6,7 +6,7 @@ the weights) and times each measure on the test split: attention (mean over head
 and gradient-weighted) over 256 windows, the perturbation measure per window (1,000 sources),
 Pearson and lagged correlation. Peak memory is reported.
 
-    python bench/bench_connectivity.py            # ~10 min on 2 cores
+    python bench/bench_connectivity.py            # ~12 min (1 thread), peak memory 11.5 GB
     python bench/bench_connectivity.py --quick    # what the test runs
 """
 import argparse
