@@ -30,8 +30,9 @@ from neuroformer.connectivity import (
     pearson_connectivity,
     score,
 )
-from neuroformer.data.circuits import HubCircuitConfig, hub_circuit, write_circuit
+from neuroformer.data.circuits import HubCircuitConfig, hub_circuit
 from neuroformer.data.recording import open_recording
+from neuroformer.data.synthetic import write_with_truth
 from neuroformer.glm import GLMConfig, PoissonGLM
 from neuroformer.io import atomic_path
 from neuroformer.plots import connectivity_figure, plt
@@ -47,7 +48,7 @@ def run_seed(out, seed, circuit, steps, windows, perturbation_windows, glm_cfg):
     times, clock = {}, time.perf_counter()
     rec = out / "hub.h5"
     if not rec.exists():
-        write_circuit(rec, *hub_circuit(HubCircuitConfig(**circuit, seed=seed)))
+        write_with_truth(rec, *hub_circuit(HubCircuitConfig(**circuit, seed=seed)))
     truth = np.load(rec.with_suffix(".truth.npz"))["coupling"]
     times["circuit_s"] = time.perf_counter() - clock
 

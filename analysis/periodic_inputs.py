@@ -23,8 +23,9 @@ import numpy as np
 
 from neuroformer.config import load_config
 from neuroformer.connectivity import model_connectivity
-from neuroformer.data.circuits import PeriodicInputsConfig, periodic_inputs, write_circuit
+from neuroformer.data.circuits import PeriodicInputsConfig, periodic_inputs
 from neuroformer.data.recording import open_recording, spike_counts
+from neuroformer.data.synthetic import write_with_truth
 from neuroformer.io import atomic_path
 from neuroformer.plots import plt
 from neuroformer.train import RunOptions, load_model, train
@@ -71,7 +72,7 @@ def main():
     times, clock = {}, time.perf_counter()
     rec = out / "periodic.h5"
     if not rec.exists():
-        write_circuit(rec, *periodic_inputs(PeriodicInputsConfig(n_neurons=n, duration=duration, seed=args.seed,
+        write_with_truth(rec, *periodic_inputs(PeriodicInputsConfig(n_neurons=n, duration=duration, seed=args.seed,
                                                                     gain=args.gain)))
     input_of = np.load(rec.with_suffix(".truth.npz"))["input_of"]
     times["circuit_s"] = time.perf_counter() - clock

@@ -30,8 +30,9 @@ def main():
         pearson_connectivity,
         perturbation_connectivity,
     )
-    from neuroformer.data.circuits import HubCircuitConfig, hub_circuit, write_circuit
+    from neuroformer.data.circuits import HubCircuitConfig, hub_circuit
     from neuroformer.data.recording import open_recording
+    from neuroformer.data.synthetic import write_with_truth
     from neuroformer.train import build, tiling_batches
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,7 +45,7 @@ def main():
     rec = args.workdir / f"hub{n}.h5"
     clock = time.perf_counter()
     if not rec.exists():
-        write_circuit(rec, *hub_circuit(HubCircuitConfig(n_neurons=n, duration=duration)))
+        write_with_truth(rec, *hub_circuit(HubCircuitConfig(n_neurons=n, duration=duration)))
     made = time.perf_counter() - clock
 
     torch.manual_seed(0)

@@ -10,14 +10,14 @@ from .errors import InputError
 def _prepare(args):
     from .data.importers import VideoSpec, prepare
     from .data.recording import parse_split
-    from .data.synthetic import SyntheticConfig, write_synthetic
+    from .data.synthetic import SyntheticConfig, write_synthetic, write_with_truth
 
     split = parse_split(args.split)
     if args.circuit:
-        from .data.circuits import HubCircuitConfig, hub_circuit, write_circuit
+        from .data.circuits import HubCircuitConfig, hub_circuit
 
         kw = dict(n_neurons=args.neurons, seed=args.seed) | ({"duration": args.duration} if args.duration else {})
-        paths = [write_circuit(args.output, *hub_circuit(HubCircuitConfig(**kw)))]
+        paths = [write_with_truth(args.output, *hub_circuit(HubCircuitConfig(**kw)))]
     elif args.synthetic:
         if args.source:
             raise InputError(args.source, ("SOURCE", "give either a SOURCE file or --synthetic, not both"))

@@ -37,12 +37,15 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from .data.recording import spike_counts
+from .data.recording import SPLITS, open_recording, spike_counts
 from .data.vocab import START
 from .data.windows import IGNORE, collate_windows
 from .errors import InputError
+from .glm import PoissonGLM
+from .io import atomic_savez
 from .nn import capture_attention
-from .train import tiling_batches, to_device
+from .plots import connectivity_figure, stimulus_maps
+from .train import load_run, tiling_batches, to_device
 
 
 # ---------------------------------------------------------------------- attention
@@ -316,15 +319,9 @@ def extract_connectivity(run, data_path, out_path, split="test", windows=256, pe
     """Every measure on `split` of one recording, written to OUT (.npz) with figures beside it;
     with a ground-truth file (REC.truth.npz, e.g. a synthetic circuit) each is scored against
     its `coupling`. Returns {"scores": ..., "figures": [...]}."""
-    from .data.recording import SPLITS, open_recording
-    from .evaluate import _load_run
-    from .glm import PoissonGLM
-    from .io import atomic_savez
-    from .plots import connectivity_figure, stimulus_maps
-
     if split not in SPLITS:
         raise InputError("--split", ("split", f"unknown split {split!r} (one of {', '.join(SPLITS)})"))
-    cfg, model, dataset, recordings, device = _load_run(run, data_path, device)
+    cfg, model, dataset, recordings, device = load_run(run, data_path, device)
     rid = recordings.recording_ids[0]
     data = open_recording(data_path)
     domain = getattr(data, f"{split}_domain")

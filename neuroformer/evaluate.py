@@ -32,7 +32,7 @@ from .glm import PoissonGLM
 from .io import atomic_path
 from .plots import correlation_scatter, example_psths, rasters
 from .simulate import load_simulation
-from .train import evaluate, load_model
+from .train import evaluate, load_run
 
 
 def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, device="cpu", psth_bin=0.05,
@@ -42,7 +42,7 @@ def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, 
     data = open_recording(data_path)
     _check_match(data, sim, sim_path)
     models = {"neuroformer": sim}
-    loaded = _load_run(run, data_path, device) if run else None
+    loaded = load_run(run, data_path, device) if run else None
     glm = None
     if baseline == "glm":
         inputs = loaded[0].variables(False) if loaded else behavior_variables(data)
@@ -271,11 +271,6 @@ def _figures(data, models, sim, per_neuron, psth_bin, stem):
 
 
 # ---------------------------------------------------------------------- likelihoods
-
-def _load_run(run, data_path, device):
-    run = Path(run)
-    return load_model(run / "best.pt" if run.is_dir() else run, [data_path], device) + (device,)
-
 
 def _feature_file(loaded, data_path):
     if not loaded or not loaded[2].spec.features:

@@ -298,3 +298,10 @@ def load_model(checkpoint, data_paths, device="cpu"):
     except RuntimeError as err:
         raise InputError(checkpoint, ("model", f"weights do not fit the config ({err})")) from None
     return cfg, model.to(device).eval(), dataset, recordings
+
+
+def load_run(run, data_path, device="cpu"):
+    """`load_model` of a run directory (its best.pt) or a checkpoint file, on one recording; the
+    device is returned with it."""
+    run = Path(run)
+    return load_model(run / "best.pt" if run.is_dir() else run, [data_path], device) + (device,)

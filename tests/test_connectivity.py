@@ -19,9 +19,10 @@ from neuroformer.connectivity import (
     perturbation_connectivity,
     score,
 )
-from neuroformer.data.circuits import HubCircuitConfig, hub_circuit, write_circuit
+from neuroformer.data.circuits import HubCircuitConfig, hub_circuit
 from neuroformer.data.objects import Interval
 from neuroformer.data.recording import make_recording, open_recording, save_recording
+from neuroformer.data.synthetic import write_with_truth
 from neuroformer.data.windows import IGNORE, collate_windows
 from neuroformer.nn import capture_attention
 from neuroformer.train import RunOptions, load_model, tiling_batches, train
@@ -133,7 +134,7 @@ def test_hub_circuit_deterministic_with_truth(tmp_path):
     assert len(t1["hubs"]) == 5
     delays = t1["delays"][w != 0]
     assert delays.min() >= 0.002 - 1e-9 and delays.max() <= 0.010 + 1e-9
-    path = write_circuit(tmp_path / "hub.h5", d1, t1)
+    path = write_with_truth(tmp_path / "hub.h5", d1, t1)
     assert path.with_suffix(".truth.npz").exists()
 
 

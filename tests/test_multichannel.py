@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from neuroformer.config import config_from_dict
-from neuroformer.data.circuits import PeriodicInputsConfig, periodic_inputs, write_circuit
+from neuroformer.data.circuits import PeriodicInputsConfig, periodic_inputs
 from neuroformer.data.objects import DatasetIndex
 from neuroformer.data.recording import spike_counts
+from neuroformer.data.synthetic import write_with_truth
 from neuroformer.data.windows import collate_windows
 from neuroformer.errors import InputError
 from neuroformer.train import build
@@ -30,7 +31,7 @@ def _cfg(channels, **variable):
 
 @pytest.fixture(scope="module")
 def periodic_file(tmp_path_factory):
-    return write_circuit(tmp_path_factory.mktemp("periodic") / "p.h5",
+    return write_with_truth(tmp_path_factory.mktemp("periodic") / "p.h5",
                          *periodic_inputs(PeriodicInputsConfig(n_neurons=6, duration=40.0, seed=1)))
 
 

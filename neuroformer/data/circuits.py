@@ -23,11 +23,9 @@ from dataclasses import asdict, dataclass
 import json
 import numpy as np
 
-from ..io import atomic_savez
 from .objects import RegularTimeSeries
-from .recording import assign_splits, make_recording, save_recording
+from .recording import assign_splits, make_recording
 from .synthetic import STEP, SyntheticConfig, make_population, simulate_spikes
-from .validate import require_valid
 
 CIRCUIT_VERSION = "1.0"
 
@@ -88,14 +86,14 @@ def periodic_inputs(cfg=PeriodicInputsConfig()):
     latency = rng.uniform(0.01, 0.03, n)
     r0 = cfg.mean_rate * rng.lognormal(0, 0.3, n)
 
-    def inputs(t):
-        return np.sin(2 * np.pi * freq[None, :] * t[:, None] + phase[None, :])
+    def inputs(t, channels):
+        """Input values (T, len(channels)) at times t (T, 1 or len(channels))."""
+        return np.sin(2 * np.pi * freq[channels] * t + phase[channels])
 
-    f_in, phase_in = freq[input_of], phase[input_of]
     steps, units = [], []
     for a in range(0, int(round(cfg.duration / STEP)), 10_000):          # independent Poisson, block by block
         t = np.arange(a, min(a + 10_000, int(round(cfg.duration / STEP))))
-        drive = np.sin(2 * np.pi * f_in * (t[:, None] * STEP - latency) + phase_in)
+        drive = inputs(t[:, None] * STEP - latency, input_of)            # neuron i's input, its latency later
         p = r0 * np.exp(cfg.gain * drive) / np.i0(cfg.gain) * STEP
         k, u = np.nonzero(rng.random(p.shape) < p)
         steps.append(t[k])
@@ -108,7 +106,7 @@ def periodic_inputs(cfg=PeriodicInputsConfig()):
     data = make_recording(
         spike_times=times[order], spike_units=units[order], unit_ids=unit_ids, domain=(0.0, cfg.duration),
         session_id=f"periodic-inputs-{cfg.seed}", subject_id="simulated-circuit", species="synthetic",
-        behavior=dict(inputs=RegularTimeSeries(values=inputs(samples).astype(np.float32),
+        behavior=dict(inputs=RegularTimeSeries(values=inputs(samples[:, None], np.arange(n)).astype(np.float32),
                                                sampling_rate=cfg.sample_rate, domain_start=0.0)))
     assign_splits(data)
     truth = dict(unit_ids=np.asarray(unit_ids), input_of=input_of, mapping=np.eye(n)[input_of],
@@ -116,10 +114,3 @@ def periodic_inputs(cfg=PeriodicInputsConfig()):
                  params=json.dumps(asdict(cfg)))
     return data, truth
 
-
-def write_circuit(out, data, truth):
-    """OUT (recording) and OUT with suffix .truth.npz (the true matrices); returns OUT."""
-    require_valid(data, out)
-    save_recording(data, out)
-    atomic_savez(out.with_suffix(".truth.npz"), **truth)
-    return out

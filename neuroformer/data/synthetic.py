@@ -252,15 +252,6 @@ def generate(cfg=SyntheticConfig()):
     return out
 
 
-def _movie_frames(starts, movie_of_trial, cfg, n_grid, n_frames):
-    """Screen-frame index -> movie shown (-1 for the grey screen)."""
-    shown = np.full(n_grid, -1)
-    for start, m in zip(starts, movie_of_trial):
-        k0 = int(round(start * cfg.frame_rate))
-        shown[k0:k0 + n_frames] = m
-    return shown
-
-
 def _adapted_gain(drive, beta, shown):
     """Stimulus gain exp(beta * z) with z the drive standardised on each movie's own frames.
 
@@ -269,12 +260,15 @@ def _adapted_gain(drive, beta, shown):
     movies). The grey screen keeps the training movie's (movie 0) adapted state.
     """
     gain = np.empty(drive.shape, dtype=np.float32)
-    for m in np.unique(shown):
+    for m in np.unique(shown[shown >= 0]):
         frames = shown == m
-        ref = shown == max(m, 0)
-        mu, sd = drive[ref].mean(0), drive[ref].std(0) + 1e-6
+        mu, sd = drive[frames].mean(0), drive[frames].std(0) + 1e-6
         g = np.exp(beta * (drive[frames] - mu) / sd)
-        gain[frames] = g / np.exp(beta * (drive[ref] - mu) / sd).mean(0)
+        gain[frames] = g / g.mean(0)
+        if m == 0:
+            adapted_to_first = mu, sd, g.mean(0)
+    mu, sd, norm = adapted_to_first
+    gain[shown < 0] = np.exp(beta * (drive[shown < 0] - mu) / sd) / norm
     return gain
 
 
@@ -284,13 +278,15 @@ def _session(rng, cfg, movies, pop, members, session_id, split_seed):
     n_grid = int(round(duration * cfg.frame_rate))                   # screen frames over the session
     grid_t = np.arange(n_grid) / cfg.frame_rate
     screen = np.full((n_grid, cfg.height, cfg.width), 128, dtype=np.uint8)
+    shown = np.full(n_grid, -1)                                      # movie on screen per frame, -1 grey
     n_frames = movies[0].shape[0]
     for start, m in zip(starts, movie_of_trial):
         k0 = int(round(start * cfg.frame_rate))
         screen[k0:k0 + n_frames] = movies[m]
+        shown[k0:k0 + n_frames] = m
     beh_idx = np.minimum((grid_t * cfg.behavior_rate).astype(int), len(beh["phi"]) - 1)
     drive = rf_drive(screen, beh["phi"][beh_idx], beh["theta"][beh_idx], pop)
-    stim_gain = _adapted_gain(drive, pop["beta"], _movie_frames(starts, movie_of_trial, cfg, n_grid, n_frames))
+    stim_gain = _adapted_gain(drive, pop["beta"], shown)
 
     speed_norm = (1 + pop["speed_gain"][None, :] * beh["speed"][:, None] / 20.0).mean(0)
 
@@ -346,8 +342,13 @@ def write_synthetic(out, cfg=SyntheticConfig()):
     paths = []
     for k, (data, truth) in enumerate(generate(cfg)):
         path = out if cfg.sessions == 1 else out.with_name(f"{out.stem}_s{k}{out.suffix or '.h5'}")
-        require_valid(data, path)
-        save_recording(data, path)
-        atomic_savez(path.with_suffix(".truth.npz"), **truth)
-        paths.append(path)
+        paths.append(write_with_truth(path, data, truth))
     return paths
+
+
+def write_with_truth(path, data, truth):
+    """A validated recording at `path` and its ground truth beside it (.truth.npz); returns `path`."""
+    require_valid(data, path)
+    save_recording(data, path)
+    atomic_savez(Path(path).with_suffix(".truth.npz"), **truth)
+    return Path(path)
