@@ -95,6 +95,17 @@ def _connectivity(args):
     print(f"wrote {args.output} and figures {', '.join(result['figures'])}")
 
 
+def _decode(args):
+    from .decode import decode, format_report
+
+    baselines = tuple(b for b in args.baselines.split(",") if b) if args.baselines else ()
+    report = decode(args.data, args.target, args.output, run=args.run, mode=args.mode, config=args.config,
+                    label_fraction=args.label_fraction, baselines=baselines, steps=args.steps, seed=args.seed,
+                    device=args.device, bin_size=args.bin)
+    print(format_report(report))
+    print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
+
+
 def _int_list(text, flag):
     try:
         return tuple(int(x) for x in text.split(","))
@@ -198,6 +209,22 @@ def build_parser():
     p.add_argument("--baseline", choices=["glm"], help="also fit the Poisson GLM and return its coupling")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_connectivity)
+
+    p = verbs.add_parser("decode", help="decode behaviour variables (Neuroformer and baselines, held-out scores)")
+    p.add_argument("--data", required=True, type=Path, help="recording (.h5)")
+    p.add_argument("--target", required=True, action="append", help="behaviour variable to decode; repeatable")
+    p.add_argument("--run", type=Path, help="pretrained run directory or checkpoint (finetune, probe)")
+    p.add_argument("--mode", default="joint", choices=["joint", "finetune", "probe"])
+    p.add_argument("--config", type=Path, help="model config for joint training (default: the demo config)")
+    p.add_argument("--label-fraction", type=float, default=1.0,
+                   help="train on the first fraction of the training split (nested blocks; few-shot)")
+    p.add_argument("--baselines", default="ridge,lasso,glm,mlp,gru", help="comma-separated; '' for none")
+    p.add_argument("--steps", type=int, help="training steps (default: the config's)")
+    p.add_argument("--bin", type=float, default=0.05, help="bin width (s) of the baselines' spike counts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("-o", "--output", required=True, type=Path, help="report (.json); figure and runs beside it")
+    p.set_defaults(func=_decode)
 
     p = verbs.add_parser("demo", help="run the main job on the built-in synthetic recording")
     p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"))

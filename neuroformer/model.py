@@ -58,6 +58,7 @@ class Neuroformer(nn.Module):
         if self.channel_offset:
             self.channel_emb = nn.Embedding(sum(c for c in channels.values() if c > 1), w)
         self.behavior = stack(m.behavior_layers if self.inputs else 0, w, name="behavior", **block)
+        self.behavior_norm = nn.LayerNorm(w)    # raw value tokens (no behaviour layers) at the scale of encoded ones
 
         self.decoder = stack(m.decoder_layers, w, name="decoder", cross=True, **block)
         self.norm = nn.LayerNorm(w)
@@ -82,14 +83,15 @@ class Neuroformer(nn.Module):
 
     # ------------------------------------------------------------------ context
 
-    def encode_context(self, batch):
-        """Memory (tokens, times, mask) of history, frames and input behaviour, plus pooled visual."""
+    def context_parts(self, batch):
+        """Encoded context by kind ("history", "visual", "behavior"): (tokens, times, mask) each,
+        and the pooled visual features (None without frames)."""
         B = batch["current"]["unit"].shape[0]
-        parts, pooled_visual = [], None
+        parts, pooled_visual = {}, None
         hist = batch["history"]
         h = self.unit_emb(hist["unit"]) + self.type_emb.weight[HISTORY]
         h = run_stack(self.history, h, hist["time"], hist["mask"])
-        parts.append((h, hist["time"], hist["mask"]))
+        parts["history"] = (h, hist["time"], hist["mask"])
 
         if self.uses_frames:
             fr = batch["frames"]
@@ -106,7 +108,7 @@ class Neuroformer(nn.Module):
             v_time = fr["time"].repeat_interleave(P, dim=1)
             v_mask = fr["mask"].repeat_interleave(P, dim=1)
             v = run_stack(self.visual, v, v_time, v_mask)
-            parts.append((v, v_time, v_mask))
+            parts["visual"] = (v, v_time, v_mask)
             pooled_visual = _masked_mean(v, v_mask)
 
         if self.inputs:
@@ -125,14 +127,20 @@ class Neuroformer(nn.Module):
                 times.append(time)
                 masks.append(mask)
             x, t, mk = torch.cat(toks, 1), torch.cat(times, 1), torch.cat(masks, 1)
-            x = run_stack(self.behavior, x, t, mk)
-            parts.append((x, t, mk))
+            x = self.behavior_norm(run_stack(self.behavior, x, t, mk))
+            parts["behavior"] = (x, t, mk)
 
+        return parts, pooled_visual
+
+    def encode_context(self, batch):
+        """Memory (tokens, times, mask) of history, frames and input behaviour, plus pooled visual."""
+        parts, pooled_visual = self.context_parts(batch)
+        B = batch["current"]["unit"].shape[0]
         null = (self.null + self.type_emb.weight[NULL]).expand(B, 1, -1)          # never an empty memory
         zeros = torch.zeros(B, 1, device=null.device)
-        parts.append((null, zeros, torch.ones(B, 1, dtype=torch.bool, device=null.device)))
-        memory = tuple(torch.cat(p, 1) for p in zip(*parts))
-        return memory, pooled_visual
+        parts = [*parts.values(), (null, zeros, torch.ones(B, 1, dtype=torch.bool, device=null.device))]
+        tokens, times, mask = (torch.cat(p, 1) for p in zip(*parts))
+        return (tokens, times, mask), pooled_visual
 
     # ------------------------------------------------------------------ decoder and heads
 
@@ -183,9 +191,7 @@ class Neuroformer(nn.Module):
             out.update(contrast_correct=correct, contrast_count=count, contrast_batch=torch.tensor(len(x)))
 
         if self.targets:
-            b_loss, sums = self.behavior_loss(batch, torch.cat([x, memory[0]], 1),
-                                              torch.cat([cur["time"], memory[1]], 1),
-                                              torch.cat([cur["mask"], memory[2]], 1))
+            b_loss, sums = self.behavior_loss(batch, self.behavior_outputs(batch, x, memory))
             loss = loss + self.cfg.loss.behavior * b_loss
             out.update(sums)
         out["loss"] = loss
@@ -214,14 +220,23 @@ class Neuroformer(nn.Module):
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         return loss, (logits.argmax(1) == labels).sum().detach(), torch.tensor(len(key))
 
-    def behavior_loss(self, batch, context, context_time, context_mask):
-        """POYO-style output queries at each target sample's timestamp."""
-        loss, sums = 0.0, {}
+    def behavior_outputs(self, batch, x, memory):
+        """POYO-style output queries at each target sample's timestamp, reading the decoder states
+        of the current window and the memory: name -> (B, n, 1 or n_classes), standardised units."""
+        cur = batch["current"]
+        context = tuple(torch.cat(p, 1) for p in zip((x, cur["time"], cur["mask"]), memory))
+        outputs = {}
         for readout, name in zip(self.readout, self.targets):
             b = batch[f"behavior.{name}"]
-            i = self.var_index[name]
-            q = self.var_emb.weight[i].expand(*b["value"].shape, -1)
-            y = readout(self.query(q, b["time"], b["mask"], memory=(context, context_time, context_mask)))
+            q = self.var_emb.weight[self.var_index[name]].expand(*b["value"].shape, -1)
+            outputs[name] = readout(self.query(q, b["time"], b["mask"], memory=context))
+        return outputs
+
+    def behavior_loss(self, batch, outputs):
+        """Mean squared error (standardised) or cross-entropy per target, averaged over targets."""
+        loss, sums = 0.0, {}
+        for name, y in outputs.items():
+            b, i = batch[f"behavior.{name}"], self.var_index[name]
             if self.objectives[name] == "regression":
                 z = (b["value"] - self.behavior_stats[i, 0]) / self.behavior_stats[i, 1]
                 err = ((y.squeeze(-1) - z) ** 2)[b["mask"]]
@@ -231,6 +246,19 @@ class Neuroformer(nn.Module):
             sums[f"behavior_err_sum.{name}"] = err.sum().detach()
             sums[f"behavior_count.{name}"] = torch.tensor(len(err))
         return loss / len(self.targets), sums
+
+    @torch.no_grad()
+    def predict_behavior(self, batch):
+        """Decoded value of every target sample in the batch: name -> (B, n), in the variable's
+        units (regression) or the most probable class (classification)."""
+        memory, _ = self.encode_context(batch)
+        x = self.decode(batch["current"], memory)
+        out = {}
+        for name, y in self.behavior_outputs(batch, x, memory).items():
+            i = self.var_index[name]
+            out[name] = (y.squeeze(-1).float() * self.behavior_stats[i, 1] + self.behavior_stats[i, 0]
+                         if self.objectives[name] == "regression" else y.argmax(-1))
+        return out
 
     # ------------------------------------------------------------------ generation
 

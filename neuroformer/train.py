@@ -18,7 +18,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .config import config_from_dict
-from .data.objects import RandomFixedWindowSampler, SequentialFixedWindowSampler
+from .data.objects import Interval, RandomFixedWindowSampler, SequentialFixedWindowSampler
 from .data.recording import resolve_variable
 from .data.vocab import UnitVocab
 from .data.windows import RecordingSet, WindowDataset, WindowSpec, collate_windows
@@ -93,11 +93,25 @@ def build(cfg, data_paths, vocab=None, stats=None):
     return recordings, dataset, model
 
 
-def epoch_batches(recordings, spec, split, batch_size, seed, epoch, rank=0, world=1):
-    """This rank's batches of random windows for (seed, epoch): a list of lists of indices."""
+def first_fraction(interval, fraction):
+    """The first `fraction` of an Interval's total time (whole intervals, then a cut one): the
+    labelled block of a few-shot run, nested for growing fractions."""
+    start, end = np.asarray(interval.start, dtype=float), np.asarray(interval.end, dtype=float)
+    if fraction >= 1:
+        return interval
+    budget = fraction * float(np.sum(end - start))
+    before = np.concatenate([[0.0], np.cumsum(end - start)[:-1]])
+    keep = before < budget
+    cut_end = np.minimum(end, start + budget - before)[keep]
+    return Interval(start=start[keep], end=cut_end)
+
+
+def epoch_batches(recordings, spec, split, batch_size, seed, epoch, rank=0, world=1, fraction=1.0):
+    """This rank's batches of random windows for (seed, epoch): a list of lists of indices,
+    from the first `fraction` of each recording's split."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    sampler = RandomFixedWindowSampler(sampling_intervals=recordings.get_sampling_intervals(split),
-                                       window_length=spec.length, generator=generator)
+    intervals = {rid: first_fraction(iv, fraction) for rid, iv in recordings.get_sampling_intervals(split).items()}
+    sampler = RandomFixedWindowSampler(sampling_intervals=intervals, window_length=spec.length, generator=generator)
     indices = list(sampler)
     batches = [indices[i:i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
     return batches[rank::world][:len(batches) // world]
@@ -159,6 +173,9 @@ class RunOptions:
     seed: int = 0
     device: str = "cpu"
     resume: bool = False
+    init: Path | None = None          # start from this checkpoint's weights (finetuning; see `load_matching`)
+    train_fraction: float = 1.0       # train on the first fraction of the training split (few-shot)
+    trainable: str = "all"            # all | units: only unit embeddings and their output rows (a new session)
 
 
 def train(cfg, data_paths, opts):
@@ -170,8 +187,18 @@ def train(cfg, data_paths, opts):
     state = _load_for_resume(out / "last.pt", cfg) if opts.resume else None
     vocab = UnitVocab.from_state_dict(state["vocab"]) if state else None
     stats = state["behavior_stats"] if state else None
+    if opts.init and not state:
+        vocab = UnitVocab.from_state_dict(load_checkpoint(opts.init)[1]["vocab"])
+        for path in data_paths:                                 # units of a new session join the vocabulary
+            vocab.extend(RecordingSet([path]).get_recording(Path(path).stem).units.id.astype(str))
     torch.manual_seed(opts.seed)
     recordings, dataset, model = build(cfg, data_paths, vocab, stats)
+    if opts.init and not state:
+        load_matching(model, dataset.vocab, opts.init)
+    if opts.trainable not in ("all", "units"):
+        raise InputError("trainable", ("trainable", f"unknown {opts.trainable!r} (all, units)"))
+    for name, p in model.named_parameters():
+        p.requires_grad_(opts.trainable == "all" or name.split(".")[0] in ("unit_emb", "unit_head"))
     model.to(device)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
@@ -196,7 +223,8 @@ def train(cfg, data_paths, opts):
     bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=rank != 0)
     last_valid = None
     while step < total:
-        batches = epoch_batches(recordings, spec, "train", cfg.train.batch_size, opts.seed, epoch, rank, world)
+        batches = epoch_batches(recordings, spec, "train", cfg.train.batch_size, opts.seed, epoch, rank, world,
+                                opts.train_fraction)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[done:], collate_fn=collate_windows,
                                              num_workers=cfg.train.num_workers,
                                              generator=torch.Generator().manual_seed(opts.seed))
@@ -205,7 +233,8 @@ def train(cfg, data_paths, opts):
                 result = ddp(to_device(batch, device))
             optimizer.zero_grad(set_to_none=True)
             result["loss"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                       cfg.train.grad_clip)
             optimizer.step()
             scheduler.step()
             step, done = step + 1, done + 1
@@ -257,6 +286,37 @@ def load_checkpoint(path):
     except Exception as err:
         raise InputError(path, ("checkpoint", f"cannot be read ({type(err).__name__}: {err})")) from None
     return config_from_dict(state["config"], path), state
+
+
+def load_matching(model, vocab, checkpoint):
+    """Copy a checkpoint's weights into `model` wherever they fit: tensors of the same name and
+    shape, unit rows by unit id, behaviour-variable rows (embeddings, normalisation) by variable
+    name. New units, variables and heads keep their fresh initialisation."""
+    old_cfg, state = load_checkpoint(checkpoint)
+    old_vocab = UnitVocab.from_state_dict(state["vocab"])
+    old_vars = old_cfg.variables(False) + old_cfg.variables(True)
+    rows = {"unit_emb.weight": _row_map(vocab.words, old_vocab.index),
+            "unit_head.weight": _row_map(vocab.words, old_vocab.index),
+            "unit_head.bias": _row_map(vocab.words, old_vocab.index),
+            "var_emb.weight": _row_map(list(model.var_index), {n: i for i, n in enumerate(old_vars)}),
+            "behavior_stats": _row_map(list(model.var_index), {n: i for i, n in enumerate(old_vars)})}
+    target = model.state_dict()
+    same_targets = old_cfg.variables(True) == model.targets          # read-out k is target k's
+    for name, value in state["model"].items():
+        if name.startswith("readout.") and not same_targets:
+            continue
+        if name in rows and name in target:
+            new, old = rows[name]
+            target[name][new] = value[old]
+        elif name in target and target[name].shape == value.shape:
+            target[name] = value
+    model.load_state_dict(target)
+
+
+def _row_map(names, old_index):
+    """(new rows, old rows) of the names both tables share."""
+    pairs = [(i, old_index[n]) for i, n in enumerate(names) if n in old_index]
+    return torch.tensor([p[0] for p in pairs], dtype=torch.long), torch.tensor([p[1] for p in pairs], dtype=torch.long)
 
 
 def _load_for_resume(path, cfg):

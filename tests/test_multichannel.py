@@ -15,6 +15,7 @@ from neuroformer.data.recording import spike_counts
 from neuroformer.data.synthetic import write_with_truth
 from neuroformer.data.windows import collate_windows
 from neuroformer.errors import InputError
+from neuroformer.model import BEHAVIOR
 from neuroformer.train import build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,10 @@ def test_one_token_per_channel_and_sample(periodic_file):
     # channel tokens differ by their channel embedding alone when values are equal
     batch["behavior.inputs.values"]["value"] = torch.zeros_like(value)
     tokens = model.encode_context(batch)[0][0][0, n_hist:n_hist + 6]
-    assert torch.allclose(tokens - model.channel_emb.weight, (tokens - model.channel_emb.weight)[:1], atol=1e-6)
+    i = model.var_index["inputs.values"]
+    z = -model.behavior_stats[i, 0] / model.behavior_stats[i, 1]
+    shared = model.value_in(z.view(1)) + model.var_emb.weight[i] + model.type_emb.weight[BEHAVIOR]
+    assert torch.allclose(tokens, model.behavior_norm(shared + model.channel_emb.weight), atol=1e-5)
     # changing one channel's value changes the unit drives
     model.eval()
     batch["behavior.inputs.values"]["value"][:, :, 3] = 2.0

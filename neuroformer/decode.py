@@ -1,0 +1,356 @@
+"""Behaviour decoding scored on held-out data: Neuroformer (joint, finetune, probe) beside the
+baselines of `decoders`, on identical samples (DESIGN §5).
+
+The samples of a split are its behaviour samples that have a full model context inside their
+own split interval (all but the first `before` seconds of each interval), each scored exactly
+once. Neuroformer predicts them on a sequential tiling of windows, the last window of an
+interval aligned to its end; every sample is read from the one window assigned to it. Every
+model's predicted trace may be smoothed by a Gaussian whose width, like every other choice,
+is picked on the validation split (best Pearson r); the test split is only scored.
+
+Modes: joint trains the behaviour heads with the spike objective from scratch; finetune
+starts from a pretrained run; probe fits linear read-outs of frozen representations (random
+init; history only; + stimulus; + current window), fitted on train, chosen on valid.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter1d
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
+
+from .config import Modality, Variable, load_config
+from .data.objects import DatasetIndex, Interval
+from .data.recording import open_recording, resolve_variable
+from .data.windows import collate_windows
+from .decoders import BASELINES, BinnedSplit, baseline_grid
+from .errors import InputError
+from .io import atomic_path
+from .model import _masked_mean
+from .plots import plt
+from .train import RunOptions, build, first_fraction, load_checkpoint, load_model, train, window_spec
+
+MODES = ("joint", "finetune", "probe")
+SMOOTHING = (0, 1, 2, 4, 8, 16, 32, 64)          # Gaussian widths tried, in samples
+PROBES = ("random init", "history", "+ stimulus", "+ current window")
+
+
+@dataclass
+class Samples:
+    """Behaviour samples of one split: times, values (n, n_targets), the interval each lies in,
+    and the split's intervals (starts, ends)."""
+    times: np.ndarray
+    values: np.ndarray
+    interval: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def head(self, fraction):
+        """The samples inside the first `fraction` of the split's time (nested as it grows)."""
+        cut = first_fraction(Interval(start=self.starts, end=self.ends), fraction)
+        keep = np.zeros(len(self.times), dtype=bool)
+        for k, end in enumerate(np.asarray(cut.end)):
+            keep |= (self.interval == k) & (self.times < end)
+        return Samples(self.times[keep], self.values[keep], self.interval[keep], self.starts, self.ends)
+
+
+def split_samples(data, targets, split, before, path="recording"):
+    """Samples of `targets` (full names, one shared clock) in `split`, after `before` s of each interval."""
+    clocks = [np.asarray(getattr(data.behavior, t.split(".")[0]).timestamps, dtype=float) for t in targets]
+    if any(len(c) != len(clocks[0]) or not np.allclose(c, clocks[0]) for c in clocks[1:]):
+        raise InputError(path, ("behavior", f"targets {targets} are sampled at different times; decode them "
+                                            "in separate runs"))
+    t = clocks[0]
+    values = np.stack([np.asarray(getattr(getattr(data.behavior, n.split(".")[0]), n.split(".")[1]), dtype=float)
+                       for n in targets], 1)
+    if not np.isfinite(values).all():
+        raise InputError(path, ("behavior", f"targets {targets} hold NaN or infinite values"))
+    domain = getattr(data, f"{split}_domain")
+    starts, ends = np.asarray(domain.start, dtype=float), np.asarray(domain.end, dtype=float)
+    interval = np.searchsorted(starts, t, side="right") - 1
+    ok = (interval >= 0) & (t < ends[np.clip(interval, 0, None)]) & (t >= starts[np.clip(interval, 0, None)] + before)
+    return Samples(t[ok], values[ok], interval[ok], starts, ends)
+
+
+def window_tiling(samples, before, current):
+    """(window start t0, sample indices) pairs: each interval tiled from start + before with step
+    `current`, the last window aligned to the interval's end; each sample in exactly one window."""
+    out = []
+    for k, (a, e) in enumerate(zip(samples.starts, samples.ends)):
+        rows = np.flatnonzero(samples.interval == k)
+        if not len(rows) or e - a < before + current:
+            continue
+        n_full = int(np.floor((e - a - before) / current + 1e-9))
+        t0s = a + before + current * np.arange(n_full)
+        which = np.minimum(((samples.times[rows] - a - before) / current + 1e-9).astype(int), n_full)
+        if (which == n_full).any():
+            t0s = np.append(t0s, e - current)
+        for j, t0 in enumerate(t0s):
+            if (which == j).any():
+                out.append((float(t0), rows[which == j]))
+    return out
+
+
+def _over_windows(model, dataset, rid, samples, before, current, fn, batch_size, device, desc):
+    """fn(batch) -> per window b a function of the window's sample times (relative to t0) giving
+    their rows; concatenated in sample order."""
+    tiles = window_tiling(samples, before, current)
+    out = None
+    for i in tqdm(range(0, len(tiles), batch_size), desc=desc, unit="batch", leave=False,
+                  disable=len(tiles) < 20 * batch_size):
+        chunk = tiles[i:i + batch_size]
+        batch = collate_windows([dataset[DatasetIndex(rid, t0 - before, t0 + current)] for t0, _ in chunk])
+        t0 = batch["t0"].numpy()
+        batch = {k: _to(v, device) for k, v in batch.items()}
+        with torch.no_grad():
+            per_window = fn(batch)
+        for b, (_, rows) in enumerate(chunk):
+            values = per_window(b, samples.times[rows] - t0[b])
+            out = np.zeros((len(samples.times), values.shape[1])) if out is None else out
+            out[rows] = values
+    return out
+
+
+def _to(v, device):
+    return {k: _to(x, device) for k, x in v.items()} if isinstance(v, dict) else v.to(device)
+
+
+def neuroformer_predictions(model, dataset, rid, samples, targets, batch_size=16, device="cpu"):
+    """(n, n_targets) decoded values of every sample."""
+    spec = dataset.spec
+
+    def fn(batch):
+        pred = {k: v.cpu().numpy() for k, v in model.predict_behavior(batch).items()}
+        times = {n: batch[f"behavior.{n}"]["time"].cpu().numpy() for n in targets}
+        masks = {n: batch[f"behavior.{n}"]["mask"].cpu().numpy() for n in targets}
+
+        def per_window(b, rel):
+            cols = []
+            for n in targets:
+                t = np.where(masks[n][b], times[n][b], np.inf)
+                j = np.abs(t[None, :] - rel[:, None]).argmin(1)
+                if np.abs(t[j] - rel).max() > 1e-4:
+                    raise RuntimeError(f"decode: a sample of {n} is missing from its window")
+                cols.append(pred[n][b, j])
+            return np.stack(cols, 1)
+        return per_window
+
+    return _over_windows(model, dataset, rid, samples, spec.before, spec.current, fn, batch_size, device, "decoding")
+
+
+def representations(model, dataset, rid, samples, batch_size=16, device="cpu"):
+    """Frozen features of each sample's window: pooled history, visual (zeros without frames) and
+    current-window decoder states, each (n, width), for the probes."""
+    spec = dataset.spec
+    w = model.unit_emb.embedding_dim
+
+    def fn(batch):
+        parts, _ = model.context_parts(batch)
+        memory, _ = model.encode_context(batch)
+        x = model.decode(batch["current"], memory)
+        pooled = [_masked_mean(*parts["history"][::2]),
+                  _masked_mean(*parts["visual"][::2]) if "visual" in parts else x.new_zeros(len(x), w),
+                  _masked_mean(x, batch["current"]["mask"])]
+        feats = torch.cat(pooled, 1).float().cpu().numpy()
+        return lambda b, rel: np.repeat(feats[b:b + 1], len(rel), 0)
+
+    f = _over_windows(model, dataset, rid, samples, spec.before, spec.current, fn, batch_size, device, "features")
+    return {"history": f[:, :w], "stimulus": f[:, w:2 * w], "current": f[:, 2 * w:]}
+
+
+# ---------------------------------------------------------------- selection and scores
+
+def smooth(pred, samples, width):
+    """Gaussian smoothing of each interval's predicted trace (width in samples; 0: none)."""
+    if width == 0:
+        return pred
+    out = pred.copy()
+    for k in np.unique(samples.interval):
+        rows = samples.interval == k
+        out[rows] = gaussian_filter1d(pred[rows], width, axis=0, mode="nearest")
+    return out
+
+
+def scores(pred, y):
+    """Pearson r and R² (1 - SSE / SST about the scored data's mean) per column."""
+    r = [float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 and t.std() > 0 else 0.0 for p, t in zip(pred.T, y.T)]
+    r2 = 1 - ((pred - y) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
+    return r, [float(v) for v in r2]
+
+
+def choose(candidates, valid, test, targets):
+    """Per target, the candidate (params, valid predictions, test predictions) and smoothing width
+    with the best validation r; its test r and R². Test predictions play no part in the choice."""
+    out = {}
+    for k, name in enumerate(targets):
+        best = None
+        for params, pv, pt in candidates:
+            for width in SMOOTHING:
+                r = scores(smooth(pv[:, k:k + 1], valid, width), valid.values[:, k:k + 1])[0][0]
+                if best is None or r > best[0]:
+                    best = (r, params, width, pt)
+        r_valid, params, width, pt = best
+        r_test, r2_test = scores(smooth(pt[:, k:k + 1], test, width), test.values[:, k:k + 1])
+        out[name] = {"test_r": r_test[0], "test_r2": r2_test[0], "valid_r": r_valid, "smoothing_samples": width,
+                     "params": params, "_test_prediction": smooth(pt[:, k:k + 1], test, width)[:, 0]}
+    return out
+
+
+# ---------------------------------------------------------------- models
+
+def decode_config(cfg, data, targets, path="config"):
+    """`cfg` with every target a behaviour head (predict: true), never an input."""
+    window = cfg.window
+    if window.behavior < window.current:
+        raise InputError(path, ("window.behavior", "decoding needs behaviour windows at least as long as the "
+                                                   "current window (each sample is read out of one window)"))
+    for m in cfg.modalities.values():
+        for key in list(m.variables):
+            if resolve_variable(data, key) in targets:
+                del m.variables[key]
+    decoded = cfg.modalities.setdefault("decoded", Modality())
+    for t in targets:
+        decoded.variables[t] = Variable(predict=True)
+    return cfg
+
+
+def baseline_results(data, samples, names, bin_size, seed, progress=True):
+    """Per baseline, per target: the chosen setting's scores (see `choose`)."""
+    binned = {s: BinnedSplit.of(data, samples[s], bin_size) for s in ("train", "valid", "test")}
+    targets = samples["targets"]
+    out = {}
+    for name in tqdm(names, desc="baselines", leave=False, disable=not progress):
+        candidates = [(params, predict(binned["valid"]), predict(binned["test"]))
+                      for params, predict in baseline_grid(name, binned["train"], seed)]
+        out[name] = choose(candidates, samples["valid"], samples["test"], targets)
+    return out
+
+
+def probe_results(run, data_path, samples, seed, device, batch_size=16):
+    """The probe table: ridge read-outs of frozen features, fitted on train, chosen on valid."""
+    cfg, model, dataset, recordings = load_model(Path(run) / "best.pt" if Path(run).is_dir() else run,
+                                                 [data_path], device)
+    rid = recordings.recording_ids[0]
+    torch.manual_seed(seed)
+    random_model = build(cfg, [data_path], dataset.vocab, model.behavior_stats.tolist())[2].to(device).eval()
+    feats = {s: representations(model, dataset, rid, samples[s], batch_size, device) for s in ("train", "valid", "test")}
+    rand = {s: representations(random_model, dataset, rid, samples[s], batch_size, device)
+            for s in ("train", "valid", "test")}
+    sets = {"random init": (rand, ("history", "stimulus", "current")), "history": (feats, ("history",)),
+            "+ stimulus": (feats, ("history", "stimulus")), "+ current window": (feats, ("history", "stimulus", "current"))}
+    out = {}
+    for row, (source, kinds) in sets.items():
+        x = {s: np.concatenate([source[s][k] for k in kinds], 1) for s in source}
+        candidates = []
+        for alpha in (0.1, 1.0, 10.0, 100.0, 1000.0):
+            m = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x["train"], samples["train"].values)
+            candidates.append(({"alpha": alpha}, m.predict(x["valid"]), m.predict(x["test"])))
+        out[row] = choose(candidates, samples["valid"], samples["test"], samples["targets"])
+    return out
+
+
+def train_decoder(data_path, targets, work, mode, run=None, config=None, label_fraction=1.0, steps=None, seed=0,
+                  device="cpu"):
+    """Train (joint) or finetune a model whose behaviour heads decode `targets`; its run directory."""
+    data = open_recording(data_path)
+    if mode == "finetune":
+        if run is None:
+            raise InputError("--run", ("run", "finetune needs a pretrained run (--run RUN_DIR)"))
+        base = load_checkpoint(Path(run) / "best.pt" if Path(run).is_dir() else run)[0]
+    else:
+        base = load_config(config) if config else load_config(Path(__file__).parent / "configs" / "demo.yaml")
+    cfg = decode_config(base, data, targets, config or "config")
+    out = Path(work) / f"{mode}-f{label_fraction:g}-s{seed}"
+    init = (Path(run) / "best.pt" if Path(run).is_dir() else Path(run)) if mode == "finetune" else None
+    train(cfg, [data_path], RunOptions(out, max_steps=steps, seed=seed, device=device, resume=(out / "last.pt").exists(),
+                                       init=init, train_fraction=label_fraction))
+    return out
+
+
+def decode(data_path, targets, out, run=None, mode="joint", config=None, label_fraction=1.0, baselines=BASELINES,
+           steps=None, seed=0, device="cpu", bin_size=0.05, progress=True):
+    """Decode `targets` with Neuroformer (`mode`) and `baselines`; writes OUT (JSON) and figures
+    beside it, returns the report."""
+    if mode not in MODES:
+        raise InputError("--mode", ("mode", f"unknown {mode!r} (one of {', '.join(MODES)})"))
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise InputError("--baselines", ("baselines", f"unknown {unknown} (choose from {', '.join(BASELINES)})"))
+    data_path, out = Path(data_path), Path(out)
+    data = open_recording(data_path)
+    try:
+        targets = [resolve_variable(data, t) for t in targets]
+    except KeyError as err:
+        raise InputError(data_path, ("behavior", err.args[0])) from None
+    if mode == "probe" and run is None:
+        raise InputError("--run", ("run", "probes read a pretrained run's representations (--run RUN_DIR)"))
+    work = out.with_suffix("")
+    if mode == "probe":
+        cfg = load_checkpoint(Path(run) / "best.pt" if Path(run).is_dir() else run)[0]
+    else:
+        run_dir = train_decoder(data_path, targets, work, mode, run, config, label_fraction, steps, seed, device)
+        cfg = load_checkpoint(run_dir / "best.pt")[0]
+    spec = window_spec(cfg)
+    samples = {s: split_samples(data, targets, s, spec.before, data_path) for s in ("train", "valid", "test")}
+    samples["train"] = samples["train"].head(label_fraction)
+    samples["targets"] = targets
+    models = baseline_results(data, samples, baselines, bin_size, seed, progress)
+    probes = None
+    if mode == "probe":
+        probes = probe_results(run, data_path, samples, seed, device)
+    else:
+        _, model, dataset, recordings = load_model(run_dir / "best.pt", [data_path], device)
+        rid = recordings.recording_ids[0]
+        pred = {s: neuroformer_predictions(model, dataset, rid, samples[s], targets, device=device)
+                for s in ("valid", "test")}
+        models = {"neuroformer": choose([({}, pred["valid"], pred["test"])], samples["valid"], samples["test"],
+                                        targets), **models}
+    table = probes if probes is not None else models
+    report = {"recording": str(data_path), "targets": targets, "mode": mode, "run": str(run) if run else None,
+              "label_fraction": label_fraction, "seed": seed, "bin_s": bin_size,
+              "samples": {s: int(len(samples[s].times)) for s in ("train", "valid", "test")},
+              "results": {t: {m: _public(table[m][t]) for m in table} for t in targets}}
+    if probes is not None:
+        report["baselines"] = {t: {m: _public(models[m][t]) for m in models} for t in targets}
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    traces_figure({m: {t: table[m][t]["_test_prediction"] for t in targets} for m in table}, samples["test"], targets,
+                  out.with_suffix(".png"))
+    return report
+
+
+def format_report(report):
+    """Test Pearson r (R²) per model and target, as a plain-text table."""
+    targets = report["targets"]
+    lines = [f"{'model':<18}" + "".join(f"{t:>24}" for t in targets)]
+    for model in report["results"][targets[0]]:
+        cells = [report["results"][t][model] for t in targets]
+        lines.append(f"{model:<18}" + "".join(f"{c['test_r']:>14.3f} ({c['test_r2']:+.2f})" for c in cells))
+    return "test Pearson r (R²):\n" + "\n".join(lines)
+
+
+def _public(result):
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def traces_figure(predictions, test, targets, path, seconds=20.0):
+    """Decoded against true traces over the first `seconds` of the test split, one panel per target."""
+    t = test.times
+    show = t < t[0] + seconds if len(t) else t.astype(bool)
+    fig, axes = plt.subplots(len(targets), 1, figsize=(9, 2.2 * len(targets)), squeeze=False)
+    for k, (ax, name) in enumerate(zip(axes[:, 0], targets)):
+        ax.plot(t[show], test.values[show, k], color="k", lw=1.5, label="recorded")
+        for model, pred in predictions.items():
+            ax.plot(t[show], pred[name][show], lw=0.9, label=model)
+        ax.set_ylabel(name, fontsize=8)
+    axes[0, 0].legend(fontsize=6, ncol=4)
+    axes[-1, 0].set_xlabel("time (s), test split")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

@@ -1,0 +1,160 @@
+"""Baseline behaviour decoders on binned spike counts (DESIGN §5).
+
+- ridge: a Wiener filter, ridge regression on the counts of every unit at lags -L..L bins;
+- lasso: the same design with an L1 penalty;
+- glm: a generalised linear model of the sample's own bin (no lags), Poisson with a log link
+  for non-negative targets (e.g. speed), Gaussian otherwise;
+- mlp: a one-hidden-layer network on the lagged counts;
+- gru: a bidirectional GRU over each interval's sequence of bins.
+Counts are read from the sample's own split interval only (zero beyond it), so no baseline
+reads another split. Every setting of a model's grid is fitted on the training samples; which
+one is kept is decided on validation (see `decode.choose`). Targets are standardised on train.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.linear_model import Lasso, PoissonRegressor, Ridge
+from sklearn.neural_network import MLPRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from .data.recording import spike_counts
+
+BASELINES = ("ridge", "lasso", "glm", "mlp", "gru")
+GRU_STEPS = 400
+
+
+@dataclass
+class BinnedSplit:
+    """Counts (n_bins, n_units) of each interval of a split, and for every behaviour sample to
+    decode its interval, its bin and its values (n, n_targets)."""
+    counts: list
+    interval: np.ndarray
+    bin: np.ndarray
+    y: np.ndarray
+
+    @classmethod
+    def of(cls, data, samples, bin_size):
+        counts = [spike_counts(data, a, b, bin_size) for a, b in zip(samples.starts, samples.ends)]
+        bins = np.floor((samples.times - samples.starts[samples.interval]) / bin_size + 1e-9).astype(int)
+        bins = np.minimum(bins, np.array([len(c) - 1 for c in counts])[samples.interval])
+        return cls(counts, samples.interval, bins, samples.values)
+
+    def lagged(self, lags):
+        """(n, n_units * (2 lags + 1)) counts at bins b-lags .. b+lags of each sample's interval."""
+        out = np.zeros((len(self.bin), 2 * lags + 1, self.counts[0].shape[1]), dtype=np.float32)
+        for k, counts in enumerate(self.counts):
+            rows = np.flatnonzero(self.interval == k)
+            padded = np.pad(counts, ((lags, lags), (0, 0)))
+            for j in range(2 * lags + 1):
+                out[rows, j] = padded[self.bin[rows] + j]
+        return out.reshape(len(out), -1)
+
+
+def baseline_grid(name, train, seed=0):
+    """Fit every setting of baseline `name` on `train`; yields (params, predict) where predict
+    maps a BinnedSplit to predictions (n, n_targets) in the targets' units."""
+    mean, std = train.y.mean(0), train.y.std(0) + 1e-9
+    z = (train.y - mean) / std
+    if name == "gru":
+        for hidden in (32, 64):
+            net = _fit_gru(train, z, hidden, seed)
+            yield {"hidden": hidden}, lambda s, net=net: net.predict(s) * std + mean
+        return
+    for params, factory, per_target in _sklearn_grid(name, train, seed):
+        lags = params.get("lags", 0)
+        x = train.lagged(lags)
+        if per_target:                       # one model per target; `raw` ones fit the values themselves
+            fitted = []
+            for k in range(z.shape[1]):
+                model, raw = factory(k)
+                fitted.append((make_pipeline(StandardScaler(), model).fit(x, train.y[:, k] if raw else z[:, k]), raw))
+            predict = (lambda s, f=fitted, lags=lags: np.stack(
+                [m.predict(s.lagged(lags)) * (1 if raw else std[k]) + (0 if raw else mean[k])
+                 for k, (m, raw) in enumerate(f)], 1))
+        else:
+            fitted = make_pipeline(StandardScaler(), factory(None)[0]).fit(x, z)
+            predict = lambda s, f=fitted, lags=lags: f.predict(s.lagged(lags)).reshape(len(s.bin), -1) * std + mean
+        yield params, predict
+
+
+def _sklearn_grid(name, train, seed):
+    """(params, factory k -> (model, fits raw values), one model per target) per setting."""
+    if name == "ridge":
+        for lags in (0, 2, 5, 10):
+            for alpha in (1.0, 10.0, 100.0, 1000.0, 10000.0):
+                yield {"lags": lags, "alpha": alpha}, lambda k, a=alpha: (Ridge(alpha=a), False), False
+    elif name == "lasso":
+        for lags in (2, 5):
+            for alpha in (0.003, 0.01, 0.03, 0.1):
+                yield {"lags": lags, "alpha": alpha}, lambda k, a=alpha: (Lasso(alpha=a, max_iter=3000), False), True
+    elif name == "glm":
+        poisson = (train.y >= 0).all(0)
+        for alpha in (0.01, 0.1, 1.0, 10.0):
+            yield ({"alpha": alpha, "family": ["poisson" if p else "gaussian" for p in poisson]},
+                   lambda k, a=alpha: ((PoissonRegressor(alpha=a / 1000, max_iter=500), True) if poisson[k]
+                                       else (Ridge(alpha=a), False)), True)
+    elif name == "mlp":
+        for lags in (2, 5):
+            for alpha in (1e-3, 1e-1):
+                yield ({"lags": lags, "alpha": alpha, "hidden": 128},
+                       lambda k, a=alpha: (MLPRegressor(hidden_layer_sizes=(128,), alpha=a, early_stopping=True, max_iter=300,
+                                                        random_state=seed), False), False)
+    else:
+        raise ValueError(f"unknown baseline {name!r} (one of {', '.join(BASELINES)})")
+
+
+class _BiGRU(nn.Module):
+    def __init__(self, n_units, hidden, n_targets):
+        super().__init__()
+        self.gru = nn.GRU(n_units, hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(2 * hidden, n_targets)
+        self.scale = None
+
+    def forward(self, x):
+        return self.out(self.gru(x)[0])
+
+    @torch.no_grad()
+    def predict(self, split):
+        """Standardised predictions (n, n_targets) at each sample's bin."""
+        x, _ = _padded(split, self.scale)
+        y = self(x).numpy()
+        return y[split.interval, split.bin]
+
+
+def _padded(split, scale):
+    """Counts of every interval, log1p-scaled and padded into (n_intervals, max_bins, n_units)."""
+    n = max(len(c) for c in split.counts)
+    x = np.zeros((len(split.counts), n, split.counts[0].shape[1]), dtype=np.float32)
+    for k, c in enumerate(split.counts):
+        x[k, :len(c)] = np.log1p(c) / scale
+    return torch.from_numpy(x), n
+
+
+def _fit_gru(train, z, hidden, seed, crop=64, batch=16):
+    """Train GRU_STEPS Adam steps on random crops of the training intervals (full-sequence
+    prediction afterwards)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    scale = np.log1p(np.concatenate(train.counts)).std(0) + 1e-3
+    net = _BiGRU(train.counts[0].shape[1], hidden, z.shape[1])
+    net.scale = scale
+    x, n = _padded(train, scale)
+    target = torch.full((len(train.counts), n, z.shape[1]), float("nan"))
+    target[train.interval, train.bin] = torch.as_tensor(z, dtype=torch.float32)   # last sample of a bin
+    lengths = torch.tensor([len(c) for c in train.counts])
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(GRU_STEPS):
+        k = torch.randint(len(lengths), (batch,), generator=gen)
+        start = (torch.rand(batch, generator=gen) * (lengths[k] - crop).clamp(min=0)).long()
+        idx = start[:, None] + torch.arange(min(crop, n))
+        xb, yb = x[k[:, None], idx], target[k[:, None], idx]
+        pred = net(xb)
+        ok = ~torch.isnan(yb)
+        loss = ((pred - yb.nan_to_num()) ** 2)[ok].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()

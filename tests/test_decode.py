@@ -1,0 +1,192 @@
+"""Behaviour decoding: held-out samples scored once, selection blind to test data, decoded
+variables never inputs, finetuning and new-session weights, binned-count recordings."""
+import json
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from neuroformer.cli import main
+from neuroformer.config import config_from_dict
+from neuroformer.data.objects import DatasetIndex, Interval
+from neuroformer.data.recording import open_recording
+from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
+from neuroformer.data.vocab import UnitVocab
+from neuroformer.data.windows import collate_windows
+from neuroformer.decode import Samples, baseline_results, choose, decode, split_samples, window_tiling
+from neuroformer.decoders import BinnedSplit
+from neuroformer.train import RunOptions, build, first_fraction, load_checkpoint, load_matching, load_model, train
+
+from conftest import TINY
+
+CONFIG = {
+    "window": {"current": 0.05, "history": 0.05, "frames": 0.1, "behavior": 0.05, "dt_res": 0.001},
+    "modalities": {"behavior": {"variables": {"running.speed": {}, "eye.phi": {}, "eye.theta": {}}}},
+    "model": {"width": 32, "heads": 2, "decoder_layers": 1, "dropout": 0.0, "backbone": {"patch": 16}},
+    "train": {"batch_size": 8, "lr": 2e-3, "warmup_steps": 2, "max_steps": 10, "eval_every": 10, "eval_batches": 2,
+              "checkpoint_every": 10},
+}
+SPLITS = ("train", "valid", "test")
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    return path
+
+
+@pytest.fixture(scope="module")
+def joint(tiny_synthetic, config_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("decode") / "joint.json"
+    with mock.patch("neuroformer.decoders.GRU_STEPS", 20):             # the GRU is a baseline here, not the subject
+        return out, decode(tiny_synthetic, ["speed", "phi"], out, config=config_file, baselines=("ridge", "gru"),
+                           steps=10, progress=False)
+
+
+def test_split_samples_are_disjoint_and_each_tiled_once(tiny_synthetic):
+    data = open_recording(tiny_synthetic)
+    samples = {s: split_samples(data, ["running.speed"], s, before=0.05) for s in SPLITS}
+    times = np.concatenate([samples[s].times for s in SPLITS])
+    assert len(np.unique(times)) == len(times)
+    t_all = np.asarray(data.behavior.running.timestamps)
+    for s in SPLITS:
+        dom = getattr(data, f"{s}_domain")
+        inside = np.zeros(len(t_all), bool)
+        for a, b in zip(dom.start, dom.end):
+            inside |= (t_all >= a + 0.05) & (t_all < b)
+        np.testing.assert_array_equal(samples[s].times, t_all[inside])          # all of them, nothing else
+        tiles = window_tiling(samples[s], before=0.05, current=0.05)
+        rows = np.concatenate([r for _, r in tiles])
+        np.testing.assert_array_equal(np.sort(rows), np.arange(len(samples[s].times)))
+        for t0, r in tiles:
+            k = samples[s].interval[r[0]]
+            assert np.all((samples[s].times[r] >= t0 - 1e-9) & (samples[s].times[r] < t0 + 0.05))
+            assert t0 - 0.05 >= dom.start[k] - 1e-9 and t0 + 0.05 <= dom.end[k] + 1e-9
+
+
+def test_last_window_is_aligned_to_the_interval_end():
+    t = np.round(np.arange(0.06, 0.33, 0.02), 6)
+    s = Samples(t, t[:, None], np.zeros(len(t), int), np.array([0.0]), np.array([0.33]))
+    tiles = window_tiling(s, before=0.05, current=0.05)
+    assert [round(t0, 6) for t0, _ in tiles] == [0.05, 0.1, 0.15, 0.2, 0.25, 0.28]
+    assert list(tiles[-1][1]) == [12, 13]                     # 0.30 and 0.32: past the last full window
+
+
+def test_lagged_counts_never_cross_intervals():
+    counts = [np.array([[1], [2], [3]]), np.array([[10], [20]])]
+    split = BinnedSplit(counts, interval=np.array([0, 1, 1]), bin=np.array([2, 0, 1]), y=np.zeros((3, 1)))
+    np.testing.assert_array_equal(split.lagged(1), [[2, 3, 0], [0, 10, 20], [10, 20, 0]])
+
+
+def test_first_fraction_is_nested_and_contiguous():
+    iv = Interval(start=np.array([0.0, 10.0]), end=np.array([4.0, 16.0]))
+    small, large = first_fraction(iv, 0.2), first_fraction(iv, 0.5)
+    np.testing.assert_allclose(small.end, [2.0])
+    np.testing.assert_allclose(large.end, [4.0, 11.0])
+    assert first_fraction(iv, 1.0) is iv
+
+
+def test_choice_is_made_on_validation_and_blind_to_test(tiny_synthetic):
+    data = open_recording(tiny_synthetic)
+    samples = {s: split_samples(data, ["running.speed"], s, 0.05) for s in SPLITS}
+    samples["targets"] = ["running.speed"]
+    y_valid, y_test = samples["valid"].values, samples["test"].values
+    # the candidate that is perfect on test but noise on valid is not chosen
+    rng = np.random.default_rng(0)
+    good_on_test = ({"c": "test"}, rng.normal(size=y_valid.shape), y_test.copy())
+    good_on_valid = ({"c": "valid"}, y_valid + rng.normal(size=y_valid.shape), rng.normal(size=y_test.shape))
+    chosen = choose([good_on_test, good_on_valid], samples["valid"], samples["test"], samples["targets"])
+    assert chosen["running.speed"]["params"] == {"c": "valid"}
+    # baselines: hiding the test targets (NaN) changes no fitted setting and no validation score
+    clean = baseline_results(data, samples, ("ridge", "glm"), 0.05, 0, progress=False)
+    samples["test"] = Samples(samples["test"].times, np.full_like(y_test, np.nan), samples["test"].interval,
+                              samples["test"].starts, samples["test"].ends)
+    hidden = baseline_results(data, samples, ("ridge", "glm"), 0.05, 0, progress=False)
+    for m in clean:
+        a, b = clean[m]["running.speed"], hidden[m]["running.speed"]
+        assert (a["params"], a["valid_r"], a["smoothing_samples"]) == (b["params"], b["valid_r"], b["smoothing_samples"])
+        np.testing.assert_allclose(a["_test_prediction"], b["_test_prediction"])
+
+
+def test_joint_report_and_decoded_variables_are_never_inputs(joint, tiny_synthetic):
+    out, report = joint
+    assert json.loads(out.read_text()) == report and out.with_suffix(".png").exists()
+    assert report["targets"] == ["running.speed", "eye.phi"]
+    for t in report["targets"]:
+        assert set(report["results"][t]) == {"neuroformer", "ridge", "gru"}
+        for r in report["results"][t].values():
+            assert -1 <= r["test_r"] <= 1 and -1 <= r["valid_r"] <= 1
+    cfg, model, dataset, recordings = load_model(out.with_suffix("") / "joint-f1-s0" / "best.pt", [tiny_synthetic])
+    assert model.targets == ["running.speed", "eye.phi"] and model.inputs == ["eye.theta"]
+    # the decoded variables' values in a batch do not change the decoded output
+    batch = collate_windows([dataset[DatasetIndex(recordings.recording_ids[0], t, t + 0.1)] for t in (2.0, 3.0)])
+    before = model.predict_behavior(batch)
+    for name in model.targets:
+        batch[f"behavior.{name}"]["value"] = torch.randn_like(batch[f"behavior.{name}"]["value"]) * 100
+    after = model.predict_behavior(batch)
+    for name in model.targets:
+        torch.testing.assert_close(before[name], after[name])
+
+
+def test_finetune_and_new_session_weights(tmp_path, config_file):
+    paths = write_synthetic(tmp_path / "s.h5", SyntheticConfig(**TINY | {"sessions": 2}))
+    cfg = config_from_dict(yaml.safe_load(config_file.read_text()))
+    pre = tmp_path / "pre"
+    train(cfg, [paths[0]], RunOptions(pre, max_steps=4))
+    _, pre_state = load_checkpoint(pre / "best.pt")
+    # weights copied by name, unit rows by unit id; the new session's units are appended
+    vocab = UnitVocab.from_state_dict(pre_state["vocab"])
+    vocab.extend(open_recording(paths[1]).units.id.astype(str))
+    model = build(cfg, [paths[1]], vocab)[2]
+    load_matching(model, vocab, pre / "best.pt")
+    n_old = len(pre_state["vocab"]["words"])
+    torch.testing.assert_close(model.unit_emb.weight[:n_old], pre_state["model"]["unit_emb.weight"])
+    torch.testing.assert_close(model.decoder[0].cross.q.weight, pre_state["model"]["decoder.0.cross.q.weight"])
+    assert len(vocab) > n_old
+    # adapting by unit identity alone leaves every other weight as pretrained
+    adapted = tmp_path / "adapted"
+    train(cfg, [paths[1]], RunOptions(adapted, max_steps=4, init=pre / "best.pt", trainable="units"))
+    _, state = load_checkpoint(adapted / "last.pt")
+    assert state["vocab"] == vocab.state_dict()
+    for name, value in state["model"].items():
+        if name.split(".")[0] in ("unit_emb", "unit_head"):
+            assert not torch.equal(value[n_old:], model.state_dict()[name][n_old:]) or "bias" in name
+        else:
+            torch.testing.assert_close(value, pre_state["model"][name], msg=name)
+
+
+def test_binned_count_recording_with_hand_velocity(tmp_path):
+    """The original format: counts in 50 ms bins, a continuous hand velocity to decode."""
+    rng = np.random.default_rng(0)
+    n_bins = 2400
+    vel = np.stack([np.convolve(rng.normal(size=n_bins), np.ones(10) / 3, mode="same") for _ in range(2)], 1)
+    tuning = rng.normal(size=(20, 2))
+    counts = rng.poisson(0.4 * np.exp(0.6 * tuning @ vel.T)).astype(np.int64)
+    src = tmp_path / "arrays.npz"
+    np.savez(src, spikes=counts, hand_vel=vel)
+    rec = tmp_path / "rec.h5"
+    assert main(["prepare", str(src), "-o", str(rec), "--bin-size", "0.05", "--behavior", "hand_vel=0.05"]) == 0
+    cfg = {k: v for k, v in CONFIG.items() if k != "modalities"} | {
+        "window": {"current": 0.05, "history": 0.05, "frames": 0.0, "behavior": 0.05, "dt_res": 0.001}}
+    cfg_path = tmp_path / "binned.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "binned.json"
+    assert main(["decode", "--data", str(rec), "--target", "hand_vel_0", "--target", "hand_vel_1", "--config", str(cfg_path),
+                 "--baselines", "ridge", "--steps", "10", "-o", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for t in ("hand_vel.hand_vel_0", "hand_vel.hand_vel_1"):
+        assert report["results"][t]["ridge"]["test_r"] > 0.6 and "neuroformer" in report["results"][t]
+    assert report["samples"]["test"] > 400
+
+
+def test_decode_errors_name_the_problem(tiny_synthetic, tmp_path, capsys):
+    out = str(tmp_path / "x.json")
+    assert main(["decode", "--data", str(tiny_synthetic), "--target", "pupil", "-o", out]) == 2
+    assert "behaviour variable 'pupil': not found" in capsys.readouterr().err
+    assert main(["decode", "--data", str(tiny_synthetic), "--target", "speed", "--baselines", "svm", "-o", out]) == 2
+    assert "unknown ['svm']" in capsys.readouterr().err
+    assert main(["decode", "--data", str(tiny_synthetic), "--target", "speed", "--mode", "probe", "-o", out]) == 2
+    assert "--run" in capsys.readouterr().err
