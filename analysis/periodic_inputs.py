@@ -8,8 +8,8 @@ gradient-weighted). Accuracy = fraction of neurons whose most-attended channel i
 input. The baseline is the same question answered by correlation: for each neuron, the input
 channel whose value correlates most with its 50 ms-binned counts (training split).
 
-    python analysis/periodic_inputs.py -o runs/periodic                  # 100 neurons, ~10 min on 2 CPU cores
-    python analysis/periodic_inputs.py -o runs/periodic1k --neurons 1000 --steps 600 --batch 8
+    python analysis/periodic_inputs.py -o runs/periodic                  # 100 neurons, ~25 min on 2 CPU cores
+    python analysis/periodic_inputs.py -o runs/periodic1k --neurons 1000 --duration 120 --steps 2000 --batch 8
     python analysis/periodic_inputs.py --quick -o /tmp/periodic          # seconds; what the test runs
 
 Writes OUT/result.json, OUT/input_attention.png and OUT/connectivity.npz, and prints the accuracies.
@@ -58,15 +58,16 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny circuit and model (for tests)")
     parser.add_argument("--neurons", type=int, help="neurons = inputs (default 100; quick 8)")
     parser.add_argument("--duration", type=float, help="recording length in s (default 300; quick 30)")
-    parser.add_argument("--steps", type=int, help="training steps (default 1500; quick 20)")
+    parser.add_argument("--steps", type=int, help="training steps (default the config's 6000; quick 20)")
     parser.add_argument("--batch", type=int, help="training batch size (default the config's 32)")
     parser.add_argument("--lr", type=float, help="learning rate (default the config's)")
-    parser.add_argument("--gain", type=float, default=PeriodicInputsConfig.gain, help="log-rate modulation depth")
+    parser.add_argument("--gain", type=float, default=2.0, help="log-rate modulation depth (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     n = args.neurons or (8 if args.quick else 100)
     duration = args.duration or (30.0 if args.quick else 300.0)
-    steps = args.steps or (20 if args.quick else 1500)
+    cfg = load_config(CONFIG)
+    steps = args.steps or (20 if args.quick else cfg.train.max_steps)
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     times, clock = {}, time.perf_counter()
@@ -78,7 +79,6 @@ def main():
     times["circuit_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    cfg = load_config(CONFIG)
     cfg.modalities["inputs"].variables["inputs.values"].channels = n
     cfg.train.batch_size = args.batch or cfg.train.batch_size
     cfg.train.lr = args.lr or cfg.train.lr

@@ -101,7 +101,7 @@ def _decode(args):
     baselines = tuple(b for b in args.baselines.split(",") if b) if args.baselines else ()
     report = decode(args.data, args.target, args.output, run=args.run, mode=args.mode, config=args.config,
                     label_fraction=args.label_fraction, baselines=baselines, steps=args.steps, seed=args.seed,
-                    device=args.device, bin_size=args.bin)
+                    device=args.device, bin_size=args.bin, trainable=args.trainable)
     print(format_report(report))
     print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
 
@@ -219,6 +219,8 @@ def build_parser():
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="train on the first fraction of the training split (nested blocks; few-shot)")
     p.add_argument("--baselines", default="ridge,lasso,glm,mlp,gru", help="comma-separated; '' for none")
+    p.add_argument("--trainable", default="all", choices=["all", "units"],
+                   help="finetune everything, or only the unit embeddings (adapting to a new session)")
     p.add_argument("--steps", type=int, help="training steps (default: the config's)")
     p.add_argument("--bin", type=float, default=0.05, help="bin width (s) of the baselines' spike counts")
     p.add_argument("--seed", type=int, default=0)

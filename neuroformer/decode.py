@@ -33,7 +33,7 @@ from .errors import InputError
 from .io import atomic_path
 from .model import _masked_mean
 from .plots import plt
-from .train import RunOptions, build, first_fraction, load_checkpoint, load_model, train, window_spec
+from .train import RunOptions, build, first_fraction, load_checkpoint, load_model, to_device, train, window_spec
 
 MODES = ("joint", "finetune", "probe")
 SMOOTHING = (0, 1, 2, 4, 8, 16, 32, 64)          # Gaussian widths tried, in samples
@@ -59,8 +59,9 @@ class Samples:
         return Samples(self.times[keep], self.values[keep], self.interval[keep], self.starts, self.ends)
 
 
-def split_samples(data, targets, split, before, path="recording"):
-    """Samples of `targets` (full names, one shared clock) in `split`, after `before` s of each interval."""
+def split_samples(data, targets, split, before, current, path="recording"):
+    """Samples of `targets` (full names, one shared clock) in `split`, after `before` s of each
+    interval (intervals shorter than one window, before + current, hold none)."""
     clocks = [np.asarray(getattr(data.behavior, t.split(".")[0]).timestamps, dtype=float) for t in targets]
     if any(len(c) != len(clocks[0]) or not np.allclose(c, clocks[0]) for c in clocks[1:]):
         raise InputError(path, ("behavior", f"targets {targets} are sampled at different times; decode them "
@@ -73,7 +74,8 @@ def split_samples(data, targets, split, before, path="recording"):
     domain = getattr(data, f"{split}_domain")
     starts, ends = np.asarray(domain.start, dtype=float), np.asarray(domain.end, dtype=float)
     interval = np.searchsorted(starts, t, side="right") - 1
-    ok = (interval >= 0) & (t < ends[np.clip(interval, 0, None)]) & (t >= starts[np.clip(interval, 0, None)] + before)
+    k = np.clip(interval, 0, None)
+    ok = (interval >= 0) & (t < ends[k]) & (t >= starts[k] + before) & (ends[k] - starts[k] >= before + current)
     return Samples(t[ok], values[ok], interval[ok], starts, ends)
 
 
@@ -83,7 +85,7 @@ def window_tiling(samples, before, current):
     out = []
     for k, (a, e) in enumerate(zip(samples.starts, samples.ends)):
         rows = np.flatnonzero(samples.interval == k)
-        if not len(rows) or e - a < before + current:
+        if not len(rows):
             continue
         n_full = int(np.floor((e - a - before) / current + 1e-9))
         t0s = a + before + current * np.arange(n_full)
@@ -106,7 +108,7 @@ def _over_windows(model, dataset, rid, samples, before, current, fn, batch_size,
         chunk = tiles[i:i + batch_size]
         batch = collate_windows([dataset[DatasetIndex(rid, t0 - before, t0 + current)] for t0, _ in chunk])
         t0 = batch["t0"].numpy()
-        batch = {k: _to(v, device) for k, v in batch.items()}
+        batch = to_device(batch, device)
         with torch.no_grad():
             per_window = fn(batch)
         for b, (_, rows) in enumerate(chunk):
@@ -114,10 +116,6 @@ def _over_windows(model, dataset, rid, samples, before, current, fn, batch_size,
             out = np.zeros((len(samples.times), values.shape[1])) if out is None else out
             out[rows] = values
     return out
-
-
-def _to(v, device):
-    return {k: _to(x, device) for k, x in v.items()} if isinstance(v, dict) else v.to(device)
 
 
 def neuroformer_predictions(model, dataset, rid, samples, targets, batch_size=16, device="cpu"):
@@ -255,8 +253,9 @@ def probe_results(run, data_path, samples, seed, device, batch_size=16):
 
 
 def train_decoder(data_path, targets, work, mode, run=None, config=None, label_fraction=1.0, steps=None, seed=0,
-                  device="cpu"):
-    """Train (joint) or finetune a model whose behaviour heads decode `targets`; its run directory."""
+                  device="cpu", trainable="all"):
+    """Train (joint) or finetune a model whose behaviour heads decode `targets`; its run directory.
+    `trainable="units"` finetunes only the unit embeddings (a new session)."""
     data = open_recording(data_path)
     if mode == "finetune":
         if run is None:
@@ -265,15 +264,15 @@ def train_decoder(data_path, targets, work, mode, run=None, config=None, label_f
     else:
         base = load_config(config) if config else load_config(Path(__file__).parent / "configs" / "demo.yaml")
     cfg = decode_config(base, data, targets, config or "config")
-    out = Path(work) / f"{mode}-f{label_fraction:g}-s{seed}"
+    out = Path(work) / f"{mode}{'-units' if trainable == 'units' else ''}-f{label_fraction:g}-s{seed}"
     init = (Path(run) / "best.pt" if Path(run).is_dir() else Path(run)) if mode == "finetune" else None
     train(cfg, [data_path], RunOptions(out, max_steps=steps, seed=seed, device=device, resume=(out / "last.pt").exists(),
-                                       init=init, train_fraction=label_fraction))
+                                       init=init, train_fraction=label_fraction, trainable=trainable))
     return out
 
 
 def decode(data_path, targets, out, run=None, mode="joint", config=None, label_fraction=1.0, baselines=BASELINES,
-           steps=None, seed=0, device="cpu", bin_size=0.05, progress=True):
+           steps=None, seed=0, device="cpu", bin_size=0.05, progress=True, trainable="all"):
     """Decode `targets` with Neuroformer (`mode`) and `baselines`; writes OUT (JSON) and figures
     beside it, returns the report."""
     if mode not in MODES:
@@ -293,10 +292,12 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
     if mode == "probe":
         cfg = load_checkpoint(Path(run) / "best.pt" if Path(run).is_dir() else run)[0]
     else:
-        run_dir = train_decoder(data_path, targets, work, mode, run, config, label_fraction, steps, seed, device)
+        run_dir = train_decoder(data_path, targets, work, mode, run, config, label_fraction, steps, seed, device,
+                                trainable)
         cfg = load_checkpoint(run_dir / "best.pt")[0]
     spec = window_spec(cfg)
-    samples = {s: split_samples(data, targets, s, spec.before, data_path) for s in ("train", "valid", "test")}
+    samples = {s: split_samples(data, targets, s, spec.before, spec.current, data_path)
+               for s in ("train", "valid", "test")}
     samples["train"] = samples["train"].head(label_fraction)
     samples["targets"] = targets
     models = baseline_results(data, samples, baselines, bin_size, seed, progress)
@@ -312,7 +313,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
                                         targets), **models}
     table = probes if probes is not None else models
     report = {"recording": str(data_path), "targets": targets, "mode": mode, "run": str(run) if run else None,
-              "label_fraction": label_fraction, "seed": seed, "bin_s": bin_size,
+              "label_fraction": label_fraction, "trainable": trainable, "seed": seed, "bin_s": bin_size,
               "samples": {s: int(len(samples[s].times)) for s in ("train", "valid", "test")},
               "results": {t: {m: _public(table[m][t]) for m in table} for t in targets}}
     if probes is not None:

@@ -1,6 +1,9 @@
 """Behaviour decoding: held-out samples scored once, selection blind to test data, decoded
 variables never inputs, finetuning and new-session weights, binned-count recordings."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -48,7 +51,7 @@ def joint(tiny_synthetic, config_file, tmp_path_factory):
 
 def test_split_samples_are_disjoint_and_each_tiled_once(tiny_synthetic):
     data = open_recording(tiny_synthetic)
-    samples = {s: split_samples(data, ["running.speed"], s, before=0.05) for s in SPLITS}
+    samples = {s: split_samples(data, ["running.speed"], s, before=0.05, current=0.05) for s in SPLITS}
     times = np.concatenate([samples[s].times for s in SPLITS])
     assert len(np.unique(times)) == len(times)
     t_all = np.asarray(data.behavior.running.timestamps)
@@ -91,7 +94,7 @@ def test_first_fraction_is_nested_and_contiguous():
 
 def test_choice_is_made_on_validation_and_blind_to_test(tiny_synthetic):
     data = open_recording(tiny_synthetic)
-    samples = {s: split_samples(data, ["running.speed"], s, 0.05) for s in SPLITS}
+    samples = {s: split_samples(data, ["running.speed"], s, 0.05, 0.05) for s in SPLITS}
     samples["targets"] = ["running.speed"]
     y_valid, y_test = samples["valid"].values, samples["test"].values
     # the candidate that is perfect on test but noise on valid is not chosen
@@ -190,3 +193,15 @@ def test_decode_errors_name_the_problem(tiny_synthetic, tmp_path, capsys):
     assert "unknown ['svm']" in capsys.readouterr().err
     assert main(["decode", "--data", str(tiny_synthetic), "--target", "speed", "--mode", "probe", "-o", out]) == 2
     assert "--run" in capsys.readouterr().err
+
+
+def test_decoding_study_quick(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "analysis" / "decoding.py"
+    subprocess.run([sys.executable, str(script), "--quick", "-o", str(tmp_path)], check=True, capture_output=True)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["joint"]["running.speed"]) == {"neuroformer", "ridge", "gru"}
+    assert list(summary["probe"]["eye.phi"]) == ["random init", "history", "+ stimulus", "+ current window"]
+    models = {(r["model"], r["fraction"]) for r in summary["few_shot"]}
+    assert {("pretrained", 0.25), ("random init", 0.25), ("pretrained", 1.0), ("random init", 1.0)} <= models
+    assert set(summary["new_session"]["mean_test_r"]) == {"units", "all"}
+    assert (tmp_path / "few_shot.png").exists() and (tmp_path / "joint.png").exists()

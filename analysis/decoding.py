@@ -1,0 +1,189 @@
+"""Multitask decoding of running speed and gaze (phi, theta) on the synthetic recording.
+
+Stages, each skipped when its output exists (an interrupted run resumes):
+1. joint: Neuroformer with behaviour heads trained with the spike objective, beside every
+   baseline (ridge, Lasso, GLM, MLP, bidirectional GRU) -> OUT/joint.json;
+2. probes: a spikes-only model pretrained on the training split (no labels), linear probes of
+   its frozen representations -> OUT/probe.json;
+3. few-shot: label fractions (nested blocks of training time) x seeds, finetuned from the
+   pretrained model vs trained from random initialisation, ridge at each fraction -> OUT/few_shot.json;
+4. new session: pretrained with labels on sessions 0..K-2 of a multi-session recording, adapted
+   to the last session with few labels by its unit embeddings alone or by full finetuning
+   -> OUT/new_session.json.
+Figures beside each; OUT/summary.json gathers the tables.
+
+    python analysis/decoding.py -o runs/decoding              # full run (time in BENCHMARKS.md)
+    python analysis/decoding.py --quick -o /tmp/decoding      # tiny recording and model (the test)
+"""
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+import neuroformer.decoders
+from neuroformer.config import load_config
+from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
+from neuroformer.decode import decode, decode_config
+from neuroformer.data.recording import open_recording
+from neuroformer.io import atomic_path
+from neuroformer.plots import plt
+from neuroformer.train import RunOptions, train
+
+TARGETS = ["running.speed", "eye.phi", "eye.theta"]
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "decoding.yaml"
+QUICK_RECORDING = dict(n_neurons=30, trial_length=4.0, n_movies=2, n_trials=4, n_heldout_movies=1, heldout_trials=2)
+QUICK_MODEL = {"width": 32, "heads": 2, "decoder_layers": 1, "dropout": 0.0, "backbone": {"patch": 16}}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="tiny recording and model, few steps (for tests)")
+    parser.add_argument("--steps", type=int, help="steps of joint training and pretraining (default the config's)")
+    parser.add_argument("--finetune-steps", type=int, help="steps of each few-shot and adaptation run (default 300)")
+    parser.add_argument("--fractions", default="0.01,0.05,0.1,0.5,1", help="label fractions of the few-shot curve")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the few-shot curve")
+    parser.add_argument("--session-fraction", type=float, default=0.1, help="labels of the new session")
+    parser.add_argument("--stages", default="joint,probe,few_shot,new_session")
+    args = parser.parse_args()
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    steps = args.steps or (10 if args.quick else None)
+    ft_steps = args.finetune_steps or (6 if args.quick else 300)
+    fractions = [float(f) for f in args.fractions.split(",")] if not args.quick else [0.25, 1.0]
+    seeds = range(1 if args.quick else args.seeds)
+    config = _config(out, args.quick)
+    recording = dict(QUICK_RECORDING if args.quick else {})
+    rec = out / "synthetic.h5"
+    if not rec.exists():
+        write_synthetic(rec, SyntheticConfig(**recording))
+    baselines = ("ridge", "gru") if args.quick else ("ridge", "lasso", "glm", "mlp", "gru")
+    if args.quick:
+        neuroformer.decoders.GRU_STEPS = 20          # the pipeline is under test, not the GRU
+    stages = args.stages.split(",")
+    summary = {}
+
+    if "joint" in stages:
+        summary["joint"] = _cached(out / "joint.json", lambda p: decode(
+            rec, TARGETS, p, config=config, steps=steps, baselines=baselines, progress=False))["results"]
+    pretrained = out / "pretrain"
+    if {"probe", "few_shot"} & set(stages) and not (pretrained / "best.pt").exists():
+        cfg = load_config(config)
+        cfg.modalities = {}                         # spikes and video only: no behaviour is seen
+        train(cfg, [rec], RunOptions(pretrained, max_steps=steps, resume=(pretrained / "last.pt").exists()))
+    if "probe" in stages:
+        summary["probe"] = _cached(out / "probe.json", lambda p: decode(
+            rec, TARGETS, p, run=pretrained, mode="probe", baselines=(), progress=False))["results"]
+    if "few_shot" in stages:
+        summary["few_shot"] = few_shot(rec, out, config, pretrained, fractions, seeds, ft_steps)
+        few_shot_figure(summary["few_shot"], out / "few_shot.png")
+    if "new_session" in stages:
+        summary["new_session"] = new_session(out, config, recording, steps, ft_steps, args.session_fraction)
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    print(json.dumps(_brief(summary), indent=1))
+
+
+def _config(out, quick):
+    """The decoding config (quick: a tiny model written beside the outputs)."""
+    if not quick:
+        return CONFIG
+    raw = yaml.safe_load(CONFIG.read_text())
+    raw["model"] = QUICK_MODEL
+    raw["train"].update(batch_size=8, warmup_steps=2, eval_every=10, eval_batches=2, checkpoint_every=10)
+    path = out / "quick.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _cached(path, make):
+    """The report at `path`, made by make(path) unless it exists."""
+    return json.loads(path.read_text()) if path.exists() else make(path)
+
+
+def few_shot(rec, out, config, pretrained, fractions, seeds, ft_steps):
+    """Test r per target, fraction, seed: finetuned from `pretrained` vs random init; ridge."""
+    rows = []
+    for f in fractions:
+        for seed in seeds:
+            for model, kw in (("pretrained", dict(mode="finetune", run=pretrained)),
+                              ("random init", dict(mode="joint", config=config))):
+                path = out / "few_shot" / f"{model.replace(' ', '_')}-f{f:g}-s{seed}.json"
+                report = _cached(path, lambda p: decode(rec, TARGETS, p, label_fraction=f, steps=ft_steps, seed=seed,
+                                                        baselines=("ridge",) if seed == 0 and model == "pretrained"
+                                                        else (), progress=False, **kw))
+                for t in TARGETS:
+                    rows.append({"fraction": f, "seed": seed, "model": model, "target": t,
+                                 "test_r": report["results"][t]["neuroformer"]["test_r"]})
+                    if "ridge" in report["results"][t]:
+                        rows.append({"fraction": f, "seed": seed, "model": "ridge", "target": t,
+                                     "test_r": report["results"][t]["ridge"]["test_r"]})
+    return rows
+
+
+def few_shot_figure(rows, path):
+    fig, axes = plt.subplots(1, len(TARGETS), figsize=(4 * len(TARGETS), 3.2), squeeze=False)
+    for ax, t in zip(axes[0], TARGETS):
+        for model in ("pretrained", "random init", "ridge"):
+            pts = [r for r in rows if r["target"] == t and r["model"] == model]
+            fr = sorted({r["fraction"] for r in pts})
+            mean = [np.mean([r["test_r"] for r in pts if r["fraction"] == f]) for f in fr]
+            sd = [np.std([r["test_r"] for r in pts if r["fraction"] == f]) for f in fr]
+            ax.errorbar(np.array(fr) * 100, mean, yerr=sd, marker="o", ms=3, capsize=2, label=model)
+        ax.set_xscale("log")
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("labelled training data (%)")
+    axes[0, 0].set_ylabel("test Pearson r")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def new_session(out, config, recording, steps, ft_steps, fraction, sessions=3):
+    """Pretrain with labels on all sessions but the last; adapt to the last one by unit
+    embeddings alone or by full finetuning, with `fraction` of its labels."""
+    paths = [out / "sessions" / f"synthetic_s{k}.h5" for k in range(sessions)]
+    if not all(p.exists() for p in paths):
+        paths = write_synthetic(out / "sessions" / "synthetic.h5", SyntheticConfig(**recording, sessions=sessions))
+    run = out / "sessions" / "pretrain"
+    if not (run / "best.pt").exists():
+        cfg = decode_config(load_config(config), open_recording(paths[0]), TARGETS)
+        train(cfg, paths[:-1], RunOptions(run, max_steps=steps, resume=(run / "last.pt").exists()))
+    result = {}
+    for trainable in ("units", "all"):
+        report = _cached(out / "sessions" / f"adapt-{trainable}.json", lambda p: decode(
+            paths[-1], TARGETS, p, run=run, mode="finetune", trainable=trainable, label_fraction=fraction,
+            steps=ft_steps, baselines=("ridge",) if trainable == "all" else (), progress=False))
+        result[trainable] = {t: report["results"][t] for t in TARGETS}
+    mean_r = {k: float(np.mean([v[t]["neuroformer"]["test_r"] for t in TARGETS])) for k, v in result.items()}
+    result["units_over_full"] = mean_r["units"] / mean_r["all"] if mean_r["all"] > 0 else None
+    result["mean_test_r"] = mean_r
+    return result
+
+
+def _brief(summary):
+    """Test r per table, rounded, for the terminal."""
+    def r(cell):
+        return round(cell["test_r"], 3)
+    brief = {}
+    for key in ("joint", "probe"):
+        if key in summary:
+            brief[key] = {t: {m: r(c) for m, c in v.items()} for t, v in summary[key].items()}
+    if "new_session" in summary:
+        brief["new_session"] = {"mean_test_r": summary["new_session"]["mean_test_r"],
+                                "units_over_full": summary["new_session"]["units_over_full"]}
+    if "few_shot" in summary:
+        rows = summary["few_shot"]
+        brief["few_shot"] = {f"{m} f={f:g}": round(float(np.mean([x["test_r"] for x in rows
+                                                                  if x["model"] == m and x["fraction"] == f])), 3)
+                             for m in ("pretrained", "random init", "ridge") for f in sorted({x["fraction"] for x in rows})
+                             if any(x["model"] == m and x["fraction"] == f for x in rows)}
+    return brief
+
+
+if __name__ == "__main__":
+    main()
