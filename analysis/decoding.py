@@ -52,7 +52,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     steps = args.steps or (10 if args.quick else None)
     ft_steps = args.finetune_steps or (6 if args.quick else 300)
-    fractions = [float(f) for f in args.fractions.split(",")] if not args.quick else [0.25, 1.0]
+    fractions = [float(f) for f in args.fractions.split(",")] if not args.quick else [0.5, 1.0]
     seeds = range(1 if args.quick else args.seeds)
     config = _config(out, args.quick)
     recording = dict(QUICK_RECORDING if args.quick else {})
@@ -80,7 +80,8 @@ def main():
         summary["few_shot"] = few_shot(rec, out, config, pretrained, fractions, seeds, ft_steps)
         few_shot_figure(summary["few_shot"], out / "few_shot.png")
     if "new_session" in stages:
-        summary["new_session"] = new_session(out, config, recording, steps, ft_steps, args.session_fraction)
+        summary["new_session"] = new_session(out, config, recording, steps, ft_steps,
+                                             0.5 if args.quick else args.session_fraction)
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     print(json.dumps(_brief(summary), indent=1))

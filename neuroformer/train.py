@@ -223,8 +223,15 @@ def train(cfg, data_paths, opts):
     bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=rank != 0)
     last_valid = None
     while step < total:
-        batches = epoch_batches(recordings, spec, "train", cfg.train.batch_size, opts.seed, epoch, rank, world,
-                                opts.train_fraction)
+        try:
+            batches = epoch_batches(recordings, spec, "train", cfg.train.batch_size, opts.seed, epoch, rank, world,
+                                    opts.train_fraction)
+        except ValueError:                      # torch_brain: every interval shorter than a window
+            batches = []
+        if not batches:
+            raise InputError(", ".join(map(str, data_paths)), (
+                "train_domain", f"the first {opts.train_fraction:g} of the training split holds fewer than one batch "
+                                f"({cfg.train.batch_size}) of {spec.length:g} s windows"))
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[done:], collate_fn=collate_windows,
                                              num_workers=cfg.train.num_workers,
                                              generator=torch.Generator().manual_seed(opts.seed))

@@ -18,6 +18,7 @@ from neuroformer.data.recording import open_recording
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.data.vocab import UnitVocab
 from neuroformer.data.windows import collate_windows
+from neuroformer.errors import InputError
 from neuroformer.decode import Samples, baseline_results, choose, decode, split_samples, window_tiling
 from neuroformer.decoders import BinnedSplit
 from neuroformer.train import RunOptions, build, first_fraction, load_checkpoint, load_matching, load_model, train
@@ -90,6 +91,12 @@ def test_first_fraction_is_nested_and_contiguous():
     np.testing.assert_allclose(small.end, [2.0])
     np.testing.assert_allclose(large.end, [4.0, 11.0])
     assert first_fraction(iv, 1.0) is iv
+
+
+def test_too_few_labelled_windows_is_an_error(tiny_synthetic, config_file, tmp_path):
+    cfg = config_from_dict(yaml.safe_load(config_file.read_text()))
+    with pytest.raises(InputError, match="fewer than one batch"):
+        train(cfg, [tiny_synthetic], RunOptions(tmp_path / "r", max_steps=2, train_fraction=0.001))
 
 
 def test_choice_is_made_on_validation_and_blind_to_test(tiny_synthetic):
@@ -202,6 +209,6 @@ def test_decoding_study_quick(tmp_path):
     assert set(summary["joint"]["running.speed"]) == {"neuroformer", "ridge", "gru"}
     assert list(summary["probe"]["eye.phi"]) == ["random init", "history", "+ stimulus", "+ current window"]
     models = {(r["model"], r["fraction"]) for r in summary["few_shot"]}
-    assert {("pretrained", 0.25), ("random init", 0.25), ("pretrained", 1.0), ("random init", 1.0)} <= models
+    assert {("pretrained", 0.5), ("random init", 0.5), ("pretrained", 1.0), ("random init", 1.0)} <= models
     assert set(summary["new_session"]["mean_test_r"]) == {"units", "all"}
     assert (tmp_path / "few_shot.png").exists() and (tmp_path / "joint.png").exists()
