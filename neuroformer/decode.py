@@ -33,7 +33,8 @@ from .errors import InputError
 from .io import atomic_path
 from .model import _masked_mean
 from .plots import plt
-from .train import RunOptions, build, first_fraction, load_checkpoint, load_model, to_device, train, window_spec
+from .train import (RunOptions, build, checkpoint_file, first_fraction, load_checkpoint, load_model, to_device, train,
+                    window_spec)
 
 MODES = ("joint", "finetune", "probe")
 SMOOTHING = (0, 1, 2, 4, 8, 16, 32, 64)          # Gaussian widths tried, in samples
@@ -148,8 +149,8 @@ def representations(model, dataset, rid, samples, batch_size=16, device="cpu"):
     w = model.unit_emb.embedding_dim
 
     def fn(batch):
-        parts, _ = model.context_parts(batch)
-        memory, _ = model.encode_context(batch)
+        parts, pooled_visual = model.context_parts(batch)
+        memory, _ = model.encode_context(batch, (parts, pooled_visual))
         x = model.decode(batch["current"], memory)
         pooled = [_masked_mean(*parts["history"][::2]),
                   _masked_mean(*parts["visual"][::2]) if "visual" in parts else x.new_zeros(len(x), w),
@@ -231,16 +232,16 @@ def baseline_results(data, samples, names, bin_size, seed, progress=True):
 
 def probe_results(run, data_path, samples, seed, device, batch_size=16):
     """The probe table: ridge read-outs of frozen features, fitted on train, chosen on valid."""
-    cfg, model, dataset, recordings = load_model(Path(run) / "best.pt" if Path(run).is_dir() else run,
-                                                 [data_path], device)
+    cfg, model, dataset, recordings = load_model(checkpoint_file(run), [data_path], device)
     rid = recordings.recording_ids[0]
     torch.manual_seed(seed)
     random_model = build(cfg, [data_path], dataset.vocab, model.behavior_stats.tolist())[2].to(device).eval()
-    feats = {s: representations(model, dataset, rid, samples[s], batch_size, device) for s in ("train", "valid", "test")}
-    rand = {s: representations(random_model, dataset, rid, samples[s], batch_size, device)
-            for s in ("train", "valid", "test")}
+    splits = ("train", "valid", "test")
+    feats = {s: representations(model, dataset, rid, samples[s], batch_size, device) for s in splits}
+    rand = {s: representations(random_model, dataset, rid, samples[s], batch_size, device) for s in splits}
     sets = {"random init": (rand, ("history", "stimulus", "current")), "history": (feats, ("history",)),
-            "+ stimulus": (feats, ("history", "stimulus")), "+ current window": (feats, ("history", "stimulus", "current"))}
+            "+ stimulus": (feats, ("history", "stimulus")),
+            "+ current window": (feats, ("history", "stimulus", "current"))}
     out = {}
     for row, (source, kinds) in sets.items():
         x = {s: np.concatenate([source[s][k] for k in kinds], 1) for s in source}
@@ -260,14 +261,15 @@ def train_decoder(data_path, targets, work, mode, run=None, config=None, label_f
     if mode == "finetune":
         if run is None:
             raise InputError("--run", ("run", "finetune needs a pretrained run (--run RUN_DIR)"))
-        base = load_checkpoint(Path(run) / "best.pt" if Path(run).is_dir() else run)[0]
+        base = load_checkpoint(checkpoint_file(run))[0]
     else:
         base = load_config(config) if config else load_config(Path(__file__).parent / "configs" / "demo.yaml")
     cfg = decode_config(base, data, targets, config or "config")
     out = Path(work) / f"{mode}{'-units' if trainable == 'units' else ''}-f{label_fraction:g}-s{seed}"
-    init = (Path(run) / "best.pt" if Path(run).is_dir() else Path(run)) if mode == "finetune" else None
-    train(cfg, [data_path], RunOptions(out, max_steps=steps, seed=seed, device=device, resume=(out / "last.pt").exists(),
-                                       init=init, train_fraction=label_fraction, trainable=trainable))
+    init = checkpoint_file(run) if mode == "finetune" else None
+    train(cfg, [data_path], RunOptions(out, max_steps=steps, seed=seed, device=device,
+                                       resume=(out / "last.pt").exists(), init=init,
+                                       train_fraction=label_fraction, trainable=trainable))
     return out
 
 
@@ -290,7 +292,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
         raise InputError("--run", ("run", "probes read a pretrained run's representations (--run RUN_DIR)"))
     work = out.with_suffix("")
     if mode == "probe":
-        cfg = load_checkpoint(Path(run) / "best.pt" if Path(run).is_dir() else run)[0]
+        cfg = load_checkpoint(checkpoint_file(run))[0]
     else:
         run_dir = train_decoder(data_path, targets, work, mode, run, config, label_fraction, steps, seed, device,
                                 trainable)

@@ -71,9 +71,7 @@ def baseline_grid(name, train, seed=0):
             for k in range(z.shape[1]):
                 model, raw = factory(k)
                 fitted.append((make_pipeline(StandardScaler(), model).fit(x, train.y[:, k] if raw else z[:, k]), raw))
-            predict = (lambda s, f=fitted, lags=lags: np.stack(
-                [m.predict(s.lagged(lags)) * (1 if raw else std[k]) + (0 if raw else mean[k])
-                 for k, (m, raw) in enumerate(f)], 1))
+            predict = lambda s, f=fitted, lags=lags: _per_target(f, s.lagged(lags), mean, std)
         else:
             fitted = make_pipeline(StandardScaler(), factory(None)[0]).fit(x, z)
             predict = lambda s, f=fitted, lags=lags: f.predict(s.lagged(lags)).reshape(len(s.bin), -1) * std + mean
@@ -100,10 +98,15 @@ def _sklearn_grid(name, train, seed):
         for lags in (2, 5):
             for alpha in (1e-3, 1e-1):
                 yield ({"lags": lags, "alpha": alpha, "hidden": 128},
-                       lambda k, a=alpha: (MLPRegressor(hidden_layer_sizes=(128,), alpha=a, early_stopping=True, max_iter=300,
-                                                        random_state=seed), False), False)
+                       lambda k, a=alpha: (MLPRegressor(hidden_layer_sizes=(128,), alpha=a, early_stopping=True,
+                                                        max_iter=300, random_state=seed), False), False)
     else:
         raise ValueError(f"unknown baseline {name!r} (one of {', '.join(BASELINES)})")
+
+
+def _per_target(fitted, x, mean, std):
+    """Predictions (n, n_targets) of one (model, fits raw values) per target on design x."""
+    return np.stack([m.predict(x) if raw else m.predict(x) * std[k] + mean[k] for k, (m, raw) in enumerate(fitted)], 1)
 
 
 class _BiGRU(nn.Module):

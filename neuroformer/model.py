@@ -132,9 +132,10 @@ class Neuroformer(nn.Module):
 
         return parts, pooled_visual
 
-    def encode_context(self, batch):
-        """Memory (tokens, times, mask) of history, frames and input behaviour, plus pooled visual."""
-        parts, pooled_visual = self.context_parts(batch)
+    def encode_context(self, batch, parts=None):
+        """Memory (tokens, times, mask) of history, frames and input behaviour, plus pooled visual;
+        from `context_parts(batch)`, or its result when given."""
+        parts, pooled_visual = parts or self.context_parts(batch)
         B = batch["current"]["unit"].shape[0]
         null = (self.null + self.type_emb.weight[NULL]).expand(B, 1, -1)          # never an empty memory
         zeros = torch.zeros(B, 1, device=null.device)

@@ -26,7 +26,7 @@ from .data.windows import collate_windows
 from .errors import InputError
 from .io import atomic_path, open_hdf5
 from .model import Sampling
-from .train import load_model, to_device
+from .train import checkpoint_file, load_model, to_device
 
 SIM_FORMAT = 1
 
@@ -107,8 +107,7 @@ def _check(opts, path):
 def simulate(checkpoint, data_path, opts=SimulationOptions()):
     """Roll out the selected trials of `data_path` with the model of `checkpoint` (a .pt file or
     a run directory, whose best.pt is used)."""
-    checkpoint = Path(checkpoint)
-    checkpoint = checkpoint / "best.pt" if checkpoint.is_dir() else checkpoint
+    checkpoint = checkpoint_file(checkpoint)
     _check(opts, data_path)
     _, model, dataset, recordings = load_model(checkpoint, [data_path], opts.device)
     rid = recordings.recording_ids[0]

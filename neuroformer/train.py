@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .config import config_from_dict
 from .data.objects import Interval, RandomFixedWindowSampler, SequentialFixedWindowSampler
-from .data.recording import resolve_variable
+from .data.recording import open_recording, resolve_variable
 from .data.vocab import UnitVocab
 from .data.windows import RecordingSet, WindowDataset, WindowSpec, collate_windows
 from .errors import InputError
@@ -187,16 +187,16 @@ def train(cfg, data_paths, opts):
     state = _load_for_resume(out / "last.pt", cfg) if opts.resume else None
     vocab = UnitVocab.from_state_dict(state["vocab"]) if state else None
     stats = state["behavior_stats"] if state else None
+    if opts.trainable not in ("all", "units"):
+        raise InputError("trainable", ("trainable", f"unknown {opts.trainable!r} (all, units)"))
     if opts.init and not state:
         vocab = UnitVocab.from_state_dict(load_checkpoint(opts.init)[1]["vocab"])
         for path in data_paths:                                 # units of a new session join the vocabulary
-            vocab.extend(RecordingSet([path]).get_recording(Path(path).stem).units.id.astype(str))
+            vocab.extend(open_recording(path).units.id.astype(str))
     torch.manual_seed(opts.seed)
     recordings, dataset, model = build(cfg, data_paths, vocab, stats)
     if opts.init and not state:
         load_matching(model, dataset.vocab, opts.init)
-    if opts.trainable not in ("all", "units"):
-        raise InputError("trainable", ("trainable", f"unknown {opts.trainable!r} (all, units)"))
     for name, p in model.named_parameters():
         p.requires_grad_(opts.trainable == "all" or name.split(".")[0] in ("unit_emb", "unit_head"))
     model.to(device)
@@ -367,8 +367,13 @@ def load_model(checkpoint, data_paths, device="cpu"):
     return cfg, model.to(device).eval(), dataset, recordings
 
 
+def checkpoint_file(run):
+    """A run directory's best.pt, or `run` itself when it is a checkpoint file."""
+    run = Path(run)
+    return run / "best.pt" if run.is_dir() else run
+
+
 def load_run(run, data_path, device="cpu"):
     """`load_model` of a run directory (its best.pt) or a checkpoint file, on one recording; the
     device is returned with it."""
-    run = Path(run)
-    return load_model(run / "best.pt" if run.is_dir() else run, [data_path], device) + (device,)
+    return load_model(checkpoint_file(run), [data_path], device) + (device,)
