@@ -108,11 +108,17 @@ def first_fraction(interval, fraction):
 
 def epoch_batches(recordings, spec, split, batch_size, seed, epoch, rank=0, world=1, fraction=1.0):
     """This rank's batches of random windows for (seed, epoch): a list of lists of indices,
-    from the first `fraction` of each recording's split."""
+    from the first `fraction` of each recording's split. A block too short for one batch (a
+    few-shot fraction) is passed over again, with new offsets, until it fills one per rank."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     intervals = {rid: first_fraction(iv, fraction) for rid, iv in recordings.get_sampling_intervals(split).items()}
     sampler = RandomFixedWindowSampler(sampling_intervals=intervals, window_length=spec.length, generator=generator)
-    indices = list(sampler)
+    try:
+        indices = list(sampler)
+    except ValueError:                          # torch_brain: every interval shorter than a window
+        return []
+    while indices and len(indices) < batch_size * world:
+        indices += list(sampler)
     batches = [indices[i:i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
     return batches[rank::world][:len(batches) // world]
 
@@ -223,15 +229,12 @@ def train(cfg, data_paths, opts):
     bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=rank != 0)
     last_valid = None
     while step < total:
-        try:
-            batches = epoch_batches(recordings, spec, "train", cfg.train.batch_size, opts.seed, epoch, rank, world,
-                                    opts.train_fraction)
-        except ValueError:                      # torch_brain: every interval shorter than a window
-            batches = []
+        batches = epoch_batches(recordings, spec, "train", cfg.train.batch_size, opts.seed, epoch, rank, world,
+                                opts.train_fraction)
         if not batches:
             raise InputError(", ".join(map(str, data_paths)), (
-                "train_domain", f"the first {opts.train_fraction:g} of the training split holds fewer than one batch "
-                                f"({cfg.train.batch_size}) of {spec.length:g} s windows"))
+                "train_domain", f"the first {opts.train_fraction:g} of the training split holds no "
+                                f"{spec.length:g} s window"))
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[done:], collate_fn=collate_windows,
                                              num_workers=cfg.train.num_workers,
                                              generator=torch.Generator().manual_seed(opts.seed))

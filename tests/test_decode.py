@@ -21,7 +21,7 @@ from neuroformer.data.windows import collate_windows
 from neuroformer.errors import InputError
 from neuroformer.decode import Samples, baseline_results, choose, decode, split_samples, window_tiling
 from neuroformer.decoders import BinnedSplit
-from neuroformer.train import RunOptions, build, first_fraction, load_checkpoint, load_matching, load_model, train
+from neuroformer.train import RunOptions, build, epoch_batches, first_fraction, load_checkpoint, load_matching, load_model, train
 
 from conftest import TINY
 
@@ -93,10 +93,23 @@ def test_first_fraction_is_nested_and_contiguous():
     assert first_fraction(iv, 1.0) is iv
 
 
-def test_too_few_labelled_windows_is_an_error(tiny_synthetic, config_file, tmp_path):
+def test_a_block_shorter_than_a_batch_is_passed_over_again():
+    recordings = mock.Mock(get_sampling_intervals=lambda split: {"r": Interval(start=np.array([0.0, 10.0]),
+                                                                                end=np.array([2.0, 16.0]))})
+    spec = mock.Mock(length=0.55)
+    small = epoch_batches(recordings, spec, "train", 8, seed=0, epoch=0, fraction=0.25)     # the first 2 s
+    assert len(small) == 1 and len(small[0]) == 8
+    assert all(0.0 <= w.start and w.end <= 2.0 + 1e-9 for w in small[0])
+    assert len({round(w.start, 6) for w in small[0]}) > 3                                  # new offsets each pass
+    assert epoch_batches(recordings, spec, "train", 8, seed=0, epoch=0, fraction=0.02) == []  # 0.32 s: no window
+    full = epoch_batches(recordings, spec, "train", 8, seed=0, epoch=0)
+    assert len(full) == 1 and {w.start < 2 for w in full[0]} == {False, True}
+
+
+def test_a_block_without_a_window_is_an_error(tiny_synthetic, config_file, tmp_path):
     cfg = config_from_dict(yaml.safe_load(config_file.read_text()))
-    with pytest.raises(InputError, match="fewer than one batch"):
-        train(cfg, [tiny_synthetic], RunOptions(tmp_path / "r", max_steps=2, train_fraction=0.001))
+    with pytest.raises(InputError, match="holds no 0.1 s window"):
+        train(cfg, [tiny_synthetic], RunOptions(tmp_path / "r", max_steps=2, train_fraction=0.0001))
 
 
 def test_choice_is_made_on_validation_and_blind_to_test(tiny_synthetic):
