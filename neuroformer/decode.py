@@ -255,8 +255,9 @@ def probe_results(run, data_path, samples, seed, device, batch_size=16):
 
 def train_decoder(data_path, targets, work, mode, run=None, config=None, label_fraction=1.0, steps=None, seed=0,
                   device="cpu", trainable="all"):
-    """Train (joint) or finetune a model whose behaviour heads decode `targets`; its run directory.
-    `trainable="units"` finetunes only the unit embeddings (a new session)."""
+    """Train (joint) or finetune a model whose behaviour heads decode `targets`; its run directory,
+    whose best.pt is the step of least validation behaviour error. `trainable="units"`
+    finetunes only the unit embeddings (a new session)."""
     data = open_recording(data_path)
     if mode == "finetune":
         if run is None:
@@ -269,7 +270,8 @@ def train_decoder(data_path, targets, work, mode, run=None, config=None, label_f
     init = checkpoint_file(run) if mode == "finetune" else None
     train(cfg, [data_path], RunOptions(out, max_steps=steps, seed=seed, device=device,
                                        resume=(out / "last.pt").exists(), init=init,
-                                       train_fraction=label_fraction, trainable=trainable))
+                                       train_fraction=label_fraction, trainable=trainable,
+                                       select="behavior_error"))
     return out
 
 

@@ -350,10 +350,11 @@ def metrics_from_sums(sums):
            "end_accuracy": ratio("end_correct", "end_count")}
     if "contrast_count" in sums:
         out["retrieval_top1"] = ratio("contrast_correct", "contrast_count")
-    for key in sums:
-        if key.startswith("behavior_err_sum."):
-            name = key.split(".", 1)[1]
-            out[f"behavior_error.{name}"] = ratio(key, f"behavior_count.{name}")
+    names = [key.split(".", 1)[1] for key in sums if key.startswith("behavior_err_sum.")]
+    for name in names:
+        out[f"behavior_error.{name}"] = ratio(f"behavior_err_sum.{name}", f"behavior_count.{name}")
+    if names:                                           # mean over targets: what decoding runs select on
+        out["behavior_error"] = sum(out[f"behavior_error.{n}"] for n in names) / len(names)
     return out
 
 

@@ -182,6 +182,7 @@ class RunOptions:
     init: Path | None = None          # start from this checkpoint's weights (finetuning; see `load_matching`)
     train_fraction: float = 1.0       # train on the first fraction of the training split (few-shot)
     trainable: str = "all"            # all | units: only unit embeddings and their output rows (a new session)
+    select: str = "loss"              # validation metric (lower is better) that picks best.pt
 
 
 def train(cfg, data_paths, opts):
@@ -259,8 +260,8 @@ def train(cfg, data_paths, opts):
                 last_valid = evaluate(model, dataset, valid, device)
                 if rank == 0:
                     _append(metrics_path, {"step": step, "split": "valid", **last_valid})
-                    if last_valid["loss"] < best:
-                        best = last_valid["loss"]
+                    if last_valid[opts.select] < best:
+                        best = last_valid[opts.select]
                         _save(out / "best.pt", model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts)
             if rank == 0 and (step % cfg.train.checkpoint_every == 0 or step == total):
                 _save(out / "last.pt", model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts)

@@ -29,7 +29,7 @@ CONFIG = {
     "window": {"current": 0.05, "history": 0.05, "frames": 0.1, "behavior": 0.05, "dt_res": 0.001},
     "modalities": {"behavior": {"variables": {"running.speed": {}, "eye.phi": {}, "eye.theta": {}}}},
     "model": {"width": 32, "heads": 2, "decoder_layers": 1, "dropout": 0.0, "backbone": {"patch": 16}},
-    "train": {"batch_size": 8, "lr": 2e-3, "warmup_steps": 2, "max_steps": 10, "eval_every": 10, "eval_batches": 2,
+    "train": {"batch_size": 8, "lr": 2e-3, "warmup_steps": 2, "max_steps": 10, "eval_every": 2, "eval_batches": 2,
               "checkpoint_every": 10},
 }
 SPLITS = ("train", "valid", "test")
@@ -142,7 +142,14 @@ def test_joint_report_and_decoded_variables_are_never_inputs(joint, tiny_synthet
         assert set(report["results"][t]) == {"neuroformer", "ridge", "gru"}
         for r in report["results"][t].values():
             assert -1 <= r["test_r"] <= 1 and -1 <= r["valid_r"] <= 1
-    cfg, model, dataset, recordings = load_model(out.with_suffix("") / "joint-f1-s0" / "best.pt", [tiny_synthetic])
+    run = out.with_suffix("") / "joint-f1-s0"
+    # best.pt is the step of least validation behaviour error (mean over targets), not of least total loss
+    valid = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "valid"]
+    assert len(valid) == 5
+    for r in valid:
+        assert r["behavior_error"] == pytest.approx(np.mean([r[f"behavior_error.{t}"] for t in report["targets"]]))
+    assert load_checkpoint(run / "best.pt")[1]["step"] == min(valid, key=lambda r: r["behavior_error"])["step"]
+    cfg, model, dataset, recordings = load_model(run / "best.pt", [tiny_synthetic])
     assert model.targets == ["running.speed", "eye.phi"] and model.inputs == ["eye.theta"]
     # the decoded variables' values in a batch do not change the decoded output
     batch = collate_windows([dataset[DatasetIndex(recordings.recording_ids[0], t, t + 0.1)] for t in (2.0, 3.0)])

@@ -38,7 +38,7 @@ def periodic_file(tmp_path_factory):
 
 def test_periodic_circuit_truth_and_determinism():
     cfg = PeriodicInputsConfig(n_neurons=6, duration=60.0, seed=1)
-    (d1, t1), (d2, t2) = periodic_inputs(cfg), periodic_inputs(cfg)
+    (d1, t1), (d2, _) = periodic_inputs(cfg), periodic_inputs(cfg)
     np.testing.assert_array_equal(d1.spikes.timestamps, d2.spikes.timestamps)
     assert sorted(t1["input_of"]) == list(range(6)) and d1.behavior.inputs.values.shape == (1200, 6)
     np.testing.assert_array_equal(t1["mapping"].argmax(1), t1["input_of"])

@@ -27,7 +27,6 @@ from .objects import (
     Data,
     Interval,
     IrregularTimeSeries,
-    RegularTimeSeries,
     SessionDescription,
     SubjectDescription,
 )
