@@ -46,6 +46,7 @@ def main():
     parser.add_argument("--fractions", default="0.01,0.05,0.1,0.5,1", help="label fractions of the few-shot curve")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the few-shot curve")
     parser.add_argument("--session-fraction", type=float, default=0.1, help="labels of the new session")
+    parser.add_argument("--trials", type=int, default=10, help="trials of each training movie in the recording")
     parser.add_argument("--stages", default="joint,probe,few_shot,new_session")
     args = parser.parse_args()
     out = args.output
@@ -55,7 +56,7 @@ def main():
     fractions = [float(f) for f in args.fractions.split(",")] if not args.quick else [0.5, 1.0]
     seeds = range(1 if args.quick else args.seeds)
     config = _config(out, args.quick)
-    recording = dict(QUICK_RECORDING if args.quick else {})
+    recording = dict(QUICK_RECORDING if args.quick else {"n_trials": args.trials})
     rec = out / "synthetic.h5"
     if not rec.exists():
         write_synthetic(rec, SyntheticConfig(**recording))
@@ -153,7 +154,8 @@ def new_session(out, config, recording, steps, ft_steps, fraction, sessions=3):
     run = out / "sessions" / "pretrain"
     if not (run / "best.pt").exists():
         cfg = decode_config(load_config(config), open_recording(paths[0]), TARGETS)
-        train(cfg, paths[:-1], RunOptions(run, max_steps=steps, resume=(run / "last.pt").exists()))
+        train(cfg, paths[:-1], RunOptions(run, max_steps=steps, resume=(run / "last.pt").exists(),
+                                          select="behavior_error"))
     result = {}
     for trainable in ("units", "all"):
         report = _cached(out / "sessions" / f"adapt-{trainable}.json", lambda p: decode(

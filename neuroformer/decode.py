@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
-from sklearn.linear_model import Ridge
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
@@ -78,6 +79,22 @@ def split_samples(data, targets, split, before, current, path="recording"):
     k = np.clip(interval, 0, None)
     ok = (interval >= 0) & (t < ends[k]) & (t >= starts[k] + before) & (ends[k] - starts[k] >= before + current)
     return Samples(t[ok], values[ok], interval[ok], starts, ends)
+
+
+def target_classes(data, targets, path="recording"):
+    """Number of classes per target: a variable stored as integers (or booleans) holds class
+    labels 0..K-1 (classification), any other is continuous (0: regression)."""
+    out = []
+    for name in targets:
+        group, field = name.split(".")
+        values = np.asarray(getattr(getattr(data.behavior, group), field))
+        if values.dtype.kind not in "iub":
+            out.append(0)
+            continue
+        if len(values) and values.min() < 0:
+            raise InputError(path, (f"behavior.{name}", "class labels must be 0, 1, ..., K-1; found negative values"))
+        out.append(max(2, int(values.max()) + 1 if len(values) else 2))
+    return out
 
 
 def window_tiling(samples, before, current):
@@ -182,28 +199,45 @@ def scores(pred, y):
     return r, [float(v) for v in r2]
 
 
-def choose(candidates, valid, test, targets):
+def class_scores(pred, y):
+    """Accuracy and balanced accuracy (mean recall over the classes present) of labels."""
+    return float(accuracy_score(y, pred)), float(balanced_accuracy_score(y, pred))
+
+
+def choose(candidates, valid, test, targets, classes=None):
     """Per target, the candidate (params, valid predictions, test predictions) and smoothing width
-    with the best validation r; its test r and R². Test predictions play no part in the choice."""
+    with the best validation r (classification: balanced accuracy, unsmoothed labels); its test
+    scores. Test predictions play no part in the choice."""
     out = {}
     for k, name in enumerate(targets):
+        is_class = bool(classes and classes[k])
         best = None
         for params, pv, pt in candidates:
-            for width in SMOOTHING:
-                r = scores(smooth(pv[:, k:k + 1], valid, width), valid.values[:, k:k + 1])[0][0]
-                if best is None or r > best[0]:
-                    best = (r, params, width, pt)
-        r_valid, params, width, pt = best
-        r_test, r2_test = scores(smooth(pt[:, k:k + 1], test, width), test.values[:, k:k + 1])
-        out[name] = {"test_r": r_test[0], "test_r2": r2_test[0], "valid_r": r_valid, "smoothing_samples": width,
-                     "params": params, "_test_prediction": smooth(pt[:, k:k + 1], test, width)[:, 0]}
+            for width in (0,) if is_class else SMOOTHING:
+                score = (class_scores(pv[:, k], valid.values[:, k])[1] if is_class else
+                         scores(smooth(pv[:, k:k + 1], valid, width), valid.values[:, k:k + 1])[0][0])
+                if best is None or score > best[0]:
+                    best = (score, params, width, pt)
+        score, params, width, pt = best
+        pred = smooth(pt[:, k:k + 1], test, width)[:, 0]
+        if is_class:
+            accuracy, balanced = class_scores(pred, test.values[:, k])
+            majority = float(np.bincount(test.values[:, k].astype(int)).max() / max(1, len(pred)))
+            out[name] = {"test_accuracy": accuracy, "test_balanced_accuracy": balanced,
+                         "valid_balanced_accuracy": score, "majority_class_rate": majority, "params": params,
+                         "_test_prediction": pred}
+        else:
+            r_test, r2_test = scores(pred[:, None], test.values[:, k:k + 1])
+            out[name] = {"test_r": r_test[0], "test_r2": r2_test[0], "valid_r": score, "smoothing_samples": width,
+                         "params": params, "_test_prediction": pred}
     return out
 
 
 # ---------------------------------------------------------------- models
 
 def decode_config(cfg, data, targets, path="config"):
-    """`cfg` with every target a behaviour head (predict: true), never an input."""
+    """`cfg` with every target a behaviour head (predict: true; classification for integer
+    labels, see `target_classes`), never an input."""
     window = cfg.window
     if window.behavior < window.current:
         raise InputError(path, ("window.behavior", "decoding needs behaviour windows at least as long as the "
@@ -213,20 +247,20 @@ def decode_config(cfg, data, targets, path="config"):
             if resolve_variable(data, key) in targets:
                 del m.variables[key]
     decoded = cfg.modalities.setdefault("decoded", Modality())
-    for t in targets:
-        decoded.variables[t] = Variable(predict=True)
+    for t, k in zip(targets, target_classes(data, targets)):
+        decoded.variables[t] = Variable(predict=True, objective="classification" if k else "regression", n_classes=k)
     return cfg
 
 
 def baseline_results(data, samples, names, bin_size, seed, progress=True):
     """Per baseline, per target: the chosen setting's scores (see `choose`)."""
     binned = {s: BinnedSplit.of(data, samples[s], bin_size) for s in ("train", "valid", "test")}
-    targets = samples["targets"]
+    targets, classes = samples["targets"], samples["classes"]
     out = {}
     for name in tqdm(names, desc="baselines", leave=False, disable=not progress):
         candidates = [(params, predict(binned["valid"]), predict(binned["test"]))
-                      for params, predict in baseline_grid(name, binned["train"], seed)]
-        out[name] = choose(candidates, samples["valid"], samples["test"], targets)
+                      for params, predict in baseline_grid(name, binned["train"], seed, classes)]
+        out[name] = choose(candidates, samples["valid"], samples["test"], targets, classes)
     return out
 
 
@@ -247,9 +281,12 @@ def probe_results(run, data_path, samples, seed, device, batch_size=16):
         x = {s: np.concatenate([source[s][k] for k in kinds], 1) for s in source}
         candidates = []
         for alpha in (0.1, 1.0, 10.0, 100.0, 1000.0):
-            m = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x["train"], samples["train"].values)
-            candidates.append(({"alpha": alpha}, m.predict(x["valid"]), m.predict(x["test"])))
-        out[row] = choose(candidates, samples["valid"], samples["test"], samples["targets"])
+            models = [make_pipeline(StandardScaler(), LogisticRegression(C=1 / alpha, max_iter=1000) if c
+                                    else Ridge(alpha=alpha)).fit(x["train"], samples["train"].values[:, k])
+                      for k, c in enumerate(samples["classes"])]
+            candidates.append(({"alpha": alpha}, *(np.stack([m.predict(x[s]) for m in models], 1)
+                                                   for s in ("valid", "test"))))
+        out[row] = choose(candidates, samples["valid"], samples["test"], samples["targets"], samples["classes"])
     return out
 
 
@@ -303,7 +340,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
     samples = {s: split_samples(data, targets, s, spec.before, spec.current, data_path)
                for s in ("train", "valid", "test")}
     samples["train"] = samples["train"].head(label_fraction)
-    samples["targets"] = targets
+    samples["targets"], samples["classes"] = targets, target_classes(data, targets, data_path)
     models = baseline_results(data, samples, baselines, bin_size, seed, progress)
     probes = None
     if mode == "probe":
@@ -314,7 +351,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
         pred = {s: neuroformer_predictions(model, dataset, rid, samples[s], targets, device=device)
                 for s in ("valid", "test")}
         models = {"neuroformer": choose([({}, pred["valid"], pred["test"])], samples["valid"], samples["test"],
-                                        targets), **models}
+                                        targets, samples["classes"]), **models}
     table = probes if probes is not None else models
     report = {"recording": str(data_path), "targets": targets, "mode": mode, "run": str(run) if run else None,
               "label_fraction": label_fraction, "trainable": trainable, "seed": seed, "bin_s": bin_size,
@@ -330,13 +367,15 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
 
 
 def format_report(report):
-    """Test Pearson r (R²) per model and target, as a plain-text table."""
+    """Test Pearson r (R²), or accuracy (balanced) for class labels, per model and target."""
     targets = report["targets"]
     lines = [f"{'model':<18}" + "".join(f"{t:>24}" for t in targets)]
     for model in report["results"][targets[0]]:
         cells = [report["results"][t][model] for t in targets]
-        lines.append(f"{model:<18}" + "".join(f"{c['test_r']:>14.3f} ({c['test_r2']:+.2f})" for c in cells))
-    return "test Pearson r (R²):\n" + "\n".join(lines)
+        lines.append(f"{model:<18}" + "".join(
+            f"{c['test_r']:>14.3f} ({c['test_r2']:+.2f})" if "test_r" in c else
+            f"{c['test_accuracy']:>14.3f} ({c['test_balanced_accuracy']:.2f})" for c in cells))
+    return "test Pearson r (R²); class labels: accuracy (balanced):\n" + "\n".join(lines)
 
 
 def _public(result):

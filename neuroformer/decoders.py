@@ -6,6 +6,9 @@
   for non-negative targets (e.g. speed), Gaussian otherwise;
 - mlp: a one-hidden-layer network on the lagged counts;
 - gru: a bidirectional GRU over each interval's sequence of bins.
+A classification target (a variable of integer class labels) gets the same designs as
+classifiers: logistic regression (ridge, glm), L1-penalised logistic regression, one class against the rest (lasso), an
+MLP classifier, and the GRU with a cross-entropy head.
 Counts are read from the sample's own split interval only (zero beyond it), so no baseline
 reads another split. Every setting of a model's grid is fitted on the training samples; which
 one is kept is decided on validation (see `decode.choose`). Targets are standardised on train.
@@ -14,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.linear_model import Lasso, PoissonRegressor, Ridge
-from sklearn.neural_network import MLPRegressor
+from sklearn.linear_model import Lasso, LogisticRegression, PoissonRegressor, Ridge
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
@@ -53,20 +57,24 @@ class BinnedSplit:
         return out.reshape(len(out), -1)
 
 
-def baseline_grid(name, train, seed=0):
+def baseline_grid(name, train, seed=0, classes=None):
     """Fit every setting of baseline `name` on `train`; yields (params, predict) where predict
-    maps a BinnedSplit to predictions (n, n_targets) in the targets' units."""
-    mean, std = train.y.mean(0), train.y.std(0) + 1e-9
+    maps a BinnedSplit to predictions (n, n_targets) in the targets' units, or class labels
+    where classes[k] > 0 (the number of classes of a classification target)."""
+    classes = list(classes or [0] * train.y.shape[1])
+    is_class = np.array(classes) > 0
+    mean = np.where(is_class, 0.0, train.y.mean(0))          # class labels pass through unscaled
+    std = np.where(is_class, 1.0, train.y.std(0) + 1e-9)
     z = (train.y - mean) / std
     if name == "gru":
         for hidden in (32, 64):
-            net = _fit_gru(train, z, hidden, seed)
+            net = _fit_gru(train, z, classes, hidden, seed)
             yield {"hidden": hidden}, lambda s, net=net: net.predict(s) * std + mean
         return
-    for params, factory, per_target in _sklearn_grid(name, train, seed):
+    for params, factory, per_target in _sklearn_grid(name, train, seed, classes):
         lags = params.get("lags", 0)
         x = train.lagged(lags)
-        if per_target:                       # one model per target; `raw` ones fit the values themselves
+        if per_target or is_class.any():     # one model per target; `raw` ones fit the values themselves
             fitted = []
             for k in range(z.shape[1]):
                 model, raw = factory(k)
@@ -78,28 +86,37 @@ def baseline_grid(name, train, seed=0):
         yield params, predict
 
 
-def _sklearn_grid(name, train, seed):
-    """(params, factory k -> (model, fits raw values), one model per target) per setting."""
+def _sklearn_grid(name, train, seed, classes):
+    """(params, factory k -> (model, fits raw values), one model per target) per setting. A
+    classification target gets the classifier of the same design (logistic, L1-logistic, MLP)."""
+    def either(k, regressor, classifier):
+        return (classifier, True) if k is not None and classes[k] else regressor
     if name == "ridge":
         for lags in (0, 2, 5, 10):
             for alpha in (1.0, 10.0, 100.0, 1000.0, 10000.0):
-                yield {"lags": lags, "alpha": alpha}, lambda k, a=alpha: (Ridge(alpha=a), False), False
+                yield {"lags": lags, "alpha": alpha}, lambda k, a=alpha: either(
+                    k, (Ridge(alpha=a), False), LogisticRegression(C=1 / a, max_iter=1000)), False
     elif name == "lasso":
         for lags in (2, 5):
             for alpha in (0.003, 0.01, 0.03, 0.1):
-                yield {"lags": lags, "alpha": alpha}, lambda k, a=alpha: (Lasso(alpha=a, max_iter=3000), False), True
+                yield {"lags": lags, "alpha": alpha}, lambda k, a=alpha: either(
+                    k, (Lasso(alpha=a, max_iter=3000), False),
+                    OneVsRestClassifier(LogisticRegression(C=1 / (a * len(train.y)), l1_ratio=1.0,
+                                                           solver="liblinear"))), True
     elif name == "glm":
-        poisson = (train.y >= 0).all(0)
+        poisson = (train.y >= 0).all(0) & (np.array(classes) == 0)
+        family = ["categorical" if c else "poisson" if p else "gaussian" for c, p in zip(classes, poisson)]
         for alpha in (0.01, 0.1, 1.0, 10.0):
-            yield ({"alpha": alpha, "family": ["poisson" if p else "gaussian" for p in poisson]},
-                   lambda k, a=alpha: ((PoissonRegressor(alpha=a / 1000, max_iter=500), True) if poisson[k]
-                                       else (Ridge(alpha=a), False)), True)
+            yield ({"alpha": alpha, "family": family},
+                   lambda k, a=alpha: either(k, (PoissonRegressor(alpha=a / 1000, max_iter=500), True) if poisson[k]
+                                             else (Ridge(alpha=a), False), LogisticRegression(C=1 / a, max_iter=1000)),
+                   True)
     elif name == "mlp":
         for lags in (2, 5):
             for alpha in (1e-3, 1e-1):
+                net = dict(hidden_layer_sizes=(128,), alpha=alpha, early_stopping=True, max_iter=300, random_state=seed)
                 yield ({"lags": lags, "alpha": alpha, "hidden": 128},
-                       lambda k, a=alpha: (MLPRegressor(hidden_layer_sizes=(128,), alpha=a, early_stopping=True,
-                                                        max_iter=300, random_state=seed), False), False)
+                       lambda k, net=net: either(k, (MLPRegressor(**net), False), MLPClassifier(**net)), False)
     else:
         raise ValueError(f"unknown baseline {name!r} (one of {', '.join(BASELINES)})")
 
@@ -110,21 +127,38 @@ def _per_target(fitted, x, mean, std):
 
 
 class _BiGRU(nn.Module):
-    def __init__(self, n_units, hidden, n_targets):
+    """Bidirectional GRU with one output per regression target and a logit per class."""
+
+    def __init__(self, n_units, hidden, classes):
         super().__init__()
+        self.widths = [c or 1 for c in classes]
         self.gru = nn.GRU(n_units, hidden, batch_first=True, bidirectional=True)
-        self.out = nn.Linear(2 * hidden, n_targets)
+        self.out = nn.Linear(2 * hidden, sum(self.widths))
         self.scale = None
 
     def forward(self, x):
-        return self.out(self.gru(x)[0])
+        """Per target (…, width): a standardised value or class logits."""
+        return self.out(self.gru(x)[0]).split(self.widths, -1)
+
+    def loss(self, outputs, y):
+        """Mean squared error or cross-entropy per target over the labelled (non-NaN) bins, summed."""
+        total = 0.0
+        for k, out in enumerate(outputs):
+            ok = ~torch.isnan(y[..., k])
+            if not ok.any():
+                continue
+            if out.shape[-1] == 1:
+                total = total + ((out[..., 0] - y[..., k].nan_to_num()) ** 2)[ok].mean()    # NaN-free gradient
+            else:
+                total = total + nn.functional.cross_entropy(out[ok], y[..., k][ok].long())
+        return total
 
     @torch.no_grad()
     def predict(self, split):
-        """Standardised predictions (n, n_targets) at each sample's bin."""
+        """Standardised predictions or class labels (n, n_targets) at each sample's bin."""
         x, _ = _padded(split, self.scale)
-        y = self(x).numpy()
-        return y[split.interval, split.bin]
+        cols = [o[..., 0] if o.shape[-1] == 1 else o.argmax(-1).float() for o in self(x)]
+        return torch.stack(cols, -1).numpy()[split.interval, split.bin]
 
 
 def _padded(split, scale):
@@ -136,13 +170,13 @@ def _padded(split, scale):
     return torch.from_numpy(x), n
 
 
-def _fit_gru(train, z, hidden, seed, crop=64, batch=16):
+def _fit_gru(train, z, classes, hidden, seed, crop=64, batch=16):
     """Train GRU_STEPS Adam steps on random crops of the training intervals (full-sequence
-    prediction afterwards)."""
+    prediction afterwards); z: standardised values or class labels per target."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     scale = np.log1p(np.concatenate(train.counts)).std(0) + 1e-3
-    net = _BiGRU(train.counts[0].shape[1], hidden, z.shape[1])
+    net = _BiGRU(train.counts[0].shape[1], hidden, classes)
     net.scale = scale
     x, n = _padded(train, scale)
     target = torch.full((len(train.counts), n, z.shape[1]), float("nan"))
@@ -153,10 +187,7 @@ def _fit_gru(train, z, hidden, seed, crop=64, batch=16):
         k = torch.randint(len(lengths), (batch,), generator=gen)
         start = (torch.rand(batch, generator=gen) * (lengths[k] - crop).clamp(min=0)).long()
         idx = start[:, None] + torch.arange(min(crop, n))
-        xb, yb = x[k[:, None], idx], target[k[:, None], idx]
-        pred = net(xb)
-        ok = ~torch.isnan(yb)
-        loss = ((pred - yb.nan_to_num()) ** 2)[ok].mean()
+        loss = net.loss(net(x[k[:, None], idx]), target[k[:, None], idx])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -20,7 +20,7 @@ from neuroformer.data.vocab import UnitVocab
 from neuroformer.data.windows import collate_windows
 from neuroformer.errors import InputError
 from neuroformer.decode import Samples, baseline_results, choose, decode, split_samples, window_tiling
-from neuroformer.decoders import BinnedSplit
+from neuroformer.decoders import BinnedSplit, baseline_grid
 from neuroformer.train import RunOptions, build, epoch_batches, first_fraction, load_checkpoint, load_matching, load_model, train
 
 from conftest import TINY
@@ -115,7 +115,7 @@ def test_a_block_without_a_window_is_an_error(tiny_synthetic, config_file, tmp_p
 def test_choice_is_made_on_validation_and_blind_to_test(tiny_synthetic):
     data = open_recording(tiny_synthetic)
     samples = {s: split_samples(data, ["running.speed"], s, 0.05, 0.05) for s in SPLITS}
-    samples["targets"] = ["running.speed"]
+    samples["targets"], samples["classes"] = ["running.speed"], [0]
     y_valid, y_test = samples["valid"].values, samples["test"].values
     # the candidate that is perfect on test but noise on valid is not chosen
     rng = np.random.default_rng(0)
@@ -188,28 +188,60 @@ def test_finetune_and_new_session_weights(tmp_path, config_file):
             torch.testing.assert_close(value, pre_state["model"][name], msg=name)
 
 
-def test_binned_count_recording_with_hand_velocity(tmp_path):
-    """The original format: counts in 50 ms bins, a continuous hand velocity to decode."""
+def test_binned_count_recording_with_hand_velocity_and_a_class_label(tmp_path):
+    """The original format: counts in 50 ms bins, a continuous hand velocity and an integer
+    label (the quadrant of the velocity: classification) to decode."""
     rng = np.random.default_rng(0)
     n_bins = 2400
     vel = np.stack([np.convolve(rng.normal(size=n_bins), np.ones(10) / 3, mode="same") for _ in range(2)], 1)
+    quadrant = ((vel[:, 0] > 0) * 2 + (vel[:, 1] > 0)).astype(np.int64)
     tuning = rng.normal(size=(20, 2))
     counts = rng.poisson(0.4 * np.exp(0.6 * tuning @ vel.T)).astype(np.int64)
     src = tmp_path / "arrays.npz"
-    np.savez(src, spikes=counts, hand_vel=vel)
+    np.savez(src, spikes=counts, hand_vel=vel, quadrant=quadrant)
     rec = tmp_path / "rec.h5"
-    assert main(["prepare", str(src), "-o", str(rec), "--bin-size", "0.05", "--behavior", "hand_vel=0.05"]) == 0
+    assert main(["prepare", str(src), "-o", str(rec), "--bin-size", "0.05", "--behavior", "hand_vel=0.05",
+                 "--behavior", "quadrant=0.05"]) == 0
     cfg = {k: v for k, v in CONFIG.items() if k != "modalities"} | {
         "window": {"current": 0.05, "history": 0.05, "frames": 0.0, "behavior": 0.05, "dt_res": 0.001}}
     cfg_path = tmp_path / "binned.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "binned.json"
-    assert main(["decode", "--data", str(rec), "--target", "hand_vel_0", "--target", "hand_vel_1", "--config", str(cfg_path),
-                 "--baselines", "ridge", "--steps", "10", "-o", str(out)]) == 0
+    assert main(["decode", "--data", str(rec), "--target", "hand_vel_0", "--target", "hand_vel_1",
+                 "--target", "quadrant", "--config", str(cfg_path), "--baselines", "ridge",
+                 "--steps", "10", "-o", str(out)]) == 0
     report = json.loads(out.read_text())
     for t in ("hand_vel.hand_vel_0", "hand_vel.hand_vel_1"):
         assert report["results"][t]["ridge"]["test_r"] > 0.6 and "neuroformer" in report["results"][t]
     assert report["samples"]["test"] > 400
+    labels = report["results"]["quadrant.quadrant"]
+    assert set(labels) == {"neuroformer", "ridge"}
+    for cell in labels.values():
+        assert {"test_accuracy", "test_balanced_accuracy", "valid_balanced_accuracy"} <= set(cell)
+        assert "test_r" not in cell and 0 <= cell["test_balanced_accuracy"] <= 1
+    assert labels["ridge"]["test_accuracy"] > labels["ridge"]["majority_class_rate"] + 0.2   # logistic regression
+    assert labels["ridge"]["params"]["lags"] in (0, 2, 5, 10)
+    cfg, model, _, _ = load_model(out.with_suffix("") / "joint-f1-s0" / "best.pt", [rec])
+    assert model.objectives["quadrant.quadrant"] == "classification" and model.readout[-1].out_features == 4
+
+
+def test_every_baseline_classifies_integer_labels():
+    rng = np.random.default_rng(1)
+    n = 800
+    drive = np.convolve(rng.normal(size=n), np.ones(8) / 3, mode="same")
+    label = np.digitize(drive, [-0.5, 0.5])                                    # 3 classes
+    counts = rng.poisson(np.exp(0.8 * np.outer(drive, rng.normal(size=12)))).astype(float)
+    y = np.c_[drive, label].astype(float)
+    train, test = (BinnedSplit([counts[a:b]], np.zeros(b - a, int), np.arange(b - a), y[a:b])
+                   for a, b in ((0, 600), (600, n)))
+    with mock.patch("neuroformer.decoders.GRU_STEPS", 60):
+        for name in ("ridge", "lasso", "glm", "mlp", "gru"):
+            accuracy = []
+            for params, predict in baseline_grid(name, train, classes=[0, 3]):
+                pred = predict(test)
+                assert pred.shape == (200, 2) and np.isfinite(pred).all() and set(np.unique(pred[:, 1])) <= {0, 1, 2}
+                accuracy.append(np.mean(pred[:, 1] == test.y[:, 1]))
+            assert max(accuracy) > np.bincount(label[600:]).max() / 200 + 0.1, name
 
 
 def test_decode_errors_name_the_problem(tiny_synthetic, tmp_path, capsys):

@@ -45,9 +45,11 @@ def _name(text):
 def behavior_series(name, values, *, rate=None, start=0.0, timestamps=None):
     """One behaviour group: 1-D values give field `name`; (n, k) give `name_0` .. `name_{k-1}`.
 
-    A single row or column (MATLAB's vectors) counts as 1-D.
+    A single row or column (MATLAB's vectors) counts as 1-D. Integer (or boolean) values stay
+    integers: class labels, decoded by classification.
     """
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values)
+    values = values.astype(np.int64 if values.dtype.kind in "iub" else np.float64)
     if values.ndim == 2 and 1 in values.shape:
         values = values.ravel()
     if values.ndim == 1:
