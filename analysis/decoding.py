@@ -7,7 +7,9 @@ Stages, each skipped when its output exists (an interrupted run resumes):
    its frozen representations -> OUT/probe.json;
 3. few-shot: label fractions (nested blocks of training time) x seeds, finetuned from the
    pretrained model vs trained from random initialisation, ridge at each fraction -> OUT/few_shot.json;
-4. new session: pretrained with labels on sessions 0..K-2 of a multi-session recording, adapted
+4. ceiling: a ridge read-out of the generator's noise-free log rates (its truth file), scored
+   the same way: what a linear decoder could read with no spike noise -> OUT/ceiling.json;
+5. new session: pretrained with labels on sessions 0..K-2 of a multi-session recording, adapted
    to the last session with few labels by its unit embeddings alone or by full finetuning
    -> OUT/new_session.json.
 Figures beside each; OUT/summary.json gathers the tables.
@@ -21,11 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 import neuroformer.decoders
 from neuroformer.config import load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
-from neuroformer.decode import decode, decode_config
+from neuroformer.decode import Samples, choose, decode, decode_config
 from neuroformer.data.recording import open_recording
 from neuroformer.io import atomic_path
 from neuroformer.plots import plt
@@ -47,7 +52,7 @@ def main():
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the few-shot curve")
     parser.add_argument("--session-fraction", type=float, default=0.1, help="labels of the new session")
     parser.add_argument("--trials", type=int, default=10, help="trials of each training movie in the recording")
-    parser.add_argument("--stages", default="joint,probe,few_shot,new_session")
+    parser.add_argument("--stages", default="joint,probe,few_shot,ceiling,new_session")
     args = parser.parse_args()
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
@@ -80,6 +85,8 @@ def main():
     if "few_shot" in stages:
         summary["few_shot"] = few_shot(rec, out, config, pretrained, fractions, seeds, ft_steps)
         few_shot_figure(summary["few_shot"], out / "few_shot.png")
+    if "ceiling" in stages:
+        summary["ceiling"] = _cached(out / "ceiling.json", lambda p: rate_ceiling(rec, p))
     if "new_session" in stages:
         summary["new_session"] = new_session(out, config, recording, steps, ft_steps,
                                              0.5 if args.quick else args.session_fraction)
@@ -145,6 +152,35 @@ def few_shot_figure(rows, path):
     plt.close(fig)
 
 
+def rate_ceiling(rec, path):
+    """Per target, a ridge read-out of the noise-free log rates at each 50 ms step of the truth
+    file (penalty and smoothing chosen on validation, scored on test), written to `path`."""
+    data = open_recording(rec)
+    truth = np.load(rec.with_suffix(".truth.npz"))
+    t, log_rate = truth["true_rate_times"], np.log(truth["true_rate"] + 1e-3)
+    clock = np.asarray(data.behavior.running.timestamps)
+    at = np.clip(np.searchsorted(clock, t), 0, len(clock) - 1)
+    values = np.stack([np.asarray(getattr(getattr(data.behavior, n.split(".")[0]), n.split(".")[1]))[at]
+                       for n in TARGETS], 1)
+    samples, x = {}, {}
+    for split in ("train", "valid", "test"):
+        domain = getattr(data, f"{split}_domain")
+        starts, ends = np.asarray(domain.start), np.asarray(domain.end)
+        interval = np.searchsorted(starts, t, side="right") - 1
+        inside = (interval >= 0) & (t < ends[np.clip(interval, 0, None)])
+        samples[split] = Samples(t[inside], values[inside], interval[inside], starts, ends)
+        x[split] = log_rate[inside]
+    candidates = []
+    for alpha in (0.1, 1.0, 10.0, 100.0, 1000.0):
+        fit = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x["train"], samples["train"].values)
+        candidates.append(({"alpha": alpha}, fit.predict(x["valid"]), fit.predict(x["test"])))
+    chosen = choose(candidates, samples["valid"], samples["test"], TARGETS)
+    result = {n: {k: v for k, v in c.items() if not k.startswith("_")} for n, c in chosen.items()}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def new_session(out, config, recording, steps, ft_steps, fraction, sessions=3):
     """Pretrain with labels on all sessions but the last; adapt to the last one by unit
     embeddings alone or by full finetuning, with `fraction` of its labels."""
@@ -176,6 +212,8 @@ def _brief(summary):
     for key in ("joint", "probe"):
         if key in summary:
             brief[key] = {t: {m: r(c) for m, c in v.items()} for t, v in summary[key].items()}
+    if "ceiling" in summary:
+        brief["ceiling"] = {t: r(c) for t, c in summary["ceiling"].items()}
     if "new_session" in summary:
         brief["new_session"] = {"mean_test_r": summary["new_session"]["mean_test_r"],
                                 "units_over_full": summary["new_session"]["units_over_full"]}

@@ -260,6 +260,8 @@ def test_decoding_study_quick(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["joint"]["running.speed"]) == {"neuroformer", "ridge", "gru"}
     assert list(summary["probe"]["eye.phi"]) == ["random init", "history", "+ stimulus", "+ current window"]
+    assert set(summary["ceiling"]) == {"running.speed", "eye.phi", "eye.theta"}
+    assert summary["ceiling"]["running.speed"]["test_r"] > 0.5          # noise-free rates carry the speed gain
     models = {(r["model"], r["fraction"]) for r in summary["few_shot"]}
     assert {("pretrained", 0.5), ("random init", 0.5), ("pretrained", 1.0), ("random init", 1.0)} <= models
     assert set(summary["new_session"]["mean_test_r"]) == {"units", "all"}
