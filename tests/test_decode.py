@@ -19,9 +19,11 @@ from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.data.vocab import UnitVocab
 from neuroformer.data.windows import collate_windows
 from neuroformer.errors import InputError
-from neuroformer.decode import Samples, baseline_results, choose, decode, split_samples, window_tiling
+from neuroformer.decode import (Samples, baseline_results, choose, decode, probe_results, split_samples,
+                               window_tiling)
 from neuroformer.decoders import BinnedSplit, baseline_grid
-from neuroformer.train import RunOptions, build, epoch_batches, first_fraction, load_checkpoint, load_matching, load_model, train
+from neuroformer.train import (RunOptions, build, epoch_batches, first_fraction, load_checkpoint, load_matching,
+                               load_model, train, window_spec)
 
 from conftest import TINY
 
@@ -159,6 +161,27 @@ def test_joint_report_and_decoded_variables_are_never_inputs(joint, tiny_synthet
     after = model.predict_behavior(batch)
     for name in model.targets:
         torch.testing.assert_close(before[name], after[name])
+
+
+def test_probes_never_see_test_data(joint, tiny_synthetic):
+    out, _ = joint
+    run = out.with_suffix("") / "joint-f1-s0"
+    spec = window_spec(load_checkpoint(run / "best.pt")[0])
+    data = open_recording(tiny_synthetic)
+    targets = ["running.speed", "eye.phi"]
+    samples = {s: split_samples(data, targets, s, spec.before, spec.current) for s in SPLITS}
+    samples["targets"], samples["classes"] = targets, [0, 0]
+    clean = probe_results(run, tiny_synthetic, samples, 0, "cpu")
+    test = samples["test"]
+    samples["test"] = Samples(test.times, np.full_like(test.values, np.nan), test.interval, test.starts, test.ends)
+    hidden = probe_results(run, tiny_synthetic, samples, 0, "cpu")
+    assert list(clean) == ["random init", "history", "+ stimulus", "+ current window"]
+    for row in clean:
+        for t in targets:
+            a, b = clean[row][t], hidden[row][t]
+            assert (a["params"], a["valid_r"], a["smoothing_samples"]) == (b["params"], b["valid_r"],
+                                                                           b["smoothing_samples"])
+            np.testing.assert_allclose(a["_test_prediction"], b["_test_prediction"])
 
 
 def test_finetune_and_new_session_weights(tmp_path, config_file):
