@@ -61,8 +61,6 @@ class ModelConfig:
     dropout: float = 0.1
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     contrastive_dim: int = 0           # 0: the width
-    behavior_counts: bool = False      # behaviour queries read by sigmoid attention: a weighted count of
-                                       # the tokens they select, not a (count-blind) softmax average
 
 
 @dataclass

@@ -73,7 +73,7 @@ class Neuroformer(nn.Module):
         objectives = {n: v for mod in cfg.modalities.values() for n, v in mod.variables.items()}
         self.objectives = {n: objectives[n].objective for n in self.targets}
         if self.targets:
-            self.query = Block(w, cross=True, name="query", counts=m.behavior_counts, **block)
+            self.query = Block(w, cross=True, name="query", **block)
             self.readout = nn.ModuleList(nn.Linear(w, objectives[n].n_classes or 1) for n in self.targets)
 
         c = m.contrastive_dim or w

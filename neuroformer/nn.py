@@ -78,16 +78,13 @@ class Attention(nn.Module):
     No dropout on the attention weights (it cost a third of a CPU step); blocks drop residuals.
     """
 
-    def __init__(self, width, heads, name="", counts=False):
+    def __init__(self, width, heads, name=""):
         super().__init__()
         self.heads, self.name = heads, name
         self.q = nn.Linear(width, width)
         self.kv = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
         self.rotary = RotaryTime(width // heads)
-        # counts: sigmoid weights that need not sum to one, so the output grows with the number of
-        # selected keys (spike counts); a learned offset per head starts them small
-        self.count_bias = nn.Parameter(torch.full((heads, 1, 1), -4.0)) if counts else None
 
     def forward(self, x, x_time, context, context_time, key_mask, causal=False, cache=None):
         """x (B, Nq, W) attends to context (B, Nk, W); key_mask (B, Nk) True where real.
@@ -111,25 +108,21 @@ class Attention(nn.Module):
                 mask = mask | ~mask.any(-1, keepdim=True)
             if cache is not None and not cache.grow:
                 cache.attn_mask = mask
-        if _captured is None and self.count_bias is None:
+        if _captured is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-            if self.count_bias is None:
-                weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-            else:
-                weights = torch.sigmoid(scores + self.count_bias) * mask
-            if _captured is not None:
-                _captured.setdefault(self.name, []).append(weights if _keep_graph else weights.detach())
+            weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+            _captured.setdefault(self.name, []).append(weights if _keep_graph else weights.detach())
             y = weights @ v
         return self.out(y.transpose(1, 2).reshape(B, Nq, W))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: self-attention (optional), cross-attention to a memory
-    (optional; `counts`: sigmoid weights, see `Attention`), MLP."""
+    (optional), MLP."""
 
-    def __init__(self, width, heads, mlp_ratio, dropout, cross=False, name="", self_attend=True, counts=False):
+    def __init__(self, width, heads, mlp_ratio, dropout, cross=False, name="", self_attend=True):
         super().__init__()
         self.attn = None
         if self_attend:
@@ -138,7 +131,7 @@ class Block(nn.Module):
         self.cross = None
         if cross:
             self.norm2 = nn.LayerNorm(width)
-            self.cross = Attention(width, heads, f"{name}.cross", counts=counts)
+            self.cross = Attention(width, heads, f"{name}.cross")
         self.norm3 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(),
                                  nn.Linear(mlp_ratio * width, width), nn.Dropout(dropout))

@@ -12,7 +12,7 @@ from neuroformer.config import BackboneConfig, config_from_dict, load_config
 from neuroformer.data.windows import IGNORE, LoaderOptions, make_loader
 from neuroformer.errors import InputError
 from neuroformer.model import Neuroformer, metrics_from_sums
-from neuroformer.nn import Attention, capture_attention
+from neuroformer.nn import capture_attention
 from neuroformer.train import window_spec
 
 TINY_CFG = {
@@ -146,19 +146,3 @@ def test_backbones_keep_a_spatial_grid(name, pool, grid):
     out = bb(torch.randint(0, 255, (2, 3, 64, 112), dtype=torch.uint8))
     assert bb.grid == grid and out.shape == (2, 3, grid[0] * grid[1], bb.channels)
 
-
-
-def test_count_attention_grows_with_repeated_keys_and_softmax_does_not():
-    torch.manual_seed(0)
-    x, t = torch.randn(2, 3, 16), torch.rand(2, 3)
-    ctx, ctx_t = torch.randn(2, 5, 16), torch.rand(2, 5)
-    twice, twice_t = torch.cat([ctx, ctx], 1), torch.cat([ctx_t, ctx_t], 1)
-    for counts in (False, True):
-        attn = Attention(16, 2, counts=counts)
-        once = attn(x, t, ctx, ctx_t, torch.ones(2, 5, dtype=torch.bool)) - attn.out.bias
-        double = attn(x, t, twice, twice_t, torch.ones(2, 10, dtype=torch.bool)) - attn.out.bias
-        # padding keys count for nothing
-        padded = attn(x, t, torch.cat([ctx, torch.randn(2, 4, 16)], 1), torch.cat([ctx_t, torch.rand(2, 4)], 1),
-                      torch.arange(9).expand(2, 9) < 5) - attn.out.bias
-        torch.testing.assert_close(double, 2 * once if counts else once)
-        torch.testing.assert_close(padded, once)
