@@ -23,14 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from sklearn.linear_model import Ridge
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 import neuroformer.decoders
 from neuroformer.config import load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
-from neuroformer.decode import Samples, choose, decode, decode_config
+from neuroformer.decode import decode, decode_config, linear_readout, split_samples
 from neuroformer.data.recording import open_recording
 from neuroformer.io import atomic_path
 from neuroformer.plots import plt
@@ -153,29 +150,15 @@ def few_shot_figure(rows, path):
 
 
 def rate_ceiling(rec, path):
-    """Per target, a ridge read-out of the noise-free log rates at each 50 ms step of the truth
-    file (penalty and smoothing chosen on validation, scored on test), written to `path`."""
+    """Per target, a ridge read-out of the noise-free log rates (the truth file's 50 ms steps, the
+    step holding each behaviour sample), chosen on validation and scored on test, written to `path`."""
     data = open_recording(rec)
     truth = np.load(rec.with_suffix(".truth.npz"))
     t, log_rate = truth["true_rate_times"], np.log(truth["true_rate"] + 1e-3)
-    clock = np.asarray(data.behavior.running.timestamps)
-    at = np.clip(np.searchsorted(clock, t), 0, len(clock) - 1)
-    values = np.stack([np.asarray(getattr(getattr(data.behavior, n.split(".")[0]), n.split(".")[1]))[at]
-                       for n in TARGETS], 1)
-    samples, x = {}, {}
-    for split in ("train", "valid", "test"):
-        domain = getattr(data, f"{split}_domain")
-        starts, ends = np.asarray(domain.start), np.asarray(domain.end)
-        interval = np.searchsorted(starts, t, side="right") - 1
-        inside = (interval >= 0) & (t < ends[np.clip(interval, 0, None)])
-        samples[split] = Samples(t[inside], values[inside], interval[inside], starts, ends)
-        x[split] = log_rate[inside]
-    candidates = []
-    for alpha in (0.1, 1.0, 10.0, 100.0, 1000.0):
-        fit = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x["train"], samples["train"].values)
-        candidates.append(({"alpha": alpha}, fit.predict(x["valid"]), fit.predict(x["test"])))
-    chosen = choose(candidates, samples["valid"], samples["test"], TARGETS)
-    result = {n: {k: v for k, v in c.items() if not k.startswith("_")} for n, c in chosen.items()}
+    samples = {s: split_samples(data, TARGETS, s, 0.0, 0.0) for s in ("train", "valid", "test")}
+    x = {s: log_rate[np.clip(np.searchsorted(t, v.times, side="right") - 1, 0, len(t) - 1)] for s, v in samples.items()}
+    samples.update(targets=TARGETS, classes=[0] * len(TARGETS))
+    result = {n: {k: v for k, v in c.items() if not k.startswith("_")} for n, c in linear_readout(x, samples).items()}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(result, indent=2))
     return result

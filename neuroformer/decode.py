@@ -276,18 +276,21 @@ def probe_results(run, data_path, samples, seed, device, batch_size=16):
     sets = {"random init": (rand, ("history", "stimulus", "current")), "history": (feats, ("history",)),
             "+ stimulus": (feats, ("history", "stimulus")),
             "+ current window": (feats, ("history", "stimulus", "current"))}
-    out = {}
-    for row, (source, kinds) in sets.items():
-        x = {s: np.concatenate([source[s][k] for k in kinds], 1) for s in source}
-        candidates = []
-        for alpha in (0.1, 1.0, 10.0, 100.0, 1000.0):
-            models = [make_pipeline(StandardScaler(), LogisticRegression(C=1 / alpha, max_iter=1000) if c
-                                    else Ridge(alpha=alpha)).fit(x["train"], samples["train"].values[:, k])
-                      for k, c in enumerate(samples["classes"])]
-            candidates.append(({"alpha": alpha}, *(np.stack([m.predict(x[s]) for m in models], 1)
-                                                   for s in ("valid", "test"))))
-        out[row] = choose(candidates, samples["valid"], samples["test"], samples["targets"], samples["classes"])
-    return out
+    return {row: linear_readout({s: np.concatenate([source[s][k] for k in kinds], 1) for s in source}, samples)
+            for row, (source, kinds) in sets.items()}
+
+
+def linear_readout(x, samples):
+    """Ridge (logistic for class labels) read-outs of features x[split] (n, features), fitted on
+    train for each penalty, chosen on valid by `choose`."""
+    candidates = []
+    for alpha in (0.1, 1.0, 10.0, 100.0, 1000.0):
+        models = [make_pipeline(StandardScaler(), LogisticRegression(C=1 / alpha, max_iter=1000) if c
+                                else Ridge(alpha=alpha)).fit(x["train"], samples["train"].values[:, k])
+                  for k, c in enumerate(samples["classes"])]
+        candidates.append(({"alpha": alpha}, *(np.stack([m.predict(x[s]) for m in models], 1)
+                                               for s in ("valid", "test"))))
+    return choose(candidates, samples["valid"], samples["test"], samples["targets"], samples["classes"])
 
 
 def train_decoder(data_path, targets, work, mode, run=None, config=None, label_fraction=1.0, steps=None, seed=0,
