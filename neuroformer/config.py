@@ -18,6 +18,8 @@ class WindowConfig:
     history: float = 0.05      # s, past spikes before it
     frames: float = 0.15       # s of movie frames ending with the current window; 0 = no stimulus
     behavior: float = 0.05     # s of behaviour samples ending with the current window
+    target_lag: float = 0.0    # s the behaviour *targets* are taken before that: decoded from the spikes
+                               # on both sides of them (a response follows its cause after a latency)
     dt_res: float = 0.001      # s, resolution of the gap classes
 
 
@@ -153,6 +155,8 @@ def load_config(path):
 
 def _check(cfg, source):
     m = cfg.model
+    if cfg.window.target_lag < 0:
+        raise InputError(source, ("window.target_lag", f"must be >= 0, got {cfg.window.target_lag}"))
     if m.width % m.heads or (m.width // m.heads) % 4:
         raise InputError(source, ("model.heads", f"width {m.width} must split into heads whose size is a multiple of 4"))
     if m.backbone.name not in ("patch", "conv3d", "resnet18"):

@@ -61,9 +61,10 @@ class Samples:
         return Samples(self.times[keep], self.values[keep], self.interval[keep], self.starts, self.ends)
 
 
-def split_samples(data, targets, split, before, current, path="recording"):
-    """Samples of `targets` (full names, one shared clock) in `split`, after `before` s of each
-    interval (intervals shorter than one window, before + current, hold none)."""
+def split_samples(data, targets, split, before, current, path="recording", lag=0.0):
+    """Samples of `targets` (full names, one shared clock) in `split` that a window of the
+    interval holds: from `before - lag` s after its start to `lag` s before its end (intervals
+    shorter than one window, before + current, hold none)."""
     clocks = [np.asarray(getattr(data.behavior, t.split(".")[0]).timestamps, dtype=float) for t in targets]
     if any(len(c) != len(clocks[0]) or not np.allclose(c, clocks[0]) for c in clocks[1:]):
         raise InputError(path, ("behavior", f"targets {targets} are sampled at different times; decode them "
@@ -77,7 +78,8 @@ def split_samples(data, targets, split, before, current, path="recording"):
     starts, ends = np.asarray(domain.start, dtype=float), np.asarray(domain.end, dtype=float)
     interval = np.searchsorted(starts, t, side="right") - 1
     k = np.clip(interval, 0, None)
-    ok = (interval >= 0) & (t < ends[k]) & (t >= starts[k] + before) & (ends[k] - starts[k] >= before + current)
+    ok = ((interval >= 0) & (t + lag < ends[k]) & (t + lag >= starts[k] + before)
+          & (ends[k] - starts[k] >= before + current))
     return Samples(t[ok], values[ok], interval[ok], starts, ends)
 
 
@@ -97,9 +99,10 @@ def target_classes(data, targets, path="recording"):
     return out
 
 
-def window_tiling(samples, before, current):
+def window_tiling(samples, before, current, lag=0.0):
     """(window start t0, sample indices) pairs: each interval tiled from start + before with step
-    `current`, the last window aligned to the interval's end; each sample in exactly one window."""
+    `current`, the last window aligned to the interval's end; each sample in exactly one window,
+    the one whose current span holds the sample's time + `lag` (targets are read `lag` s early)."""
     out = []
     for k, (a, e) in enumerate(zip(samples.starts, samples.ends)):
         rows = np.flatnonzero(samples.interval == k)
@@ -107,7 +110,7 @@ def window_tiling(samples, before, current):
             continue
         n_full = int(np.floor((e - a - before) / current + 1e-9))
         t0s = a + before + current * np.arange(n_full)
-        which = np.minimum(((samples.times[rows] - a - before) / current + 1e-9).astype(int), n_full)
+        which = np.minimum(((samples.times[rows] + lag - a - before) / current + 1e-9).astype(int), n_full)
         if (which == n_full).any():
             t0s = np.append(t0s, e - current)
         for j, t0 in enumerate(t0s):
@@ -116,10 +119,12 @@ def window_tiling(samples, before, current):
     return out
 
 
-def _over_windows(model, dataset, rid, samples, before, current, fn, batch_size, device, desc):
+def _over_windows(model, dataset, rid, samples, fn, batch_size, device, desc):
     """fn(batch) -> per window b a function of the window's sample times (relative to t0) giving
     their rows; concatenated in sample order."""
-    tiles = window_tiling(samples, before, current)
+    spec = dataset.spec
+    before, current = spec.before, spec.current
+    tiles = window_tiling(samples, before, current, spec.target_lag)
     out = None
     for i in tqdm(range(0, len(tiles), batch_size), desc=desc, unit="batch", leave=False,
                   disable=len(tiles) < 20 * batch_size):
@@ -138,7 +143,6 @@ def _over_windows(model, dataset, rid, samples, before, current, fn, batch_size,
 
 def neuroformer_predictions(model, dataset, rid, samples, targets, batch_size=16, device="cpu"):
     """(n, n_targets) decoded values of every sample."""
-    spec = dataset.spec
 
     def fn(batch):
         pred = {k: v.cpu().numpy() for k, v in model.predict_behavior(batch).items()}
@@ -156,13 +160,12 @@ def neuroformer_predictions(model, dataset, rid, samples, targets, batch_size=16
             return np.stack(cols, 1)
         return per_window
 
-    return _over_windows(model, dataset, rid, samples, spec.before, spec.current, fn, batch_size, device, "decoding")
+    return _over_windows(model, dataset, rid, samples, fn, batch_size, device, "decoding")
 
 
 def representations(model, dataset, rid, samples, batch_size=16, device="cpu"):
     """Frozen features of each sample's window: pooled history, visual (zeros without frames) and
     current-window decoder states, each (n, width), for the probes."""
-    spec = dataset.spec
     w = model.unit_emb.embedding_dim
 
     def fn(batch):
@@ -175,7 +178,7 @@ def representations(model, dataset, rid, samples, batch_size=16, device="cpu"):
         feats = torch.cat(pooled, 1).float().cpu().numpy()
         return lambda b, rel: np.repeat(feats[b:b + 1], len(rel), 0)
 
-    f = _over_windows(model, dataset, rid, samples, spec.before, spec.current, fn, batch_size, device, "features")
+    f = _over_windows(model, dataset, rid, samples, fn, batch_size, device, "features")
     return {"history": f[:, :w], "stimulus": f[:, w:2 * w], "current": f[:, 2 * w:]}
 
 
@@ -340,7 +343,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
                                 trainable)
         cfg = load_checkpoint(run_dir / "best.pt")[0]
     spec = window_spec(cfg)
-    samples = {s: split_samples(data, targets, s, spec.before, spec.current, data_path)
+    samples = {s: split_samples(data, targets, s, spec.before, spec.current, data_path, spec.target_lag)
                for s in ("train", "valid", "test")}
     samples["train"] = samples["train"].head(label_fraction)
     samples["targets"], samples["classes"] = targets, target_classes(data, targets, data_path)

@@ -28,7 +28,7 @@ from neuroformer.train import (RunOptions, build, epoch_batches, first_fraction,
 from conftest import TINY
 
 CONFIG = {
-    "window": {"current": 0.05, "history": 0.05, "frames": 0.1, "behavior": 0.05, "dt_res": 0.001},
+    "window": {"current": 0.05, "history": 0.05, "frames": 0.1, "behavior": 0.05, "target_lag": 0.03, "dt_res": 0.001},
     "modalities": {"behavior": {"variables": {"running.speed": {}, "eye.phi": {}, "eye.theta": {}}}},
     "model": {"width": 32, "heads": 2, "decoder_layers": 1, "dropout": 0.0, "backbone": {"patch": 16}},
     "train": {"batch_size": 8, "lr": 2e-3, "warmup_steps": 2, "max_steps": 10, "eval_every": 2, "eval_batches": 2,
@@ -52,9 +52,11 @@ def joint(tiny_synthetic, config_file, tmp_path_factory):
                            steps=10, progress=False)
 
 
-def test_split_samples_are_disjoint_and_each_tiled_once(tiny_synthetic):
+@pytest.mark.parametrize("lag", [0.0, 0.1])
+def test_split_samples_are_disjoint_and_each_tiled_once(tiny_synthetic, lag):
     data = open_recording(tiny_synthetic)
-    samples = {s: split_samples(data, ["running.speed"], s, before=0.05, current=0.05) for s in SPLITS}
+    before = 0.05 + lag                                  # what a window spec with this target lag asks for
+    samples = {s: split_samples(data, ["running.speed"], s, before, 0.05, lag=lag) for s in SPLITS}
     times = np.concatenate([samples[s].times for s in SPLITS])
     assert len(np.unique(times)) == len(times)
     t_all = np.asarray(data.behavior.running.timestamps)
@@ -62,15 +64,16 @@ def test_split_samples_are_disjoint_and_each_tiled_once(tiny_synthetic):
         dom = getattr(data, f"{s}_domain")
         inside = np.zeros(len(t_all), bool)
         for a, b in zip(dom.start, dom.end):
-            inside |= (t_all >= a + 0.05) & (t_all < b)
+            inside |= (t_all >= a + 0.05) & (t_all < b - lag)
         np.testing.assert_array_equal(samples[s].times, t_all[inside])          # all of them, nothing else
-        tiles = window_tiling(samples[s], before=0.05, current=0.05)
+        tiles = window_tiling(samples[s], before, 0.05, lag)
         rows = np.concatenate([r for _, r in tiles])
         np.testing.assert_array_equal(np.sort(rows), np.arange(len(samples[s].times)))
         for t0, r in tiles:
             k = samples[s].interval[r[0]]
-            assert np.all((samples[s].times[r] >= t0 - 1e-9) & (samples[s].times[r] < t0 + 0.05))
-            assert t0 - 0.05 >= dom.start[k] - 1e-9 and t0 + 0.05 <= dom.end[k] + 1e-9
+            shifted = samples[s].times[r] + lag            # a target is read `lag` s before the current span
+            assert np.all((shifted >= t0 - 1e-9) & (shifted < t0 + 0.05))
+            assert t0 - before >= dom.start[k] - 1e-9 and t0 + 0.05 <= dom.end[k] + 1e-9
 
 
 def test_last_window_is_aligned_to_the_interval_end():

@@ -48,6 +48,7 @@ def test_shipped_configs_load():
      "modalities.behavior.variables.speed.objective", "unknown objective"),
     ({"model": {"width": 30, "heads": 4}}, "model.heads", "must split into heads"),
     ({"model": {"backbone": {"name": "vit"}}}, "model.backbone.name", "unknown backbone"),
+    ({"window": {"target_lag": -0.1}}, "window.target_lag", "must be >= 0"),
 ])
 def test_config_errors_name_the_key(raw, field, problem):
     with pytest.raises(InputError, match=rf"cfg.yaml: {field}: .*{problem}"):

@@ -48,6 +48,18 @@ def test_history_frames_and_behaviour(known_file):
     assert np.allclose(beh["time"].numpy(), [0, 0.01, 0.02, 0.03, 0.04], atol=1e-6)
 
 
+def test_targets_are_read_target_lag_early(known_file):
+    lagged = WindowSpec(current=0.05, history=0.05, frames=0.15, behavior=0.05, variables=("speed",),
+                        targets=("speed",), target_lag=0.1)
+    as_input = WindowSpec(**{**lagged.__dict__, "targets": ()})       # the same variable as an input: no lag
+    assert lagged.before == pytest.approx(0.1) and WindowSpec(**{**lagged.__dict__, "target_lag": 0.2}).before == 0.2
+    for spec, values in ((lagged, [10, 11, 12, 13, 14]), (as_input, [20, 21, 22, 23, 24])):
+        beh = _dataset(known_file, spec)[DatasetIndex("known", 0.1, 0.25)]["behavior.speed"].obj   # t0 = 0.2
+        assert beh["value"].tolist() == values
+        assert np.allclose(beh["time"].numpy() + (0.1 if spec is lagged else 0.0), [0, 0.01, 0.02, 0.03, 0.04],
+                           atol=1e-6)
+
+
 def test_collate_pads_with_masks_and_ignored_targets(known_file):
     ds = _dataset(known_file)
     batch = collate_windows([ds[DatasetIndex("known", 0.0, 0.15)], ds[DatasetIndex("known", 0.1, 0.25)]])

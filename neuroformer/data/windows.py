@@ -8,9 +8,10 @@ A window at t0 holds:
 - history tokens over [t0 - history, t0), on the same grid (negative times);
 - the movie frames whose onsets fall in [t0 + current - frames, t0 + current), with their index
   into the stored movies (the same index means the same movie frame, e.g. on repeated trials);
-- behaviour samples in [t0 + current - behavior, t0 + current), under "behavior.<name as requested>".
+- behaviour samples in [t0 + current - behavior, t0 + current), under "behavior.<name as requested>";
+  those of a target (decoded) variable `target_lag` s earlier, so spikes after them are in view.
 All times given to the model are float32 seconds relative to t0. A sampled window spans
-[t0 - before, t0 + current) with before = max(history, frames - current, behavior - current),
+[t0 - before, t0 + current) with before = max(history, frames - current, behavior (+ target_lag) - current),
 and lies wholly inside one split's domain, so no split ever reads another's data.
 """
 import os
@@ -46,6 +47,8 @@ class WindowSpec:
     variables: tuple = ()         # behaviour variables to load ("group.field" or short names)
     dt_res: float = 0.001
     features: str = ""            # read cached frozen features of this backbone instead of pixels
+    targets: tuple = ()           # the variables that are decoded (targets), read `target_lag` s earlier
+    target_lag: float = 0.0
 
     @property
     def n_dt(self):
@@ -58,7 +61,8 @@ class WindowSpec:
 
     @property
     def before(self):
-        return max(self.history, self.frames - self.current, self.behavior - self.current, 0.0)
+        lag = self.target_lag if self.targets else 0.0
+        return max(self.history, self.frames - self.current, self.behavior + lag - self.current, 0.0)
 
     @property
     def length(self):
@@ -139,7 +143,8 @@ class WindowDataset(torch.utils.data.Dataset):
         if spec.frames > 0:
             sample.update(self._frames(data, index.recording_id, t0))
         for requested, name in self.variables[index.recording_id].items():
-            sample[f"behavior.{requested}"] = self._behavior(data, name, t0)
+            lag = self.spec.target_lag if requested in self.spec.targets else 0.0
+            sample[f"behavior.{requested}"] = self._behavior(data, name, t0, t0 + self.spec.current - lag)
         return sample
 
     def _spikes(self, data, rid, k0):
@@ -217,10 +222,10 @@ class WindowDataset(torch.utils.data.Dataset):
         return {"frames": pad({key: torch.from_numpy(frames), "time": torch.from_numpy(times.astype(np.float32)),
                                "index": torch.from_numpy(index), "mask": _ones(times)})}
 
-    def _behavior(self, data, name, t0):
+    def _behavior(self, data, name, t0, end):
+        """Samples of `name` in [end - behavior, end), times relative to t0."""
         group, field_name = name.split(".")
-        series = getattr(data.behavior, group).slice(t0 + self.spec.current - self.spec.behavior,
-                                                     t0 + self.spec.current, reset_origin=False)
+        series = getattr(data.behavior, group).slice(end - self.spec.behavior, end, reset_origin=False)
         values = np.asarray(getattr(series, field_name), dtype=np.float32)
         times = np.asarray(series.timestamps, dtype=np.float64) - t0
         return pad({"value": torch.from_numpy(values), "time": torch.from_numpy(times.astype(np.float32)),
