@@ -2,8 +2,8 @@
 
 Read top to bottom: embeddings -> context encoders (history, visual, behaviour) -> one memory
 -> causal decoder over the current window -> heads (Δ/END, then unit given Δ, plus each unit's
-drive read out of the memory by its own query) -> behaviour queries -> losses -> generation of
-a window, spike by spike (DESIGN §4). The likelihood is the one of DESIGN §2: NLL per spike (nats)
+drive read out of the memory by its own query) -> behaviour queries (with the window's population
+vector) -> losses -> generation of a window, spike by spike (DESIGN §4). The likelihood is the one of DESIGN §2: NLL per spike (nats)
 = -[Σ log p(Δ or END) + Σ log p(unit | Δ)] / number of spikes.
 """
 import math
@@ -74,6 +74,7 @@ class Neuroformer(nn.Module):
         self.objectives = {n: objectives[n].objective for n in self.targets}
         if self.targets:
             self.query = Block(w, cross=True, name="query", **block)
+            self.population_in = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, w))
             self.readout = nn.ModuleList(nn.Linear(w, objectives[n].n_classes or 1) for n in self.targets)
 
         c = m.contrastive_dim or w
@@ -221,15 +222,26 @@ class Neuroformer(nn.Module):
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         return loss, (logits.argmax(1) == labels).sum().detach(), torch.tensor(len(key))
 
+    def population(self, batch):
+        """The window's population vector (B, W): the sum of the unit embeddings of its spikes
+        (history and current) per second. Attention averages, so it cannot count; rates are counts."""
+        hist, cur = batch["history"], batch["current"]
+        units = torch.cat([hist["unit"], cur["unit"][:, 1:]], 1)                 # without START
+        mask = torch.cat([hist["mask"], cur["mask"][:, 1:]], 1).unsqueeze(-1)
+        seconds = self.cfg.window.history + self.cfg.window.current
+        return (self.unit_emb(units) * mask).sum(1) / seconds
+
     def behavior_outputs(self, batch, x, memory):
-        """POYO-style output queries at each target sample's timestamp, reading the decoder states
-        of the current window and the memory: name -> (B, n, 1 or n_classes), standardised units."""
+        """POYO-style output queries at each target sample's timestamp, starting from the variable's
+        embedding plus the window's population vector and reading the decoder states of the current
+        window and the memory: name -> (B, n, 1 or n_classes), standardised units."""
         cur = batch["current"]
         context = tuple(torch.cat(p, 1) for p in zip((x, cur["time"], cur["mask"]), memory))
+        population = self.population_in(self.population(batch))[:, None]
         outputs = {}
         for readout, name in zip(self.readout, self.targets):
             b = batch[f"behavior.{name}"]
-            q = self.var_emb.weight[self.var_index[name]].expand(*b["value"].shape, -1)
+            q = (self.var_emb.weight[self.var_index[name]] + population).expand(*b["value"].shape, -1)
             outputs[name] = readout(self.query(q, b["time"], b["mask"], memory=context))
         return outputs
 

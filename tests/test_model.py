@@ -76,6 +76,22 @@ def test_nll_per_spike_matches_a_reference_computation(setup):
     assert math.log(len(model.unit_emb.weight)) < total / spikes < 20     # untrained: about uniform
 
 
+def test_population_vector_counts_the_windows_spikes(setup):
+    cfg, model, batch = setup
+    with torch.no_grad():
+        pop = model.population(batch)
+        doubled = {**batch, "history": {k: torch.cat([v, v], 1) for k, v in batch["history"].items()}}
+        pop_doubled = model.population(doubled)
+    emb, seconds = model.unit_emb.weight, cfg.window.history + cfg.window.current
+    for b in range(len(pop)):
+        hist, cur = batch["history"], batch["current"]
+        units = hist["unit"][b][hist["mask"][b]].tolist() + cur["unit"][b][1:][cur["mask"][b][1:]].tolist()
+        reference = sum((emb[u] for u in units), torch.zeros(emb.shape[1])) / seconds
+        torch.testing.assert_close(pop[b], reference)
+        h = hist["unit"][b][hist["mask"][b]]
+        torch.testing.assert_close(pop_doubled[b] - pop[b], emb[h].sum(0) / seconds)   # a count, not an average
+
+
 def test_windows_without_history_stay_finite(setup):
     _, model, batch = setup
     empty_one = {k: {kk: vv.clone() for kk, vv in v.items()} if isinstance(v, dict) else v for k, v in batch.items()}
