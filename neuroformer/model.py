@@ -74,7 +74,7 @@ class Neuroformer(nn.Module):
         self.objectives = {n: objectives[n].objective for n in self.targets}
         if self.targets:
             self.query = Block(w, cross=True, name="query", **block)
-            self.population_in = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, w))
+            self.population_in = nn.Linear(w, w)        # no norm: the magnitude is the count
             self.readout = nn.ModuleList(nn.Linear(w, objectives[n].n_classes or 1) for n in self.targets)
 
         c = m.contrastive_dim or w
