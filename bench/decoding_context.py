@@ -3,8 +3,8 @@
 
 Gaze moves the receptive fields on the movie and the rates follow after a 30-70 ms latency, so
 the spikes after a sample carry part of its signal. Ridge (alpha 1000) and an MLP (128 hidden
-units, alpha 0.1, 60 epochs) on 50 ms counts of every unit, as 11 lagged bins or summed
-(log1p) over them; fitted on the training samples, test Pearson r on held-out samples, no smoothing.
+units, alpha 0.1, 60 epochs) on each unit's spike count (log1p) over 11 bins of 50 ms; fitted on
+the training samples, Pearson r on validation and test samples, no smoothing.
 
     python bench/decoding_context.py --data syn40.h5 -o bench/results/decoding_context.json
 """
@@ -29,11 +29,11 @@ SPLITS = ("train", "valid", "test")
 BINS = 11                                    # 0.55 s of 50 ms bins
 
 
-def design(split, context, pooled):
-    """(n, features): the BINS bins ending with the sample's bin (causal) or centred on it."""
+def design(split, context):
+    """(n, units): counts over the BINS bins ending with the sample's bin (causal) or centred on it."""
     x = split.lagged(BINS - 1).reshape(len(split.bin), 2 * BINS - 1, -1)
     x = x[:, :BINS] if context == "causal" else x[:, BINS // 2:BINS // 2 + BINS]
-    return np.log1p(x.sum(1)) if pooled else x.reshape(len(x), -1)
+    return np.log1p(x.sum(1))
 
 
 def main():
@@ -47,20 +47,19 @@ def main():
     models = {"ridge": lambda: Ridge(alpha=1000.0),
               "mlp": lambda: MLPRegressor(hidden_layer_sizes=(128,), alpha=0.1, max_iter=60, random_state=0)}
     results = []
-    for pooled in (True, False):
-        for context in ("causal", "centred"):
-            x = {s: design(binned[s], context, pooled) for s in SPLITS}
-            scaler = StandardScaler().fit(x["train"])
-            x = {s: scaler.transform(v) for s, v in x.items()}
-            for name, make in models.items():
-                row = {"counts": "summed" if pooled else "lagged bins", "context": context, "model": name}
-                for k, target in enumerate(TARGETS):
-                    y = binned["train"].y[:, k]
-                    fitted = make().fit(x["train"], (y - y.mean()) / y.std())
-                    row[target] = {f"{s}_r": float(pearsonr(fitted.predict(x[s]), binned[s].y[:, k])[0])
-                                   for s in ("valid", "test")}
-                print(json.dumps(row), flush=True)
-                results.append(row)
+    for context in ("causal", "centred"):
+        x = {s: design(binned[s], context) for s in SPLITS}
+        scaler = StandardScaler().fit(x["train"])
+        x = {s: scaler.transform(v) for s, v in x.items()}
+        for name, make in models.items():
+            row = {"context": context, "model": name}
+            for k, target in enumerate(TARGETS):
+                y = binned["train"].y[:, k]
+                fitted = make().fit(x["train"], (y - y.mean()) / y.std())
+                row[target] = {f"{s}_r": float(pearsonr(fitted.predict(x[s]), binned[s].y[:, k])[0])
+                               for s in ("valid", "test")}
+            print(json.dumps(row), flush=True)
+            results.append(row)
     with atomic_path(args.output) as tmp:
         tmp.write_text(json.dumps({"data": args.data, "results": results}, indent=1))
 
