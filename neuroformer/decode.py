@@ -119,7 +119,7 @@ def window_tiling(samples, before, current, lag=0.0):
     return out
 
 
-def _over_windows(model, dataset, rid, samples, fn, batch_size, device, desc):
+def _over_windows(dataset, rid, samples, fn, batch_size, device, desc):
     """fn(batch) -> per window b a function of the window's sample times (relative to t0) giving
     their rows; concatenated in sample order."""
     spec = dataset.spec
@@ -160,7 +160,7 @@ def neuroformer_predictions(model, dataset, rid, samples, targets, batch_size=16
             return np.stack(cols, 1)
         return per_window
 
-    return _over_windows(model, dataset, rid, samples, fn, batch_size, device, "decoding")
+    return _over_windows(dataset, rid, samples, fn, batch_size, device, "decoding")
 
 
 def representations(model, dataset, rid, samples, batch_size=16, device="cpu"):
@@ -178,7 +178,7 @@ def representations(model, dataset, rid, samples, batch_size=16, device="cpu"):
         feats = torch.cat(pooled, 1).float().cpu().numpy()
         return lambda b, rel: np.repeat(feats[b:b + 1], len(rel), 0)
 
-    f = _over_windows(model, dataset, rid, samples, fn, batch_size, device, "features")
+    f = _over_windows(dataset, rid, samples, fn, batch_size, device, "features")
     return {"history": f[:, :w], "stimulus": f[:, w:2 * w], "current": f[:, 2 * w:]}
 
 
