@@ -6,7 +6,8 @@ Stages, each skipped when its output exists (an interrupted run resumes):
 2. probes: a spikes-only model pretrained on the training split (no labels), linear probes of
    its frozen representations -> OUT/probe.json;
 3. few-shot: label fractions (nested blocks of training time) x seeds, finetuned from the
-   pretrained model vs trained from random initialisation, ridge at each fraction -> OUT/few_shot.json;
+   pretrained model vs trained from random initialisation, linear probes of the frozen pretrained
+   vs randomly initialised model, ridge at each fraction -> OUT/few_shot/, OUT/few_shot.png;
 4. ceiling: a ridge read-out of the generator's noise-free log rates (its truth file), scored
    the same way: what a linear decoder could read with no spike noise -> OUT/ceiling.json;
 5. new session: pretrained with labels on sessions 0..K-2 of a multi-session recording, adapted
@@ -27,13 +28,14 @@ import yaml
 import neuroformer.decoders
 from neuroformer.config import load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
-from neuroformer.decode import decode, decode_config, linear_readout, split_samples
+from neuroformer.decode import decode, decode_config, linear_readout, probe_features, probe_results, split_samples
 from neuroformer.data.recording import open_recording
 from neuroformer.io import atomic_path
 from neuroformer.plots import plt
-from neuroformer.train import RunOptions, train
+from neuroformer.train import RunOptions, checkpoint_file, load_checkpoint, train, window_spec
 
 TARGETS = ["running.speed", "eye.phi", "eye.theta"]
+MODELS = ("pretrained", "random init", "pretrained probe", "random init probe", "ridge")   # few-shot rows
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "decoding.yaml"
 QUICK_RECORDING = dict(n_neurons=30, trial_length=4.0, n_movies=2, n_trials=4, n_heldout_movies=1, heldout_trials=2)
 QUICK_MODEL = {"width": 32, "heads": 2, "decoder_layers": 1, "dropout": 0.0, "backbone": {"patch": 16}}
@@ -110,8 +112,9 @@ def _cached(path, make):
 
 
 def few_shot(rec, out, config, pretrained, fractions, seeds, ft_steps):
-    """Test r per target, fraction, seed: finetuned from `pretrained` vs random init; ridge."""
-    rows = []
+    """Test r per target, fraction, seed: finetuned from `pretrained` vs random init; ridge; and
+    linear probes of the frozen pretrained vs randomly initialised model's features."""
+    rows = few_shot_probes(rec, out, pretrained, fractions, seeds)
     for f in fractions:
         for seed in seeds:
             for model, kw in (("pretrained", dict(mode="finetune", run=pretrained)),
@@ -129,15 +132,40 @@ def few_shot(rec, out, config, pretrained, fractions, seeds, ft_steps):
     return rows
 
 
+def few_shot_probes(rec, out, pretrained, fractions, seeds):
+    """Rows of linear probes (all features, see `probe_features`) at each fraction and seed."""
+    path = out / "few_shot" / "probes.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    cfg = load_checkpoint(checkpoint_file(pretrained))[0]
+    spec, data = window_spec(cfg), open_recording(rec)
+    samples = {s: split_samples(data, TARGETS, s, spec.before, spec.current, rec, spec.target_lag)
+               for s in ("train", "valid", "test")}
+    samples.update(targets=TARGETS, classes=[0] * len(TARGETS))
+    rows = []
+    for seed in seeds:
+        features = probe_features(pretrained, rec, samples, seed, "cpu")
+        for f in fractions:
+            table = probe_results(features, samples, f)
+            rows += [{"fraction": f, "seed": seed, "model": model, "target": t, "test_r": table[row][t]["test_r"]}
+                     for model, row in (("pretrained probe", "+ population vector"), ("random init probe", "random init"))
+                     for t in TARGETS]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
 def few_shot_figure(rows, path):
     fig, axes = plt.subplots(1, len(TARGETS), figsize=(4 * len(TARGETS), 3.2), squeeze=False)
     for ax, t in zip(axes[0], TARGETS):
-        for model in ("pretrained", "random init", "ridge"):
+        for model in MODELS:
             pts = [r for r in rows if r["target"] == t and r["model"] == model]
             fr = sorted({r["fraction"] for r in pts})
             mean = [np.mean([r["test_r"] for r in pts if r["fraction"] == f]) for f in fr]
             sd = [np.std([r["test_r"] for r in pts if r["fraction"] == f]) for f in fr]
-            ax.errorbar(np.array(fr) * 100, mean, yerr=sd, marker="o", ms=3, capsize=2, label=model)
+            ax.errorbar(np.array(fr) * 100, mean, yerr=sd, marker="o", ms=3, capsize=2, label=model,
+                        ls="--" if "probe" in model else "-")
         ax.set_xscale("log")
         ax.set_title(t, fontsize=9)
         ax.set_xlabel("labelled training data (%)")
@@ -204,7 +232,7 @@ def _brief(summary):
         rows = summary["few_shot"]
         brief["few_shot"] = {f"{m} f={f:g}": round(float(np.mean([x["test_r"] for x in rows
                                                                   if x["model"] == m and x["fraction"] == f])), 3)
-                             for m in ("pretrained", "random init", "ridge") for f in sorted({x["fraction"] for x in rows})
+                             for m in MODELS for f in sorted({x["fraction"] for x in rows})
                              if any(x["model"] == m and x["fraction"] == f for x in rows)}
     return brief
 

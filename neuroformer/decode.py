@@ -39,7 +39,6 @@ from .train import (RunOptions, build, checkpoint_file, first_fraction, load_che
 
 MODES = ("joint", "finetune", "probe")
 SMOOTHING = (0, 1, 2, 4, 8, 16, 32, 64)          # Gaussian widths tried, in samples
-PROBES = ("random init", "history", "+ stimulus", "+ current window")
 
 
 @dataclass
@@ -52,12 +51,17 @@ class Samples:
     starts: np.ndarray
     ends: np.ndarray
 
-    def head(self, fraction):
-        """The samples inside the first `fraction` of the split's time (nested as it grows)."""
+    def in_head(self, fraction):
+        """Which samples lie inside the first `fraction` of the split's time (nested as it grows)."""
         cut = first_fraction(Interval(start=self.starts, end=self.ends), fraction)
         keep = np.zeros(len(self.times), dtype=bool)
         for k, end in enumerate(np.asarray(cut.end)):
             keep |= (self.interval == k) & (self.times < end)
+        return keep
+
+    def head(self, fraction):
+        """The samples `in_head(fraction)`."""
+        keep = self.in_head(fraction)
         return Samples(self.times[keep], self.values[keep], self.interval[keep], self.starts, self.ends)
 
 
@@ -165,7 +169,8 @@ def neuroformer_predictions(model, dataset, rid, samples, targets, batch_size=16
 
 def representations(model, dataset, rid, samples, batch_size=16, device="cpu"):
     """Frozen features of each sample's window: pooled history, visual (zeros without frames) and
-    current-window decoder states, each (n, width), for the probes."""
+    current-window decoder states, and the population vector (mean over its bins), each (n, width),
+    for the probes."""
     w = model.unit_emb.embedding_dim
 
     def fn(batch):
@@ -174,12 +179,12 @@ def representations(model, dataset, rid, samples, batch_size=16, device="cpu"):
         x = model.decode(batch["current"], memory)
         pooled = [_masked_mean(*parts["history"][::2]),
                   _masked_mean(*parts["visual"][::2]) if "visual" in parts else x.new_zeros(len(x), w),
-                  _masked_mean(x, batch["current"]["mask"])]
+                  _masked_mean(x, batch["current"]["mask"]), model.population(batch).mean(1)]
         feats = torch.cat(pooled, 1).float().cpu().numpy()
         return lambda b, rel: np.repeat(feats[b:b + 1], len(rel), 0)
 
     f = _over_windows(dataset, rid, samples, fn, batch_size, device, "features")
-    return {"history": f[:, :w], "stimulus": f[:, w:2 * w], "current": f[:, 2 * w:]}
+    return dict(zip(("history", "stimulus", "current", "population"), np.split(f, 4, axis=1)))
 
 
 # ---------------------------------------------------------------- selection and scores
@@ -267,8 +272,9 @@ def baseline_results(data, samples, names, bin_size, seed, progress=True):
     return out
 
 
-def probe_results(run, data_path, samples, seed, device, batch_size=16):
-    """The probe table: ridge read-outs of frozen features, fitted on train, chosen on valid."""
+def probe_features(run, data_path, samples, seed, device, batch_size=16):
+    """Per probe row, (n, features) of every split: frozen features of the run's model (and, for
+    "random init", of an untrained model of the same config, initialised with `seed`)."""
     cfg, model, dataset, recordings = load_model(checkpoint_file(run), [data_path], device)
     rid = recordings.recording_ids[0]
     torch.manual_seed(seed)
@@ -276,11 +282,20 @@ def probe_results(run, data_path, samples, seed, device, batch_size=16):
     splits = ("train", "valid", "test")
     feats = {s: representations(model, dataset, rid, samples[s], batch_size, device) for s in splits}
     rand = {s: representations(random_model, dataset, rid, samples[s], batch_size, device) for s in splits}
-    sets = {"random init": (rand, ("history", "stimulus", "current")), "history": (feats, ("history",)),
+    everything = ("history", "stimulus", "current", "population")
+    sets = {"random init": (rand, everything), "history": (feats, ("history",)),
             "+ stimulus": (feats, ("history", "stimulus")),
-            "+ current window": (feats, ("history", "stimulus", "current"))}
-    return {row: linear_readout({s: np.concatenate([source[s][k] for k in kinds], 1) for s in source}, samples)
+            "+ current window": (feats, ("history", "stimulus", "current")), "+ population vector": (feats, everything)}
+    return {row: {s: np.concatenate([source[s][k] for k in kinds], 1) for s in splits}
             for row, (source, kinds) in sets.items()}
+
+
+def probe_results(features, samples, fraction=1.0):
+    """The probe table: ridge read-outs of `probe_features`, fitted on the first `fraction` of the
+    training samples (nested blocks of time), chosen on valid, scored on test."""
+    keep = samples["train"].in_head(fraction)
+    samples = {**samples, "train": samples["train"].head(fraction)}
+    return {row: linear_readout({**x, "train": x["train"][keep]}, samples) for row, x in features.items()}
 
 
 def linear_readout(x, samples):
@@ -350,7 +365,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
     models = baseline_results(data, samples, baselines, bin_size, seed, progress)
     probes = None
     if mode == "probe":
-        probes = probe_results(run, data_path, samples, seed, device)
+        probes = probe_results(probe_features(run, data_path, samples, seed, device), samples)
     else:
         _, model, dataset, recordings = load_model(run_dir / "best.pt", [data_path], device)
         rid = recordings.recording_ids[0]

@@ -74,7 +74,10 @@ class Neuroformer(nn.Module):
         self.objectives = {n: objectives[n].objective for n in self.targets}
         if self.targets:
             self.query = Block(w, cross=True, name="query", **block)
-            self.population_in = nn.Linear(w, w)        # no norm: the magnitude is the count
+            # no norm on the way in: the magnitude is the count; a hidden layer reads the binned
+            # counts nonlinearly (gaze shows in which units fire when, not in a linear sum)
+            self.population_in = nn.Sequential(nn.Linear(self.population_bins * w, 2 * w), nn.GELU(),
+                                               nn.Linear(2 * w, w))
             self.readout = nn.ModuleList(nn.Linear(w, objectives[n].n_classes or 1) for n in self.targets)
 
         c = m.contrastive_dim or w
@@ -222,14 +225,25 @@ class Neuroformer(nn.Module):
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         return loss, (logits.argmax(1) == labels).sum().detach(), torch.tensor(len(key))
 
+    @property
+    def population_bins(self):
+        """Bins of one current-window length tiling history + current (the first may be partial)."""
+        window = self.cfg.window
+        return math.ceil((window.history + window.current) / window.current - 1e-6)
+
     def population(self, batch):
-        """The window's population vector (B, W): the sum of the unit embeddings of its spikes
-        (history and current) per second. Attention averages, so it cannot count; rates are counts."""
+        """The window's binned population vectors (B, bins, W): per bin of `current` seconds,
+        counted back from the window's end, the sum of the unit embeddings of its spikes (history
+        and current) per second. Attention averages, so it cannot count; rates are counts."""
         hist, cur = batch["history"], batch["current"]
         units = torch.cat([hist["unit"], cur["unit"][:, 1:]], 1)                 # without START
         mask = torch.cat([hist["mask"], cur["mask"][:, 1:]], 1).unsqueeze(-1)
-        seconds = self.cfg.window.history + self.cfg.window.current
-        return (self.unit_emb(units) * mask).sum(1) / seconds
+        time = torch.cat([hist["time"], cur["time"][:, 1:]], 1)
+        n, step = self.population_bins, self.cfg.window.current
+        index = (n - 1 + (time / step).floor().long()).clamp(0, n - 1)          # n - 1: the current window
+        emb = self.unit_emb(units) * mask
+        out = emb.new_zeros(len(emb), n, emb.shape[-1])
+        return out.scatter_add_(1, index.unsqueeze(-1).expand_as(emb), emb) / step
 
     def behavior_outputs(self, batch, x, memory):
         """POYO-style output queries at each target sample's timestamp, starting from the variable's
@@ -237,7 +251,7 @@ class Neuroformer(nn.Module):
         window and the memory: name -> (B, n, 1 or n_classes), standardised units."""
         cur = batch["current"]
         context = tuple(torch.cat(p, 1) for p in zip((x, cur["time"], cur["mask"]), memory))
-        population = self.population_in(self.population(batch))[:, None]
+        population = self.population_in(self.population(batch).flatten(1))[:, None]
         outputs = {}
         for readout, name in zip(self.readout, self.targets):
             b = batch[f"behavior.{name}"]

@@ -19,8 +19,8 @@ from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.data.vocab import UnitVocab
 from neuroformer.data.windows import collate_windows
 from neuroformer.errors import InputError
-from neuroformer.decode import (Samples, baseline_results, choose, decode, probe_results, split_samples,
-                               window_tiling)
+from neuroformer.decode import (Samples, baseline_results, choose, decode, probe_features, probe_results,
+                               split_samples, window_tiling)
 from neuroformer.decoders import BinnedSplit, baseline_grid
 from neuroformer.train import (RunOptions, build, epoch_batches, first_fraction, load_checkpoint, load_matching,
                                load_model, train, window_spec)
@@ -174,11 +174,21 @@ def test_probes_never_see_test_data(joint, tiny_synthetic):
     targets = ["running.speed", "eye.phi"]
     samples = {s: split_samples(data, targets, s, spec.before, spec.current) for s in SPLITS}
     samples["targets"], samples["classes"] = targets, [0, 0]
-    clean = probe_results(run, tiny_synthetic, samples, 0, "cpu")
-    test = samples["test"]
+    features = probe_features(run, tiny_synthetic, samples, 0, "cpu")
+    clean, clean_half = probe_results(features, samples), probe_results(features, samples, 0.5)
+    test, train = samples["test"], samples["train"]
     samples["test"] = Samples(test.times, np.full_like(test.values, np.nan), test.interval, test.starts, test.ends)
-    hidden = probe_results(run, tiny_synthetic, samples, 0, "cpu")
-    assert list(clean) == ["random init", "history", "+ stimulus", "+ current window"]
+    hidden = probe_results(probe_features(run, tiny_synthetic, samples, 0, "cpu"), samples)
+    # a few-shot probe fits on the first half of the training time only: the rest may be anything
+    head = train.in_head(0.5)
+    assert 0 < head.sum() < len(head)
+    samples["train"] = Samples(train.times, np.where(head[:, None], train.values, np.nan), train.interval,
+                               train.starts, train.ends)
+    half = probe_results(features, samples, 0.5)
+    for row in clean_half:
+        for t in targets:
+            np.testing.assert_allclose(half[row][t]["_test_prediction"], clean_half[row][t]["_test_prediction"])
+    assert list(clean) == ["random init", "history", "+ stimulus", "+ current window", "+ population vector"]
     for row in clean:
         for t in targets:
             a, b = clean[row][t], hidden[row][t]
@@ -285,10 +295,12 @@ def test_decoding_study_quick(tmp_path):
     subprocess.run([sys.executable, str(script), "--quick", "-o", str(tmp_path)], check=True, capture_output=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["joint"]["running.speed"]) == {"neuroformer", "ridge", "gru"}
-    assert list(summary["probe"]["eye.phi"]) == ["random init", "history", "+ stimulus", "+ current window"]
+    assert list(summary["probe"]["eye.phi"]) == ["random init", "history", "+ stimulus", "+ current window",
+                                                 "+ population vector"]
     assert set(summary["ceiling"]) == {"running.speed", "eye.phi", "eye.theta"}
     assert summary["ceiling"]["running.speed"]["test_r"] > 0.5          # noise-free rates carry the speed gain
     models = {(r["model"], r["fraction"]) for r in summary["few_shot"]}
-    assert {("pretrained", 0.5), ("random init", 0.5), ("pretrained", 1.0), ("random init", 1.0)} <= models
+    assert {(m, f) for m in ("pretrained", "random init", "pretrained probe", "random init probe")
+            for f in (0.5, 1.0)} <= models
     assert set(summary["new_session"]["mean_test_r"]) == {"units", "all"}
     assert (tmp_path / "few_shot.png").exists() and (tmp_path / "joint.png").exists()

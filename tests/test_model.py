@@ -76,20 +76,27 @@ def test_nll_per_spike_matches_a_reference_computation(setup):
     assert math.log(len(model.unit_emb.weight)) < total / spikes < 20     # untrained: about uniform
 
 
-def test_population_vector_counts_the_windows_spikes(setup):
+def test_population_vector_counts_the_windows_spikes_per_bin(setup):
     cfg, model, batch = setup
     with torch.no_grad():
         pop = model.population(batch)
         doubled = {**batch, "history": {k: torch.cat([v, v], 1) for k, v in batch["history"].items()}}
         pop_doubled = model.population(doubled)
-    emb, seconds = model.unit_emb.weight, cfg.window.history + cfg.window.current
+    emb, step = model.unit_emb.weight, cfg.window.current
+    n_bins = round((cfg.window.history + cfg.window.current) / step)
+    assert pop.shape == (len(batch["t0"]), n_bins, emb.shape[1])
+    hist, cur = batch["history"], batch["current"]
     for b in range(len(pop)):
-        hist, cur = batch["history"], batch["current"]
-        units = hist["unit"][b][hist["mask"][b]].tolist() + cur["unit"][b][1:][cur["mask"][b][1:]].tolist()
-        reference = sum((emb[u] for u in units), torch.zeros(emb.shape[1])) / seconds
+        reference = torch.zeros(n_bins, emb.shape[1])
+        for times, units, mask in ((hist["time"][b], hist["unit"][b], hist["mask"][b]),
+                                   (cur["time"][b][1:], cur["unit"][b][1:], cur["mask"][b][1:])):
+            for t, u in zip(times[mask].tolist(), units[mask].tolist()):
+                k = max(0, n_bins - 1 + math.floor(t / step))   # last: the current window; first: from -history
+                reference[k] += emb[u] / step
         torch.testing.assert_close(pop[b], reference)
         h = hist["unit"][b][hist["mask"][b]]
-        torch.testing.assert_close(pop_doubled[b] - pop[b], emb[h].sum(0) / seconds)   # a count, not an average
+        torch.testing.assert_close(pop_doubled[b].sum(0) - pop[b].sum(0), emb[h].sum(0) / step)   # counts add up
+    assert pop[:, -1].abs().sum() > 0 and pop[:, 0].abs().sum() > 0      # both bins hold spikes
 
 
 def test_windows_without_history_stay_finite(setup):
