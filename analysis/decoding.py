@@ -143,13 +143,13 @@ def few_shot_probes(rec, out, pretrained, fractions, seeds):
                for s in ("train", "valid", "test")}
     samples.update(targets=TARGETS, classes=[0] * len(TARGETS))
     rows = []
-    for seed in seeds:
-        features = probe_features(pretrained, rec, samples, seed, "cpu")
+    for seed in seeds:     # the pretrained features do not depend on the seed: read once
+        features = probe_features(pretrained, rec, samples, seed, "cpu", trained=seed == seeds[0])
         for f in fractions:
             table = probe_results(features, samples, f)
             rows += [{"fraction": f, "seed": seed, "model": model, "target": t, "test_r": table[row][t]["test_r"]}
                      for model, row in (("pretrained probe", "+ population vector"), ("random init probe", "random init"))
-                     for t in TARGETS]
+                     if row in table for t in TARGETS]
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(rows, indent=2))

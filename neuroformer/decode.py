@@ -272,20 +272,23 @@ def baseline_results(data, samples, names, bin_size, seed, progress=True):
     return out
 
 
-def probe_features(run, data_path, samples, seed, device, batch_size=16):
+def probe_features(run, data_path, samples, seed, device, batch_size=16, trained=True):
     """Per probe row, (n, features) of every split: frozen features of the run's model (and, for
-    "random init", of an untrained model of the same config, initialised with `seed`)."""
+    "random init", of an untrained model of the same config, initialised with `seed`).
+    `trained=False`: the "random init" row alone (another seed of it)."""
     cfg, model, dataset, recordings = load_model(checkpoint_file(run), [data_path], device)
     rid = recordings.recording_ids[0]
     torch.manual_seed(seed)
     random_model = build(cfg, [data_path], dataset.vocab, model.behavior_stats.tolist())[2].to(device).eval()
     splits = ("train", "valid", "test")
-    feats = {s: representations(model, dataset, rid, samples[s], batch_size, device) for s in splits}
     rand = {s: representations(random_model, dataset, rid, samples[s], batch_size, device) for s in splits}
     everything = ("history", "stimulus", "current", "population")
-    sets = {"random init": (rand, everything), "history": (feats, ("history",)),
-            "+ stimulus": (feats, ("history", "stimulus")),
-            "+ current window": (feats, ("history", "stimulus", "current")), "+ population vector": (feats, everything)}
+    sets = {"random init": (rand, everything)}
+    if trained:
+        feats = {s: representations(model, dataset, rid, samples[s], batch_size, device) for s in splits}
+        sets.update({"history": (feats, ("history",)), "+ stimulus": (feats, ("history", "stimulus")),
+                     "+ current window": (feats, ("history", "stimulus", "current")),
+                     "+ population vector": (feats, everything)})
     return {row: {s: np.concatenate([source[s][k] for k in kinds], 1) for s in splits}
             for row, (source, kinds) in sets.items()}
 
