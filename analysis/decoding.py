@@ -28,7 +28,8 @@ import yaml
 import neuroformer.decoders
 from neuroformer.config import load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
-from neuroformer.decode import decode, decode_config, linear_readout, probe_features, probe_results, split_samples
+from neuroformer.decode import (decode, decode_config, decode_samples, linear_readout, probe_features, probe_results,
+                                split_samples)
 from neuroformer.data.recording import open_recording
 from neuroformer.io import atomic_path
 from neuroformer.plots import plt
@@ -138,10 +139,7 @@ def few_shot_probes(rec, out, pretrained, fractions, seeds):
     if path.exists():
         return json.loads(path.read_text())
     cfg = load_checkpoint(checkpoint_file(pretrained))[0]
-    spec, data = window_spec(cfg), open_recording(rec)
-    samples = {s: split_samples(data, TARGETS, s, spec.before, spec.current, rec, spec.target_lag)
-               for s in ("train", "valid", "test")}
-    samples.update(targets=TARGETS, classes=[0] * len(TARGETS))
+    samples = decode_samples(open_recording(rec), TARGETS, window_spec(cfg), rec)
     rows = []
     for seed in seeds:     # the pretrained features do not depend on the seed: read once
         features = probe_features(pretrained, rec, samples, seed, "cpu", trained=seed == seeds[0])

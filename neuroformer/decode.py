@@ -87,6 +87,14 @@ def split_samples(data, targets, split, before, current, path="recording", lag=0
     return Samples(t[ok], values[ok], interval[ok], starts, ends)
 
 
+def decode_samples(data, targets, spec, path="recording"):
+    """The samples of every split that windows of `spec` hold, with "targets" and their "classes"."""
+    samples = {s: split_samples(data, targets, s, spec.before, spec.current, path, spec.target_lag)
+               for s in ("train", "valid", "test")}
+    samples["targets"], samples["classes"] = targets, target_classes(data, targets, path)
+    return samples
+
+
 def target_classes(data, targets, path="recording"):
     """Number of classes per target: a variable stored as integers (or booleans) holds class
     labels 0..K-1 (classification), any other is continuous (0: regression)."""
@@ -360,11 +368,8 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
         run_dir = train_decoder(data_path, targets, work, mode, run, config, label_fraction, steps, seed, device,
                                 trainable)
         cfg = load_checkpoint(run_dir / "best.pt")[0]
-    spec = window_spec(cfg)
-    samples = {s: split_samples(data, targets, s, spec.before, spec.current, data_path, spec.target_lag)
-               for s in ("train", "valid", "test")}
+    samples = decode_samples(data, targets, window_spec(cfg), data_path)
     samples["train"] = samples["train"].head(label_fraction)
-    samples["targets"], samples["classes"] = targets, target_classes(data, targets, data_path)
     models = baseline_results(data, samples, baselines, bin_size, seed, progress)
     probes = None
     if mode == "probe":
