@@ -36,7 +36,8 @@ from neuroformer.plots import plt
 from neuroformer.train import RunOptions, checkpoint_file, load_checkpoint, train, window_spec
 
 TARGETS = ["running.speed", "eye.phi", "eye.theta"]
-MODELS = ("pretrained", "random init", "pretrained probe", "random init probe", "ridge")   # few-shot rows
+MODELS = ("pretrained", "random init", "pretrained, heads only", "random init, heads only", "pretrained probe",
+          "random init probe", "ridge")                                              # few-shot rows
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "decoding.yaml"
 QUICK_RECORDING = dict(n_neurons=30, trial_length=4.0, n_movies=2, n_trials=4, n_heldout_movies=1, heldout_trials=2)
 QUICK_MODEL = {"width": 32, "heads": 2, "decoder_layers": 1, "dropout": 0.0, "backbone": {"patch": 16}}
@@ -50,6 +51,8 @@ def main():
     parser.add_argument("--finetune-steps", type=int, help="steps of each few-shot and adaptation run (default 300)")
     parser.add_argument("--fractions", default="0.01,0.05,0.1,0.5,1", help="label fractions of the few-shot curve")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the few-shot curve")
+    parser.add_argument("--few-shot-trainable", default="all",
+                        help="what the few-shot runs train: all, heads (behaviour read-out on a frozen body) or both")
     parser.add_argument("--session-fraction", type=float, default=0.1, help="labels of the new session")
     parser.add_argument("--trials", type=int, default=10, help="trials of each training movie in the recording")
     parser.add_argument("--stages", default="joint,probe,few_shot,ceiling,new_session")
@@ -83,7 +86,8 @@ def main():
         summary["probe"] = _cached(out / "probe.json", lambda p: decode(
             rec, TARGETS, p, run=pretrained, mode="probe", baselines=(), progress=False))["results"]
     if "few_shot" in stages:
-        summary["few_shot"] = few_shot(rec, out, config, pretrained, fractions, seeds, ft_steps)
+        summary["few_shot"] = few_shot(rec, out, config, pretrained, fractions, seeds, ft_steps,
+                                       args.few_shot_trainable.split(","))
         few_shot_figure(summary["few_shot"], out / "few_shot.png")
     if "ceiling" in stages:
         summary["ceiling"] = _cached(out / "ceiling.json", lambda p: rate_ceiling(rec, p))
@@ -112,18 +116,21 @@ def _cached(path, make):
     return json.loads(path.read_text()) if path.exists() else make(path)
 
 
-def few_shot(rec, out, config, pretrained, fractions, seeds, ft_steps):
-    """Test r per target, fraction, seed: finetuned from `pretrained` vs random init; ridge; and
-    linear probes of the frozen pretrained vs randomly initialised model's features."""
+def few_shot(rec, out, config, pretrained, fractions, seeds, ft_steps, trainable=("all",)):
+    """Test r per target, fraction, seed: finetuned from `pretrained` vs random init, training
+    everything and/or the behaviour heads alone (`trainable`); ridge; and linear probes of the
+    frozen pretrained vs randomly initialised model's features."""
     rows = few_shot_probes(rec, out, pretrained, fractions, seeds)
+    starts = (("pretrained", dict(mode="finetune", run=pretrained)), ("random init", dict(mode="joint", config=config)))
     for f in fractions:
         for seed in seeds:
-            for model, kw in (("pretrained", dict(mode="finetune", run=pretrained)),
-                              ("random init", dict(mode="joint", config=config))):
-                path = out / "few_shot" / f"{model.replace(' ', '_')}-f{f:g}-s{seed}.json"
-                report = _cached(path, lambda p: decode(rec, TARGETS, p, label_fraction=f, steps=ft_steps, seed=seed,
-                                                        baselines=("ridge",) if seed == 0 and model == "pretrained"
-                                                        else (), progress=False, **kw))
+            for (start, kw), learn in ((s, t) for t in trainable for s in starts):
+                model = start if learn == "all" else f"{start}, {learn} only"
+                name = model.replace(",", "").replace(" ", "_")
+                first = seed == seeds[0] and start == "pretrained" and learn == trainable[0]
+                report = _cached(out / "few_shot" / f"{name}-f{f:g}-s{seed}.json", lambda p: decode(
+                    rec, TARGETS, p, label_fraction=f, steps=ft_steps, seed=seed, trainable=learn,
+                    baselines=("ridge",) if first else (), progress=False, **kw))
                 for t in TARGETS:
                     rows.append({"fraction": f, "seed": seed, "model": model, "target": t,
                                  "test_r": report["results"][t]["neuroformer"]["test_r"]})
@@ -157,7 +164,7 @@ def few_shot_probes(rec, out, pretrained, fractions, seeds):
 def few_shot_figure(rows, path):
     fig, axes = plt.subplots(1, len(TARGETS), figsize=(4 * len(TARGETS), 3.2), squeeze=False)
     for ax, t in zip(axes[0], TARGETS):
-        for model in MODELS:
+        for model in (m for m in MODELS if any(r["model"] == m for r in rows)):
             pts = [r for r in rows if r["target"] == t and r["model"] == model]
             fr = sorted({r["fraction"] for r in pts})
             mean = [np.mean([r["test_r"] for r in pts if r["fraction"] == f]) for f in fr]

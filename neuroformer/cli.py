@@ -219,8 +219,9 @@ def build_parser():
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="train on the first fraction of the training split (nested blocks; few-shot)")
     p.add_argument("--baselines", default="ridge,lasso,glm,mlp,gru", help="comma-separated; '' for none")
-    p.add_argument("--trainable", default="all", choices=["all", "units"],
-                   help="finetune everything, or only the unit embeddings (adapting to a new session)")
+    p.add_argument("--trainable", default="all", choices=["all", "units", "heads"],
+                   help="train everything, only the unit embeddings (adapting to a new session), or only "
+                        "the behaviour heads on a frozen body (few labels)")
     p.add_argument("--steps", type=int, help="training steps (default: the config's)")
     p.add_argument("--bin", type=float, default=0.05, help="bin width (s) of the baselines' spike counts")
     p.add_argument("--seed", type=int, default=0)

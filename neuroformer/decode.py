@@ -325,8 +325,8 @@ def linear_readout(x, samples):
 def train_decoder(data_path, targets, work, mode, run=None, config=None, label_fraction=1.0, steps=None, seed=0,
                   device="cpu", trainable="all"):
     """Train (joint) or finetune a model whose behaviour heads decode `targets`; its run directory,
-    whose best.pt is the step of least validation behaviour error. `trainable="units"`
-    finetunes only the unit embeddings (a new session)."""
+    whose best.pt is the step of least validation behaviour error. `trainable` (see `TRAINABLE`):
+    "units" learns only the unit embeddings (a new session), "heads" only the behaviour read-out."""
     data = open_recording(data_path)
     if mode == "finetune":
         if run is None:
@@ -335,7 +335,7 @@ def train_decoder(data_path, targets, work, mode, run=None, config=None, label_f
     else:
         base = load_config(config) if config else load_config(Path(__file__).parent / "configs" / "demo.yaml")
     cfg = decode_config(base, data, targets, config or "config")
-    out = Path(work) / f"{mode}{'-units' if trainable == 'units' else ''}-f{label_fraction:g}-s{seed}"
+    out = Path(work) / f"{mode}{'' if trainable == 'all' else '-' + trainable}-f{label_fraction:g}-s{seed}"
     init = checkpoint_file(run) if mode == "finetune" else None
     train(cfg, [data_path], RunOptions(out, max_steps=steps, seed=seed, device=device,
                                        resume=(out / "last.pt").exists(), init=init,

@@ -173,6 +173,12 @@ def _autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" else nullcontext()
 
 
+# parameters that learn, by top-level module (None: all). units: a new session's unit embeddings
+# and output rows; heads: the behaviour read-out alone, on a frozen body (few labels)
+TRAINABLE = {"all": None, "units": ("unit_emb", "unit_head"),
+             "heads": ("query", "population_in", "readout")}
+
+
 @dataclass
 class RunOptions:
     out: Path
@@ -182,7 +188,7 @@ class RunOptions:
     resume: bool = False
     init: Path | None = None          # start from this checkpoint's weights (finetuning; see `load_matching`)
     train_fraction: float = 1.0       # train on the first fraction of the training split (few-shot)
-    trainable: str = "all"            # all | units: only unit embeddings and their output rows (a new session)
+    trainable: str = "all"            # a key of TRAINABLE: which parameters learn
     select: str = "loss"              # validation metric (lower is better) that picks best.pt
 
 
@@ -195,8 +201,8 @@ def train(cfg, data_paths, opts):
     state = _load_for_resume(out / "last.pt", cfg) if opts.resume else None
     vocab = UnitVocab.from_state_dict(state["vocab"]) if state else None
     stats = state["behavior_stats"] if state else None
-    if opts.trainable not in ("all", "units"):
-        raise InputError("trainable", ("trainable", f"unknown {opts.trainable!r} (all, units)"))
+    if opts.trainable not in TRAINABLE:
+        raise InputError("trainable", ("trainable", f"unknown {opts.trainable!r} ({', '.join(TRAINABLE)})"))
     if opts.init and not state:
         vocab = UnitVocab.from_state_dict(load_checkpoint(opts.init)[1]["vocab"])
         for path in data_paths:                                 # units of a new session join the vocabulary
@@ -206,7 +212,7 @@ def train(cfg, data_paths, opts):
     if opts.init and not state:
         load_matching(model, dataset.vocab, opts.init)
     for name, p in model.named_parameters():
-        p.requires_grad_(opts.trainable == "all" or name.split(".")[0] in ("unit_emb", "unit_head"))
+        p.requires_grad_(TRAINABLE[opts.trainable] is None or name.split(".")[0] in TRAINABLE[opts.trainable])
     model.to(device)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]

@@ -19,8 +19,8 @@ from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.data.vocab import UnitVocab
 from neuroformer.data.windows import collate_windows
 from neuroformer.errors import InputError
-from neuroformer.decode import (Samples, baseline_results, choose, decode, probe_features, probe_results,
-                               split_samples, window_tiling)
+from neuroformer.decode import (Samples, baseline_results, choose, decode, decode_config, probe_features,
+                               probe_results, split_samples, window_tiling)
 from neuroformer.decoders import BinnedSplit, baseline_grid
 from neuroformer.train import (RunOptions, build, epoch_batches, first_fraction, load_checkpoint, load_matching,
                                load_model, train, window_spec)
@@ -224,6 +224,18 @@ def test_finetune_and_new_session_weights(tmp_path, config_file):
             torch.testing.assert_close(value, pre_state["model"][name], msg=name)
 
 
+def test_heads_only_training_leaves_the_body_as_initialised(tiny_synthetic, tmp_path):
+    cfg = decode_config(config_from_dict(CONFIG), open_recording(tiny_synthetic), ["running.speed"])
+    torch.manual_seed(0)
+    start = build(cfg, [tiny_synthetic])[2].state_dict()
+    train(cfg, [tiny_synthetic], RunOptions(tmp_path / "heads", max_steps=3, trainable="heads"))
+    state = load_checkpoint(tmp_path / "heads" / "last.pt")[1]["model"]
+    changed = {name.split(".")[0] for name, value in state.items() if not torch.equal(value, start[name])}
+    assert changed == {"query", "population_in", "readout"}
+    with pytest.raises(InputError, match="unknown 'body' \\(all, units, heads\\)"):
+        train(cfg, [tiny_synthetic], RunOptions(tmp_path / "x", max_steps=1, trainable="body"))
+
+
 def test_binned_count_recording_with_hand_velocity_and_a_class_label(tmp_path):
     """The original format: counts in 50 ms bins, a continuous hand velocity and an integer
     label (the quadrant of the velocity: classification) to decode."""
@@ -292,7 +304,8 @@ def test_decode_errors_name_the_problem(tiny_synthetic, tmp_path, capsys):
 
 def test_decoding_study_quick(tmp_path):
     script = Path(__file__).resolve().parents[1] / "analysis" / "decoding.py"
-    subprocess.run([sys.executable, str(script), "--quick", "-o", str(tmp_path)], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(script), "--quick", "--few-shot-trainable", "all,heads", "-o", str(tmp_path)],
+                   check=True, capture_output=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["joint"]["running.speed"]) == {"neuroformer", "ridge", "gru"}
     assert list(summary["probe"]["eye.phi"]) == ["random init", "history", "+ stimulus", "+ current window",
@@ -300,7 +313,7 @@ def test_decoding_study_quick(tmp_path):
     assert set(summary["ceiling"]) == {"running.speed", "eye.phi", "eye.theta"}
     assert summary["ceiling"]["running.speed"]["test_r"] > 0.5          # noise-free rates carry the speed gain
     models = {(r["model"], r["fraction"]) for r in summary["few_shot"]}
-    assert {(m, f) for m in ("pretrained", "random init", "pretrained probe", "random init probe")
-            for f in (0.5, 1.0)} <= models
+    assert {(m, f) for m in ("pretrained", "random init", "pretrained, heads only", "random init, heads only",
+                             "pretrained probe", "random init probe") for f in (0.5, 1.0)} <= models
     assert set(summary["new_session"]["mean_test_r"]) == {"units", "all"}
     assert (tmp_path / "few_shot.png").exists() and (tmp_path / "joint.png").exists()
