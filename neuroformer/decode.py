@@ -6,7 +6,8 @@ own split interval (all but the first `before` seconds of each interval), each s
 once. Neuroformer predicts them on a sequential tiling of windows, the last window of an
 interval aligned to its end; every sample is read from the one window assigned to it. Every
 model's predicted trace may be smoothed by a Gaussian whose width, like every other choice,
-is picked on the validation split (best Pearson r); the test split is only scored.
+is picked on the validation split (best Pearson r), as is, per variable, the Neuroformer
+checkpoint it is read from; the test split is only scored.
 
 Modes: joint trains the behaviour heads with the spike objective from scratch; finetune
 starts from a pretrained run; probe fits linear read-outs of frozen representations (random
@@ -322,10 +323,25 @@ def linear_readout(x, samples):
     return choose(candidates, samples["valid"], samples["test"], samples["targets"], samples["classes"])
 
 
+def checkpoint_candidates(run_dir, data_path, samples, targets, device="cpu"):
+    """`choose` candidates ({"checkpoint": file}, valid, test predictions) of a decoding run's
+    best.pt (first) and each variable's best-<variable>.pt (`train.best_files`): which step
+    decodes a variable best is chosen on valid like every other setting."""
+    files = ["best.pt"] + sorted(p.name for p in Path(run_dir).glob("best-*.pt"))
+    out = []
+    for file in files:
+        _, model, dataset, recordings = load_model(Path(run_dir) / file, [data_path], device)
+        rid = recordings.recording_ids[0]
+        out.append(({"checkpoint": file}, *(neuroformer_predictions(model, dataset, rid, samples[s], targets,
+                                                                     device=device) for s in ("valid", "test"))))
+    return out
+
+
 def train_decoder(data_path, targets, work, mode, run=None, config=None, label_fraction=1.0, steps=None, seed=0,
                   device="cpu", trainable="all"):
     """Train (joint) or finetune a model whose behaviour heads decode `targets`; its run directory,
-    whose best.pt is the step of least validation behaviour error. `trainable` (see `TRAINABLE`):
+    whose best.pt is the step of least validation behaviour error (mean over targets; best-<target>.pt
+    that of each target's own). `trainable` (see `TRAINABLE`):
     "units" learns only the unit embeddings (a new session), "heads" only the behaviour read-out."""
     data = open_recording(data_path)
     if mode == "finetune":
@@ -375,12 +391,10 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
     if mode == "probe":
         probes = probe_results(probe_features(run, data_path, samples, seed, device), samples)
     else:
-        _, model, dataset, recordings = load_model(run_dir / "best.pt", [data_path], device)
-        rid = recordings.recording_ids[0]
-        pred = {s: neuroformer_predictions(model, dataset, rid, samples[s], targets, device=device)
-                for s in ("valid", "test")}
-        models = {"neuroformer": choose([({}, pred["valid"], pred["test"])], samples["valid"], samples["test"],
-                                        targets, samples["classes"]), **models}
+        candidates = checkpoint_candidates(run_dir, data_path, samples, targets, device)
+        models = {"neuroformer": choose(candidates, samples["valid"], samples["test"], targets, samples["classes"]),
+                  "neuroformer, best.pt": choose(candidates[:1], samples["valid"], samples["test"], targets,
+                                                 samples["classes"]), **models}
     table = probes if probes is not None else models
     report = {"recording": str(data_path), "targets": targets, "mode": mode, "run": str(run) if run else None,
               "label_fraction": label_fraction, "trainable": trainable, "seed": seed, "bin_s": bin_size,
@@ -398,10 +412,10 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
 def format_report(report):
     """Test Pearson r (R²), or accuracy (balanced) for class labels, per model and target."""
     targets = report["targets"]
-    lines = [f"{'model':<18}" + "".join(f"{t:>24}" for t in targets)]
+    lines = [f"{'model':<22}" + "".join(f"{t:>24}" for t in targets)]
     for model in report["results"][targets[0]]:
         cells = [report["results"][t][model] for t in targets]
-        lines.append(f"{model:<18}" + "".join(
+        lines.append(f"{model:<22}" + "".join(
             f"{c['test_r']:>14.3f} ({c['test_r2']:+.2f})" if "test_r" in c else
             f"{c['test_accuracy']:>14.3f} ({c['test_balanced_accuracy']:.2f})" for c in cells))
     return "test Pearson r (R²); class labels: accuracy (balanced):\n" + "\n".join(lines)

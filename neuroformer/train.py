@@ -189,7 +189,7 @@ class RunOptions:
     init: Path | None = None          # start from this checkpoint's weights (finetuning; see `load_matching`)
     train_fraction: float = 1.0       # train on the first fraction of the training split (few-shot)
     trainable: str = "all"            # a key of TRAINABLE: which parameters learn
-    select: str = "loss"              # validation metric (lower is better) that picks best.pt
+    select: str = "loss"              # validation metric (lower is better) that picks best.pt (see `best_files`)
 
 
 def train(cfg, data_paths, opts):
@@ -219,12 +219,12 @@ def train(cfg, data_paths, opts):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, total))
-    step, epoch, done, best = 0, 0, 0, float("inf")
+    step, epoch, done, best = 0, 0, 0, {}
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, epoch, done, best = state["step"], state["epoch"], state["batches_done"], state["best_valid_loss"]
+        step, epoch, done, best = state["step"], state["epoch"], state["batches_done"], state["best_valid"]
         torch.set_rng_state(state["torch_rng"])
         opts.seed = state["seed"]
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -267,9 +267,10 @@ def train(cfg, data_paths, opts):
                 last_valid = evaluate(model, dataset, valid, device)
                 if rank == 0:
                     _append(metrics_path, {"step": step, "split": "valid", **last_valid})
-                    if last_valid[opts.select] < best:
-                        best = last_valid[opts.select]
-                        _save(out / "best.pt", model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts)
+                    for file, metric in best_files(last_valid, opts.select).items():
+                        if last_valid[metric] < best.get(file, float("inf")):
+                            best[file] = last_valid[metric]
+                            _save(out / file, model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts)
             if rank == 0 and (step % cfg.train.checkpoint_every == 0 or step == total):
                 _save(out / "last.pt", model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts)
             if step >= total:
@@ -282,10 +283,20 @@ def train(cfg, data_paths, opts):
     return last_valid
 
 
+def best_files(valid, select):
+    """Checkpoint file -> the validation metric whose least value it keeps: best.pt by `select`;
+    selecting by "behavior_error" (the mean over variables) also keeps best-<variable>.pt by each
+    variable's own error, so every decoded variable can be read from its own best step."""
+    files = {"best.pt": select}
+    if select == "behavior_error":
+        files.update({f"best-{k.split('.', 1)[1]}.pt": k for k in valid if k.startswith("behavior_error.")})
+    return files
+
+
 def _save(path, model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts):
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "step": step, "epoch": epoch, "batches_done": done, "seed": opts.seed, "best_valid_loss": best,
+        "step": step, "epoch": epoch, "batches_done": done, "seed": opts.seed, "best_valid": best,
         "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(), "vocab": dataset.vocab.state_dict(),
         "behavior_stats": model.behavior_stats.tolist(),
         "frame_shape": list(dataset.frame_size or ()),

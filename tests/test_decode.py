@@ -144,9 +144,14 @@ def test_joint_report_and_decoded_variables_are_never_inputs(joint, tiny_synthet
     assert json.loads(out.read_text()) == report and out.with_suffix(".png").exists()
     assert report["targets"] == ["running.speed", "eye.phi"]
     for t in report["targets"]:
-        assert set(report["results"][t]) == {"neuroformer", "ridge", "gru"}
+        assert set(report["results"][t]) == {"neuroformer", "neuroformer, best.pt", "ridge", "gru"}
         for r in report["results"][t].values():
             assert -1 <= r["test_r"] <= 1 and -1 <= r["valid_r"] <= 1
+        # each variable's checkpoint is chosen on valid among best.pt and the per-variable ones
+        chosen, single = report["results"][t]["neuroformer"], report["results"][t]["neuroformer, best.pt"]
+        assert chosen["valid_r"] >= single["valid_r"] and single["params"] == {"checkpoint": "best.pt"}
+        assert chosen["params"]["checkpoint"] in ("best.pt", f"best-{report['targets'][0]}.pt",
+                                                  f"best-{report['targets'][1]}.pt")
     run = out.with_suffix("") / "joint-f1-s0"
     # best.pt is the step of least validation behaviour error (mean over targets), not of least total loss
     valid = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "valid"]
@@ -154,6 +159,12 @@ def test_joint_report_and_decoded_variables_are_never_inputs(joint, tiny_synthet
     for r in valid:
         assert r["behavior_error"] == pytest.approx(np.mean([r[f"behavior_error.{t}"] for t in report["targets"]]))
     assert load_checkpoint(run / "best.pt")[1]["step"] == min(valid, key=lambda r: r["behavior_error"])["step"]
+    # and best-<variable>.pt the step of that variable's least error
+    for t in report["targets"]:
+        step = min(valid, key=lambda r: r[f"behavior_error.{t}"])["step"]
+        assert load_checkpoint(run / f"best-{t}.pt")[1]["step"] == step
+    assert sorted(p.name for p in run.glob("best*.pt")) == sorted(
+        ["best.pt"] + [f"best-{t}.pt" for t in report["targets"]])
     cfg, model, dataset, recordings = load_model(run / "best.pt", [tiny_synthetic])
     assert model.targets == ["running.speed", "eye.phi"] and model.inputs == ["eye.theta"]
     # the decoded variables' values in a batch do not change the decoded output
@@ -263,7 +274,7 @@ def test_binned_count_recording_with_hand_velocity_and_a_class_label(tmp_path):
         assert report["results"][t]["ridge"]["test_r"] > 0.6 and "neuroformer" in report["results"][t]
     assert report["samples"]["test"] > 400
     labels = report["results"]["quadrant.quadrant"]
-    assert set(labels) == {"neuroformer", "ridge"}
+    assert set(labels) == {"neuroformer", "neuroformer, best.pt", "ridge"}
     for cell in labels.values():
         assert {"test_accuracy", "test_balanced_accuracy", "valid_balanced_accuracy"} <= set(cell)
         assert "test_r" not in cell and 0 <= cell["test_balanced_accuracy"] <= 1
@@ -307,7 +318,7 @@ def test_decoding_study_quick(tmp_path):
     subprocess.run([sys.executable, str(script), "--quick", "--few-shot-trainable", "all,heads", "-o", str(tmp_path)],
                    check=True, capture_output=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["joint"]["running.speed"]) == {"neuroformer", "ridge", "gru"}
+    assert set(summary["joint"]["running.speed"]) == {"neuroformer", "neuroformer, best.pt", "ridge", "gru"}
     assert list(summary["probe"]["eye.phi"]) == ["random init", "history", "+ stimulus", "+ current window",
                                                  "+ population vector"]
     assert set(summary["ceiling"]) == {"running.speed", "eye.phi", "eye.theta"}
