@@ -13,13 +13,14 @@ Stages, each skipped when its output exists (an interrupted run resumes):
 5. new session: pretrained with labels on sessions 0..K-2 of a multi-session recording, adapted
    to the last session with few labels by its unit embeddings alone or by full finetuning
    -> OUT/new_session.json.
-Figures beside each; OUT/summary.json gathers the tables.
+Figures beside each; OUT/summary.json gathers the tables and each stage's wall time (seconds).
 
     python analysis/decoding.py -o runs/decoding              # full run (time in BENCHMARKS.md)
     python analysis/decoding.py --quick -o /tmp/decoding      # tiny recording and model (the test)
 """
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,28 +73,37 @@ def main():
     if args.quick:
         neuroformer.decoders.GRU_STEPS = 20          # the pipeline is under test, not the GRU
     stages = args.stages.split(",")
-    summary = {}
+    summary, seconds = {}, {}
+
+    def timed(stage, make):
+        """make(), its wall time in seconds[stage] (stages whose outputs exist take no time)."""
+        start = time.perf_counter()
+        result = make()
+        seconds[stage] = round(time.perf_counter() - start, 1)
+        return result
 
     if "joint" in stages:
-        summary["joint"] = _cached(out / "joint.json", lambda p: decode(
-            rec, TARGETS, p, config=config, steps=steps, baselines=baselines, progress=False))["results"]
+        summary["joint"] = timed("joint", lambda: _cached(out / "joint.json", lambda p: decode(
+            rec, TARGETS, p, config=config, steps=steps, baselines=baselines, progress=False))["results"])
     pretrained = out / "pretrain"
     if {"probe", "few_shot"} & set(stages) and not (pretrained / "best.pt").exists():
         cfg = load_config(config)
         cfg.modalities = {}                         # spikes and video only: no behaviour is seen
-        train(cfg, [rec], RunOptions(pretrained, max_steps=steps, resume=(pretrained / "last.pt").exists()))
+        timed("pretrain", lambda: train(cfg, [rec], RunOptions(pretrained, max_steps=steps,
+                                                               resume=(pretrained / "last.pt").exists())))
     if "probe" in stages:
-        summary["probe"] = _cached(out / "probe.json", lambda p: decode(
-            rec, TARGETS, p, run=pretrained, mode="probe", baselines=(), progress=False))["results"]
+        summary["probe"] = timed("probe", lambda: _cached(out / "probe.json", lambda p: decode(
+            rec, TARGETS, p, run=pretrained, mode="probe", baselines=(), progress=False))["results"])
     if "few_shot" in stages:
-        summary["few_shot"] = few_shot(rec, out, config, pretrained, fractions, seeds, ft_steps,
-                                       args.few_shot_trainable.split(","))
+        summary["few_shot"] = timed("few_shot", lambda: few_shot(rec, out, config, pretrained, fractions, seeds,
+                                                                 ft_steps, args.few_shot_trainable.split(",")))
         few_shot_figure(summary["few_shot"], out / "few_shot.png")
     if "ceiling" in stages:
-        summary["ceiling"] = _cached(out / "ceiling.json", lambda p: rate_ceiling(rec, p))
+        summary["ceiling"] = timed("ceiling", lambda: _cached(out / "ceiling.json", lambda p: rate_ceiling(rec, p)))
     if "new_session" in stages:
-        summary["new_session"] = new_session(out, config, recording, steps, ft_steps,
-                                             0.5 if args.quick else args.session_fraction)
+        summary["new_session"] = timed("new_session", lambda: new_session(
+            out, config, recording, steps, ft_steps, 0.5 if args.quick else args.session_fraction))
+    summary["seconds"] = seconds
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     print(json.dumps(_brief(summary), indent=1))
@@ -221,7 +231,7 @@ def new_session(out, config, recording, steps, ft_steps, fraction, sessions=3):
 
 
 def _brief(summary):
-    """Test r per table, rounded, for the terminal."""
+    """Test r per table, rounded, and stage times, for the terminal."""
     def r(cell):
         return round(cell["test_r"], 3)
     brief = {}
@@ -239,6 +249,7 @@ def _brief(summary):
                                                                   if x["model"] == m and x["fraction"] == f])), 3)
                              for m in MODELS for f in sorted({x["fraction"] for x in rows})
                              if any(x["model"] == m and x["fraction"] == f for x in rows)}
+    brief["seconds"] = summary["seconds"]
     return brief
 
 

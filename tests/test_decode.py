@@ -328,3 +328,5 @@ def test_decoding_study_quick(tmp_path):
                              "pretrained probe", "random init probe") for f in (0.5, 1.0)} <= models
     assert set(summary["new_session"]["mean_test_r"]) == {"units", "all"}
     assert (tmp_path / "few_shot.png").exists() and (tmp_path / "joint.png").exists()
+    assert set(summary["seconds"]) == {"joint", "pretrain", "probe", "few_shot", "ceiling", "new_session"}
+    assert all(t > 0 for t in summary["seconds"].values())
