@@ -224,7 +224,9 @@ def train(cfg, data_paths, opts):
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, epoch, done, best = state["step"], state["epoch"], state["batches_done"], state["best_valid"]
+        step, epoch, done, best = state["step"], state["epoch"], state["batches_done"], state.get("best_valid")
+        if best is None:                                    # a last.pt written before best-<variable>.pt
+            best = {"best.pt": state["best_valid_loss"]}
         torch.set_rng_state(state["torch_rng"])
         opts.seed = state["seed"]
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model

@@ -57,6 +57,18 @@ def test_killed_run_resumes_to_the_same_weights(tiny_config, tiny_synthetic, tmp
     assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, STEPS + 1))
 
 
+def test_resume_from_a_checkpoint_without_per_variable_bests_keeps_its_best(tiny_config, tiny_synthetic, tmp_path):
+    subprocess.run(_cmd(tiny_config, tiny_synthetic, tmp_path, "--max-steps", "10"), check=True, capture_output=True)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    del state["best_valid"]
+    state["best_valid_loss"] = -1.0                    # the older field: no later step can beat it
+    torch.save(state, tmp_path / "last.pt")
+    subprocess.run(_cmd(tiny_config, tiny_synthetic, tmp_path, "--max-steps", "20", "--resume"), check=True,
+                   capture_output=True)
+    assert load_checkpoint(tmp_path / "last.pt")[1]["step"] == 20
+    assert load_checkpoint(tmp_path / "best.pt")[1]["step"] == 10
+
+
 def test_checkpoint_holds_everything_and_loads_weights_only(tiny_config, tiny_synthetic, tmp_path):
     subprocess.run(_cmd(tiny_config, tiny_synthetic, tmp_path, "--max-steps", "10"), check=True, capture_output=True)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
