@@ -327,11 +327,12 @@ def checkpoint_candidates(run_dir, data_path, samples, targets, device="cpu"):
     """`choose` candidates ({"checkpoint": file}, valid, test predictions) of a decoding run's
     best.pt (first) and each variable's best-<variable>.pt (`train.best_files`): which step
     decodes a variable best is chosen on valid like every other setting."""
-    files = ["best.pt"] + sorted(p.name for p in Path(run_dir).glob("best-*.pt"))
+    run_dir = Path(run_dir)
+    _, model, dataset, recordings = load_model(run_dir / "best.pt", [data_path], device)
+    rid = recordings.recording_ids[0]
     out = []
-    for file in files:
-        _, model, dataset, recordings = load_model(Path(run_dir) / file, [data_path], device)
-        rid = recordings.recording_ids[0]
+    for file in ["best.pt"] + sorted(p.name for p in run_dir.glob("best-*.pt")):
+        model.load_state_dict(load_checkpoint(run_dir / file)[1]["model"])    # same config, other step
         out.append(({"checkpoint": file}, *(neuroformer_predictions(model, dataset, rid, samples[s], targets,
                                                                      device=device) for s in ("valid", "test"))))
     return out
