@@ -12,18 +12,25 @@ Stages, each skipped when its output exists (an interrupted run resumes):
    the same way: what a linear decoder could read with no spike noise -> OUT/ceiling.json;
 5. new session: pretrained with labels on sessions 0..K-2 of a multi-session recording, adapted
    to the last session with few labels by its unit embeddings alone or by full finetuning
-   -> OUT/new_session.json.
-Figures beside each; OUT/summary.json gathers the tables and each stage's wall time (seconds).
+   -> OUT/sessions/.
+Training runs go side by side, `--jobs` processes sharing the cores (one thread each on a machine
+with as many cores): small models gain little from a second thread and much from a second run.
+Figures beside each; OUT/summary.json gathers the tables, each stage's run time (seconds; stages
+overlap) and the study's wall time ("total").
 
     python analysis/decoding.py -o runs/decoding              # full run (time in BENCHMARKS.md)
     python analysis/decoding.py --quick -o /tmp/decoding      # tiny recording and model (the test)
 """
 import argparse
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 import neuroformer.decoders
@@ -49,19 +56,21 @@ def main():
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="tiny recording and model, few steps (for tests)")
     parser.add_argument("--steps", type=int, help="steps of joint training and pretraining (default the config's)")
-    parser.add_argument("--finetune-steps", type=int, help="steps of each few-shot and adaptation run (default 300)")
-    parser.add_argument("--fractions", default="0.01,0.05,0.1,0.5,1", help="label fractions of the few-shot curve")
+    parser.add_argument("--finetune-steps", type=int, help="steps of each few-shot and adaptation run (default 200)")
+    parser.add_argument("--fractions", default="0.01,0.1,1", help="label fractions of the few-shot curve")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the few-shot curve")
     parser.add_argument("--few-shot-trainable", default="all",
                         help="what the few-shot runs train: all, heads (behaviour read-out on a frozen body) or both")
     parser.add_argument("--session-fraction", type=float, default=0.1, help="labels of the new session")
     parser.add_argument("--trials", type=int, default=10, help="trials of each training movie in the recording")
     parser.add_argument("--stages", default="joint,probe,few_shot,ceiling,new_session")
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                        help="training runs side by side, sharing the cores (default: one per core)")
     args = parser.parse_args()
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     steps = args.steps or (10 if args.quick else None)
-    ft_steps = args.finetune_steps or (6 if args.quick else 300)
+    ft_steps = args.finetune_steps or (6 if args.quick else 200)
     fractions = [float(f) for f in args.fractions.split(",")] if not args.quick else [0.5, 1.0]
     seeds = range(1 if args.quick else args.seeds)
     config = _config(out, args.quick)
@@ -70,43 +79,62 @@ def main():
     if not rec.exists():
         write_synthetic(rec, SyntheticConfig(**recording))
     baselines = ("ridge", "gru") if args.quick else ("ridge", "lasso", "glm", "mlp", "gru")
-    if args.quick:
-        neuroformer.decoders.GRU_STEPS = 20          # the pipeline is under test, not the GRU
     stages = args.stages.split(",")
-    summary, seconds = {}, {}
-
-    def timed(stage, make):
-        """make(), its wall time in seconds[stage] (stages whose outputs exist take no time)."""
-        start = time.perf_counter()
-        result = make()
-        seconds[stage] = round(time.perf_counter() - start, 1)
-        return result
-
-    if "joint" in stages:
-        summary["joint"] = timed("joint", lambda: _cached(out / "joint.json", lambda p: decode(
-            rec, TARGETS, p, config=config, steps=steps, baselines=baselines, progress=False))["results"])
     pretrained = out / "pretrain"
-    if {"probe", "few_shot"} & set(stages) and not (pretrained / "best.pt").exists():
-        cfg = load_config(config)
-        cfg.modalities = {}                         # spikes and video only: no behaviour is seen
-        timed("pretrain", lambda: train(cfg, [rec], RunOptions(pretrained, max_steps=steps,
-                                                               resume=(pretrained / "last.pt").exists())))
-    if "probe" in stages:
-        summary["probe"] = timed("probe", lambda: _cached(out / "probe.json", lambda p: decode(
-            rec, TARGETS, p, run=pretrained, mode="probe", baselines=(), progress=False))["results"])
-    if "few_shot" in stages:
-        summary["few_shot"] = timed("few_shot", lambda: few_shot(rec, out, config, pretrained, fractions, seeds,
-                                                                 ft_steps, args.few_shot_trainable.split(",")))
-        few_shot_figure(summary["few_shot"], out / "few_shot.png")
-    if "ceiling" in stages:
-        summary["ceiling"] = timed("ceiling", lambda: _cached(out / "ceiling.json", lambda p: rate_ceiling(rec, p)))
-    if "new_session" in stages:
-        summary["new_session"] = timed("new_session", lambda: new_session(
-            out, config, recording, steps, ft_steps, 0.5 if args.quick else args.session_fraction))
+    summary, seconds, tasks = {}, {}, {}
+    start = time.perf_counter()
+    threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker,
+                             initargs=(threads, 20 if args.quick else None)) as pool:
+        # the longest chain first: pretraining, then the probe and few-shot runs that start from it
+        if {"probe", "few_shot"} & set(stages) and not (pretrained / "best.pt").exists():
+            tasks["pretrain"] = pool.submit(_timed, pretrain, config, rec, pretrained, steps)
+        if "joint" in stages:
+            tasks["joint"] = pool.submit(_timed, _report, rec, out / "joint.json", config=config, steps=steps,
+                                         baselines=baselines)
+        if "new_session" in stages:
+            tasks["new_session"] = pool.submit(_timed, new_session, out, config, recording, steps, ft_steps,
+                                               0.5 if args.quick else args.session_fraction)
+        if "ceiling" in stages:
+            summary["ceiling"], seconds["ceiling"] = _timed(_cached, out / "ceiling.json", lambda p: rate_ceiling(rec, p))
+        if "pretrain" in tasks:
+            seconds["pretrain"] = tasks.pop("pretrain").result()[1]
+        if "probe" in stages:
+            tasks["probe"] = pool.submit(_timed, _report, rec, out / "probe.json", run=pretrained, mode="probe",
+                                         baselines=())
+        if "few_shot" in stages:
+            summary["few_shot"], seconds["few_shot"] = few_shot(pool, rec, out, config, pretrained, fractions, seeds,
+                                                                ft_steps, args.few_shot_trainable.split(","))
+            few_shot_figure(summary["few_shot"], out / "few_shot.png")
+        for stage, task in tasks.items():
+            result, seconds[stage] = task.result()
+            summary[stage] = result["results"] if stage in ("joint", "probe") else result
+    seconds["total"] = round(time.perf_counter() - start, 1)
     summary["seconds"] = seconds
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     print(json.dumps(_brief(summary), indent=1))
+
+
+def _worker(threads, gru_steps):
+    """Set up a pool process: its share of the cores (and, --quick, a short GRU baseline)."""
+    torch.set_num_threads(threads)
+    if gru_steps:
+        neuroformer.decoders.GRU_STEPS = gru_steps      # the pipeline is under test, not the GRU
+
+
+def _timed(make, *args, **kwargs):
+    """make(*args, **kwargs) and its wall time in seconds (a run whose output exists takes none)."""
+    start = time.perf_counter()
+    result = make(*args, **kwargs)
+    return result, round(time.perf_counter() - start, 1)
+
+
+def pretrain(config, rec, run, steps):
+    """A spikes-and-movie model trained on `rec` without any behaviour (the probe and few-shot start)."""
+    cfg = load_config(config)
+    cfg.modalities = {}                         # spikes and video only: no behaviour is seen
+    train(cfg, [rec], RunOptions(run, max_steps=steps, resume=(run / "last.pt").exists()))
 
 
 def _config(out, quick):
@@ -126,28 +154,39 @@ def _cached(path, make):
     return json.loads(path.read_text()) if path.exists() else make(path)
 
 
-def few_shot(rec, out, config, pretrained, fractions, seeds, ft_steps, trainable=("all",)):
-    """Test r per target, fraction, seed: finetuned from `pretrained` vs random init, training
-    everything and/or the behaviour heads alone (`trainable`); ridge; and linear probes of the
-    frozen pretrained vs randomly initialised model's features."""
-    rows = few_shot_probes(rec, out, pretrained, fractions, seeds)
+def _report(rec, path, **kwargs):
+    """The decode report of TARGETS at `path`, made unless it exists (an interrupted study resumes)."""
+    return _cached(path, lambda p: decode(rec, TARGETS, p, progress=False, **kwargs))
+
+
+def few_shot(pool, rec, out, config, pretrained, fractions, seeds, ft_steps, trainable=("all",)):
+    """Rows of test r per target, fraction, seed and model: finetuned from `pretrained` vs random
+    init, training everything and/or the behaviour heads alone (`trainable`); ridge; linear probes
+    of the frozen pretrained vs randomly initialised model's features. With the runs' seconds."""
+    (out / "few_shot").mkdir(parents=True, exist_ok=True)
+    probes = pool.submit(_timed, few_shot_probes, rec, out, pretrained, fractions, seeds)
     starts = (("pretrained", dict(mode="finetune", run=pretrained)), ("random init", dict(mode="joint", config=config)))
+    runs = []
     for f in fractions:
         for seed in seeds:
             for (start, kw), learn in ((s, t) for t in trainable for s in starts):
                 model = start if learn == "all" else f"{start}, {learn} only"
                 name = model.replace(",", "").replace(" ", "_")
                 first = seed == seeds[0] and start == "pretrained" and learn == trainable[0]
-                report = _cached(out / "few_shot" / f"{name}-f{f:g}-s{seed}.json", lambda p: decode(
-                    rec, TARGETS, p, label_fraction=f, steps=ft_steps, seed=seed, trainable=learn,
-                    baselines=("ridge",) if first else (), progress=False, **kw))
-                for t in TARGETS:
-                    rows.append({"fraction": f, "seed": seed, "model": model, "target": t,
-                                 "test_r": report["results"][t]["neuroformer"]["test_r"]})
-                    if "ridge" in report["results"][t]:
-                        rows.append({"fraction": f, "seed": seed, "model": "ridge", "target": t,
-                                     "test_r": report["results"][t]["ridge"]["test_r"]})
-    return rows
+                runs.append((model, f, seed, pool.submit(
+                    _timed, _report, rec, out / "few_shot" / f"{name}-f{f:g}-s{seed}.json", label_fraction=f,
+                    steps=ft_steps, seed=seed, trainable=learn, baselines=("ridge",) if first else (), **kw)))
+    rows, seconds = probes.result()
+    for model, f, seed, run in runs:
+        report, run_seconds = run.result()
+        seconds += run_seconds
+        for t in TARGETS:
+            rows.append({"fraction": f, "seed": seed, "model": model, "target": t,
+                         "test_r": report["results"][t]["neuroformer"]["test_r"]})
+            if "ridge" in report["results"][t]:
+                rows.append({"fraction": f, "seed": seed, "model": "ridge", "target": t,
+                             "test_r": report["results"][t]["ridge"]["test_r"]})
+    return rows, round(seconds, 1)
 
 
 def few_shot_probes(rec, out, pretrained, fractions, seeds):
@@ -220,9 +259,9 @@ def new_session(out, config, recording, steps, ft_steps, fraction, sessions=3):
                                           select="behavior_error"))
     result = {}
     for trainable in ("units", "all"):
-        report = _cached(out / "sessions" / f"adapt-{trainable}.json", lambda p: decode(
-            paths[-1], TARGETS, p, run=run, mode="finetune", trainable=trainable, label_fraction=fraction,
-            steps=ft_steps, baselines=("ridge",) if trainable == "all" else (), progress=False))
+        report = _report(paths[-1], out / "sessions" / f"adapt-{trainable}.json", run=run, mode="finetune",
+                         trainable=trainable, label_fraction=fraction, steps=ft_steps,
+                         baselines=("ridge",) if trainable == "all" else ())
         result[trainable] = {t: report["results"][t] for t in TARGETS}
     mean_r = {k: float(np.mean([v[t]["neuroformer"]["test_r"] for t in TARGETS])) for k, v in result.items()}
     result["units_over_full"] = mean_r["units"] / mean_r["all"] if mean_r["all"] > 0 else None

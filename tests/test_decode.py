@@ -315,8 +315,8 @@ def test_decode_errors_name_the_problem(tiny_synthetic, tmp_path, capsys):
 
 def test_decoding_study_quick(tmp_path):
     script = Path(__file__).resolve().parents[1] / "analysis" / "decoding.py"
-    subprocess.run([sys.executable, str(script), "--quick", "--few-shot-trainable", "all,heads", "-o", str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, str(script), "--quick", "--few-shot-trainable", "all,heads", "--jobs", "2",
+                    "-o", str(tmp_path)], check=True, capture_output=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["joint"]["running.speed"]) == {"neuroformer", "neuroformer, best.pt", "ridge", "gru"}
     assert list(summary["probe"]["eye.phi"]) == ["random init", "history", "+ stimulus", "+ current window",
@@ -328,5 +328,7 @@ def test_decoding_study_quick(tmp_path):
                              "pretrained probe", "random init probe") for f in (0.5, 1.0)} <= models
     assert set(summary["new_session"]["mean_test_r"]) == {"units", "all"}
     assert (tmp_path / "few_shot.png").exists() and (tmp_path / "joint.png").exists()
-    assert set(summary["seconds"]) == {"joint", "pretrain", "probe", "few_shot", "ceiling", "new_session"}
-    assert all(t > 0 for t in summary["seconds"].values())
+    seconds = summary["seconds"]
+    assert set(seconds) == {"joint", "pretrain", "probe", "few_shot", "ceiling", "new_session", "total"}
+    assert all(t > 0 for t in seconds.values())
+    assert seconds["total"] < sum(seconds.values()) - seconds["total"]     # two runs side by side
