@@ -67,6 +67,8 @@ def main():
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
                         help="training runs side by side, sharing the cores (default: one per core)")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs: {args.jobs} runs side by side (at least 1)")
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     steps = args.steps or (10 if args.quick else None)

@@ -4,30 +4,40 @@ Each config trains in a fresh process on the synthetic recording (100 neurons, ~
 batch 32, 50 ms current and history windows and 3 frames of 64x112; after 3 warm-up steps it
 times 10 optimizer steps. Reported: seconds per step, spike tokens per second, tokens per
 sample (current + history spikes, visual tokens, behaviour tokens) and peak resident memory
-(VmHWM, including ~600 MB of imports).
+(VmHWM, including ~600 MB of imports). Then the demo config on one thread, on two, and as two
+one-thread runs side by side (their timed steps start together): whether a second core serves a
+small model better as a second thread or as a second run (the decoding study's --jobs).
 
-    python bench/bench_train.py           # ~3 min on 2 cores
+    python bench/bench_train.py           # ~4 min on 2 cores
     python bench/bench_train.py --quick   # what the test runs
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from _common import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(config, recording, steps, warmup, batch_size):
+def measure(config, recording, steps, warmup, batch_size, threads=None, barrier=None, peers=1):
+    """Train `config` on `recording`; after `warmup` steps (and, with `barrier`, once all `peers`
+    processes have reached it) time `steps` steps."""
     import torch
 
     from neuroformer.config import load_config
     from neuroformer.train import build, epoch_batches, to_device
     from neuroformer.data.windows import collate_windows
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = load_config(config)
     cfg.train.batch_size = batch_size
@@ -38,6 +48,8 @@ def measure(config, recording, steps, warmup, batch_size):
     clock = None
     for i in range(warmup + steps):
         if i == warmup:
+            if barrier:
+                wait_for_peers(barrier, peers)
             clock = time.perf_counter()
         batch = to_device(collate_windows([dataset[j] for j in batches[i % len(batches)]]), "cpu")
         out = model(batch)
@@ -56,7 +68,27 @@ def measure(config, recording, steps, warmup, batch_size):
                 parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
                 batch=batch_size, seconds_per_step=seconds, spike_tokens_per_s=spike_tokens / steps / seconds,
                 spike_tokens_per_sample=spike_tokens / n, visual_tokens_per_sample=visual / n,
-                behavior_tokens_per_sample=behavior / n, peak_rss_mb=peak_rss_mb())
+                behavior_tokens_per_sample=behavior / n, peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads())
+
+
+def wait_for_peers(barrier, peers):
+    """Mark this process at `barrier` (a directory) and wait until `peers` processes are there."""
+    barrier.mkdir(parents=True, exist_ok=True)
+    (barrier / str(os.getpid())).touch()
+    while len(list(barrier.iterdir())) < peers:
+        time.sleep(0.01)
+
+
+def side_by_side(config, recording, quick, processes=1, threads=None, barrier=None):
+    """Rows of `processes` children training `config` at once, each on `threads` threads."""
+    command = [sys.executable, __file__, "--child", str(config), str(recording), *(["--quick"] if quick else []),
+               *(["--threads", str(threads)] if threads else []),
+               *(["--barrier", str(barrier), "--peers", str(processes)] if barrier else [])]
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    outputs = [child.communicate()[0] for child in children]
+    if any(child.returncode for child in children):
+        raise RuntimeError(f"a benchmark child failed: {' '.join(command)}")
+    return [json.loads(o.strip().splitlines()[-1]) for o in outputs]
 
 
 def main():
@@ -65,10 +97,14 @@ def main():
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/neuroformer-bench"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train.json")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--barrier", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--peers", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     steps, warmup, batch = (2, 1, 4) if args.quick else (10, 3, 32)
     if args.child:
-        print(json.dumps(measure(args.child[0], args.child[1], steps, warmup, batch)))
+        print(json.dumps(measure(args.child[0], args.child[1], steps, warmup, batch,
+                                 args.threads, args.barrier, args.peers)))
         return
     from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 
@@ -79,12 +115,19 @@ def main():
                                                    heldout_trials=1) if args.quick else SyntheticConfig())
     rows = []
     for config in ("demo.yaml", "published.yaml"):
-        child = subprocess.run([sys.executable, __file__, "--child", str(ROOT / "configs" / config), str(recording),
-                                *(["--quick"] if args.quick else [])], check=True, capture_output=True, text=True)
-        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        rows += side_by_side(ROOT / "configs" / config, recording, args.quick)
         print(json.dumps(rows[-1]), flush=True)
+    demo = ROOT / "configs" / "demo.yaml"
+    threads = []
+    for processes, n in ((1, 1), (1, 2), (2, 1)):
+        runs = side_by_side(demo, recording, args.quick, processes, n, tempfile.mkdtemp(dir=args.workdir))
+        seconds = float(np.mean([r["seconds_per_step"] for r in runs]))
+        threads.append(dict(processes=processes, threads_each=n, seconds_per_step=seconds,
+                            steps_per_s=processes / seconds))
+        print(json.dumps(threads[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(dict(quick=args.quick, date=time.strftime("%Y-%m-%d"), rows=rows), indent=2))
+    args.out.write_text(json.dumps(dict(quick=args.quick, date=time.strftime("%Y-%m-%d"), rows=rows,
+                                        threads=threads), indent=2))
     print(f"wrote {args.out}")
 
 

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_windows.py"
 
 
@@ -36,7 +38,10 @@ def test_ablation_quick(tmp_path):
 def test_bench_train_quick(tmp_path):
     out = tmp_path / "train.json"
     _run("bench/bench_train.py", "--quick", "--workdir", tmp_path, "--out", out)
-    demo, published = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    demo, published = result["rows"]
+    assert [(r["processes"], r["threads_each"]) for r in result["threads"]] == [(1, 1), (1, 2), (2, 1)]
+    assert result["threads"][2]["steps_per_s"] == pytest.approx(2 / result["threads"][2]["seconds_per_step"])
     assert (published["width"], published["heads"], published["layers_per_stack"]) == (256, 8, 6)
     assert published["parameters"] > 10 * demo["parameters"] and demo["seconds_per_step"] > 0
     assert published["visual_tokens_per_sample"] > 0

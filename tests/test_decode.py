@@ -332,3 +332,10 @@ def test_decoding_study_quick(tmp_path):
     assert set(seconds) == {"joint", "pretrain", "probe", "few_shot", "ceiling", "new_session", "total"}
     assert all(t > 0 for t in seconds.values())
     assert seconds["total"] < sum(seconds.values()) - seconds["total"]     # two runs side by side
+
+
+def test_decoding_study_rejects_no_jobs(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "analysis" / "decoding.py"
+    run = subprocess.run([sys.executable, str(script), "--jobs", "0", "-o", str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 2 and "--jobs: 0 runs side by side (at least 1)" in run.stderr
+    assert not any(tmp_path.iterdir())
