@@ -40,6 +40,7 @@ from .train import (RunOptions, build, checkpoint_file, first_fraction, load_che
 
 MODES = ("joint", "finetune", "probe")
 SMOOTHING = (0, 1, 2, 4, 8, 16, 32, 64)          # Gaussian widths tried, in samples
+MIN_EVALS = 8                                    # validations per decoding run: its checkpoint choices
 
 
 @dataclass
@@ -343,7 +344,8 @@ def train_decoder(data_path, targets, work, mode, run=None, config=None, label_f
     """Train (joint) or finetune a model whose behaviour heads decode `targets`; its run directory,
     whose best.pt is the step of least validation behaviour error (mean over targets; best-<target>.pt
     that of each target's own). `trainable` (see `TRAINABLE`):
-    "units" learns only the unit embeddings (a new session), "heads" only the behaviour read-out."""
+    "units" learns only the unit embeddings (a new session), "heads" only the behaviour read-out.
+    Validation runs at least MIN_EVALS times, however short the run."""
     data = open_recording(data_path)
     if mode == "finetune":
         if run is None:
@@ -352,6 +354,8 @@ def train_decoder(data_path, targets, work, mode, run=None, config=None, label_f
     else:
         base = load_config(config) if config else load_config(Path(__file__).parent / "configs" / "demo.yaml")
     cfg = decode_config(base, data, targets, config or "config")
+    total = steps or cfg.train.max_steps              # a short finetuning run still has steps to choose from
+    cfg.train.eval_every = max(1, min(cfg.train.eval_every, total // MIN_EVALS))
     out = Path(work) / f"{mode}{'' if trainable == 'all' else '-' + trainable}-f{label_fraction:g}-s{seed}"
     init = checkpoint_file(run) if mode == "finetune" else None
     train(cfg, [data_path], RunOptions(out, max_steps=steps, seed=seed, device=device,

@@ -19,8 +19,8 @@ from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.data.vocab import UnitVocab
 from neuroformer.data.windows import collate_windows
 from neuroformer.errors import InputError
-from neuroformer.decode import (Samples, baseline_results, choose, decode, decode_config, probe_features,
-                               probe_results, split_samples, window_tiling)
+from neuroformer.decode import (MIN_EVALS, Samples, baseline_results, choose, decode, decode_config, probe_features,
+                               probe_results, split_samples, train_decoder, window_tiling)
 from neuroformer.decoders import BinnedSplit, baseline_grid
 from neuroformer.train import (RunOptions, build, epoch_batches, first_fraction, load_checkpoint, load_matching,
                                load_model, train, window_spec)
@@ -155,7 +155,7 @@ def test_joint_report_and_decoded_variables_are_never_inputs(joint, tiny_synthet
     run = out.with_suffix("") / "joint-f1-s0"
     # best.pt is the step of least validation behaviour error (mean over targets), not of least total loss
     valid = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "valid"]
-    assert len(valid) == 5
+    assert [r["step"] for r in valid] == list(range(1, 11))    # 10 steps validate every step (MIN_EVALS)
     for r in valid:
         assert r["behavior_error"] == pytest.approx(np.mean([r[f"behavior_error.{t}"] for t in report["targets"]]))
     assert load_checkpoint(run / "best.pt")[1]["step"] == min(valid, key=lambda r: r["behavior_error"])["step"]
@@ -339,3 +339,12 @@ def test_decoding_study_rejects_no_jobs(tmp_path):
     run = subprocess.run([sys.executable, str(script), "--jobs", "0", "-o", str(tmp_path)], capture_output=True, text=True)
     assert run.returncode == 2 and "--jobs: 0 runs side by side (at least 1)" in run.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_short_decoding_run_validates_at_least_min_evals_times(tiny_synthetic, tmp_path):
+    path = tmp_path / "rare.yaml"
+    path.write_text(yaml.safe_dump(CONFIG | {"train": CONFIG["train"] | {"eval_every": 100}}))
+    run = train_decoder(tiny_synthetic, ["running.speed"], tmp_path / "w", "joint", config=path,
+                        steps=2 * MIN_EVALS + 1)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "valid"] == [*range(2, 2 * MIN_EVALS + 1, 2), 2 * MIN_EVALS + 1]
