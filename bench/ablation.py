@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from _common import write_report
+
 from neuroformer.baselines import frequency_baseline
 from neuroformer.config import Modality, Variable, load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
@@ -64,8 +66,7 @@ def main():
     rows["empirical frequencies"] = frequency_baseline(dataset, train_batches, valid, model.n_dt + 1)
     report = dict(steps=steps, seed=args.seed, recording=str(recording), quick=args.quick,
                   seconds=time.perf_counter() - clock, date=time.strftime("%Y-%m-%d"), rows=rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
     _figure(rows, args.out.with_suffix(".png"))
     print(_table(rows))
 

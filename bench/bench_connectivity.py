@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from _common import peak_rss_mb
+from _common import peak_rss_mb, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,8 +77,7 @@ def main():
         "test_split_s": float(sum(data.test_domain.end - data.test_domain.start)),
         "making_the_recording_s": made, "rows": rows, "peak_rss_mb": peak_rss_mb(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
     print(json.dumps(report, indent=2))
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import peak_rss_mb
+from _common import peak_rss_mb, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,9 +115,7 @@ def main():
             if c and n:
                 print(f"{config.name} batch {batch}: cached is {n[0]['ms_per_spike'] / c[0]['ms_per_spike']:.1f}x "
                       f"faster per spike than naive")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
-                                    "rows": rows}, indent=2))
+    write_report(args.out, {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import peak_rss_mb
+from _common import peak_rss_mb, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,9 +125,7 @@ def main():
         threads.append(dict(processes=processes, threads_each=n, seconds_per_step=seconds,
                             steps_per_s=processes / seconds))
         print(json.dumps(threads[-1]), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(dict(quick=args.quick, date=time.strftime("%Y-%m-%d"), rows=rows,
-                                        threads=threads), indent=2))
+    write_report(args.out, dict(quick=args.quick, date=time.strftime("%Y-%m-%d"), rows=rows, threads=threads))
     print(f"wrote {args.out}")
 
 
