@@ -39,7 +39,7 @@ from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.decode import (decode, decode_config, decode_samples, linear_readout, probe_features, probe_results,
                                 split_samples)
 from neuroformer.data.recording import open_recording
-from neuroformer.io import atomic_path
+from neuroformer.io import atomic_path, atomic_write_json
 from neuroformer.plots import plt
 from neuroformer.train import RunOptions, checkpoint_file, load_checkpoint, train, window_spec
 
@@ -113,8 +113,7 @@ def main():
             summary[stage] = result["results"] if stage in ("joint", "probe") else result
     seconds["total"] = round(time.perf_counter() - start, 1)
     summary["seconds"] = seconds
-    with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "summary.json", summary)
     print(json.dumps(_brief(summary), indent=1))
 
 
@@ -207,8 +206,7 @@ def few_shot_probes(rec, out, pretrained, fractions, seeds):
                      for model, row in (("pretrained probe", "+ population vector"), ("random init probe", "random init"))
                      if row in table for t in TARGETS]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(rows, indent=2))
+    atomic_write_json(path, rows)
     return rows
 
 
@@ -243,8 +241,7 @@ def rate_ceiling(rec, path):
     x = {s: log_rate[np.clip(np.searchsorted(t, v.times, side="right") - 1, 0, len(t) - 1)] for s, v in samples.items()}
     samples.update(targets=TARGETS, classes=[0] * len(TARGETS))
     result = {n: {k: v for k, v in c.items() if not k.startswith("_")} for n, c in linear_readout(x, samples).items()}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
+    atomic_write_json(path, result)
     return result
 
 

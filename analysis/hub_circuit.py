@@ -34,7 +34,7 @@ from neuroformer.data.circuits import HubCircuitConfig, hub_circuit
 from neuroformer.data.recording import open_recording
 from neuroformer.data.synthetic import write_with_truth
 from neuroformer.glm import GLMConfig, PoissonGLM
-from neuroformer.io import atomic_path
+from neuroformer.io import atomic_path, atomic_write_json
 from neuroformer.plots import connectivity_figure, plt
 from neuroformer.train import RunOptions, load_model, train
 
@@ -145,8 +145,7 @@ def main():
     text = table(summary, per_seed)
     report = {"circuit": circuit, "steps": steps, "windows": windows, "perturbation_windows": perturbation_windows,
               "seeds": seeds, "summary": summary, "per_seed": per_seed, "times_s": times}
-    with atomic_path(args.output / "table.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
+    atomic_write_json(args.output / "table.json", report)
     with atomic_path(args.output / "table.md") as tmp:
         tmp.write_text(text + "\n")
     r2_figure(per_seed, args.output / "r2.png")

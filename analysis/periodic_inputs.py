@@ -26,7 +26,7 @@ from neuroformer.connectivity import model_connectivity
 from neuroformer.data.circuits import PeriodicInputsConfig, periodic_inputs
 from neuroformer.data.recording import open_recording, spike_counts
 from neuroformer.data.synthetic import write_with_truth
-from neuroformer.io import atomic_path
+from neuroformer.io import atomic_write_json
 from neuroformer.plots import plt
 from neuroformer.train import RunOptions, load_model, train
 
@@ -106,8 +106,7 @@ def main():
     result["times_s"] = times
     np.savez_compressed(out / "connectivity.npz", input_of=input_of, correlation=corr,
                         **{f"input_attention_{k}": v for k, v in maps.items()})
-    with atomic_path(out / "result.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
+    atomic_write_json(out / "result.json", result)
     figure({"attention (mean)": maps["mean"], "attention (grad)": maps["grad"], "correlation": corr}, input_of,
            out / "input_attention.png")
     print(json.dumps(result, indent=2))

@@ -1,7 +1,4 @@
 """Shared by the benchmarks."""
-import json
-
-from neuroformer.io import atomic_path
 
 
 def peak_rss_mb():
@@ -12,8 +9,3 @@ def peak_rss_mb():
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
 
-
-def write_report(path, report):
-    """Write `report` as JSON to `path` through a temporary name: an interrupted run leaves the last one."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))

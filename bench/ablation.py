@@ -15,11 +15,10 @@ import json
 import time
 from pathlib import Path
 
-from _common import write_report
-
 from neuroformer.baselines import frequency_baseline
 from neuroformer.config import Modality, Variable, load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
+from neuroformer.io import atomic_write_json
 from neuroformer.train import RunOptions, epoch_batches, evaluate, load_model, train, tiling_batches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +65,7 @@ def main():
     rows["empirical frequencies"] = frequency_baseline(dataset, train_batches, valid, model.n_dt + 1)
     report = dict(steps=steps, seed=args.seed, recording=str(recording), quick=args.quick,
                   seconds=time.perf_counter() - clock, date=time.strftime("%Y-%m-%d"), rows=rows)
-    write_report(args.out, report)
+    atomic_write_json(args.out, report)
     _figure(rows, args.out.with_suffix(".png"))
     print(_table(rows))
 

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
-from _common import peak_rss_mb, write_report
+from _common import peak_rss_mb
+
+from neuroformer.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +79,7 @@ def main():
         "test_split_s": float(sum(data.test_domain.end - data.test_domain.start)),
         "making_the_recording_s": made, "rows": rows, "peak_rss_mb": peak_rss_mb(),
     }
-    write_report(args.out, report)
+    atomic_write_json(args.out, report)
     print(json.dumps(report, indent=2))
 
 

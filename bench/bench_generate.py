@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import peak_rss_mb, write_report
+from _common import peak_rss_mb
+
+from neuroformer.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +117,7 @@ def main():
             if c and n:
                 print(f"{config.name} batch {batch}: cached is {n[0]['ms_per_spike'] / c[0]['ms_per_spike']:.1f}x "
                       f"faster per spike than naive")
-    write_report(args.out, {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "rows": rows})
+    atomic_write_json(args.out, {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "rows": rows})
 
 
 if __name__ == "__main__":

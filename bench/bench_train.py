@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import peak_rss_mb, write_report
+from _common import peak_rss_mb
+
+from neuroformer.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +127,7 @@ def main():
         threads.append(dict(processes=processes, threads_each=n, seconds_per_step=seconds,
                             steps_per_s=processes / seconds))
         print(json.dumps(threads[-1]), flush=True)
-    write_report(args.out, dict(quick=args.quick, date=time.strftime("%Y-%m-%d"), rows=rows, threads=threads))
+    atomic_write_json(args.out, dict(quick=args.quick, date=time.strftime("%Y-%m-%d"), rows=rows, threads=threads))
     print(f"wrote {args.out}")
 
 

@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from _common import peak_rss_mb, write_report
+from _common import peak_rss_mb
+
+from neuroformer.io import atomic_write_json
 
 FULL = dict(lengths=(900.0, 3600.0), neurons=1000, windows=2000)
 QUICK = dict(lengths=(150.0, 300.0), neurons=50, windows=100)
@@ -85,7 +87,7 @@ def main():
     report = dict(machine=f"{platform.machine()}, {platform.processor() or 'cpu'}, "
                           f"{__import__('os').cpu_count()} cores", quick=args.quick, rows=rows,
                   date=time.strftime("%Y-%m-%d"))
-    write_report(args.out, report)
+    atomic_write_json(args.out, report)
     _figure(rows, args.out.with_suffix(".png"))
     print(f"wrote {args.out}")
 

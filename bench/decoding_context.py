@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from neuroformer.data.recording import open_recording
 from neuroformer.decode import split_samples
 from neuroformer.decoders import BinnedSplit
-from neuroformer.io import atomic_path
+from neuroformer.io import atomic_write_json
 
 TARGETS = ["running.speed", "eye.phi", "eye.theta"]
 SPLITS = ("train", "valid", "test")
@@ -60,8 +60,7 @@ def main():
                                for s in ("valid", "test")}
             print(json.dumps(row), flush=True)
             results.append(row)
-    with atomic_path(args.output) as tmp:
-        tmp.write_text(json.dumps({"data": args.data, "results": results}, indent=1))
+    atomic_write_json(args.output, {"data": args.data, "results": results}, indent=1)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Modes: joint trains the behaviour heads with the spike objective from scratch; f
 starts from a pretrained run; probe fits linear read-outs of frozen representations (random
 init; history only; + stimulus; + current window), fitted on train, chosen on valid.
 """
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from .data.recording import open_recording, resolve_variable
 from .data.windows import collate_windows
 from .decoders import BASELINES, BinnedSplit, baseline_grid
 from .errors import InputError
-from .io import atomic_path
+from .io import atomic_path, atomic_write_json
 from .model import _masked_mean
 from .plots import plt
 from .train import (RunOptions, build, checkpoint_file, first_fraction, load_checkpoint, load_model, to_device, train,
@@ -407,8 +406,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
               "results": {t: {m: _public(table[m][t]) for m in table} for t in targets}}
     if probes is not None:
         report["baselines"] = {t: {m: _public(models[m][t]) for m in models} for t in targets}
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
+    atomic_write_json(out, report)
     traces_figure({m: {t: table[m][t]["_test_prediction"] for t in targets} for m in table}, samples["test"], targets,
                   out.with_suffix(".png"))
     return report

@@ -12,7 +12,6 @@ Stages and their times on 2 CPU cores (measured 8 min 10 s in all; the budget is
    the test split and score each against the coupling matrix the recording was generated from
    (~10 s): `connectivity.npz` and its figures.
 """
-import json
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from .evaluate import evaluate_simulation, format_comparison
 from .config import load_config
 from .data.info import format_summary, summarize
 from .data.synthetic import SyntheticConfig, write_synthetic
-from .io import atomic_path
+from .io import atomic_write_json
 from .plots import recording_overview, training_curves
 from .simulate import SimulationOptions, save_simulation, simulate
 from .train import RunOptions, epoch_batches, evaluate, load_model, train, tiling_batches
@@ -75,8 +74,7 @@ def run_demo(out_dir, seed=0, max_steps=None, repeats=2, synthetic=None):
                          str(training_curves(run / "metrics.jsonl", out_dir / "training.png",
                                              baseline=report["valid"]["empirical frequencies"]["nll_per_spike"])),
                          *evaluation["figures"], *connectivity["figures"]]
-    with atomic_path(out_dir / "demo_report.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
+    atomic_write_json(out_dir / "demo_report.json", report)
     for name, m in report["valid"].items():
         extra = f", retrieval top-1 {m['retrieval_top1']:.3f}" if m.get("retrieval_top1") is not None else ""
         print(f"{name:>22}: valid NLL {m['nll_per_spike']:.3f} nats/spike, unit top-1 {m['unit_accuracy']:.3f}{extra}")

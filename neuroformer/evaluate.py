@@ -17,7 +17,6 @@ The noise ceiling: split-half (odd vs even trials) PSTH correlation of the recor
 Spearman-Brown extension to all trials, and sqrt of that, the expected correlation of a perfect
 model's PSTH with the recorded one; and the window F1 between recorded trials of one movie.
 """
-import json
 import math
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from .data.objects import DatasetIndex
 from .data.recording import behavior_variables, open_recording, spike_counts
 from .errors import InputError
 from .glm import PoissonGLM
-from .io import atomic_path
+from .io import atomic_write_json
 from .plots import correlation_scatter, example_psths, rasters
 from .simulate import load_simulation
 from .train import evaluate, load_run
@@ -71,8 +70,7 @@ def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, 
               "psth_bin": psth_bin, "repeats": sim.repeats, "rows": rows, "summary": _summary(rows),
               "glm": {"penalty": glm.penalty, "config": glm.cfg.__dict__} if glm else None,
               "figures": [str(f) for f in figures]}
-    with atomic_path(out_path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2, default=_jsonable))
+    atomic_write_json(out_path, report, default=_jsonable)
     return report
 
 

@@ -1,5 +1,6 @@
 """Atomic writes (to a temporary name beside the target, then rename, so nothing half-written
 stays) and opening HDF5 files with a clear error."""
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,4 +39,11 @@ def atomic_path(path):
 def atomic_savez(path, **arrays):
     with atomic_path(path) as tmp:
         np.savez_compressed(tmp, **arrays)
+    return Path(path)
+
+
+def atomic_write_json(path, obj, indent=2, default=None):
+    """Write `obj` as JSON to `path` atomically (`default` as in json.dumps)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, default=default))
     return Path(path)

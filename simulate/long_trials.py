@@ -17,7 +17,7 @@ from pathlib import Path
 from neuroformer.config import load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.evaluate import evaluate_simulation, format_comparison
-from neuroformer.io import atomic_path
+from neuroformer.io import atomic_write_json
 from neuroformer.simulate import SimulationOptions, save_nwb, save_simulation, simulate
 from neuroformer.train import RunOptions, train
 
@@ -65,8 +65,7 @@ def main():
                                  seed=args.seed)
     stages["evaluate_s"] = time.perf_counter() - clock
     report["stages"] = stages
-    with atomic_path(out / "report.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2, default=str))
+    atomic_write_json(out / "report.json", report, default=str)
     print(format_comparison(report["summary"]))
     print(json.dumps(stages))
 
