@@ -61,6 +61,8 @@ class ModelConfig:
     decoder_layers: int = 2
     mlp_ratio: int = 4
     dropout: float = 0.1
+    frame_dropout: float = 0.0         # fraction of training windows whose frames are hidden (modality
+                                       # dropout): the spikes must carry what they can without the movie
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     contrastive_dim: int = 0           # 0: the width
 
@@ -157,6 +159,8 @@ def _check(cfg, source):
     m = cfg.model
     if cfg.window.target_lag < 0:
         raise InputError(source, ("window.target_lag", f"must be >= 0, got {cfg.window.target_lag}"))
+    if not 0 <= m.frame_dropout < 1:
+        raise InputError(source, ("model.frame_dropout", f"must be in [0, 1), got {m.frame_dropout}"))
     if m.width % m.heads or (m.width // m.heads) % 4:
         raise InputError(source, ("model.heads", f"width {m.width} must split into heads whose size is a multiple of 4"))
     if m.backbone.name not in ("patch", "conv3d", "resnet18"):

@@ -250,6 +250,34 @@ def choose(candidates, valid, test, targets, classes=None):
     return out
 
 
+def novel_stimulus(data, samples):
+    """Per sample of `samples` (a split), whether its trial shows a stimulus that no training
+    trial shows (trials.stimulus_id); None when the recording has no such ids or the split
+    holds only seen or only novel stimuli."""
+    if "trials" not in data.keys() or "stimulus_id" not in data.trials.keys():
+        return None
+    start, end = np.asarray(data.trials.start, dtype=float), np.asarray(data.trials.end, dtype=float)
+    sid = np.asarray(data.trials.stimulus_id)
+    dom = data.train_domain
+    mid = (start + end) / 2
+    k = np.searchsorted(np.asarray(dom.start), mid, side="right") - 1
+    seen = set(sid[(k >= 0) & (mid < np.asarray(dom.end)[np.maximum(k, 0)])].tolist()) - {-1}
+    trial = np.searchsorted(start, samples.times, side="right") - 1
+    inside = (trial >= 0) & (samples.times < end[np.maximum(trial, 0)])
+    novel = inside & (sid[np.maximum(trial, 0)] >= 0) & ~np.isin(sid[np.maximum(trial, 0)], list(seen))
+    return novel if novel.any() and (~novel).any() else None
+
+
+def by_stimulus(result, test, k, novel):
+    """Test scores of `result` (one model, target column k; see `choose`) on the samples of seen
+    and of novel stimuli: Pearson r (regression) or balanced accuracy (class labels)."""
+    pred, y = result["_test_prediction"], test.values[:, k]
+    metric = "test_balanced_accuracy" if "test_accuracy" in result else "test_r"
+    return {f"{metric}_{kind}_stimuli": (class_scores(pred[rows], y[rows])[1] if "test_accuracy" in result else
+                                         scores(pred[rows, None], y[rows, None])[0][0])
+            for kind, rows in (("seen", ~novel), ("novel", novel))}
+
+
 # ---------------------------------------------------------------- models
 
 def decode_config(cfg, data, targets, path="config"):
@@ -400,9 +428,15 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
                   "neuroformer, best.pt": choose(candidates[:1], samples["valid"], samples["test"], targets,
                                                  samples["classes"]), **models}
     table = probes if probes is not None else models
+    novel = novel_stimulus(data, samples["test"])
+    if novel is not None:
+        for results in [*models.values(), *(probes or {}).values()]:
+            for k, t in enumerate(targets):
+                results[t].update(by_stimulus(results[t], samples["test"], k, novel))
     report = {"recording": str(data_path), "targets": targets, "mode": mode, "run": str(run) if run else None,
               "label_fraction": label_fraction, "trainable": trainable, "seed": seed, "bin_s": bin_size,
               "samples": {s: int(len(samples[s].times)) for s in ("train", "valid", "test")},
+              "test_samples_of_novel_stimuli": None if novel is None else int(novel.sum()),
               "results": {t: {m: _public(table[m][t]) for m in table} for t in targets}}
     if probes is not None:
         report["baselines"] = {t: {m: _public(models[m][t]) for m in models} for t in targets}
@@ -421,7 +455,15 @@ def format_report(report):
         lines.append(f"{model:<22}" + "".join(
             f"{c['test_r']:>14.3f} ({c['test_r2']:+.2f})" if "test_r" in c else
             f"{c['test_accuracy']:>14.3f} ({c['test_balanced_accuracy']:.2f})" for c in cells))
-    return "test Pearson r (R²); class labels: accuracy (balanced):\n" + "\n".join(lines)
+    text = "test Pearson r (R²); class labels: accuracy (balanced):\n" + "\n".join(lines)
+    if report.get("test_samples_of_novel_stimuli"):
+        lines = [f"{'model':<22}" + "".join(f"{t:>24}" for t in targets)]
+        for model in report["results"][targets[0]]:
+            cells = [[v for k, v in report["results"][t][model].items() if k.endswith("_stimuli")] for t in targets]
+            lines.append(f"{model:<22}" + "".join(f"{seen:>15.3f} / {novel:.3f}" for seen, novel in cells))
+        text += "\n\non test trials of stimuli seen in training / novel stimuli (r; balanced accuracy):\n" + \
+            "\n".join(lines)
+    return text
 
 
 def _public(result):

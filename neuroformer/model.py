@@ -173,6 +173,9 @@ class Neuroformer(nn.Module):
     def forward(self, batch):
         """Losses and summed metrics of a batch (see `metrics_from_sums`)."""
         cur = batch["current"]
+        if self.training and self.uses_frames and self.cfg.model.frame_dropout > 0:
+            shown = torch.rand(len(cur["unit"]), 1, device=cur["unit"].device) >= self.cfg.model.frame_dropout
+            batch = {**batch, "frames": {**batch["frames"], "mask": batch["frames"]["mask"] & shown}}
         memory, pooled_visual = self.encode_context(batch)
         x, drive = self.decode(cur, memory), self.unit_drive(memory)
         dt_target, unit_target = cur["dt_target"], cur["unit_target"]

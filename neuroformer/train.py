@@ -40,8 +40,9 @@ def window_spec(cfg):
                       features=cfg.model.backbone.tag if uses_cached_features(cfg) else "")
 
 
-def behavior_stats(recordings, names):
-    """(mean, std) of each behaviour variable over the training split of all recordings."""
+def behavior_stats(recordings, names, fraction=1.0):
+    """(mean, std) of each behaviour variable over the training split of all recordings (its
+    first `fraction`: a few-shot run standardises on the labels it is given, no others)."""
     stats = []
     for name in names:
         values = []
@@ -50,7 +51,7 @@ def behavior_stats(recordings, names):
             group, field = resolve_variable(data, name).split(".")
             series = getattr(data.behavior, group)
             t, v = np.asarray(series.timestamps), np.asarray(getattr(series, field))
-            dom = data.train_domain                                  # sorted, disjoint intervals
+            dom = first_fraction(data.train_domain, fraction)        # sorted, disjoint intervals
             k = np.searchsorted(dom.start, t, side="right") - 1
             inside = (k >= 0) & (t < dom.end[np.maximum(k, 0)])
             values.append(v[inside])
@@ -77,9 +78,9 @@ def _shape(series, field):
     return value.shape if value is not None else np.shape(getattr(series, field))
 
 
-def build(cfg, data_paths, vocab=None, stats=None):
+def build(cfg, data_paths, vocab=None, stats=None, fraction=1.0):
     """Recordings, window dataset and model for a config (vocabulary and stats from a checkpoint
-    when resuming, else made from the data)."""
+    when resuming, else made from the first `fraction` of the training split)."""
     recordings = RecordingSet(data_paths)
     if uses_cached_features(cfg):
         for path in data_paths:
@@ -89,7 +90,7 @@ def build(cfg, data_paths, vocab=None, stats=None):
     frame_shape = dataset.frame_size
     names = cfg.variables(False) + cfg.variables(True)
     if stats is None:
-        stats = behavior_stats(recordings, names)
+        stats = behavior_stats(recordings, names, fraction)
     model = Neuroformer(cfg, len(dataset.vocab), frame_shape=frame_shape, behavior_stats=stats)
     return recordings, dataset, model
 
@@ -208,7 +209,7 @@ def train(cfg, data_paths, opts):
         for path in data_paths:                                 # units of a new session join the vocabulary
             vocab.extend(open_recording(path).units.id.astype(str))
     torch.manual_seed(opts.seed)
-    recordings, dataset, model = build(cfg, data_paths, vocab, stats)
+    recordings, dataset, model = build(cfg, data_paths, vocab, stats, opts.train_fraction)
     if opts.init and not state:
         load_matching(model, dataset.vocab, opts.init)
     for name, p in model.named_parameters():

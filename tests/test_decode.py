@@ -19,8 +19,9 @@ from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.data.vocab import UnitVocab
 from neuroformer.data.windows import collate_windows
 from neuroformer.errors import InputError
-from neuroformer.decode import (MIN_EVALS, Samples, baseline_results, choose, decode, decode_config, probe_features,
-                               probe_results, split_samples, train_decoder, window_tiling)
+from neuroformer.decode import (MIN_EVALS, Samples, baseline_results, by_stimulus, choose, decode, decode_config,
+                               format_report, novel_stimulus, probe_features, probe_results, split_samples,
+                               train_decoder, window_tiling)
 from neuroformer.decoders import BinnedSplit, baseline_grid
 from neuroformer.train import (RunOptions, build, epoch_batches, first_fraction, load_checkpoint, load_matching,
                                load_model, train, window_spec)
@@ -111,6 +112,21 @@ def test_a_block_shorter_than_a_batch_is_passed_over_again():
     assert len(full) == 1 and {w.start < 2 for w in full[0]} == {False, True}
 
 
+def test_a_few_shot_run_standardises_its_targets_on_its_labels_only(tiny_synthetic, tmp_path):
+    data = open_recording(tiny_synthetic)
+    cfg = decode_config(config_from_dict(CONFIG), data, ["running.speed"])
+    train(cfg, [tiny_synthetic], RunOptions(tmp_path / "few", max_steps=1, train_fraction=0.3))
+    stats = load_checkpoint(tmp_path / "few" / "last.pt")[1]["behavior_stats"]
+    block = first_fraction(data.train_domain, 0.3)
+    t, speed = np.asarray(data.behavior.running.timestamps), np.asarray(data.behavior.running.speed)
+    inside = np.zeros(len(t), dtype=bool)
+    for a, b in zip(block.start, block.end):
+        inside |= (t >= a) & (t < b)
+    assert 0 < inside.sum() < 0.5 * len(t)
+    k = (cfg.variables(False) + cfg.variables(True)).index("running.speed")
+    np.testing.assert_allclose(stats[k], [speed[inside].mean(), speed[inside].std() + 1e-6], rtol=1e-5)
+
+
 def test_a_block_without_a_window_is_an_error(tiny_synthetic, config_file, tmp_path):
     cfg = config_from_dict(yaml.safe_load(config_file.read_text()))
     with pytest.raises(InputError, match="holds no 0.1 s window"):
@@ -175,6 +191,32 @@ def test_joint_report_and_decoded_variables_are_never_inputs(joint, tiny_synthet
     after = model.predict_behavior(batch)
     for name in model.targets:
         torch.testing.assert_close(before[name], after[name])
+
+
+def test_test_scores_are_split_by_seen_and_novel_stimuli(joint, tiny_synthetic):
+    data = open_recording(tiny_synthetic)
+    test = split_samples(data, ["running.speed"], "test", 0.1, 0.05)
+    novel = novel_stimulus(data, test)
+    trial = np.searchsorted(np.asarray(data.trials.start), test.times, side="right") - 1
+    heldout = TINY["n_movies"]                          # the held-out movie's id: shown on test trials only
+    np.testing.assert_array_equal(novel, np.asarray(data.trials.stimulus_id)[trial] == heldout)
+    assert 0 < novel.sum() < len(novel)
+    assert novel_stimulus(data, Samples(test.times[~novel], test.values[~novel], test.interval[~novel],
+                                        test.starts, test.ends)) is None           # nothing novel to split off
+    # the scores on each part against a direct computation
+    y = np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]])
+    part = Samples(np.arange(6.0), y, np.zeros(6, int), np.zeros(1), np.ones(1) * 6)
+    pred = np.array([0.0, 2.0, 1.0, 5.0, 3.0, 4.5])
+    groups = np.array([True, True, True, False, False, False])
+    got = by_stimulus({"_test_prediction": pred}, part, 0, groups)
+    assert got["test_r_novel_stimuli"] == pytest.approx(np.corrcoef(pred[:3], y[:3, 0])[0, 1])
+    assert got["test_r_seen_stimuli"] == pytest.approx(np.corrcoef(pred[3:], y[3:, 0])[0, 1])
+    _, report = joint
+    assert report["test_samples_of_novel_stimuli"] > 0
+    for t in report["targets"]:
+        for r in report["results"][t].values():
+            assert -1 <= r["test_r_seen_stimuli"] <= 1 and -1 <= r["test_r_novel_stimuli"] <= 1
+    assert "novel stimuli" in format_report(report)
 
 
 def test_probes_never_see_test_data(joint, tiny_synthetic):

@@ -49,6 +49,7 @@ def test_shipped_configs_load():
     ({"model": {"width": 30, "heads": 4}}, "model.heads", "must split into heads"),
     ({"model": {"backbone": {"name": "vit"}}}, "model.backbone.name", "unknown backbone"),
     ({"window": {"target_lag": -0.1}}, "window.target_lag", "must be >= 0"),
+    ({"model": {"frame_dropout": 1.0}}, "model.frame_dropout", "must be in \\[0, 1\\)"),
 ])
 def test_config_errors_name_the_key(raw, field, problem):
     with pytest.raises(InputError, match=rf"cfg.yaml: {field}: .*{problem}"):
@@ -160,6 +161,27 @@ def test_contrastive_excludes_windows_showing_the_same_frame(setup):
     frames_distinct = {"index": torch.tensor([[5], [6], [7], [9]]), "mask": frames["mask"]}
     loss_distinct, _, _ = model.contrastive(x, mask, pooled, frames_distinct)
     assert int(count) == 4 and float(loss) < float(loss_distinct)     # one fewer negative for two rows
+
+
+def test_frame_dropout_hides_the_movie_of_some_training_windows_only(setup):
+    cfg, model, batch = setup
+    hidden = {**batch, "frames": {**batch["frames"], "mask": torch.zeros_like(batch["frames"]["mask"])}}
+    model.cfg.model.frame_dropout = 0.999999
+    try:
+        model.train()
+        torch.manual_seed(1)
+        dropped, blind = model(batch), model(hidden)
+        assert dropped["loss"] == blind["loss"] and int(dropped["contrast_count"]) == 0    # no frames, no pairs
+        model.eval()
+        assert model(batch)["loss"] != dropped["loss"]                     # validation always sees the movie
+        model.train()
+        model.cfg.model.frame_dropout = 0.5
+        torch.manual_seed(1)
+        some = model(batch)
+        assert 0 < int(some["contrast_count"]) < len(batch["t0"])
+    finally:
+        model.cfg.model.frame_dropout = 0.0
+        model.eval()
 
 
 @pytest.mark.parametrize("name, pool, grid", [("patch", 1, (8, 14)), ("conv3d", 1, (8, 14)),
