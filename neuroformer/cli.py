@@ -214,7 +214,8 @@ def build_parser():
     p.add_argument("--data", required=True, type=Path, help="recording (.h5)")
     p.add_argument("--target", required=True, action="append", help="behaviour variable to decode; repeatable")
     p.add_argument("--run", type=Path, help="pretrained run directory or checkpoint (finetune, probe)")
-    p.add_argument("--mode", default="joint", choices=["joint", "finetune", "probe"])
+    p.add_argument("--mode", default="joint", choices=["joint", "finetune", "probe", "baselines"],
+                   help="baselines: only the baselines, on the samples that --config's windows hold")
     p.add_argument("--config", type=Path, help="model config for joint training (default: the demo config)")
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="train on the first fraction of the training split (nested blocks; few-shot)")

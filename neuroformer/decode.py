@@ -11,7 +11,8 @@ checkpoint it is read from; the test split is only scored.
 
 Modes: joint trains the behaviour heads with the spike objective from scratch; finetune
 starts from a pretrained run; probe fits linear read-outs of frozen representations (random
-init; history only; + stimulus; + current window), fitted on train, chosen on valid.
+init; history only; + stimulus; + current window), fitted on train, chosen on valid; baselines
+scores the baselines alone, on the samples a config's windows hold (more seeds of them).
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,8 @@ from .plots import plt
 from .train import (RunOptions, build, checkpoint_file, first_fraction, load_checkpoint, load_model, to_device, train,
                     window_spec)
 
-MODES = ("joint", "finetune", "probe")
+MODES = ("joint", "finetune", "probe", "baselines")
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"       # of joint training
 SMOOTHING = (0, 1, 2, 4, 8, 16, 32, 64)          # Gaussian widths tried, in samples
 MIN_EVALS = 8                                    # validations per decoding run: its checkpoint choices
 
@@ -379,7 +381,7 @@ def train_decoder(data_path, targets, work, mode, run=None, config=None, label_f
             raise InputError("--run", ("run", "finetune needs a pretrained run (--run RUN_DIR)"))
         base = load_checkpoint(checkpoint_file(run))[0]
     else:
-        base = load_config(config) if config else load_config(Path(__file__).parent / "configs" / "demo.yaml")
+        base = load_config(config or DEFAULT_CONFIG)
     cfg = decode_config(base, data, targets, config or "config")
     total = steps or cfg.train.max_steps              # a short finetuning run still has steps to choose from
     cfg.train.eval_every = max(1, min(cfg.train.eval_every, total // MIN_EVALS))
@@ -407,11 +409,15 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
         targets = [resolve_variable(data, t) for t in targets]
     except KeyError as err:
         raise InputError(data_path, ("behavior", err.args[0])) from None
+    if mode == "baselines" and not baselines:
+        raise InputError("--baselines", ("baselines", "mode baselines needs at least one baseline"))
     if mode == "probe" and run is None:
         raise InputError("--run", ("run", "probes read a pretrained run's representations (--run RUN_DIR)"))
     work = out.with_suffix("")
     if mode == "probe":
         cfg = load_checkpoint(checkpoint_file(run))[0]
+    elif mode == "baselines":
+        cfg = load_config(config or DEFAULT_CONFIG)
     else:
         run_dir = train_decoder(data_path, targets, work, mode, run, config, label_fraction, steps, seed, device,
                                 trainable)
@@ -422,7 +428,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
     probes = None
     if mode == "probe":
         probes = probe_results(probe_features(run, data_path, samples, seed, device), samples)
-    else:
+    elif mode != "baselines":
         candidates = checkpoint_candidates(run_dir, data_path, samples, targets, device)
         models = {"neuroformer": choose(candidates, samples["valid"], samples["test"], targets, samples["classes"]),
                   "neuroformer, best.pt": choose(candidates[:1], samples["valid"], samples["test"], targets,

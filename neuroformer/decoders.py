@@ -112,7 +112,7 @@ def _sklearn_grid(name, train, seed, classes):
                                              else (Ridge(alpha=a), False), LogisticRegression(C=1 / a, max_iter=1000)),
                    True)
     elif name == "mlp":
-        for lags in (2, 5):
+        for lags in (2, 5, 10):                # up to ±0.5 s at 50 ms, as far as configs/decoding.yaml sees
             for alpha in (1e-3, 1e-1):
                 net = dict(hidden_layer_sizes=(128,), alpha=alpha, early_stopping=True, max_iter=300, random_state=seed)
                 yield ({"lags": lags, "alpha": alpha, "hidden": 128},

@@ -193,6 +193,21 @@ def test_joint_report_and_decoded_variables_are_never_inputs(joint, tiny_synthet
         torch.testing.assert_close(before[name], after[name])
 
 
+def test_baselines_mode_scores_the_baselines_alone_on_the_same_samples(joint, tiny_synthetic, config_file, tmp_path,
+                                                                       capsys):
+    _, report = joint
+    out = tmp_path / "baselines.json"
+    assert main(["decode", "--data", str(tiny_synthetic), "--target", "speed", "--target", "phi", "--mode",
+                 "baselines", "--config", str(config_file), "--baselines", "ridge", "-o", str(out)]) == 0
+    alone = json.loads(out.read_text())
+    assert alone["samples"] == report["samples"] and not out.with_suffix("").exists()     # nothing trained
+    for t in report["targets"]:
+        assert alone["results"][t] == {"ridge": report["results"][t]["ridge"]}
+    assert main(["decode", "--data", str(tiny_synthetic), "--target", "speed", "--mode", "baselines",
+                 "--baselines", "", "-o", str(out)]) == 2
+    assert "needs at least one baseline" in capsys.readouterr().err
+
+
 def test_test_scores_are_split_by_seen_and_novel_stimuli(joint, tiny_synthetic):
     data = open_recording(tiny_synthetic)
     test = split_samples(data, ["running.speed"], "test", 0.1, 0.05)
