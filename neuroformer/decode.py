@@ -356,13 +356,18 @@ def linear_readout(x, samples):
 def checkpoint_candidates(run_dir, data_path, samples, targets, device="cpu"):
     """`choose` candidates ({"checkpoint": file}, valid, test predictions) of a decoding run's
     best.pt (first) and each variable's best-<variable>.pt (`train.best_files`): which step
-    decodes a variable best is chosen on valid like every other setting."""
+    decodes a variable best is chosen on valid like every other setting. A file saved at a step
+    already listed holds the same weights and is not decoded again."""
     run_dir = Path(run_dir)
     _, model, dataset, recordings = load_model(run_dir / "best.pt", [data_path], device)
     rid = recordings.recording_ids[0]
-    out = []
+    out, steps = [], set()
     for file in ["best.pt"] + sorted(p.name for p in run_dir.glob("best-*.pt")):
-        model.load_state_dict(load_checkpoint(run_dir / file)[1]["model"])    # same config, other step
+        state = load_checkpoint(run_dir / file)[1]
+        if state["step"] in steps:
+            continue
+        steps.add(state["step"])
+        model.load_state_dict(state["model"])                                # same config, other step
         out.append(({"checkpoint": file}, *(neuroformer_predictions(model, dataset, rid, samples[s], targets,
                                                                      device=device) for s in ("valid", "test"))))
     return out

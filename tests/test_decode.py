@@ -1,6 +1,7 @@
 """Behaviour decoding: held-out samples scored once, selection blind to test data, decoded
 variables never inputs, finetuning and new-session weights, binned-count recordings."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,9 @@ from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.data.vocab import UnitVocab
 from neuroformer.data.windows import collate_windows
 from neuroformer.errors import InputError
-from neuroformer.decode import (MIN_EVALS, Samples, baseline_results, by_stimulus, choose, decode, decode_config,
-                               format_report, novel_stimulus, probe_features, probe_results, split_samples,
-                               train_decoder, window_tiling)
+from neuroformer.decode import (MIN_EVALS, Samples, baseline_results, by_stimulus, checkpoint_candidates, choose, decode,
+                               decode_config, decode_samples, format_report, novel_stimulus, probe_features,
+                               probe_results, split_samples, train_decoder, window_tiling)
 from neuroformer.decoders import BinnedSplit, baseline_grid
 from neuroformer.train import (RunOptions, build, epoch_batches, first_fraction, load_checkpoint, load_matching,
                                load_model, train, window_spec)
@@ -191,6 +192,24 @@ def test_joint_report_and_decoded_variables_are_never_inputs(joint, tiny_synthet
     after = model.predict_behavior(batch)
     for name in model.targets:
         torch.testing.assert_close(before[name], after[name])
+
+
+def test_checkpoints_of_one_step_are_decoded_once(joint, tiny_synthetic, tmp_path):
+    out, report = joint
+    run = tmp_path / "run"
+    shutil.copytree(out.with_suffix("") / "joint-f1-s0", run)
+    shutil.copy(run / "best.pt", run / "best-zz.pt")                 # same step as best.pt
+    steps = {p.name: load_checkpoint(p)[1]["step"] for p in run.glob("best*.pt")}
+    data = open_recording(tiny_synthetic)
+    samples = decode_samples(data, report["targets"], window_spec(load_checkpoint(run / "best.pt")[0]))
+    calls = []
+    with mock.patch("neuroformer.decode.neuroformer_predictions",
+                    side_effect=lambda *a, **k: calls.append(a[3]) or np.zeros((len(a[3].times), 2))):
+        candidates = checkpoint_candidates(run, tiny_synthetic, samples, report["targets"])
+    names = [c[0]["checkpoint"] for c in candidates]
+    assert names[0] == "best.pt" and "best-zz.pt" not in names
+    assert sorted(steps[n] for n in names) == sorted(set(steps.values()))     # every step once
+    assert len(calls) == 2 * len(names)                                        # valid and test of each
 
 
 def test_baselines_mode_scores_the_baselines_alone_on_the_same_samples(joint, tiny_synthetic, config_file, tmp_path,
