@@ -22,9 +22,12 @@ overlap) and the study's wall time ("total").
     python analysis/decoding.py --quick -o /tmp/decoding      # tiny recording and model (the test)
 """
 import argparse
+import ctypes
 import json
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -87,7 +90,7 @@ def main():
     start = time.perf_counter()
     threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker,
-                             initargs=(threads, 20 if args.quick else None)) as pool:
+                             initargs=(threads, 20 if args.quick else None, os.getpid())) as pool:
         # the longest chain first: pretraining, then the probe and few-shot runs that start from it
         if {"probe", "few_shot"} & set(stages) and not (pretrained / "best.pt").exists():
             tasks["pretrain"] = pool.submit(_timed, pretrain, config, rec, pretrained, steps)
@@ -117,11 +120,22 @@ def main():
     print(json.dumps(_brief(summary), indent=1))
 
 
-def _worker(threads, gru_steps):
-    """Set up a pool process: its share of the cores (and, --quick, a short GRU baseline)."""
+def _worker(threads, gru_steps, study_pid):
+    """Set up a pool process: its share of the cores (and, --quick, a short GRU baseline); it ends
+    with the study's process, so a killed study leaves no run writing into the output that a
+    resumed study would then share."""
+    _end_with_parent(study_pid)
     torch.set_num_threads(threads)
     if gru_steps:
         neuroformer.decoders.GRU_STEPS = gru_steps      # the pipeline is under test, not the GRU
+
+
+def _end_with_parent(parent_pid):
+    """Have the kernel send this process SIGTERM when its parent dies (Linux; prctl PR_SET_PDEATHSIG)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    if os.getppid() != parent_pid:                      # the parent died before the request took hold
+        os._exit(1)
 
 
 def _timed(make, *args, **kwargs):

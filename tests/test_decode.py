@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -415,6 +416,45 @@ def test_decoding_study_rejects_no_jobs(tmp_path):
     run = subprocess.run([sys.executable, str(script), "--jobs", "0", "-o", str(tmp_path)], capture_output=True, text=True)
     assert run.returncode == 2 and "--jobs: 0 runs side by side (at least 1)" in run.stderr
     assert not any(tmp_path.iterdir())
+
+
+def _living_children(pid):
+    """Process ids of `pid`'s children that are alive (not zombies), and their command lines (Linux /proc)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+            cmdline = (stat.parent / "cmdline").read_text()
+        except (OSError, ValueError):
+            continue                                           # ended while we looked
+        if int(ppid) == pid and state != "Z":
+            children[int(stat.parent.name)] = cmdline
+    return children
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_a_killed_study_leaves_no_run_behind(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "analysis" / "decoding.py"
+    study = subprocess.Popen([sys.executable, str(script), "--quick", "--jobs", "2", "-o", str(tmp_path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers, deadline = [], time.monotonic() + 300
+    while time.monotonic() < deadline and not (len(workers) == 2 and (tmp_path / "pretrain" / "metrics.jsonl").exists()):
+        workers = [p for p, cmd in _living_children(study.pid).items() if "spawn_main" in cmd]
+        time.sleep(0.1)
+    assert len(workers) == 2, "the study's two pool processes never started training"
+    study.kill()
+    study.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(map(_alive, workers)):
+        time.sleep(0.1)
+    assert not any(map(_alive, workers)), "pool processes outlived the killed study"
 
 
 def test_short_decoding_run_validates_at_least_min_evals_times(tiny_synthetic, tmp_path):
