@@ -92,7 +92,7 @@ def main():
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker,
                              initargs=(threads, 20 if args.quick else None, os.getpid())) as pool:
         # the longest chain first: pretraining, then the probe and few-shot runs that start from it
-        if {"probe", "few_shot"} & set(stages) and not (pretrained / "best.pt").exists():
+        if {"probe", "few_shot"} & set(stages):         # resumed to its last step; done, it returns at once
             tasks["pretrain"] = pool.submit(_timed, pretrain, config, rec, pretrained, steps)
         if "joint" in stages:
             tasks["joint"] = pool.submit(_timed, _report, rec, out / "joint.json", config=config, steps=steps,
@@ -139,7 +139,7 @@ def _end_with_parent(parent_pid):
 
 
 def _timed(make, *args, **kwargs):
-    """make(*args, **kwargs) and its wall time in seconds (a run whose output exists takes none)."""
+    """make(*args, **kwargs) and its wall time in seconds (a run already done takes only its loading)."""
     start = time.perf_counter()
     result = make(*args, **kwargs)
     return result, round(time.perf_counter() - start, 1)
@@ -265,11 +265,9 @@ def new_session(out, config, recording, steps, ft_steps, fraction, sessions=3):
     paths = [out / "sessions" / f"synthetic_s{k}.h5" for k in range(sessions)]
     if not all(p.exists() for p in paths):
         paths = write_synthetic(out / "sessions" / "synthetic.h5", SyntheticConfig(**recording, sessions=sessions))
-    run = out / "sessions" / "pretrain"
-    if not (run / "best.pt").exists():
-        cfg = decode_config(load_config(config), open_recording(paths[0]), TARGETS)
-        train(cfg, paths[:-1], RunOptions(run, max_steps=steps, resume=(run / "last.pt").exists(),
-                                          select="behavior_error"))
+    run = out / "sessions" / "pretrain"                 # resumed to its last step (an interrupted one has a best.pt)
+    cfg = decode_config(load_config(config), open_recording(paths[0]), TARGETS)
+    train(cfg, paths[:-1], RunOptions(run, max_steps=steps, resume=(run / "last.pt").exists(), select="behavior_error"))
     result = {}
     for trainable in ("units", "all"):
         report = _report(paths[-1], out / "sessions" / f"adapt-{trainable}.json", run=run, mode="finetune",

@@ -418,6 +418,22 @@ def test_decoding_study_rejects_no_jobs(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_an_interrupted_pretraining_is_resumed_not_taken_as_done(tmp_path):
+    """A study stopped mid-pretraining leaves a best.pt; rerun, it trains on to its steps before
+    anything starts from it (the probes and the new session's adaptation)."""
+    script = Path(__file__).resolve().parents[1] / "analysis" / "decoding.py"
+    study = [sys.executable, str(script), "--quick", "--stages", "probe,new_session", "-o", str(tmp_path)]
+    subprocess.run([*study, "--steps", "4"], check=True, capture_output=True)          # the stopped study
+    for report in ("probe.json", "sessions/adapt-units.json", "sessions/adapt-all.json"):
+        (tmp_path / report).unlink()
+    for adapted in ("adapt-units", "adapt-all"):
+        shutil.rmtree(tmp_path / "sessions" / adapted)
+    subprocess.run(study, check=True, capture_output=True)                            # rerun: 10 steps
+    for run in ("pretrain", "sessions/pretrain"):
+        steps = [json.loads(line)["step"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        assert steps[-1] == 10 and steps.count(4) == 2, run          # trained on from step 4 (train and valid rows)
+
+
 def _living_children(pid):
     """Process ids of `pid`'s children that are alive (not zombies), and their command lines (Linux /proc)."""
     children = {}
