@@ -160,7 +160,7 @@ def test_contrastive_excludes_windows_showing_the_same_frame(setup):
     loss, correct, count = model.contrastive(x, mask, pooled, frames)
     frames_distinct = {"index": torch.tensor([[5], [6], [7], [9]]), "mask": frames["mask"]}
     loss_distinct, _, _ = model.contrastive(x, mask, pooled, frames_distinct)
-    assert int(count) == 4 and float(loss) < float(loss_distinct)     # one fewer negative for two rows
+    assert int(count) == 4 and loss.item() < loss_distinct.item()     # one fewer negative for two rows
 
 
 def test_frame_dropout_hides_the_movie_of_some_training_windows_only(setup):
