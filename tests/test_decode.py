@@ -30,6 +30,8 @@ from neuroformer.train import (RunOptions, build, epoch_batches, first_fraction,
 
 from conftest import TINY
 
+STUDY = Path(__file__).resolve().parents[1] / "analysis" / "decoding.py"
+
 CONFIG = {
     "window": {"current": 0.05, "history": 0.05, "frames": 0.1, "behavior": 0.05, "target_lag": 0.03, "dt_res": 0.001},
     "modalities": {"behavior": {"variables": {"running.speed": {}, "eye.phi": {}, "eye.theta": {}}}},
@@ -391,8 +393,7 @@ def test_decode_errors_name_the_problem(tiny_synthetic, tmp_path, capsys):
 
 
 def test_decoding_study_quick(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "analysis" / "decoding.py"
-    subprocess.run([sys.executable, str(script), "--quick", "--few-shot-trainable", "all,heads", "--jobs", "2",
+    subprocess.run([sys.executable, str(STUDY), "--quick", "--few-shot-trainable", "all,heads", "--jobs", "2",
                     "-o", str(tmp_path)], check=True, capture_output=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["joint"]["running.speed"]) == {"neuroformer", "neuroformer, best.pt", "ridge", "gru"}
@@ -412,8 +413,7 @@ def test_decoding_study_quick(tmp_path):
 
 
 def test_decoding_study_rejects_no_jobs(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "analysis" / "decoding.py"
-    run = subprocess.run([sys.executable, str(script), "--jobs", "0", "-o", str(tmp_path)], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, str(STUDY), "--jobs", "0", "-o", str(tmp_path)], capture_output=True, text=True)
     assert run.returncode == 2 and "--jobs: 0 runs side by side (at least 1)" in run.stderr
     assert not any(tmp_path.iterdir())
 
@@ -421,8 +421,7 @@ def test_decoding_study_rejects_no_jobs(tmp_path):
 def test_an_interrupted_pretraining_is_resumed_not_taken_as_done(tmp_path):
     """A study stopped mid-pretraining leaves a best.pt; rerun, it trains on to its steps before
     anything starts from it (the probes and the new session's adaptation)."""
-    script = Path(__file__).resolve().parents[1] / "analysis" / "decoding.py"
-    study = [sys.executable, str(script), "--quick", "--stages", "probe,new_session", "-o", str(tmp_path)]
+    study = [sys.executable, str(STUDY), "--quick", "--stages", "probe,new_session", "-o", str(tmp_path)]
     subprocess.run([*study, "--steps", "4"], check=True, capture_output=True)          # the stopped study
     for report in ("probe.json", "sessions/adapt-units.json", "sessions/adapt-all.json"):
         (tmp_path / report).unlink()
@@ -434,43 +433,43 @@ def test_an_interrupted_pretraining_is_resumed_not_taken_as_done(tmp_path):
         assert steps[-1] == 10 and steps.count(4) == 2, run          # trained on from step 4 (train and valid rows)
 
 
-def _living_children(pid):
-    """Process ids of `pid`'s children that are alive (not zombies), and their command lines (Linux /proc)."""
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
-            cmdline = (stat.parent / "cmdline").read_text()
-        except (OSError, ValueError):
-            continue                                           # ended while we looked
-        if int(ppid) == pid and state != "Z":
-            children[int(stat.parent.name)] = cmdline
-    return children
-
-
-def _alive(pid):
+def _parent(pid):
+    """The parent pid of a living process; None once it has ended or is a zombie (Linux /proc)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
     except OSError:
-        return False
+        return None
+    return None if state == "Z" else int(ppid)
+
+
+def _pool_processes(pid):
+    """The living multiprocessing workers that `pid` spawned."""
+    pids = (int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit())
+    return [c for c in pids if _parent(c) == pid and "spawn_main" in _cmdline(c)]
+
+
+def _cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
 def test_a_killed_study_leaves_no_run_behind(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "analysis" / "decoding.py"
-    study = subprocess.Popen([sys.executable, str(script), "--quick", "--jobs", "2", "-o", str(tmp_path)],
+    study = subprocess.Popen([sys.executable, str(STUDY), "--quick", "--jobs", "2", "-o", str(tmp_path)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers, deadline = [], time.monotonic() + 300
     while time.monotonic() < deadline and not (len(workers) == 2 and (tmp_path / "pretrain" / "metrics.jsonl").exists()):
-        workers = [p for p, cmd in _living_children(study.pid).items() if "spawn_main" in cmd]
+        workers = _pool_processes(study.pid)
         time.sleep(0.1)
     assert len(workers) == 2, "the study's two pool processes never started training"
     study.kill()
     study.wait()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(map(_alive, workers)):
+    while time.monotonic() < deadline and any(_parent(w) is not None for w in workers):
         time.sleep(0.1)
-    assert not any(map(_alive, workers)), "pool processes outlived the killed study"
+    assert all(_parent(w) is None for w in workers), "pool processes outlived the killed study"
 
 
 def test_short_decoding_run_validates_at_least_min_evals_times(tiny_synthetic, tmp_path):
