@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_windows.py"
@@ -79,3 +80,36 @@ def test_bench_connectivity_quick(tmp_path):
     assert set(report["rows"]) == {"attention (mean)", "attention (grad)", "perturbation", "pearson (10 ms)",
                                    "lagged correlation (1 ms, 1-5 ms)"}
     assert all(r["seconds"] > 0 for r in report["rows"].values())
+
+
+def _speed_ceiling():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("speed_ceiling", SCRIPT.parent / "speed_ceiling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speed_posterior_against_the_prior_and_a_sharp_likelihood():
+    from scipy.integrate import quad
+    from scipy.stats import norm
+    ceiling = _speed_ceiling()
+    # no evidence: every bin's posterior mean is the prior mean of 8 softplus(2x), x ~ N(0, 1)
+    prior_mean = quad(lambda x: ceiling.speed_of(x) * norm.pdf(x), -10, 10)[0]
+    flat = ceiling.posterior_speed(np.zeros((30, len(ceiling.GRID))), 0.05)
+    np.testing.assert_allclose(flat, prior_mean, rtol=0.01)
+    # decisive evidence for a grid point that moves one step per bin: each bin's own point's speed
+    j = 60 + np.arange(30)
+    sharp = np.where(np.arange(len(ceiling.GRID))[None] == j[:, None], 0.0, -1e3)
+    np.testing.assert_allclose(ceiling.posterior_speed(sharp, 0.05), ceiling.speed_of(ceiling.GRID[j]), rtol=1e-6)
+
+
+def test_speed_ceiling_quick(tmp_path):
+    out = tmp_path / "ceiling.json"
+    _run("bench/speed_ceiling.py", "--quick", "--workdir", tmp_path, "-o", out)
+    report = json.loads(out.read_text())
+    assert list(report) == ["generator", "movie average", "counts only"]
+    test = {name: r["test"] for name, r in report.items()}
+    assert test["generator"]["r"] > 0.8 and test["generator"]["r"] > test["counts only"]["r"]
+    assert set(test["generator"]) >= {"r", "r2", "samples", "r_seen_movies", "r_novel_movies"}
+    assert len({t["samples"] for t in test.values()}) == 1 and out.with_suffix(".png").exists()
