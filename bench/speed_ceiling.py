@@ -17,8 +17,12 @@ stimulus-driven rate R_ik of neuron i in 50 ms bin k:
 Forward-backward over each whole test trial gives the posterior mean speed per bin: both sides
 of every sample and the trial's full length, more than any decoder here sees. Bins are taken as
 independent given speed, which the movie's slow drive is not, so these are approximate ceilings.
+With --window each sample is decoded from only the bins its model window covers (in
+configs/decoding.yaml 0.3 s before it to 0.25 s after it): is the models' gap their short view, or
+what they know of the drive?
 
     python bench/speed_ceiling.py --data syn40.h5 -o ceiling.json       # about 1.5 min
+    python bench/speed_ceiling.py --data syn40.h5 --window -o local.json # about 4 min
 """
 import argparse
 import json
@@ -55,8 +59,8 @@ def log_likelihood(counts, rate, gains, dt, shape=None):
     return (gammaln(n + k) - gammaln(k) + k * np.log(k / (k + m)) + n * np.log(m / (k + m))).sum(-1)
 
 
-def posterior_speed(loglik, dt):
-    """Posterior mean speed per bin of one trial (forward-backward on the grid of x)."""
+def forward_backward(loglik, dt):
+    """Posterior over the grid of x per bin (K, G), given every bin of `loglik` (K, G)."""
     a = np.exp(-dt / TAU)
     log_trans = norm.logpdf(GRID[None, :], a * GRID[:, None], STD * np.sqrt(1 - a * a))
     log_trans -= logsumexp(log_trans, 1, keepdims=True)
@@ -68,13 +72,23 @@ def posterior_speed(loglik, dt):
     for k in range(len(bwd) - 2, -1, -1):
         bwd[k] = logsumexp(log_trans + (loglik[k + 1] + bwd[k + 1])[None, :], 1)
     post = fwd + bwd
-    post = np.exp(post - logsumexp(post, 1, keepdims=True))
-    return post @ speed_of(GRID)
+    return np.exp(post - logsumexp(post, 1, keepdims=True))
 
 
-def ceiling(data_path, truth_path, config):
+def posterior_speed(loglik, dt, span=None):
+    """Posterior mean speed per bin of one trial, from every bin of the trial or, with
+    span = (before, after), from bins k - before .. k + after - 1 only (what one model window sees)."""
+    if span is None:
+        return forward_backward(loglik, dt) @ speed_of(GRID)
+    before, after = span
+    post = [forward_backward(loglik[max(0, k - before):k + after], dt)[min(k, before)] for k in range(len(loglik))]
+    return np.array(post) @ speed_of(GRID)
+
+
+def ceiling(data_path, truth_path, config, window=False):
     """Per decoder of DECODERS, valid and test r / R² (test also on seen and novel movies), and
-    the test prediction; and the test samples."""
+    the test prediction; and the test samples. `window`: each sample from the spikes of its model
+    window only (the config's history + current, read `target_lag` before the window's end)."""
     data = open_recording(data_path)
     truth = np.load(truth_path)
     grid_t, true_rate, a = truth["true_rate_times"], truth["true_rate"].astype(float), truth["speed_gain"]
@@ -91,7 +105,9 @@ def ceiling(data_path, truth_path, config):
     np.add.at(counts, (np.minimum((times / dt).astype(int), len(grid_t) - 1), np.asarray(data.spikes.unit_index)), 1)
 
     cfg = decode_config(load_config(config), data, ["running.speed"])
-    samples = decode_samples(data, ["running.speed"], window_spec(cfg), data_path)
+    spec = window_spec(cfg)
+    samples = decode_samples(data, ["running.speed"], spec, data_path)
+    span = (round((spec.history + spec.current - spec.target_lag) / dt), round(spec.target_lag / dt)) if window else None
 
     def bins(start, end):
         return np.flatnonzero((grid_t >= start) & (grid_t < end))
@@ -126,6 +142,7 @@ def ceiling(data_path, truth_path, config):
         return log_likelihood(counts[rows], np.broadcast_to(scale * mean, (len(rows), len(mean))), gains, dt, shape)
 
     gains = gain(speed_of(GRID))
+    evidence = f"bins k-{span[0]} .. k+{span[1] - 1} of sample k" if span else "whole trial"
     novel = novel_stimulus(data, samples["test"])
     out = {}
     for name in DECODERS:
@@ -136,10 +153,10 @@ def ceiling(data_path, truth_path, config):
             for k, rows in enumerate(bins_of(split)):
                 mine = s.interval == k
                 if mine.any():
-                    post = posterior_speed(loglik(name, rows), dt)
+                    post = posterior_speed(loglik(name, rows), dt, span)
                     pred[mine] = post[np.clip(((s.times[mine] - grid_t[rows[0]]) / dt).astype(int), 0, len(rows) - 1)]
             r, r2 = scores(pred[:, None], s.values)
-            result[split] = {"r": r[0], "r2": r2[0], "samples": len(pred)}
+            result[split] = {"r": r[0], "r2": r2[0], "samples": len(pred), "evidence": evidence}
             if split == "test" and novel is not None:
                 for kind, rows in (("seen", ~novel), ("novel", novel)):
                     result[split][f"r_{kind}_movies"] = scores(pred[rows, None], s.values[rows])[0][0]
@@ -153,6 +170,8 @@ def main(argv=None):
     p.add_argument("--data", type=Path, help="synthetic recording; its truth file (.truth.npz) beside it")
     p.add_argument("--config", type=Path, default=Path(__file__).parents[1] / "configs" / "decoding.yaml",
                    help="decoding config whose windows define the scored samples")
+    p.add_argument("--window", action="store_true",
+                   help="each sample from the spikes its model window sees, not from its whole trial")
     p.add_argument("--quick", action="store_true", help="a small recording made in --workdir (a test runs this)")
     p.add_argument("--workdir", type=Path, default=Path("."))
     p.add_argument("-o", "--out", required=True, type=Path, help="JSON of the scores; a .png of test traces beside it")
@@ -161,7 +180,7 @@ def main(argv=None):
         args.data = write_synthetic(args.workdir / "ceiling_quick.h5", SyntheticConfig(n_neurons=40, n_trials=3))[0]
     elif args.data is None:
         p.error("--data is required (or --quick)")
-    result, test = ceiling(args.data, args.data.with_suffix(".truth.npz"), args.config)
+    result, test = ceiling(args.data, args.data.with_suffix(".truth.npz"), args.config, args.window)
     fig, ax = plt.subplots(figsize=(10, 3))
     first = test.interval == test.interval[0]
     ax.plot(test.times[first], test.values[first, 0], "k", label="true speed")

@@ -102,6 +102,14 @@ def test_speed_posterior_against_the_prior_and_a_sharp_likelihood():
     j = 60 + np.arange(30)
     sharp = np.where(np.arange(len(ceiling.GRID))[None] == j[:, None], 0.0, -1e3)
     np.testing.assert_allclose(ceiling.posterior_speed(sharp, 0.05), ceiling.speed_of(ceiling.GRID[j]), rtol=1e-6)
+    # a window of (6, 5) bins, k-6 .. k+4: decisive evidence at bin 0 moves bins 0-6, not bin 7 on
+    # (the whole trial's posterior carries it on through the prior's 3 s time constant)
+    first = np.zeros((30, len(ceiling.GRID)))
+    first[0] = np.where(np.arange(len(ceiling.GRID)) == 140, 0.0, -1e3)
+    local, whole = ceiling.posterior_speed(first, 0.05, (6, 5)), ceiling.posterior_speed(first, 0.05)
+    np.testing.assert_allclose(local[7:], prior_mean, rtol=0.01)
+    assert (local[:7] > 1.5 * prior_mean).all() and (whole[7:12] > 1.5 * prior_mean).all()
+    np.testing.assert_allclose(ceiling.posterior_speed(sharp, 0.05, (6, 5)), ceiling.speed_of(ceiling.GRID[j]), rtol=1e-6)
 
 
 def test_speed_ceiling_quick(tmp_path):
@@ -113,3 +121,9 @@ def test_speed_ceiling_quick(tmp_path):
     assert test["generator"]["r"] > 0.8 and test["generator"]["r"] > test["counts only"]["r"]
     assert set(test["generator"]) >= {"r", "r2", "samples", "r_seen_movies", "r_novel_movies"}
     assert len({t["samples"] for t in test.values()}) == 1 and out.with_suffix(".png").exists()
+    assert test["generator"]["evidence"] == "whole trial"
+    # --window: each sample from its model window's bins (configs/decoding.yaml: 0.3 s before, 0.25 s after)
+    _run("bench/speed_ceiling.py", "--quick", "--window", "--workdir", tmp_path, "-o", out)
+    local = json.loads(out.read_text())["generator"]["test"]
+    assert local["evidence"] == "bins k-6 .. k+4 of sample k" and local["samples"] == test["generator"]["samples"]
+    assert local["r"] != test["generator"]["r"]
