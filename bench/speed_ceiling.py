@@ -25,6 +25,7 @@ what they know of the drive?
     python bench/speed_ceiling.py --data syn40.h5 --window -o local.json # about 4 min
 """
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -59,11 +60,17 @@ def log_likelihood(counts, rate, gains, dt, shape=None):
     return (gammaln(n + k) - gammaln(k) + k * np.log(k / (k + m)) + n * np.log(m / (k + m))).sum(-1)
 
 
-def forward_backward(loglik, dt):
-    """Posterior over the grid of x per bin (K, G), given every bin of `loglik` (K, G)."""
+@functools.cache
+def log_transition(dt):
+    """log P(x_k+1 | x_k) on the grid (G, G): the OU prior over one bin of `dt` s."""
     a = np.exp(-dt / TAU)
     log_trans = norm.logpdf(GRID[None, :], a * GRID[:, None], STD * np.sqrt(1 - a * a))
-    log_trans -= logsumexp(log_trans, 1, keepdims=True)
+    return log_trans - logsumexp(log_trans, 1, keepdims=True)
+
+
+def forward_backward(loglik, dt):
+    """Posterior over the grid of x per bin (K, G), given every bin of `loglik` (K, G)."""
+    log_trans = log_transition(dt)
     fwd = np.empty_like(loglik)
     fwd[0] = norm.logpdf(GRID, 0.0, STD) + loglik[0]
     for k in range(1, len(fwd)):

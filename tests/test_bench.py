@@ -123,7 +123,7 @@ def test_speed_ceiling_quick(tmp_path):
     assert len({t["samples"] for t in test.values()}) == 1 and out.with_suffix(".png").exists()
     assert test["generator"]["evidence"] == "whole trial"
     # --window: each sample from its model window's bins (configs/decoding.yaml: 0.3 s before, 0.25 s after)
-    _run("bench/speed_ceiling.py", "--quick", "--window", "--workdir", tmp_path, "-o", out)
+    _run("bench/speed_ceiling.py", "--data", tmp_path / "ceiling_quick.h5", "--window", "-o", out)
     local = json.loads(out.read_text())["generator"]["test"]
     assert local["evidence"] == "bins k-6 .. k+4 of sample k" and local["samples"] == test["generator"]["samples"]
     assert local["r"] != test["generator"]["r"]
