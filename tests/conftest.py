@@ -8,8 +8,7 @@ from neuroformer.data.objects import Interval, RegularTimeSeries
 from neuroformer.data.recording import make_recording, save_recording
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-NWB_A8604 = SHARED / "pynapple_A8604" / "A8604-211122.nwb"
+NWB_A8604 = Path(__file__).resolve().parent / "data" / "pynapple_A8604" / "A8604-211122.nwb"  # real file, MIT
 
 TINY = dict(n_neurons=30, trial_length=4.0, n_movies=2, n_trials=3, n_heldout_movies=1, heldout_trials=2, seed=3)
 
