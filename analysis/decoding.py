@@ -18,7 +18,7 @@ with as many cores): small models gain little from a second thread and much from
 Figures beside each; OUT/summary.json gathers the tables, each stage's run time (seconds; stages
 overlap) and the study's wall time ("total").
 
-    python analysis/decoding.py -o runs/decoding              # full run: 118.5 min on 2 CPU cores with 8x8 patches (BENCHMARKS.md)
+    python analysis/decoding.py -o runs/decoding              # full run: 77.6 min on 2 CPU cores (BENCHMARKS.md)
     python analysis/decoding.py --quick -o /tmp/decoding      # tiny recording and model (the test)
 """
 import argparse
