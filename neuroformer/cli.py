@@ -83,6 +83,19 @@ def _evaluate(args):
     print(f"wrote {args.output} and figures {', '.join(report['figures'])}")
 
 
+def _score(args):
+    from .score import score
+
+    report = score(args.run, args.data, args.output, split=args.split, baseline=args.baseline, device=args.device)
+    print(f"{'row':<18}{'model':<13}{'spikes':>9}{'nll/spike':>11}{'bits/spike':>12}")
+    for name, row in report["rows"].items():
+        for model in ("neuroformer", "glm"):
+            if model in row:
+                r = row[model]
+                print(f"{name:<18}{model:<13}{row['n_spikes']:>9}{r['nll_per_spike']:>11.3f}{r['bits_per_spike']:>12.3f}")
+    print(f"wrote {args.output} and {report['figure']}")
+
+
 def _connectivity(args):
     from .connectivity import extract_connectivity, format_scores
 
@@ -196,6 +209,16 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the GLM's rollouts")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_evaluate)
+
+    p = verbs.add_parser("score", help="held-out log-likelihood of recorded spikes: bits/spike against "
+                                       "a homogeneous Poisson process (and the GLM)")
+    p.add_argument("--run", required=True, type=Path, help="run directory (its best.pt) or a checkpoint file")
+    p.add_argument("--data", required=True, help="recording (.h5)")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split to score (default test)")
+    p.add_argument("--baseline", choices=["glm"], help="fit the Poisson GLM on the training split and score it too")
+    p.add_argument("-o", "--output", required=True, type=Path, help="report (.json); figure beside it (.png)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_score)
 
     p = verbs.add_parser("connectivity", help="neuron x neuron matrices from attention, perturbation and baselines")
     p.add_argument("--run", required=True, type=Path, help="run directory (its best.pt) or a checkpoint file")

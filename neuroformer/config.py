@@ -65,6 +65,14 @@ class ModelConfig:
                                        # dropout): the spikes must carry what they can without the movie
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     contrastive_dim: int = 0           # 0: the width
+    latents: int = 0                   # >0: history spikes compressed into this many latent tokens
+                                       # (cross-attention, then the history layers on the latents):
+                                       # cost linear in spikes; 0: every history spike is a memory token
+    point_process: bool = False        # spike heads as a discrete-time point process whose per-unit
+                                       # log rate holds a GLM (baseline, window drive, coupling to past
+                                       # spikes) that the transformer's outputs modulate (docs/design.md)
+    coupling_lag: float = 0.05         # s of past spikes the coupling term filters (point_process)
+    coupling_bases: int = 5            # raised-cosine lag bases of the coupling filters
 
 
 @dataclass
@@ -86,6 +94,8 @@ class TrainConfig:
     eval_batches: int = 50
     checkpoint_every: int = 250
     num_workers: int = 0
+    glm_lr: float = 0.01               # learning rate of the GLM inside a point-process model (baseline
+                                       # rates, coupling filters): few, well-conditioned parameters
 
 
 @dataclass
@@ -161,6 +171,13 @@ def _check(cfg, source):
         raise InputError(source, ("window.target_lag", f"must be >= 0, got {cfg.window.target_lag}"))
     if not 0 <= m.frame_dropout < 1:
         raise InputError(source, ("model.frame_dropout", f"must be in [0, 1), got {m.frame_dropout}"))
+    if m.point_process and not 0 < m.coupling_lag <= cfg.window.history:
+        raise InputError(source, ("model.coupling_lag", f"must be in (0, window.history = {cfg.window.history}], "
+                                                        f"got {m.coupling_lag}"))
+    if m.point_process and m.coupling_bases < 1:
+        raise InputError(source, ("model.coupling_bases", f"must be >= 1, got {m.coupling_bases}"))
+    if m.latents < 0:
+        raise InputError(source, ("model.latents", f"must be >= 0, got {m.latents}"))
     if m.width % m.heads or (m.width // m.heads) % 4:
         raise InputError(source, ("model.heads", f"width {m.width} must split into heads whose size is a multiple of 4"))
     if m.backbone.name not in ("patch", "conv3d", "resnet18"):

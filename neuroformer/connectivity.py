@@ -95,11 +95,10 @@ def _attention_maps(model, batch, combine):
     with torch.set_grad_enabled(grad), capture_attention(keep_graph=grad) as cap:
         memory, _ = model.encode_context(batch)
         x = model.decode(batch["current"], memory)
-        drive = model.unit_drive(memory)
+        _, unit_logits = model.spike_outputs(batch, memory, x)            # (its unit read-out is captured too)
         maps = {name: w[0] for name, w in cap.items()}
         if grad:
             cur = batch["current"]
-            _, unit_logits = model.heads(x, drive, cur["dt_target"].clamp(min=0))
             log_p = -torch.nn.functional.cross_entropy(unit_logits.flatten(0, 1), cur["unit_target"].flatten(),
                                                        ignore_index=IGNORE, reduction="sum")
             grads = torch.autograd.grad(log_p, list(maps.values()), allow_unused=True)
@@ -179,9 +178,14 @@ def unit_log_probs(model, batch, current, tokens):
     """log p(unit | recorded Δ) of the units `tokens` at every position of `current` (B, L, n),
     with the context of `batch` (one window, shared by every row of `current`)."""
     memory, _ = model.encode_context(batch)
-    memory = tuple(m.expand(len(current["unit"]), *m.shape[1:]) for m in memory)
+    rows = len(current["unit"])
+    memory = tuple(m.expand(rows, *m.shape[1:]) for m in memory)
+    history = {k: v.expand(rows, *v.shape[1:]) for k, v in batch["history"].items()}
     x = model.decode(current, memory)
-    _, logits = model.heads(x, model.unit_drive(memory), current["dt_target"].clamp(min=0))
+    bias = model.unit_bias(history, current, memory)
+    no_order = torch.zeros_like(current["unit"])        # every unit possible, also at gap 0 (the within-bin
+    logits = model.unit_logits(x, bias, current["dt_target"].clamp(min=0), model.position_bins(current),
+                               no_order)                 # order of tokens would forbid some there)
     return logits.log_softmax(-1)[..., tokens]
 
 

@@ -51,7 +51,7 @@ def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, 
         models["glm"] = glm.simulate(data, sim.trials, sim.repeats, seed, progress=progress)
 
     rows, per_neuron = {}, {}
-    for group, trials in _groups(data, sim.trials).items():
+    for group, trials in stimulus_groups(data, sim.trials).items():
         rec = _recorded(data, sim.trials, trials)
         row = {"trials": len(trials), "movies": sorted({int(sim.trials["stimulus_id"][i]) for i in trials}),
                "noise_ceiling": _noise_ceiling(rec, sim.trials, trials, psth_bin, len(sim.unit_ids))}
@@ -88,7 +88,7 @@ def _check_match(data, sim, sim_path):
                                                     f"({n} trials)"))
 
 
-def _groups(data, trials):
+def stimulus_groups(data, trials):
     """Rows of the report: positions into `trials` of training-movie and held-out-movie trials."""
     stim = np.asarray(trials["stimulus_id"])
     if (stim < 0).all():
@@ -248,7 +248,7 @@ def _noise_ceiling(rec, trials, positions, psth_bin, n):
 def _figures(data, models, sim, per_neuron, psth_bin, stem):
     """Rasters of the first trial of each row, PSTHs of the six most modulated units on the
     first movie, and the per-neuron correlation scatter."""
-    groups, n = _groups(data, sim.trials), len(sim.unit_ids)
+    groups, n = stimulus_groups(data, sim.trials), len(sim.unit_ids)
     panels = {}
     for group, positions in groups.items():
         i = positions[0]

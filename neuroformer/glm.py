@@ -17,7 +17,6 @@ closed-loop rollout of validation data is stable (population rate within 0.5-2x 
 by bin (rate and count capped at `max_count` per bin, so an unstable fit cannot run away), history from the
 simulated spikes, the recorded activity before the trial start as the initial state.
 """
-import math
 from dataclasses import asdict, dataclass
 
 import h5py
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
+from .bases import raised_cosines
 from .data.recording import behavior_at, frame_on_screen, movie_frame_dataset, open_recording, spike_counts
 from .errors import InputError
 from .simulate import Simulation, trial_seed
@@ -44,19 +44,6 @@ class GLMConfig:
     max_iter: int = 30
     max_count: int = 1
     downsample: int = 4               # pixel block size before PCA
-
-
-def raised_cosines(n, first, last):
-    """(n, last + 1) raised-cosine bumps over lags first..last bins, log-stretched so early lags
-    are resolved finely (Pillow et al. 2008); lags below `first` are zero."""
-    lags = np.arange(last + 1, dtype=np.float64)
-    x = np.log(lags + 1.0)
-    centres = np.linspace(math.log(first + 1.0), math.log(last + 1.0), n)
-    width = (centres[1] - centres[0]) if n > 1 else x[-1] - x[first] + 1
-    arg = np.clip((x[None, :] - centres[:, None]) * math.pi / (2 * width), -math.pi, math.pi)
-    bases = 0.5 * (1 + np.cos(arg))
-    bases[:, :first] = 0.0
-    return bases
 
 
 def lag_filter(signal, kernel):

@@ -1,10 +1,13 @@
 """The Neuroformer model: predicts the next spike's gap and unit from history, video and behaviour.
 
-Read top to bottom: embeddings -> context encoders (history, visual, behaviour) -> one memory
--> causal decoder over the current window -> heads (Δ/END, then unit given Δ, plus each unit's
-drive read out of the memory by its own query) -> behaviour queries (with the window's population
-vector) -> losses -> generation of a window, spike by spike (DESIGN §4). The likelihood is the one
-of DESIGN §2: NLL per spike (nats) = -[Σ log p(Δ or END) + Σ log p(unit | Δ)] / number of spikes.
+Read top to bottom: embeddings -> context encoders (history, optionally compressed into latent
+tokens; visual; behaviour) -> one memory -> causal decoder over the current window -> heads (Δ/END,
+then unit given Δ) with each unit's bias (its drive read out of the memory by its own query, and
+with `point_process` a GLM inside the model: baseline, drive and coupling to past spikes as a log
+rate per bin) -> behaviour queries (with the window's population vector) -> losses -> generation of
+a window, spike by spike (DESIGN §4). The likelihood is the one of DESIGN §2: NLL per spike (nats)
+= -[Σ log p(Δ or END) + Σ log p(unit | Δ)] / number of spikes; gaps that would leave the window
+have no probability.
 """
 import math
 from dataclasses import dataclass
@@ -14,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import make_backbone
-from .data.vocab import START
+from .bases import raised_cosines
+from .data.vocab import SPECIALS, START
 from .data.windows import IGNORE
 from .nn import Block, new_caches, run_stack, stack
 
@@ -22,7 +26,7 @@ HISTORY, VISUAL, BEHAVIOR, NULL = range(4)     # modality type embeddings of mem
 
 
 class Neuroformer(nn.Module):
-    def __init__(self, cfg, vocab_size, frame_shape=None, behavior_stats=None):
+    def __init__(self, cfg, vocab_size, frame_shape=None, behavior_stats=None, unit_log_rates=None):
         super().__init__()
         self.cfg = cfg
         m, w = cfg.model, cfg.model.width
@@ -34,6 +38,11 @@ class Neuroformer(nn.Module):
         self.type_emb = nn.Embedding(4, w)
         self.null = nn.Parameter(torch.zeros(1, 1, w))
         self.history = stack(m.history_layers, w, name="history", **block)
+        if m.latents:            # Perceiver-style: latents read the spikes once, then attend among themselves
+            self.latent_init = nn.Parameter(torch.zeros(m.latents, w))
+            self.latent_read = Block(w, cross=True, name="latents", self_attend=False, **block)
+            span = max(cfg.window.history, cfg.window.dt_res)
+            self.register_buffer("latent_time", -span * (torch.arange(m.latents) + 0.5) / m.latents, persistent=False)
 
         self.uses_frames = cfg.window.frames > 0
         if self.uses_frames:
@@ -62,13 +71,28 @@ class Neuroformer(nn.Module):
 
         self.decoder = stack(m.decoder_layers, w, name="decoder", cross=True, **block)
         self.norm = nn.LayerNorm(w)
-        self.dt_head = nn.Linear(w, self.n_dt + 1)
+        self.point_process = m.point_process
+        # point process: a log-multiplier of the hazard per gap (END is what survives); else logits
+        self.dt_head = nn.Linear(w, self.n_dt if self.point_process else self.n_dt + 1)
         self.dt_emb = nn.Embedding(self.n_dt + 1, w)
         self.unit_head = nn.Linear(w, vocab_size)
         # one output query per unit reads its own drive out of the memory (a receptive field in
-        # the visual tokens, its inputs in the history): a bias on that unit's logit
+        # the visual tokens, its inputs in the history): a bias on that unit's logit (point
+        # process: the level and slope of its log rate over the window)
         self.unit_readout = Block(w, cross=True, name="units", self_attend=False, **block)
-        self.unit_drive_out = nn.Linear(w, 1)
+        self.unit_drive_out = nn.Linear(w, 2 if self.point_process else 1)
+        if self.point_process:
+            lags = int(round(m.coupling_lag / cfg.window.dt_res))
+            self.register_buffer("lag_bases", torch.tensor(raised_cosines(m.coupling_bases, 1, lags),
+                                                            dtype=torch.float32), persistent=False)  # (nb, lags + 1)
+            self.coupling = nn.Parameter(torch.zeros(m.coupling_bases, vocab_size, vocab_size))  # [basis, source, target]
+            rates = torch.full((vocab_size,), math.log(5.0 * cfg.window.dt_res))        # 5 Hz unless told
+            if unit_log_rates is not None:
+                rates = torch.as_tensor(unit_log_rates, dtype=torch.float32)
+            self.log_rate0 = nn.Parameter(rates.clone())            # log expected count per dt_res bin
+            not_unit = torch.zeros(vocab_size)
+            not_unit[:len(SPECIALS)] = -1e4                         # padding and START never fire
+            self.register_buffer("not_unit", not_unit, persistent=False)
 
         objectives = {n: v for mod in cfg.modalities.values() for n, v in mod.variables.items()}
         self.objectives = {n: objectives[n].objective for n in self.targets}
@@ -84,6 +108,10 @@ class Neuroformer(nn.Module):
         self.proj_neural, self.proj_visual = nn.Linear(w, c), nn.Linear(w, c)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.apply(_init)
+        if self.point_process:    # zero corrections: training starts from the GLM inside the model
+            for head in (self.dt_head, self.unit_head, self.unit_drive_out):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
 
     # ------------------------------------------------------------------ context
 
@@ -92,10 +120,7 @@ class Neuroformer(nn.Module):
         and the pooled visual features (None without frames)."""
         B = batch["current"]["unit"].shape[0]
         parts, pooled_visual = {}, None
-        hist = batch["history"]
-        h = self.unit_emb(hist["unit"]) + self.type_emb.weight[HISTORY]
-        h = run_stack(self.history, h, hist["time"], hist["mask"])
-        parts["history"] = (h, hist["time"], hist["mask"])
+        parts["history"] = self.encode_history(batch["history"])
 
         if self.uses_frames:
             fr = batch["frames"]
@@ -136,6 +161,21 @@ class Neuroformer(nn.Module):
 
         return parts, pooled_visual
 
+    def encode_history(self, hist):
+        """History spikes as memory (tokens, times, mask): one token per spike, or with `latents`
+        the latent tokens after they read every spike (cost linear in the spike count; the result
+        does not depend on the order of the spike tokens)."""
+        h = self.unit_emb(hist["unit"]) + self.type_emb.weight[HISTORY]
+        if not self.cfg.model.latents:
+            return run_stack(self.history, h, hist["time"], hist["mask"]), hist["time"], hist["mask"]
+        B = len(h)
+        z = (self.latent_init + self.type_emb.weight[HISTORY]).expand(B, -1, -1)     # (B, N, W)
+        t = self.latent_time.expand(B, -1)
+        mask = torch.ones(t.shape, dtype=torch.bool, device=t.device)
+        if h.shape[1]:
+            z = self.latent_read(z, t, mask, memory=(h, hist["time"], hist["mask"]))
+        return run_stack(self.history, z, t, mask), t, mask
+
     def encode_context(self, batch, parts=None):
         """Memory (tokens, times, mask) of history, frames and input behaviour, plus pooled visual;
         from `context_parts(batch)`, or its result when given."""
@@ -159,16 +199,86 @@ class Neuroformer(nn.Module):
         return self.norm(x)
 
     def unit_drive(self, memory):
-        """Each unit's drive (B, 1, V): its own output query reads the memory once per window."""
+        """Each unit's drive (B, 1 or 2, V): its own output query reads the memory once per window
+        (point process: level and slope over the window)."""
         B, V = len(memory[0]), self.unit_emb.num_embeddings
         q = self.unit_emb.weight.expand(B, V, -1)
         q_time = torch.full((B, V), self.cfg.window.current / 2, device=q.device)
         mask = torch.ones(B, V, dtype=torch.bool, device=q.device)
         return self.unit_drive_out(self.unit_readout(q, q_time, mask, memory=memory)).transpose(1, 2)
 
-    def heads(self, x, drive, dt):
-        """Logits of the gap (Δ or END) and of the unit given gap `dt` (teacher-forced or sampled)."""
-        return self.dt_head(x), self.unit_head(x + self.dt_emb(dt)) + drive
+    def unit_bias(self, history, current, memory, drive=None):
+        """What each unit's logit starts from: (B, 1, V) its drive, or with `point_process` (B, n_bins, V)
+        its log expected count in every dt_res bin of the window: baseline + drive + coupling
+        filters over all spikes in earlier bins (history and `current`, lag >= 1 bin). `drive`:
+        `unit_drive(memory)` when already computed."""
+        drive = self.unit_drive(memory) if drive is None else drive
+        if not self.point_process:
+            return drive
+        n, lags = self.n_dt - 1, self.lag_bases.shape[1] - 1
+        B, V = drive.shape[0], drive.shape[2]
+        units = torch.cat([history["unit"], current["unit"][:, 1:]], 1)
+        k = torch.cat([history["time"], current["time"][:, 1:]], 1).div(self.cfg.window.dt_res).round().long() + lags
+        keep = torch.cat([history["mask"], current["mask"][:, 1:]], 1) & (k >= 0) & (k < lags + n)
+        counts = drive.new_zeros(B, (lags + n) * V)
+        counts.scatter_add_(1, (k.clamp(0, lags + n - 1) * V + units), keep.to(drive.dtype))
+        counts = counts.view(B, lags + n, V).transpose(1, 2).reshape(B * V, 1, lags + n)
+        filtered = F.conv1d(counts, self.lag_bases.flip(-1)[:, None].to(drive.dtype))     # (B V, nb, n)
+        coupling = torch.einsum("bjkt,kji->bti", filtered.view(B, V, -1, n), self.coupling.to(drive.dtype))
+        when = ((torch.arange(n, device=drive.device) + 0.5) / n - 0.5)[:, None]       # (n, 1), window = 1
+        return self.log_rate0 + self.not_unit + drive[:, :1] + when * drive[:, 1:] + coupling
+
+    def heads(self, x, bias, dt, bins, units):
+        """`gap_log_probs` and `unit_logits` at positions with states x (B, L, W), on grid bins
+        `bins` (B, L) after tokens `units` (B, L), the unit given gap `dt` (teacher-forced or sampled)."""
+        return self.gap_log_probs(x, bias, bins, units), self.unit_logits(x, bias, dt, bins, units)
+
+    def gap_log_probs(self, x, bias, bins, units):
+        """Log-probabilities of the gap classes and END (B, L, n_dt + 1) after tokens `units`;
+        gaps that would leave the window are at -inf.
+
+        Point process: the hazard of a gap d >= 1 (the first spike of bin τ) is
+        Λ(τ) = Σ_i exp(bias_i(τ)); of gap 0 after unit u (tokens of one bin come in unit order),
+        Σ_{i >= u} exp(bias_i); each times exp(dt_head) per gap, and
+        p(Δ = d) = exp(-Σ_{d' < d} Λ_d') (1 - exp(-Λ_d)); END is surviving to the window's end.
+        Only bins up to the gap that followed enter, so teacher forcing with rates from the
+        recorded spikes is the model's exact likelihood."""
+        n, gaps = self.n_dt - 1, torch.arange(self.n_dt, device=x.device)
+        leaves = bins[..., None] + gaps >= n                                             # (B, L, n_dt)
+        if not self.point_process:
+            logits = self.dt_head(x).float()
+            logits = torch.cat([logits[..., :-1].masked_fill(leaves, float("-inf")), logits[..., -1:]], -1)
+            return logits.log_softmax(-1)
+        total = bias.float().logsumexp(-1)                                               # (B, n) log Λ per bin
+        log_hazard = total.gather(1, (bins[..., None] + gaps).clamp(max=n - 1).flatten(1)).view(leaves.shape)
+        here = bias.float().gather(1, bins.clamp(max=n - 1)[..., None].expand(-1, -1, bias.shape[2]))   # (B, L, V)
+        from_unit = here.flip(-1).logcumsumexp(-1).flip(-1).gather(-1, units[..., None])[..., 0]
+        log_hazard = torch.cat([from_unit[..., None], log_hazard[..., 1:]], -1)
+        hazard = (log_hazard + self.dt_head(x).float()).clamp(max=15).exp().masked_fill(leaves, 0.0)
+        before = hazard.cumsum(-1) - hazard
+        log_p = (torch.log(-torch.expm1(-hazard.clamp(min=1e-12))) - before).masked_fill(leaves, float("-inf"))
+        return torch.cat([log_p, -hazard.sum(-1, keepdim=True)], -1)
+
+    def unit_logits(self, x, bias, dt, bins, units):
+        """Logits of the unit (B, L, V) given gap `dt` (B, L) after tokens `units`: the decoder's,
+        plus the unit's bias in the bin the spike falls in; at gap 0 units before the last one
+        are impossible (tokens of one bin come in unit order)."""
+        if bias.shape[1] > 1:
+            at = (bins + dt).clamp(0, bias.shape[1] - 1)
+            bias = bias.gather(1, at[..., None].expand(-1, -1, bias.shape[2]))
+        logits = self.unit_head(x + self.dt_emb(dt)) + bias
+        vocab = torch.arange(logits.shape[-1], device=x.device)
+        return logits.masked_fill((dt == 0)[..., None] & (vocab < units[..., None]), float("-inf"))
+
+    def spike_outputs(self, batch, memory, x, current=None):
+        """Teacher-forced `heads` at every position of the current window (or of `current`)."""
+        current = current if current is not None else batch["current"]
+        bias = self.unit_bias(batch["history"], current, memory)
+        return self.heads(x, bias, current["dt_target"].clamp(min=0), self.position_bins(current), current["unit"])
+
+    def position_bins(self, current):
+        """Grid bin of every current token (B, L), START at 0."""
+        return current["time"].div(self.cfg.window.dt_res).round().long()
 
     def forward(self, batch):
         """Losses and summed metrics of a batch (see `metrics_from_sums`)."""
@@ -177,10 +287,10 @@ class Neuroformer(nn.Module):
             shown = torch.rand(len(cur["unit"]), 1, device=cur["unit"].device) >= self.cfg.model.frame_dropout
             batch = {**batch, "frames": {**batch["frames"], "mask": batch["frames"]["mask"] & shown}}
         memory, pooled_visual = self.encode_context(batch)
-        x, drive = self.decode(cur, memory), self.unit_drive(memory)
+        x = self.decode(cur, memory)
         dt_target, unit_target = cur["dt_target"], cur["unit_target"]
-        dt_logits, unit_logits = self.heads(x, drive, dt_target.clamp(min=0))
-        dt_nll = F.cross_entropy(dt_logits.flatten(0, 1), dt_target.flatten(), ignore_index=IGNORE, reduction="sum")
+        gap_log_p, unit_logits = self.spike_outputs(batch, memory, x)
+        dt_nll = F.nll_loss(gap_log_p.flatten(0, 1), dt_target.flatten(), ignore_index=IGNORE, reduction="sum")
         unit_nll = F.cross_entropy(unit_logits.flatten(0, 1), unit_target.flatten(), ignore_index=IGNORE,
                                    reduction="sum")
         n_targets = (dt_target != IGNORE).sum()
@@ -189,7 +299,7 @@ class Neuroformer(nn.Module):
         out = {
             "nll_sum": (dt_nll + unit_nll).detach(), "n_spikes": batch["n_spikes"].sum(),
             "unit_correct": ((unit_logits.argmax(-1) == unit_target) & is_unit).sum(), "unit_count": is_unit.sum(),
-            "end_correct": ((dt_logits.argmax(-1) == self.end_class) & is_end).sum(), "end_count": is_end.sum(),
+            "end_correct": ((gap_log_p.argmax(-1) == self.end_class) & is_end).sum(), "end_count": is_end.sum(),
         }
         loss = self.cfg.loss.spikes * loss_spikes
 
@@ -321,15 +431,15 @@ class Neuroformer(nn.Module):
             current = {"unit": units[:, new], "time": (bins[:, new].double() * dt_res).float(),
                        "mask": torch.ones_like(units[:, new], dtype=torch.bool)}
             x = self.decode(current, memory, caches)[:, -1:]
+            so_far = {"unit": units, "time": (bins.double() * dt_res).float(), "mask": torch.ones_like(units, dtype=torch.bool)}
+            bias = self.unit_bias(batch["history"], so_far, memory, drive)
             last = bins[:, -1:]
-            leaves = (gaps < self.end_class) & (last + gaps >= n_bins)
             full = torch.tensor([len(o) >= sampling.max_spikes for o in out], device=device)[:, None]
             truncated |= bool((full & ~done[:, None]).any())
-            dt_logits = self.dt_head(x)[:, 0].masked_fill(leaves | (full & (gaps < self.end_class)), float("-inf"))
-            dt = sample_classes(dt_logits, generators, done, sampling, fill=self.end_class)
+            gap_log_p = self.gap_log_probs(x, bias, last, units[:, -1:])[:, 0].masked_fill(full & (gaps < self.end_class), float("-inf"))
+            dt = sample_classes(gap_log_p, generators, done, sampling, fill=self.end_class)
             ended = done | (dt == self.end_class)
-            _, unit_logits = self.heads(x, drive, dt[:, None])
-            unit_logits = unit_logits[:, 0].masked_fill(~allowed_units, float("-inf"))
+            unit_logits = self.unit_logits(x, bias, dt[:, None], last, units[:, -1:])[:, 0].masked_fill(~allowed_units, float("-inf"))
             unit = sample_classes(unit_logits, generators, ended, sampling, fill=START)
             for b in torch.nonzero(~ended)[:, 0].tolist():
                 out[b].append((int(last[b, 0] + dt[b]), int(unit[b])))

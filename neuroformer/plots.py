@@ -183,3 +183,26 @@ def stimulus_maps(maps, unit_ids, out_png, n=12):
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+def per_neuron_scatter(rows, out_png):
+    """Per-neuron bits/spike of the model against the GLM's (or a histogram without a GLM), one
+    panel per row of a score report (`rows`: name -> {"neuroformer": [...], "glm": [...]})."""
+    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 4), squeeze=False)
+    for ax, (name, scores) in zip(axes[0], rows.items()):
+        model = np.array([np.nan if v is None else v for v in scores["neuroformer"]], dtype=float)
+        if "glm" in scores:
+            glm = np.array([np.nan if v is None else v for v in scores["glm"]], dtype=float)
+            ax.scatter(glm, model, s=10, c="k")
+            lo, hi = np.nanmin([glm, model]), np.nanmax([glm, model])
+            ax.plot([lo, hi], [lo, hi], c="grey", lw=1)
+            ax.set_xlabel("GLM bits/spike")
+            ax.set_ylabel("Neuroformer bits/spike")
+        else:
+            ax.hist(model[np.isfinite(model)], bins=30, color="k")
+            ax.set_xlabel("Neuroformer bits/spike")
+        ax.set_title(f"{name}: per neuron")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

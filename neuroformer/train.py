@@ -91,8 +91,25 @@ def build(cfg, data_paths, vocab=None, stats=None, fraction=1.0):
     names = cfg.variables(False) + cfg.variables(True)
     if stats is None:
         stats = behavior_stats(recordings, names, fraction)
-    model = Neuroformer(cfg, len(dataset.vocab), frame_shape=frame_shape, behavior_stats=stats)
+    rates = unit_log_rates(recordings, dataset, cfg.window.dt_res, fraction) if cfg.model.point_process else None
+    model = Neuroformer(cfg, len(dataset.vocab), frame_shape=frame_shape, behavior_stats=stats, unit_log_rates=rates)
     return recordings, dataset, model
+
+
+def unit_log_rates(recordings, dataset, bin_size, fraction=1.0):
+    """Log expected spike count per `bin_size` bin of every vocabulary token over the training
+    split (first `fraction`): where the point-process model's baseline starts. Units that never
+    fire there get half a spike's worth; tokens of no recording keep a 5 Hz guess."""
+    counts = np.zeros(len(dataset.vocab))
+    seconds = np.zeros(len(dataset.vocab))
+    for rid in recordings.recording_ids:
+        data, tokens = recordings.get_recording(rid), dataset.unit_tokens[rid]
+        dom = first_fraction(data.train_domain, fraction)
+        for a, b in zip(np.asarray(dom.start), np.asarray(dom.end)):
+            np.add.at(counts, tokens, np.bincount(data.spikes.slice(a, b).unit_index, minlength=len(tokens)))
+        seconds[tokens] += float(np.sum(np.asarray(dom.end) - np.asarray(dom.start)))
+    rate = np.where(seconds > 0, np.maximum(counts, 0.5) / np.maximum(seconds, 1e-9), 5.0)
+    return np.log(rate * bin_size)
 
 
 def first_fraction(interval, fraction):
@@ -180,6 +197,9 @@ TRAINABLE = {"all": None, "units": ("unit_emb", "unit_head"),
              "heads": ("query", "population_in", "readout")}
 
 
+GLM_PARAMETERS = ("log_rate0", "coupling")      # the GLM inside a point-process model (own learning rate)
+
+
 @dataclass
 class RunOptions:
     out: Path
@@ -215,10 +235,12 @@ def train(cfg, data_paths, opts):
     for name, p in model.named_parameters():
         p.requires_grad_(TRAINABLE[opts.trainable] is None or name.split(".")[0] in TRAINABLE[opts.trainable])
     model.to(device)
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    glm = [p for n, p in model.named_parameters() if p.requires_grad and n in GLM_PARAMETERS]
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and n not in GLM_PARAMETERS]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2 and n not in GLM_PARAMETERS]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr)
+                                   {"params": no_decay, "weight_decay": 0.0},
+                                   {"params": glm, "weight_decay": 0.0, "lr": cfg.train.glm_lr}], lr=cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, total))
     step, epoch, done, best = 0, 0, 0, {}
     if state:

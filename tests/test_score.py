@@ -1,0 +1,210 @@
+"""Held-out scoring, the point-process heads and the latent history: the score against a direct
+sum of per-spike log-probabilities, bits/spike on a hand case, the point-process gap distribution
+against its formula, latents invariant to the order of equal-time spikes and linear in them."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from neuroformer.config import config_from_dict
+from neuroformer.data.vocab import SPECIALS
+from neuroformer.data.windows import IGNORE, LoaderOptions, make_loader
+from neuroformer.model import Neuroformer, Sampling
+from neuroformer.score import bits_per_spike, poisson_log_likelihood, window_log_likelihood
+from neuroformer.train import window_spec
+from test_model import TINY_CFG
+
+PP_CFG = {**TINY_CFG, "model": {**TINY_CFG["model"], "point_process": True, "coupling_bases": 3}}
+
+
+def _model(tiny_synthetic, raw, seed=0):
+    torch.manual_seed(seed)
+    cfg = config_from_dict(raw)
+    loader = make_loader([tiny_synthetic], window_spec(cfg), LoaderOptions(batch_size=6, seed=2))
+    model = Neuroformer(cfg, len(loader.dataset.vocab), frame_shape=(64, 112)).eval()
+    with torch.no_grad():                       # away from the zero start, so every term matters
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model, next(iter(loader)), loader.dataset
+
+
+def _direct(model, batch, n_end, tokens):
+    """log p of each window's spikes in its first n_end bins, and of no other spike before n_end,
+    token by token from the model's gap and unit distributions."""
+    cur = batch["current"]
+    with torch.no_grad():
+        memory, _ = model.encode_context(batch)
+        x = model.decode(cur, memory)
+        gap_lp, unit_logits = model.spike_outputs(batch, memory, x)
+    bins = model.position_bins(cur)
+    out = []
+    for b in range(len(x)):
+        total = 0.0
+        for i in range(int(cur["mask"][b].sum())):
+            d, u, k = int(cur["dt_target"][b, i]), int(cur["unit_target"][b, i]), int(bins[b, i])
+            if u != IGNORE and k + d < n_end[b]:
+                total += float(gap_lp[b, i, d])
+                total += float(unit_logits[b, i, tokens].log_softmax(-1)[tokens.tolist().index(u)])
+                continue
+            later = [c for c in range(model.n_dt) if k + c >= n_end[b]] + [model.end_class]
+            total += float(gap_lp[b, i, later].logsumexp(0))
+            break
+        out.append(total)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("raw", [TINY_CFG, PP_CFG], ids=["softmax", "point_process"])
+def test_window_log_likelihood_equals_the_direct_sum_of_per_spike_log_probabilities(tiny_synthetic, raw):
+    model, batch, dataset = _model(tiny_synthetic, raw)
+    tokens = torch.as_tensor(dataset.unit_tokens[dataset.recordings.recording_ids[0]])
+    n_cur = model.n_dt - 1
+    totals = []
+    for n_end in ([n_cur] * 6, [n_cur, 30, 7, 1, n_cur - 1, 18]):       # full windows, then cut ones
+        n_end = torch.tensor(n_end)
+        with torch.no_grad():
+            shares = window_log_likelihood(model, batch, n_end, tokens)
+        assert shares.shape == (6, len(tokens))
+        assert np.allclose(shares.sum(1).numpy(), _direct(model, batch, n_end, tokens), atol=1e-4)
+        totals.append(float(shares.sum()))
+    assert totals[1] > totals[0]                                       # fewer spikes to explain
+    if raw is PP_CFG:       # padding and START never fire, so the training loss is the same likelihood
+        with torch.no_grad():
+            out = model(batch)
+        assert float(out["nll_sum"]) == pytest.approx(-totals[0], rel=1e-5)
+
+
+def test_bits_per_spike_of_a_poisson_process_scored_by_its_true_rate():
+    """Spikes of a Poisson process at 2 Hz then 8 Hz, scored by the true rates against the
+    homogeneous rate: the formula Σ n log(r / r̄) - (r - r̄) T over spikes, in bits."""
+    rng = np.random.default_rng(0)
+    dt, T = 0.001, 200_000                                          # 200 s per half
+    rates = np.r_[np.full(T, 2.0), np.full(T, 8.0)][:, None] * dt
+    counts = rng.poisson(rates)
+    mean = counts.mean(0)
+    ll_true = poisson_log_likelihood(counts, rates).sum()
+    ll_null = poisson_log_likelihood(counts, mean).sum()
+    n1, n2 = counts[:T].sum(), counts[T:].sum()
+    r_bar = mean[0] / dt
+    expected = (n1 * math.log(2 / r_bar) + n2 * math.log(8 / r_bar) - (2 - r_bar) * T * dt - (8 - r_bar) * T * dt)
+    assert bits_per_spike(ll_true, ll_null, n1 + n2) == pytest.approx(expected / ((n1 + n2) * math.log(2)), rel=1e-9)
+    # the information of a 2 / 8 Hz switch: 0.278 bits/spike in expectation (Poisson, equal halves)
+    assert 0.25 < bits_per_spike(ll_true, ll_null, n1 + n2) < 0.31
+
+
+def test_point_process_gaps_follow_the_discrete_poisson_formula(tiny_synthetic):
+    model, batch, _ = _model(tiny_synthetic, PP_CFG)
+    cur = batch["current"]
+    with torch.no_grad():
+        memory, _ = model.encode_context(batch)
+        x = model.decode(cur, memory)
+        bias = model.unit_bias(batch["history"], cur, memory)
+        bins = model.position_bins(cur)
+        gap_lp = model.gap_log_probs(x, bias, bins, cur["unit"])
+        mod = model.dt_head(x)
+    b, i = 0, 1                                                   # after the first spike of window 0
+    k, u, n = int(bins[b, i]), int(cur["unit"][b, i]), model.n_dt - 1
+    hazard = [float(bias[b, k, u:].exp().sum() * mod[b, i, 0].exp())]
+    hazard += [float(bias[b, k + d].exp().sum() * mod[b, i, d].exp()) for d in range(1, n - k)]
+    survive, expected = 1.0, []
+    for h in hazard:
+        expected.append(survive * (1 - math.exp(-h)))
+        survive *= math.exp(-h)
+    p = gap_lp[b, i].exp()
+    assert np.allclose(p[:n - k].numpy(), expected, rtol=1e-4)
+    assert float(p[-1]) == pytest.approx(survive, rel=1e-4)                 # END: no spike to the end
+    assert float(p[n - k:-1].sum()) == 0.0 and float(p.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_point_process_coupling_sees_only_earlier_bins(tiny_synthetic):
+    model, batch, _ = _model(tiny_synthetic, PP_CFG)
+    cur = batch["current"]
+    with torch.no_grad():
+        memory, _ = model.encode_context(batch)
+        before = model.unit_bias(batch["history"], cur, memory)
+        moved = {**cur, "unit": cur["unit"].clone()}
+        k = int(model.position_bins(cur)[0, 1])
+        moved["unit"][0, 1] = 2 + (int(cur["unit"][0, 1]) - 1) % (model.unit_emb.num_embeddings - 2)
+        after = model.unit_bias(batch["history"], moved, memory)
+    assert torch.equal(before[0, :k + 1], after[0, :k + 1])        # a spike in bin k acts from bin k + 1
+    assert not torch.allclose(before[0, k + 1:], after[0, k + 1:])
+    assert torch.equal(before[1:], after[1:])
+
+
+def test_point_process_generation_is_the_same_with_and_without_the_cache(tiny_synthetic):
+    model, batch, _ = _model(tiny_synthetic, PP_CFG)
+    allowed = torch.zeros(model.unit_emb.num_embeddings, dtype=torch.bool)
+    allowed[len(SPECIALS):] = True
+    runs = []
+    for cache in (True, False):
+        gens = [torch.Generator().manual_seed(s) for s in range(len(batch["t0"]))]
+        runs.append(model.generate(batch, gens, allowed, Sampling(), cache=cache)[0])
+    assert runs[0] == runs[1] and sum(map(len, runs[0])) > 0
+
+
+LATENT_CFG = {**TINY_CFG, "model": {**TINY_CFG["model"], "latents": 4}}
+
+
+def test_latent_history_is_invariant_to_the_order_of_equal_time_tokens(tiny_synthetic):
+    model, batch, _ = _model(tiny_synthetic, LATENT_CFG)
+    hist = {k: v[:1] for k, v in batch["history"].items()}
+    n = int(hist["mask"].sum())
+    assert n >= 2
+    same = {"unit": hist["unit"][:, :n].clone(), "time": torch.full((1, n), -0.01), "mask": hist["mask"][:, :n]}
+    flipped = {k: v.flip(1) for k, v in same.items()}
+    with torch.no_grad():
+        a, b = model.encode_history(same)[0], model.encode_history(flipped)[0]
+        moved = model.encode_history({**same, "time": torch.full((1, n), -0.03)})[0]
+    assert a.shape == (1, 4, 16)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.equal(a, moved)                           # but times matter
+
+
+def _saved_bytes(model, n_spikes):
+    """Bytes autograd keeps for the backward pass of one history encoding of n spikes."""
+    hist = {"unit": torch.randint(2, 30, (4, n_spikes)), "time": -torch.rand(4, n_spikes) * 0.05,
+            "mask": torch.ones(4, n_spikes, dtype=torch.bool)}
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.encode_history(hist)[0].sum()
+    return total[0]
+
+
+def test_latent_history_memory_grows_linearly_with_the_spike_count(tiny_synthetic):
+    model, _, _ = _model(tiny_synthetic, LATENT_CFG)
+    model.train()
+    sizes = [_saved_bytes(model, n) for n in (500, 1000, 2000)]
+    # linear: doubling the spikes adds the same again; attention over all spikes would add 4x
+    assert (sizes[2] - sizes[1]) == pytest.approx(2 * (sizes[1] - sizes[0]), rel=0.05)
+
+
+def test_score_cli_writes_rows_per_neuron_glm_and_provenance(tiny_synthetic, tmp_path):
+    raw = {**PP_CFG, "train": {"batch_size": 8, "max_steps": 4, "warmup_steps": 1, "eval_every": 4,
+                               "eval_batches": 1, "checkpoint_every": 4}}
+    (tmp_path / "pp.yaml").write_text(yaml.safe_dump(raw))
+    cli = [sys.executable, "-m", "neuroformer.cli"]
+    subprocess.run(cli + ["train", "--config", str(tmp_path / "pp.yaml"), "--data", str(tiny_synthetic),
+                          "-o", str(tmp_path / "run")], check=True, capture_output=True)
+    done = subprocess.run(cli + ["score", "--run", str(tmp_path / "run"), "--data", str(tiny_synthetic),
+                                 "--baseline", "glm", "-o", str(tmp_path / "score.json")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "score.json").read_text())
+    assert set(report["rows"]) == {"training_movies", "held_out_movies", "all"}
+    rows = report["rows"]
+    assert rows["all"]["n_spikes"] == rows["training_movies"]["n_spikes"] + rows["held_out_movies"]["n_spikes"]
+    for name in ("neuroformer", "glm"):
+        r = rows["all"][name]
+        assert len(r["per_neuron_bits_per_spike"]) == 30
+        assert r["bits_per_spike"] == pytest.approx(
+            (r["log_likelihood"] - rows["all"]["null_log_likelihood"]) / (rows["all"]["n_spikes"] * math.log(2)))
+    assert {"command", "commit", "torch", "machine", "date", "config", "version"} <= set(report["provenance"])
+    assert (tmp_path / "score.png").stat().st_size > 0
