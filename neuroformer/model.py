@@ -3,8 +3,8 @@
 Read top to bottom: embeddings -> context encoders (history, visual, behaviour) -> one memory
 -> causal decoder over the current window -> heads (Δ/END, then unit given Δ, plus each unit's
 drive read out of the memory by its own query) -> behaviour queries (with the window's population
-vector) -> losses -> generation of a window, spike by spike (DESIGN §4). The likelihood is the one
-of DESIGN §2: NLL per spike (nats) = -[Σ log p(Δ or END) + Σ log p(unit | Δ)] / number of spikes.
+vector) -> losses -> generation of a window, spike by spike (docs/design.md §4). The likelihood is the one
+of docs/design.md §2: NLL per spike (nats) = -[Σ log p(Δ or END) + Σ log p(unit | Δ)] / number of spikes.
 """
 import math
 from dataclasses import dataclass
