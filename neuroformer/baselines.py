@@ -1,7 +1,7 @@
 """The floor every model must beat: empirical unit frequencies and the Δ/END histogram.
 
 Both distributions are counted on training windows (add-one smoothed) and scored with the
-same NLL per spike as the model (DESIGN §2).
+same NLL per spike as the model (docs/design.md §2).
 """
 import torch
 

@@ -3,7 +3,7 @@
 Every matrix is (target unit, source unit): row i, column j says how much j drives i.
 
 Attention (teacher-forced on recorded windows of a split, weights captured before dropout):
-- `self_attention`: decoder self-attention. Position i predicts token i+1 (DESIGN §2), so the
+- `self_attention`: decoder self-attention. Position i predicts token i+1 (docs/design.md §2), so the
   row is the unit of the *next* spike; columns are the units of the attended current-window
   spikes (START excluded).
 - `history_attention`: decoder cross-attention from the same rows to the history spikes.

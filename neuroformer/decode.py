@@ -1,5 +1,5 @@
 """Behaviour decoding scored on held-out data: Neuroformer (joint, finetune, probe) beside the
-baselines of `decoders`, on identical samples (DESIGN §5).
+baselines of `decoders`, on identical samples (docs/design.md §5.2).
 
 The samples of a split are its behaviour samples that have a full model context inside their
 own split interval (all but the first `before` seconds of each interval), each scored exactly

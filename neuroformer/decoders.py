@@ -1,4 +1,4 @@
-"""Baseline behaviour decoders on binned spike counts (DESIGN §5).
+"""Baseline behaviour decoders on binned spike counts (docs/design.md §5.2).
 
 - ridge: a Wiener filter, ridge regression on the counts of every unit at lags -L..L bins;
 - lasso: the same design with an L1 penalty;

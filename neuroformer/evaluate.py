@@ -1,4 +1,4 @@
-"""Simulated trials against the held-out recorded ones (DESIGN §4), side by side with the GLM.
+"""Simulated trials against the held-out recorded ones (docs/design.md §4), side by side with the GLM.
 
 Rows: held-out trials of movies seen in training, and trials of held-out movies (a recording
 without movie ids has one row, "trials"). Per row and per model:

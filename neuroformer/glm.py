@@ -1,4 +1,4 @@
-"""The Poisson GLM baseline (DESIGN §4), built once here and used by every analysis.
+"""The Poisson GLM baseline (docs/design.md §6), built once here and used by every analysis.
 
 On the model's 1 ms grid, each unit's log rate per bin is
 

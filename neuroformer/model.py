@@ -5,7 +5,7 @@ tokens; visual; behaviour) -> one memory -> causal decoder over the current wind
 then unit given Δ) with each unit's bias (its drive read out of the memory by its own query, and
 with `point_process` a GLM inside the model: baseline, drive and coupling to past spikes as a log
 rate per bin) -> behaviour queries (with the window's population vector) -> losses -> generation of
-a window, spike by spike (DESIGN §4). The likelihood is the one of DESIGN §2: NLL per spike (nats)
+a window, spike by spike (docs/design.md §4). The likelihood is the one of docs/design.md §2: NLL per spike (nats)
 = -[Σ log p(Δ or END) + Σ log p(unit | Δ)] / number of spikes; gaps that would leave the window
 have no probability.
 """

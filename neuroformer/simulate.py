@@ -1,4 +1,4 @@
-"""Closed-loop simulation of whole trials (DESIGN §4), and the simulated-spikes file.
+"""Closed-loop simulation of whole trials (docs/design.md §4), and the simulated-spikes file.
 
 A trial is rolled out window by window (step = the current window). In each window the context
 (frames and behaviour from the recording, history) is encoded once and the model samples the

@@ -1,4 +1,4 @@
-"""Ground-truth circuits for validating connectivity read-outs (DESIGN §5).
+"""Ground-truth circuits for validating connectivity read-outs (docs/design.md §5.1).
 
 `hub_circuit`: spontaneous activity of a recurrent network whose only source of correlations
 is a known directed weight matrix W[target, source] — a few hub neurons (excitatory, every

@@ -1,4 +1,4 @@
-"""A recording: one brainsets-style HDF5 file (DESIGN §1), built, saved and opened here.
+"""A recording: one brainsets-style HDF5 file (docs/design.md §1), built, saved and opened here.
 
 Layout (all times in seconds on the session clock):
 

@@ -1,4 +1,4 @@
-"""Validate a recording against the schema (DESIGN §1), reporting every problem at once.
+"""Validate a recording against the schema (docs/design.md §1), reporting every problem at once.
 
 `check(data)` returns a list of (field, problem); `validate_file(path)` raises `InputError`
 naming the file with all of them. Importers run `check` before anything is written, because

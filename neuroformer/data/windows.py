@@ -1,4 +1,4 @@
-"""Windows of one or more recordings, as padded token batches (DESIGN §2).
+"""Windows of one or more recordings, as padded token batches (docs/design.md §2).
 
 A window at t0 holds:
 - current tokens: [START at t0, spike_1, ..., spike_n] over [t0, t0 + current). Spike times are
