@@ -129,23 +129,28 @@ def attention_connectivity(model, dataset, rid, batches, device="cpu", combine="
         cur_mask, hist_mask = cur["mask"].cpu(), hist["mask"].cpu()
         n_hist = hist_unit.shape[1]
         L = cur_mask.shape[1]
+        latents = model.cfg.model.latents            # memory holds latents, not history spikes
         causal = torch.ones(L, L, dtype=torch.bool).tril()
         allowed = causal & cur_mask[:, None, :]
         sums["self_attention"].add(_combine(cap, [f"decoder.{i}.self" for i in range(n_dec)], combine),
                                    allowed, target, cur_unit)
         cross = _combine(cap, [f"decoder.{i}.cross" for i in range(n_dec)], combine)
-        sums["history_attention"].add(cross[..., :n_hist], memory_mask[:, None, :n_hist].expand(-1, L, -1) &
-                                      hist_mask[:, None], target, hist_unit)
+        if not latents:
+            sums["history_attention"].add(cross[..., :n_hist], memory_mask[:, None, :n_hist].expand(-1, L, -1) &
+                                          hist_mask[:, None], target, hist_unit)
         readout = cap["units.cross"].mean(1)                               # (B, vocab, M)
         rows = unit_of.expand(len(readout), -1)
-        sums["readout_attention"].add(readout[..., :n_hist], memory_mask[:, None, :n_hist].expand(
-            -1, readout.shape[1], -1) & hist_mask[:, None], rows, hist_unit)
-        for key, start, column, n_cols in _token_groups(model, batch, n_hist):
+        if not latents:
+            sums["readout_attention"].add(readout[..., :n_hist], memory_mask[:, None, :n_hist].expand(
+                -1, readout.shape[1], -1) & hist_mask[:, None], rows, hist_unit)
+        for key, start, column, n_cols in _token_groups(model, batch, latents or n_hist):
             mask = memory_mask[:, start:start + len(column)]
             if key not in groups:
                 groups[key] = PairSums(n, n_cols)
             groups[key].add(readout[..., start:start + len(column)], mask[:, None].expand(-1, readout.shape[1], -1),
                             rows, torch.where(mask, column, -1))
+    if model.cfg.model.latents:              # no attention to history spikes to read
+        del sums["history_attention"], sums["readout_attention"]
     out = {k: v.normalised() for k, v in (sums | groups).items()}
     if "stimulus_attention" in out:
         out["stimulus_attention"] = out["stimulus_attention"].reshape(n, *model.backbone.grid)
@@ -239,11 +244,23 @@ def model_connectivity(model, dataset, rid, split="test", windows=256, perturbat
     if not batches:
         raise InputError(dataset.recordings._paths[rid], (f"{split}_domain", f"no full window of {spec.length:.3f} s"))
     out = attention_connectivity(model, dataset, rid, batches, device, combine, progress)
+    if model.point_process:
+        out["coupling"] = model_coupling(model, dataset.unit_tokens[rid])
     if perturbation_windows:
         flat = [i for b in batches for i in b]
         step = max(1, len(flat) // perturbation_windows)
         out["perturbation"] = perturbation_connectivity(model, dataset, rid, [flat[::step][:perturbation_windows]],
                                                         device, progress=progress)
+    return out
+
+
+def model_coupling(model, tokens):
+    """A point-process model's own coupling filters integrated over lags (log-rate change per
+    source spike), (target, source) over the recording's unit `tokens`, diagonal 0: the GLM
+    inside the model, read like the GLM's (`glm_coupling`)."""
+    per_basis = model.coupling.detach().cpu().double()[:, tokens][:, :, tokens]     # (basis, source, target)
+    out = torch.einsum("bst,b->ts", per_basis, model.lag_bases.cpu().double().sum(1)).numpy()
+    np.fill_diagonal(out, 0.0)
     return out
 
 
@@ -313,7 +330,7 @@ def score(measure, truth, signed):
 
 
 SIGNED = {"self_attention": False, "history_attention": False, "readout_attention": False,
-          "perturbation": True, "pearson": True, "lagged_correlation": True, "glm_coupling": True}
+          "perturbation": True, "coupling": True, "pearson": True, "lagged_correlation": True, "glm_coupling": True}
 
 
 # ---------------------------------------------------------------------- the whole job

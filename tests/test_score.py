@@ -208,3 +208,17 @@ def test_score_cli_writes_rows_per_neuron_glm_and_provenance(tiny_synthetic, tmp
             (r["log_likelihood"] - rows["all"]["null_log_likelihood"]) / (rows["all"]["n_spikes"] * math.log(2)))
     assert {"command", "commit", "torch", "machine", "date", "config", "version"} <= set(report["provenance"])
     assert (tmp_path / "score.png").stat().st_size > 0
+
+
+def test_coupling_read_out_is_the_filters_integrated_over_lags_target_row_source_column(tiny_synthetic):
+    from neuroformer.connectivity import model_coupling
+
+    model, _, dataset = _model(tiny_synthetic, PP_CFG)
+    tokens = dataset.unit_tokens[dataset.recordings.recording_ids[0]]
+    with torch.no_grad():
+        model.coupling.zero_()
+        model.coupling[1, tokens[3], tokens[7]] = 0.5              # unit 3 drives unit 7 through basis 1
+    out = model_coupling(model, tokens)
+    assert out.shape == (30, 30)
+    assert out[7, 3] == pytest.approx(0.5 * float(model.lag_bases[1].sum()))
+    assert np.count_nonzero(out) == 1
