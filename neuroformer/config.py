@@ -73,6 +73,9 @@ class ModelConfig:
                                        # spikes) that the transformer's outputs modulate (docs/design.md)
     coupling_lag: float = 0.05         # s of past spikes the coupling term filters (point_process)
     coupling_bases: int = 5            # raised-cosine lag bases of the coupling filters
+    stimulus_features: int = 0         # >0 (point_process, with frames): a linear stimulus filter in the
+                                       # GLM, per unit: these many shared features per patch, weighted by
+                                       # the unit's spatial map, filtered over the time since frame onset
 
 
 @dataclass
@@ -176,6 +179,9 @@ def _check(cfg, source):
                                                         f"got {m.coupling_lag}"))
     if m.point_process and m.coupling_bases < 1:
         raise InputError(source, ("model.coupling_bases", f"must be >= 1, got {m.coupling_bases}"))
+    if m.stimulus_features < 0 or (m.stimulus_features and not (m.point_process and cfg.window.frames > 0)):
+        raise InputError(source, ("model.stimulus_features", "needs point_process: true and window.frames > 0, "
+                                                             f"and must be >= 0 (got {m.stimulus_features})"))
     if m.latents < 0:
         raise InputError(source, ("model.latents", f"must be >= 0, got {m.latents}"))
     if m.width % m.heads or (m.width // m.heads) % 4:

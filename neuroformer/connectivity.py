@@ -185,9 +185,10 @@ def unit_log_probs(model, batch, current, tokens):
     memory, _ = model.encode_context(batch)
     rows = len(current["unit"])
     memory = tuple(m.expand(rows, *m.shape[1:]) for m in memory)
-    history = {k: v.expand(rows, *v.shape[1:]) for k, v in batch["history"].items()}
+    context = {key: {k: v.expand(rows, *v.shape[1:]) for k, v in batch[key].items()}
+               for key in ("history", "frames") if key in batch}
     x = model.decode(current, memory)
-    bias = model.unit_bias(history, current, memory)
+    bias = model.unit_bias(context, current, memory)
     no_order = torch.zeros_like(current["unit"])        # every unit possible, also at gap 0 (the within-bin
     logits = model.unit_logits(x, bias, current["dt_target"].clamp(min=0), model.position_bins(current),
                                no_order)                 # order of tokens would forbid some there)

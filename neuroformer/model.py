@@ -23,6 +23,7 @@ from .data.windows import IGNORE
 from .nn import Block, new_caches, run_stack, stack
 
 HISTORY, VISUAL, BEHAVIOR, NULL = range(4)     # modality type embeddings of memory tokens
+STIMULUS_BASES = 6                             # raised cosines over the time since a frame's onset
 
 
 class Neuroformer(nn.Module):
@@ -90,6 +91,14 @@ class Neuroformer(nn.Module):
             if unit_log_rates is not None:
                 rates = torch.as_tensor(unit_log_rates, dtype=torch.float32)
             self.log_rate0 = nn.Parameter(rates.clone())            # log expected count per dt_res bin
+            if m.stimulus_features:          # the GLM's stimulus filter: space (per patch feature) x time
+                P = self.backbone.grid[0] * self.backbone.grid[1]
+                self.stim_features = nn.Linear(self.backbone.channels, m.stimulus_features)
+                self.stim_space = nn.Parameter(torch.zeros(vocab_size, P, m.stimulus_features))
+                self.stim_time = nn.Parameter(torch.full((vocab_size, STIMULUS_BASES), 0.1))
+                lags = int(round(cfg.window.frames / cfg.window.dt_res))
+                self.register_buffer("onset_bases", torch.tensor(raised_cosines(STIMULUS_BASES, 0, lags),
+                                                                 dtype=torch.float32), persistent=False)
             not_unit = torch.zeros(vocab_size)
             not_unit[:len(SPECIALS)] = -1e4                         # padding and START never fire
             self.register_buffer("not_unit", not_unit, persistent=False)
@@ -207,14 +216,16 @@ class Neuroformer(nn.Module):
         mask = torch.ones(B, V, dtype=torch.bool, device=q.device)
         return self.unit_drive_out(self.unit_readout(q, q_time, mask, memory=memory)).transpose(1, 2)
 
-    def unit_bias(self, history, current, memory, drive=None):
+    def unit_bias(self, context, current, memory, drive=None):
         """What each unit's logit starts from: (B, 1, V) its drive, or with `point_process` (B, n_bins, V)
         its log expected count in every dt_res bin of the window: baseline + drive + coupling
-        filters over all spikes in earlier bins (history and `current`, lag >= 1 bin). `drive`:
-        `unit_drive(memory)` when already computed."""
+        filters over all spikes in earlier bins (the `context` batch's history and `current`, lag
+        >= 1 bin) + the stimulus filter over its frames. `drive`: `unit_drive(memory)` when
+        already computed."""
         drive = self.unit_drive(memory) if drive is None else drive
         if not self.point_process:
             return drive
+        history = context["history"]
         n, lags = self.n_dt - 1, self.lag_bases.shape[1] - 1
         B, V = drive.shape[0], drive.shape[2]
         units = torch.cat([history["unit"], current["unit"][:, 1:]], 1)
@@ -226,7 +237,23 @@ class Neuroformer(nn.Module):
         filtered = F.conv1d(counts, self.lag_bases.flip(-1)[:, None].to(drive.dtype))     # (B V, nb, n)
         coupling = torch.einsum("bjkt,kji->bti", filtered.view(B, V, -1, n), self.coupling.to(drive.dtype))
         when = ((torch.arange(n, device=drive.device) + 0.5) / n - 0.5)[:, None]       # (n, 1), window = 1
-        return self.log_rate0 + self.not_unit + drive[:, :1] + when * drive[:, 1:] + coupling
+        out = self.log_rate0 + self.not_unit + drive[:, :1] + when * drive[:, 1:] + coupling
+        return out + self.stimulus_drive(context["frames"], n) if self.cfg.model.stimulus_features else out
+
+    def stimulus_drive(self, frames, n):
+        """Each unit's linear stimulus drive (B, n, V) in the window's bins: per frame, its spatial map
+        over shared patch features; over time, its filter of the time since the frame's onset."""
+        if frames["mask"].shape[1] == 0:                        # no window of the batch shows a frame
+            return self.stim_time.new_zeros(len(frames["mask"]), n, self.stim_time.shape[0])
+        feats = frames["features"] if "features" in frames else self.backbone(frames["pixels"])   # (B, F, P, C)
+        per_frame = torch.einsum("bfpk,vpk->bfv", self.stim_features(feats.to(self.stim_space.dtype)),
+                                 self.stim_space)                                               # (B, F, V)
+        dt = self.cfg.window.dt_res
+        lag = ((torch.arange(n, device=per_frame.device) + 0.5) * dt)[None, :, None] - frames["time"][:, None]
+        k = lag.div(dt).floor().long()                                                          # (B, n, F)
+        seen = frames["mask"][:, None] & (k >= 0) & (k < self.onset_bases.shape[1])
+        basis = self.onset_bases.T[k.clamp(0, self.onset_bases.shape[1] - 1)] * seen[..., None]  # (B, n, F, nb)
+        return torch.einsum("btfk,vk,bfv->btv", basis, self.stim_time, per_frame)
 
     def heads(self, x, bias, dt, bins, units):
         """`gap_log_probs` and `unit_logits` at positions with states x (B, L, W), on grid bins
@@ -273,7 +300,7 @@ class Neuroformer(nn.Module):
     def spike_outputs(self, batch, memory, x, current=None):
         """Teacher-forced `heads` at every position of the current window (or of `current`)."""
         current = current if current is not None else batch["current"]
-        bias = self.unit_bias(batch["history"], current, memory)
+        bias = self.unit_bias(batch, current, memory)
         return self.heads(x, bias, current["dt_target"].clamp(min=0), self.position_bins(current), current["unit"])
 
     def position_bins(self, current):
@@ -432,7 +459,7 @@ class Neuroformer(nn.Module):
                        "mask": torch.ones_like(units[:, new], dtype=torch.bool)}
             x = self.decode(current, memory, caches)[:, -1:]
             so_far = {"unit": units, "time": (bins.double() * dt_res).float(), "mask": torch.ones_like(units, dtype=torch.bool)}
-            bias = self.unit_bias(batch["history"], so_far, memory, drive)
+            bias = self.unit_bias(batch, so_far, memory, drive)
             last = bins[:, -1:]
             full = torch.tensor([len(o) >= sampling.max_spikes for o in out], device=device)[:, None]
             truncated |= bool((full & ~done[:, None]).any())

@@ -154,7 +154,7 @@ def window_log_likelihood(model, batch, n_end, tokens):
     cur = batch["current"]
     memory, _ = model.encode_context(batch)
     x = model.decode(cur, memory)
-    bias = model.unit_bias(batch["history"], cur, memory)
+    bias = model.unit_bias(batch, cur, memory)
     bins = model.position_bins(cur)
     gap_lp = model.gap_log_probs(x, bias, bins, cur["unit"]).double()                            # (B, L, n_dt + 1)
     B, L, n_dt = x.shape[0], x.shape[1], model.n_dt

@@ -197,7 +197,8 @@ TRAINABLE = {"all": None, "units": ("unit_emb", "unit_head"),
              "heads": ("query", "population_in", "readout")}
 
 
-GLM_PARAMETERS = ("log_rate0", "coupling")      # the GLM inside a point-process model (own learning rate)
+# the GLM inside a point-process model (own learning rate): baselines, coupling and stimulus filters
+GLM_PARAMETERS = ("log_rate0", "coupling", "stim_features", "stim_space", "stim_time")
 
 
 @dataclass
@@ -235,9 +236,11 @@ def train(cfg, data_paths, opts):
     for name, p in model.named_parameters():
         p.requires_grad_(TRAINABLE[opts.trainable] is None or name.split(".")[0] in TRAINABLE[opts.trainable])
     model.to(device)
-    glm = [p for n, p in model.named_parameters() if p.requires_grad and n in GLM_PARAMETERS]
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and n not in GLM_PARAMETERS]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2 and n not in GLM_PARAMETERS]
+    def in_glm(name):
+        return name.split(".")[0] in GLM_PARAMETERS
+    glm = [p for n, p in model.named_parameters() if p.requires_grad and in_glm(n)]
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and not in_glm(n)]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2 and not in_glm(n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0},
                                    {"params": glm, "weight_decay": 0.0, "lr": cfg.train.glm_lr}], lr=cfg.train.lr)

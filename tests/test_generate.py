@@ -61,7 +61,7 @@ def test_cached_and_full_decoding_give_the_same_logits_under_teacher_forcing(set
     cur = batch["current"]
     with torch.no_grad():
         memory, _ = model.encode_context(batch)
-        bias = model.unit_bias(batch["history"], cur, memory)
+        bias = model.unit_bias(batch, cur, memory)
         full = model.decode(cur, memory)
         caches = new_caches(model.decoder)
         steps = [model.decode({k: cur[k][:, i:i + 1] for k in ("unit", "time", "mask")}, memory, caches)
@@ -140,7 +140,7 @@ def test_the_generated_history_is_what_the_next_window_sees(setup):
             memory, _ = model.encode_context(b_)
             x = model.decode(b_["current"], memory)[:, :1]
             zero = torch.zeros(1, 1, dtype=torch.long)
-            bias = model.unit_bias(b_["history"], b_["current"], memory)
+            bias = model.unit_bias(b_, b_["current"], memory)
             logits.append(torch.cat(model.heads(x, bias, zero, zero, b_["current"]["unit"][:, :1]), -1))
     finite = logits[0].isfinite()                       # (gaps that would leave the window are -inf)
     assert (logits[0] - logits[1])[finite].abs().max() > 1e-2 and torch.equal(logits[0], logits[2])

@@ -102,7 +102,7 @@ def test_point_process_gaps_follow_the_discrete_poisson_formula(tiny_synthetic):
     with torch.no_grad():
         memory, _ = model.encode_context(batch)
         x = model.decode(cur, memory)
-        bias = model.unit_bias(batch["history"], cur, memory)
+        bias = model.unit_bias(batch, cur, memory)
         bins = model.position_bins(cur)
         gap_lp = model.gap_log_probs(x, bias, bins, cur["unit"])
         mod = model.dt_head(x)
@@ -125,11 +125,11 @@ def test_point_process_coupling_sees_only_earlier_bins(tiny_synthetic):
     cur = batch["current"]
     with torch.no_grad():
         memory, _ = model.encode_context(batch)
-        before = model.unit_bias(batch["history"], cur, memory)
+        before = model.unit_bias(batch, cur, memory)
         moved = {**cur, "unit": cur["unit"].clone()}
         k = int(model.position_bins(cur)[0, 1])
         moved["unit"][0, 1] = 2 + (int(cur["unit"][0, 1]) - 1) % (model.unit_emb.num_embeddings - 2)
-        after = model.unit_bias(batch["history"], moved, memory)
+        after = model.unit_bias(batch, moved, memory)
     assert torch.equal(before[0, :k + 1], after[0, :k + 1])        # a spike in bin k acts from bin k + 1
     assert not torch.allclose(before[0, k + 1:], after[0, k + 1:])
     assert torch.equal(before[1:], after[1:])
@@ -222,3 +222,20 @@ def test_coupling_read_out_is_the_filters_integrated_over_lags_target_row_source
     assert out.shape == (30, 30)
     assert out[7, 3] == pytest.approx(0.5 * float(model.lag_bases[1].sum()))
     assert np.count_nonzero(out) == 1
+
+
+def test_stimulus_filter_acts_only_after_a_frames_onset(tiny_synthetic):
+    raw = {**PP_CFG, "model": {**PP_CFG["model"], "stimulus_features": 2}}
+    model, batch, _ = _model(tiny_synthetic, raw)
+    frames = {k: v[:1].clone() for k, v in batch["frames"].items()}
+    last = int(frames["mask"][0].sum()) - 1
+    frames["mask"][0, :last] = False                               # only the last frame is shown
+    onset = float(frames["time"][0, last])
+    with torch.no_grad():
+        drive = model.stimulus_drive(frames, model.n_dt - 1)[0]      # (bins, V)
+    centres = (torch.arange(model.n_dt - 1) + 0.5) * 0.001
+    assert drive[centres < onset].abs().max() == 0 if (centres < onset).any() else True
+    assert drive[centres > onset].abs().max() > 0
+    frames["pixels"][0, last] = 255 - frames["pixels"][0, last]      # another image, another drive
+    with torch.no_grad():
+        assert not torch.allclose(model.stimulus_drive(frames, model.n_dt - 1)[0], drive)
