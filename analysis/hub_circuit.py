@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neuroformer.checkpoints import load_model
 from neuroformer.config import load_config
 from neuroformer.connectivity import (
     SIGNED,
@@ -36,7 +37,7 @@ from neuroformer.data.synthetic import write_with_truth
 from neuroformer.glm import GLMConfig, PoissonGLM
 from neuroformer.io import atomic_path, atomic_write_json
 from neuroformer.plots import connectivity_figure, plt
-from neuroformer.train import RunOptions, load_model, train
+from neuroformer.train import RunOptions, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "circuit.yaml"
 METRICS = ("r2", "spearman", "auroc")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neuroformer.checkpoints import load_model
 from neuroformer.config import load_config
 from neuroformer.connectivity import model_connectivity
 from neuroformer.data.circuits import PeriodicInputsConfig, periodic_inputs
@@ -28,7 +29,7 @@ from neuroformer.data.recording import open_recording, spike_counts
 from neuroformer.data.synthetic import write_with_truth
 from neuroformer.io import atomic_write_json
 from neuroformer.plots import plt
-from neuroformer.train import RunOptions, load_model, train
+from neuroformer.train import RunOptions, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "periodic.yaml"
 

@@ -49,9 +49,9 @@ def frequency_initialise(model, dataset, recordings):
 
 
 def measure(config, recording, duration, batch, cache, repeats):
+    from neuroformer.assembly import build
     from neuroformer.config import load_config
     from neuroformer.simulate import SimulationOptions, rollout
-    from neuroformer.train import build
 
     torch.manual_seed(0)
     cfg = load_config(config)

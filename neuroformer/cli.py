@@ -58,7 +58,8 @@ def _train(args):
 
 def _simulate(args):
     from .model import Sampling
-    from .simulate import SimulationOptions, save_nwb, save_simulation, simulate
+    from .simulate import SimulationOptions, simulate
+    from .simulations import save_nwb, save_simulation
 
     trials = None if args.trials is None else _int_list(args.trials, "--trials")
     opts = SimulationOptions(split=args.split, trials=trials, repeats=args.repeats, seed=args.seed,

@@ -26,17 +26,18 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
+from .assembly import build, window_spec
+from .checkpoints import checkpoint_file, load_checkpoint, load_model
 from .config import Modality, Variable, load_config
 from .data.objects import DatasetIndex, Interval
-from .data.recording import open_recording, resolve_variable
+from .data.recording import first_fraction, open_recording, resolve_variable
 from .data.windows import collate_windows
 from .decoders import BASELINES, BinnedSplit, baseline_grid
 from .errors import InputError
 from .io import atomic_path, atomic_write_json
 from .model import _masked_mean
 from .plots import plt
-from .train import (RunOptions, build, checkpoint_file, first_fraction, load_checkpoint, load_model, to_device, train,
-                    window_spec)
+from .train import RunOptions, to_device, train
 
 MODES = ("joint", "finetune", "probe", "baselines")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"       # of joint training

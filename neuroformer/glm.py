@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .data.recording import behavior_at, frame_on_screen, movie_frame_dataset, open_recording, spike_counts
 from .errors import InputError
-from .simulate import Simulation, trial_seed
+from .simulations import Simulation, trial_seed
 
 
 @dataclass

@@ -13,10 +13,12 @@ import pytest
 import torch
 import yaml
 
+from neuroformer.assembly import build, window_spec
+from neuroformer.checkpoints import load_checkpoint, load_matching, load_model
 from neuroformer.cli import main
 from neuroformer.config import config_from_dict
 from neuroformer.data.objects import DatasetIndex, Interval
-from neuroformer.data.recording import open_recording
+from neuroformer.data.recording import first_fraction, open_recording
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.data.vocab import UnitVocab
 from neuroformer.data.windows import collate_windows
@@ -25,8 +27,7 @@ from neuroformer.decode import (MIN_EVALS, Samples, baseline_results, by_stimulu
                                decode_config, decode_samples, format_report, novel_stimulus, probe_features,
                                probe_results, split_samples, train_decoder, window_tiling)
 from neuroformer.decoders import BinnedSplit, baseline_grid
-from neuroformer.train import (RunOptions, build, epoch_batches, first_fraction, load_checkpoint, load_matching,
-                               load_model, train, window_spec)
+from neuroformer.train import RunOptions, epoch_batches, train
 
 from conftest import TINY
 
