@@ -41,12 +41,12 @@ from neuroformer.assembly import window_spec
 from neuroformer.checkpoints import checkpoint_file, load_checkpoint
 from neuroformer.config import load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
-from neuroformer.decode import (decode, decode_config, decode_samples, linear_readout, probe_features, probe_results,
+from neuroformer.decoding import (decode, decode_config, decode_samples, linear_readout, probe_features, probe_results,
                                 split_samples)
 from neuroformer.data.recording import open_recording
 from neuroformer.io import atomic_path, atomic_write_json
 from neuroformer.plots import plt
-from neuroformer.train import RunOptions, train
+from neuroformer.training import RunOptions, train
 
 TARGETS = ["running.speed", "eye.phi", "eye.theta"]
 MODELS = ("pretrained", "random init", "pretrained, heads only", "random init, heads only", "pretrained probe",

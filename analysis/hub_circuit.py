@@ -37,7 +37,7 @@ from neuroformer.data.synthetic import write_with_truth
 from neuroformer.glm import GLMConfig, PoissonGLM
 from neuroformer.io import atomic_path, atomic_write_json
 from neuroformer.plots import connectivity_figure, plt
-from neuroformer.train import RunOptions, train
+from neuroformer.training import RunOptions, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "circuit.yaml"
 METRICS = ("r2", "spearman", "auroc")

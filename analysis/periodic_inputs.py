@@ -29,7 +29,7 @@ from neuroformer.data.recording import open_recording, spike_counts
 from neuroformer.data.synthetic import write_with_truth
 from neuroformer.io import atomic_write_json
 from neuroformer.plots import plt
-from neuroformer.train import RunOptions, train
+from neuroformer.training import RunOptions, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "periodic.yaml"
 

@@ -20,7 +20,7 @@ from neuroformer.checkpoints import load_model
 from neuroformer.config import Modality, Variable, load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.io import atomic_write_json
-from neuroformer.train import RunOptions, epoch_batches, evaluate, train, tiling_batches
+from neuroformer.training import RunOptions, epoch_batches, evaluate, train, tiling_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 

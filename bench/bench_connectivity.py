@@ -36,7 +36,7 @@ def main():
     from neuroformer.data.circuits import HubCircuitConfig, hub_circuit
     from neuroformer.data.recording import open_recording
     from neuroformer.data.synthetic import write_with_truth
-    from neuroformer.train import tiling_batches
+    from neuroformer.training import tiling_batches
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")

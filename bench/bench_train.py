@@ -36,7 +36,7 @@ def measure(config, recording, steps, warmup, batch_size, threads=None, barrier=
 
     from neuroformer.assembly import build
     from neuroformer.config import load_config
-    from neuroformer.train import epoch_batches, to_device
+    from neuroformer.training import epoch_batches, to_device
     from neuroformer.data.windows import collate_windows
 
     if threads:

@@ -37,7 +37,7 @@ from neuroformer.assembly import window_spec
 from neuroformer.config import load_config
 from neuroformer.data.recording import open_recording
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
-from neuroformer.decode import decode_config, decode_samples, novel_stimulus, scores
+from neuroformer.decoding import decode_config, decode_samples, novel_stimulus, scores
 from neuroformer.plots import plt
 
 TAU, STD = 3.0, 1.0                       # the generator's OU prior on x (speed = 8 softplus(2x))

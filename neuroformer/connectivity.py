@@ -46,7 +46,7 @@ from .glm import PoissonGLM
 from .io import atomic_savez
 from .nn import capture_attention
 from .plots import connectivity_figure, stimulus_maps
-from .train import tiling_batches, to_device
+from .training import tiling_batches, to_device
 
 
 # ---------------------------------------------------------------------- attention

@@ -24,9 +24,9 @@ from .data.info import format_summary, summarize
 from .data.synthetic import SyntheticConfig, write_synthetic
 from .io import atomic_write_json
 from .plots import recording_overview, training_curves
-from .simulate import SimulationOptions, simulate
+from .rollouts import SimulationOptions, simulate
 from .simulations import save_simulation
-from .train import RunOptions, epoch_batches, evaluate, train, tiling_batches
+from .training import RunOptions, epoch_batches, evaluate, train, tiling_batches
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 

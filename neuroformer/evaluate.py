@@ -32,7 +32,7 @@ from .glm import PoissonGLM
 from .io import atomic_write_json
 from .plots import correlation_scatter, example_psths, rasters
 from .simulations import load_simulation
-from .train import evaluate
+from .training import evaluate
 
 
 def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, device="cpu", psth_bin=0.05,

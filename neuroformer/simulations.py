@@ -1,4 +1,4 @@
-"""Simulated spikes: the container both simulators return (the model's rollouts in `simulate`,
+"""Simulated spikes: the container both simulators return (the model's rollouts in `rollouts`,
 the GLM baseline's in `glm`), the per-(trial, repeat) seeds they share, and the files (HDF5,
 NWB) they are saved to.
 

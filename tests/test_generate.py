@@ -18,7 +18,7 @@ from neuroformer.data.windows import LoaderOptions, collate_windows, make_loader
 from neuroformer.errors import InputError
 from neuroformer.model import Neuroformer, Sampling, sample_classes
 from neuroformer.nn import new_caches
-from neuroformer.simulate import SimulationOptions, _closed_loop_history, simulate
+from neuroformer.rollouts import SimulationOptions, _closed_loop_history, simulate
 from neuroformer.simulations import load_simulation, save_nwb, save_simulation
 from test_model import TINY_CFG
 

@@ -37,7 +37,7 @@ from .errors import InputError
 from .io import atomic_path, atomic_write_json
 from .model import _masked_mean
 from .plots import plt
-from .train import RunOptions, to_device, train
+from .training import RunOptions, to_device, train
 
 MODES = ("joint", "finetune", "probe", "baselines")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"       # of joint training

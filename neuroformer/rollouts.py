@@ -26,7 +26,7 @@ from .data.windows import collate_windows
 from .errors import InputError
 from .model import Sampling
 from .simulations import Simulation, trial_seed
-from .train import to_device
+from .training import to_device
 
 
 @dataclass
