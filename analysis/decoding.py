@@ -45,7 +45,7 @@ from neuroformer.decoding import (decode, decode_config, decode_samples, linear_
                                 split_samples)
 from neuroformer.data.recording import open_recording
 from neuroformer.io import atomic_path, atomic_write_json
-from neuroformer.plots import plt
+from neuroformer.plots import subplots
 from neuroformer.training import RunOptions, train
 
 TARGETS = ["running.speed", "eye.phi", "eye.theta"]
@@ -227,7 +227,7 @@ def few_shot_probes(rec, out, pretrained, fractions, seeds):
 
 
 def few_shot_figure(rows, path):
-    fig, axes = plt.subplots(1, len(TARGETS), figsize=(4 * len(TARGETS), 3.2), squeeze=False)
+    fig, axes = subplots(1, len(TARGETS), figsize=(4 * len(TARGETS), 3.2), squeeze=False)
     for ax, t in zip(axes[0], TARGETS):
         for model in (m for m in MODELS if any(r["model"] == m for r in rows)):
             pts = [r for r in rows if r["target"] == t and r["model"] == model]
@@ -244,7 +244,6 @@ def few_shot_figure(rows, path):
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
 
 
 def rate_ceiling(rec, path):

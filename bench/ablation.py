@@ -82,12 +82,9 @@ def _table(rows):
 
 
 def _figure(rows, png):
-    import matplotlib
+    from neuroformer.plots import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    fig, axes = subplots(1, 2, figsize=(9, 3))
     names = list(rows)
     axes[0].bar(names, [rows[n]["nll_per_spike"] for n in names])
     axes[0].set_ylabel("valid NLL per spike (nats)")
@@ -97,7 +94,6 @@ def _figure(rows, png):
         ax.tick_params(axis="x", labelsize=7, rotation=20)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":
