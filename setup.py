@@ -16,13 +16,13 @@ setup(
         "torch>=2.4",
         "torchvision>=0.19",
         "torch-brain==0.2.1",
-        "numpy",
-        "h5py",
-        "pynwb",
+        "numpy>=1.20",                  # as torch-brain 0.2.1 asks; nothing here needs numpy 2
+        "h5py>=3.0",                    # string datasets and attributes read as h5py 3 returns them
+        "pynwb>=2.2",                   # behaviour containers, external-file ImageSeries (as torch-brain asks)
         "opencv-python-headless",
-        "matplotlib",
+        "matplotlib>=3.1",              # Figure.subplots and saving a Figure without pyplot (plots.py)
         "scipy",
-        "scikit-learn",
+        "scikit-learn>=1.8",            # LogisticRegression(l1_ratio=1.0) is L1 only from 1.8 (L2 before)
         "pyyaml",
         "tqdm",
     ],

@@ -37,14 +37,16 @@ import torch
 import yaml
 
 import neuroformer.decoders
+from neuroformer.assembly import window_spec
+from neuroformer.checkpoints import checkpoint_file, load_checkpoint
 from neuroformer.config import load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
-from neuroformer.decode import (decode, decode_config, decode_samples, linear_readout, probe_features, probe_results,
+from neuroformer.decoding import (decode, decode_config, decode_samples, linear_readout, probe_features, probe_results,
                                 split_samples)
 from neuroformer.data.recording import open_recording
 from neuroformer.io import atomic_path, atomic_write_json
-from neuroformer.plots import plt
-from neuroformer.train import RunOptions, checkpoint_file, load_checkpoint, train, window_spec
+from neuroformer.plots import subplots
+from neuroformer.training import RunOptions, train
 
 TARGETS = ["running.speed", "eye.phi", "eye.theta"]
 MODELS = ("pretrained", "random init", "pretrained, heads only", "random init, heads only", "pretrained probe",
@@ -225,7 +227,7 @@ def few_shot_probes(rec, out, pretrained, fractions, seeds):
 
 
 def few_shot_figure(rows, path):
-    fig, axes = plt.subplots(1, len(TARGETS), figsize=(4 * len(TARGETS), 3.2), squeeze=False)
+    fig, axes = subplots(1, len(TARGETS), figsize=(4 * len(TARGETS), 3.2), squeeze=False)
     for ax, t in zip(axes[0], TARGETS):
         for model in (m for m in MODELS if any(r["model"] == m for r in rows)):
             pts = [r for r in rows if r["target"] == t and r["model"] == model]
@@ -242,7 +244,6 @@ def few_shot_figure(rows, path):
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
 
 
 def rate_ceiling(rec, path):

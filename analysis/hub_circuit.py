@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neuroformer.checkpoints import load_model
 from neuroformer.config import load_config
 from neuroformer.connectivity import (
     SIGNED,
@@ -35,8 +36,8 @@ from neuroformer.data.recording import open_recording
 from neuroformer.data.synthetic import write_with_truth
 from neuroformer.glm import GLMConfig, PoissonGLM
 from neuroformer.io import atomic_path, atomic_write_json
-from neuroformer.plots import connectivity_figure, plt
-from neuroformer.train import RunOptions, load_model, train
+from neuroformer.plots import connectivity_figure, subplots
+from neuroformer.training import RunOptions, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "circuit.yaml"
 METRICS = ("r2", "spearman", "auroc")
@@ -107,7 +108,7 @@ def table(summary, per_seed):
 
 def r2_figure(per_seed, path):
     measures = list(next(iter(per_seed.values())))
-    fig, ax = plt.subplots(figsize=(1.0 * len(measures) + 2, 3.6))
+    fig, ax = subplots(figsize=(1.0 * len(measures) + 2, 3.6))
     for j, m in enumerate(measures):
         vals = [per_seed[s][m]["r2"] for s in per_seed]
         ax.bar(j, np.mean(vals), color="C0" if "attention" in m or m == "perturbation" else "0.6")
@@ -118,7 +119,6 @@ def r2_figure(per_seed, path):
     ax.set_title("hub circuit: variance of the true weights explained", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main():

@@ -21,14 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from neuroformer.checkpoints import load_model
 from neuroformer.config import load_config
 from neuroformer.connectivity import model_connectivity
 from neuroformer.data.circuits import PeriodicInputsConfig, periodic_inputs
 from neuroformer.data.recording import open_recording, spike_counts
 from neuroformer.data.synthetic import write_with_truth
 from neuroformer.io import atomic_write_json
-from neuroformer.plots import plt
-from neuroformer.train import RunOptions, load_model, train
+from neuroformer.plots import subplots
+from neuroformer.training import RunOptions, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "periodic.yaml"
 
@@ -114,7 +115,7 @@ def main():
 
 def figure(matrices, input_of, path):
     """Neuron x input matrices with columns reordered so the true mapping is the diagonal."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(matrices), figsize=(3.6 * len(matrices), 3.6), squeeze=False)
     for ax, (name, m) in zip(axes[0], matrices.items()):
         ax.imshow(m[:, input_of], cmap="magma", interpolation="nearest")     # column i: neuron i's input
         ax.set_title(f"{name}: {accuracy(m, input_of):.0%} correct", fontsize=8)
@@ -122,7 +123,6 @@ def figure(matrices, input_of, path):
         ax.set_ylabel("neuron", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

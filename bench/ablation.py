@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 from neuroformer.baselines import frequency_baseline
+from neuroformer.checkpoints import load_model
 from neuroformer.config import Modality, Variable, load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.io import atomic_write_json
-from neuroformer.train import RunOptions, epoch_batches, evaluate, load_model, train, tiling_batches
+from neuroformer.training import RunOptions, epoch_batches, evaluate, train, tiling_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,12 +82,9 @@ def _table(rows):
 
 
 def _figure(rows, png):
-    import matplotlib
+    from neuroformer.plots import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    fig, axes = subplots(1, 2, figsize=(9, 3))
     names = list(rows)
     axes[0].bar(names, [rows[n]["nll_per_spike"] for n in names])
     axes[0].set_ylabel("valid NLL per spike (nats)")
@@ -96,7 +94,6 @@ def _figure(rows, png):
         ax.tick_params(axis="x", labelsize=7, rotation=20)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main():
+    from neuroformer.assembly import build
     from neuroformer.config import load_config
     from neuroformer.connectivity import (
         attention_connectivity,
@@ -35,7 +36,7 @@ def main():
     from neuroformer.data.circuits import HubCircuitConfig, hub_circuit
     from neuroformer.data.recording import open_recording
     from neuroformer.data.synthetic import write_with_truth
-    from neuroformer.train import build, tiling_batches
+    from neuroformer.training import tiling_batches
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")

@@ -31,7 +31,7 @@ def frequency_initialise(model, dataset, recordings):
     """Set the Δ/END and unit heads' biases to log frequencies of training windows (weights tiny)."""
     from neuroformer.data.vocab import SPECIALS
     from neuroformer.data.windows import IGNORE, collate_windows
-    from neuroformer.train import epoch_batches
+    from neuroformer.training import epoch_batches
 
     dt = torch.ones(model.n_dt + 1)
     unit = torch.ones(len(dataset.vocab))
@@ -49,9 +49,9 @@ def frequency_initialise(model, dataset, recordings):
 
 
 def measure(config, recording, duration, batch, cache, repeats):
+    from neuroformer.assembly import build
     from neuroformer.config import load_config
-    from neuroformer.simulate import SimulationOptions, rollout
-    from neuroformer.train import build
+    from neuroformer.rollouts import SimulationOptions, rollout
 
     torch.manual_seed(0)
     cfg = load_config(config)

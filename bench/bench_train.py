@@ -34,8 +34,9 @@ def measure(config, recording, steps, warmup, batch_size, threads=None, barrier=
     processes have reached it) time `steps` steps."""
     import torch
 
+    from neuroformer.assembly import build
     from neuroformer.config import load_config
-    from neuroformer.train import build, epoch_batches, to_device
+    from neuroformer.training import epoch_batches, to_device
     from neuroformer.data.windows import collate_windows
 
     if threads:

@@ -93,12 +93,9 @@ def main():
 
 
 def _figure(rows, png):
-    import matplotlib
+    from neuroformer.plots import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    fig, axes = subplots(1, 2, figsize=(8, 3))
     minutes = [f"{r['recording_s'] / 60:g} min" for r in rows]
     axes[0].bar(minutes, [r["windows_per_s"] for r in rows])
     axes[0].set_ylabel("random 1 s windows / s")
@@ -108,7 +105,6 @@ def _figure(rows, png):
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.preprocessing import StandardScaler
 
 from neuroformer.data.recording import open_recording
-from neuroformer.decode import split_samples
+from neuroformer.decoding import split_samples
 from neuroformer.decoders import BinnedSplit
 from neuroformer.io import atomic_write_json
 

@@ -33,12 +33,12 @@ import numpy as np
 from scipy.special import gammaln, logsumexp
 from scipy.stats import norm
 
+from neuroformer.assembly import window_spec
 from neuroformer.config import load_config
 from neuroformer.data.recording import open_recording
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
-from neuroformer.decode import decode_config, decode_samples, novel_stimulus, scores
-from neuroformer.plots import plt
-from neuroformer.train import window_spec
+from neuroformer.decoding import decode_config, decode_samples, novel_stimulus, scores
+from neuroformer.plots import subplots
 
 TAU, STD = 3.0, 1.0                       # the generator's OU prior on x (speed = 8 softplus(2x))
 GRID = np.linspace(-4.0, 4.0, 161)
@@ -188,7 +188,7 @@ def main(argv=None):
     elif args.data is None:
         p.error("--data is required (or --quick)")
     result, test = ceiling(args.data, args.data.with_suffix(".truth.npz"), args.config, args.window)
-    fig, ax = plt.subplots(figsize=(10, 3))
+    fig, ax = subplots(figsize=(10, 3))
     first = test.interval == test.interval[0]
     ax.plot(test.times[first], test.values[first, 0], "k", label="true speed")
     for name, res in result.items():

@@ -48,7 +48,7 @@ def _info(args):
 
 def _train(args):
     from .config import load_config
-    from .train import RunOptions, train
+    from .training import RunOptions, train
 
     metrics = train(load_config(args.config), args.data,
                     RunOptions(args.output, args.max_steps, args.seed, args.device, args.resume))
@@ -58,7 +58,8 @@ def _train(args):
 
 def _simulate(args):
     from .model import Sampling
-    from .simulate import SimulationOptions, save_nwb, save_simulation, simulate
+    from .rollouts import SimulationOptions, simulate
+    from .simulations import save_nwb, save_simulation
 
     trials = None if args.trials is None else _int_list(args.trials, "--trials")
     opts = SimulationOptions(split=args.split, trials=trials, repeats=args.repeats, seed=args.seed,
@@ -84,7 +85,7 @@ def _evaluate(args):
 
 
 def _score(args):
-    from .score import score
+    from .scoring import score
 
     report = score(args.run, args.data, args.output, split=args.split, baseline=args.baseline, device=args.device)
     print(f"{'row':<18}{'model':<13}{'spikes':>9}{'nll/spike':>11}{'bits/spike':>12}")
@@ -109,7 +110,7 @@ def _connectivity(args):
 
 
 def _decode(args):
-    from .decode import decode, format_report
+    from .decoding import decode, format_report
 
     baselines = tuple(b for b in args.baselines.split(",") if b) if args.baselines else ()
     report = decode(args.data, args.target, args.output, run=args.run, mode=args.mode, config=args.config,

@@ -37,6 +37,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from .checkpoints import load_run
 from .data.recording import SPLITS, open_recording, spike_counts
 from .data.vocab import START
 from .data.windows import IGNORE, collate_windows
@@ -45,7 +46,7 @@ from .glm import PoissonGLM
 from .io import atomic_savez
 from .nn import capture_attention
 from .plots import connectivity_figure, stimulus_maps
-from .train import load_run, tiling_batches, to_device
+from .training import tiling_batches, to_device
 
 
 # ---------------------------------------------------------------------- attention

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .baselines import frequency_baseline
+from .checkpoints import load_model
 from .connectivity import extract_connectivity, format_scores
 from .evaluate import evaluate_simulation, format_comparison
 from .config import load_config
@@ -23,8 +24,9 @@ from .data.info import format_summary, summarize
 from .data.synthetic import SyntheticConfig, write_synthetic
 from .io import atomic_write_json
 from .plots import recording_overview, training_curves
-from .simulate import SimulationOptions, save_simulation, simulate
-from .train import RunOptions, epoch_batches, evaluate, load_model, train, tiling_batches
+from .rollouts import SimulationOptions, simulate
+from .simulations import save_simulation
+from .training import RunOptions, epoch_batches, evaluate, train, tiling_batches
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 

@@ -24,14 +24,15 @@ import numpy as np
 from scipy.special import gammaln
 from scipy.stats import ks_2samp
 
+from .checkpoints import load_run
 from .data.objects import DatasetIndex
 from .data.recording import behavior_variables, open_recording, spike_counts
 from .errors import InputError
 from .glm import PoissonGLM
 from .io import atomic_write_json
 from .plots import correlation_scatter, example_psths, rasters
-from .simulate import load_simulation
-from .train import evaluate, load_run
+from .simulations import load_simulation
+from .training import evaluate
 
 
 def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, device="cpu", psth_bin=0.05,

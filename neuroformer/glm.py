@@ -12,11 +12,14 @@ with features x (z-scored on the training split):
 - spike history: every unit's past spikes filtered by raised-cosine bases over 1 bin -
   `history` s (own history on the diagonal, coupling off it).
 Weights are fitted by L-BFGS on the training split for a path of L2 penalties (warm-started,
-strongest first); the chosen one has the best validation log-likelihood among those whose
-closed-loop rollout of validation data is stable (population rate within 0.5-2x the recorded). Simulation is closed loop like the model's: Poisson counts drawn bin
-by bin (rate and count capped at `max_count` per bin, so an unstable fit cannot run away), history from the
-simulated spikes, the recorded activity before the trial start as the initial state.
+strongest first; a fit still short of the minimum after `max_iter` iterations warns); the chosen
+one has the best validation log-likelihood among those whose closed-loop rollout of validation
+data is stable (population rate within 0.5-2x the recorded). Simulation is closed loop like the
+model's: Poisson counts drawn bin by bin (rate and count capped at `max_count` per bin, so an
+unstable fit cannot run away), history from the simulated spikes, the recorded activity before
+the trial start as the initial state.
 """
+import warnings
 from dataclasses import asdict, dataclass
 
 import h5py
@@ -29,7 +32,13 @@ from tqdm import tqdm
 from .bases import raised_cosines
 from .data.recording import behavior_at, frame_on_screen, movie_frame_dataset, open_recording, spike_counts
 from .errors import InputError
-from .simulate import Simulation, trial_seed
+from .simulations import Simulation, trial_seed
+
+GRAD_TOL = 1e-4          # largest gradient entry (of the loss per spike) at which a fit counts as converged
+
+
+class ConvergenceWarning(UserWarning):
+    """L-BFGS stopped before the GLM's loss reached a minimum."""
 
 
 @dataclass
@@ -208,7 +217,11 @@ def _poisson_ll(log_rate, counts):
     return counts * log_rate - log_rate.exp() - torch.lgamma(counts + 1)
 
 
-def _lbfgs(x, y, weight, bias, penalty, max_iter):
+def _lbfgs(x, y, weight, bias, penalty, max_iter, grad_tol=GRAD_TOL):
+    """Fit `weight` and `bias` in place: minimise the Poisson negative log-likelihood per recorded
+    spike plus `penalty` |weight|^2 / 2 (the bias is not penalised). Warns (ConvergenceWarning)
+    when L-BFGS used up its iterations or evaluations with the gradient still above `grad_tol`:
+    the fit then depends on `max_iter`."""
     n_spikes = float(y.sum())
     opt = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -219,6 +232,15 @@ def _lbfgs(x, y, weight, bias, penalty, max_iter):
         loss.backward()
         return loss
     opt.step(closure)
+    state, budget = opt.state[weight], opt.param_groups[0]
+    if state["n_iter"] < max_iter and state["func_evals"] < budget["max_eval"]:
+        return                                      # stopped by its own tolerances
+    closure()                                       # the gradient at the final weights
+    gradient = max(float(weight.grad.abs().max()), float(bias.grad.abs().max()))
+    if gradient > grad_tol:
+        warnings.warn(f"the GLM fit (penalty {penalty:g}) used up its {state['n_iter']} L-BFGS iterations "
+                      f"({state['func_evals']} evaluations, max_iter {max_iter}) with the gradient still at "
+                      f"{gradient:.2g} > {grad_tol:g}: raise max_iter", ConvergenceWarning, stacklevel=2)
 
 
 def _frame_pcs(data, path, cfg, feature_file):

@@ -1,11 +1,16 @@
-"""Figures (matplotlib, Agg backend)."""
-import matplotlib
+"""Figures, drawn without pyplot: a `matplotlib.figure.Figure` saves through the Agg canvas, so
+making one neither needs a display nor changes the backend or the figures of a caller that uses
+pyplot, and nothing is left open to close."""
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .data.recording import behavior_variables, movie_frame_dataset, open_recording
 
-from .data.recording import behavior_variables, movie_frame_dataset, open_recording  # noqa: E402
+
+def subplots(nrows=1, ncols=1, figsize=None, **kwargs):
+    """(figure, axes) like `pyplot.subplots`, on a figure outside pyplot."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def recording_overview(path, out_png, seconds=4.0):
@@ -17,7 +22,7 @@ def recording_overview(path, out_png, seconds=4.0):
         t1 = t0 + seconds
         variables = behavior_variables(data)
         n_rows = 2 + len(variables)
-        fig = plt.figure(figsize=(10, 2 + 1.2 * n_rows))
+        fig = Figure(figsize=(10, 2 + 1.2 * n_rows))
         grid = fig.add_gridspec(n_rows, 4, height_ratios=[1.3, 3] + [0.8] * len(variables))
         if "movies" in keys:
             pres = data.stimulus
@@ -48,7 +53,6 @@ def recording_overview(path, out_png, seconds=4.0):
         ax.set_xlabel("time (s)")
         fig.tight_layout()
         fig.savefig(out_png, dpi=110)
-        plt.close(fig)
     finally:
         data.file.close()
     return out_png
@@ -61,7 +65,7 @@ def training_curves(metrics_jsonl, out_png, baseline=None):
     rows = [json.loads(line) for line in open(metrics_jsonl)]
     train = [(r["step"], r["loss"]) for r in rows if r["split"] == "train"]
     valid = [(r["step"], r["nll_per_spike"]) for r in rows if r["split"] == "valid"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     if train:
         steps, loss = np.array(train).T
         k = max(1, len(loss) // 50)
@@ -76,14 +80,13 @@ def training_curves(metrics_jsonl, out_png, baseline=None):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)
     return out_png
 
 
 def rasters(panels, n_units, out_png):
     """Spike rasters of one trial per row group: panels {row title: {model: (times, units)}}."""
     names = list(next(iter(panels.values())))
-    fig, axes = plt.subplots(len(names), len(panels), figsize=(5 * len(panels), 1.6 * len(names) + 0.6),
+    fig, axes = subplots(len(names), len(panels), figsize=(5 * len(panels), 1.6 * len(names) + 0.6),
                              squeeze=False, sharex="col", sharey=True)
     for c, (title, runs) in enumerate(panels.items()):
         for r, name in enumerate(names):
@@ -97,13 +100,12 @@ def rasters(panels, n_units, out_png):
         axes[-1, c].set_xlabel("time from trial start (s)")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)
     return out_png
 
 
 def example_psths(psths, units, bin_size, title, out_png):
     """PSTHs (Hz) of example units: psths {model: (bins, N)}."""
-    fig, axes = plt.subplots(len(units), 1, figsize=(8, 1.3 * len(units) + 0.5), sharex=True, squeeze=False)
+    fig, axes = subplots(len(units), 1, figsize=(8, 1.3 * len(units) + 0.5), sharex=True, squeeze=False)
     for ax, u in zip(axes[:, 0], units):
         for j, (name, p) in enumerate(psths.items()):
             ax.plot(np.arange(len(p)) * bin_size, p[:, u], lw=1.2 if j == 0 else 1,
@@ -114,7 +116,6 @@ def example_psths(psths, units, bin_size, title, out_png):
     axes[-1, 0].set_xlabel("time from trial start (s)")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)
     return out_png
 
 
@@ -122,7 +123,7 @@ def correlation_scatter(per_neuron, out_png, ceilings=None):
     """Per-neuron PSTH correlation: Neuroformer against the GLM (or a histogram without one),
     one colour per row group; per_neuron {(group, model): r}."""
     groups = sorted({g for g, _ in per_neuron})
-    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    fig, ax = subplots(figsize=(4.5, 4.2))
     for j, g in enumerate(groups):
         nf = per_neuron[(g, "neuroformer")]
         if (g, "glm") in per_neuron:
@@ -141,14 +142,13 @@ def correlation_scatter(per_neuron, out_png, ceilings=None):
     ax.set_title("per-neuron PSTH correlation with held-out trials", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)
     return out_png
 
 
 def connectivity_figure(matrices, truth, out_png):
     """Each (target x source) matrix as an image, diagonal blanked; the true W first if known."""
     panels = ({"true W": truth} if truth is not None else {}) | matrices
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     for ax, (name, m) in zip(axes[0], panels.items()):
         m = np.array(m, dtype=float)
         np.fill_diagonal(m, np.nan)
@@ -162,7 +162,6 @@ def connectivity_figure(matrices, truth, out_png):
         ax.tick_params(labelsize=6)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)
     return out_png
 
 
@@ -172,7 +171,7 @@ def stimulus_maps(maps, unit_ids, out_png, n=12):
     units = np.argsort(-spread)[:n]
     cols = min(6, len(units))
     rows = -(-len(units) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.6 * rows + 0.3), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(2.2 * cols, 1.6 * rows + 0.3), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, u in zip(axes.ravel(), units):
@@ -181,14 +180,13 @@ def stimulus_maps(maps, unit_ids, out_png, n=12):
     fig.suptitle("stimulus attention (unit read-out, relative to chance)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)
     return out_png
 
 
 def per_neuron_scatter(rows, out_png):
     """Per-neuron bits/spike of the model against the GLM's (or a histogram without a GLM), one
     panel per row of a score report (`rows`: name -> {"neuroformer": [...], "glm": [...]})."""
-    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 4), squeeze=False)
+    fig, axes = subplots(1, len(rows), figsize=(4 * len(rows), 4), squeeze=False)
     for ax, (name, scores) in zip(axes[0], rows.items()):
         model = np.array([np.nan if v is None else v for v in scores["neuroformer"]], dtype=float)
         if "glm" in scores:
@@ -204,5 +202,4 @@ def per_neuron_scatter(rows, out_png):
         ax.set_title(f"{name}: per neuron")
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     return out_png

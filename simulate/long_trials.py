@@ -18,8 +18,9 @@ from neuroformer.config import load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.evaluate import evaluate_simulation, format_comparison
 from neuroformer.io import atomic_write_json
-from neuroformer.simulate import SimulationOptions, save_nwb, save_simulation, simulate
-from neuroformer.train import RunOptions, train
+from neuroformer.rollouts import SimulationOptions, simulate
+from neuroformer.simulations import save_nwb, save_simulation
+from neuroformer.training import RunOptions, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 

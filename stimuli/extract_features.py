@@ -47,16 +47,13 @@ def recording_features(recording, cfg):
 
 
 def figure(frames, feats, grid, png, n=4):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from neuroformer.plots import subplots
 
     pick = np.linspace(0, len(frames) - 1, n).astype(int)
     flat = feats.reshape(-1, feats.shape[-1])
     flat = flat - flat.mean(0)
     component = np.linalg.svd(flat[:: max(1, len(flat) // 20000)], full_matrices=False)[2][0]
-    fig, axes = plt.subplots(2, n, figsize=(3 * n, 4))
+    fig, axes = subplots(2, n, figsize=(3 * n, 4))
     for j, i in enumerate(pick):
         axes[0, j].imshow(frames[i], cmap="gray", vmin=0, vmax=255)
         axes[0, j].set_title(f"frame {i}", fontsize=8)
@@ -67,7 +64,6 @@ def figure(frames, feats, grid, png, n=4):
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
-    plt.close(fig)
     return png
 
 

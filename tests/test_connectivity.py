@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from neuroformer.checkpoints import load_model
 from neuroformer.cli import main
 from neuroformer.config import config_from_dict
 from neuroformer.connectivity import (
@@ -25,7 +26,7 @@ from neuroformer.data.recording import make_recording, open_recording, save_reco
 from neuroformer.data.synthetic import write_with_truth
 from neuroformer.data.windows import IGNORE, collate_windows
 from neuroformer.nn import capture_attention
-from neuroformer.train import RunOptions, load_model, tiling_batches, train
+from neuroformer.training import RunOptions, tiling_batches, train
 
 TINY_CFG = {
     "window": {"current": 0.05, "history": 0.05, "frames": 0, "dt_res": 0.001},

@@ -13,20 +13,21 @@ import pytest
 import torch
 import yaml
 
+from neuroformer.assembly import build, window_spec
+from neuroformer.checkpoints import load_checkpoint, load_matching, load_model
 from neuroformer.cli import main
 from neuroformer.config import config_from_dict
 from neuroformer.data.objects import DatasetIndex, Interval
-from neuroformer.data.recording import open_recording
+from neuroformer.data.recording import first_fraction, open_recording
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.data.vocab import UnitVocab
 from neuroformer.data.windows import collate_windows
 from neuroformer.errors import InputError
-from neuroformer.decode import (MIN_EVALS, Samples, baseline_results, by_stimulus, checkpoint_candidates, choose, decode,
+from neuroformer.decoding import (MIN_EVALS, Samples, baseline_results, by_stimulus, checkpoint_candidates, choose, decode,
                                decode_config, decode_samples, format_report, novel_stimulus, probe_features,
                                probe_results, split_samples, train_decoder, window_tiling)
 from neuroformer.decoders import BinnedSplit, baseline_grid
-from neuroformer.train import (RunOptions, build, epoch_batches, first_fraction, load_checkpoint, load_matching,
-                               load_model, train, window_spec)
+from neuroformer.training import RunOptions, epoch_batches, train
 
 from conftest import TINY
 
@@ -206,7 +207,7 @@ def test_checkpoints_of_one_step_are_decoded_once(joint, tiny_synthetic, tmp_pat
     data = open_recording(tiny_synthetic)
     samples = decode_samples(data, report["targets"], window_spec(load_checkpoint(run / "best.pt")[0]))
     calls = []
-    with mock.patch("neuroformer.decode.neuroformer_predictions",
+    with mock.patch("neuroformer.decoding.neuroformer_predictions",
                     side_effect=lambda *a, **k: calls.append(a[3]) or np.zeros((len(a[3].times), 2))):
         candidates = checkpoint_candidates(run, tiny_synthetic, samples, report["targets"])
     names = [c[0]["checkpoint"] for c in candidates]

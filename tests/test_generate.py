@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from neuroformer.assembly import window_spec
 from neuroformer.config import config_from_dict
 from neuroformer.data.objects import pad
 from neuroformer.data.vocab import SPECIALS
@@ -17,15 +18,8 @@ from neuroformer.data.windows import LoaderOptions, collate_windows, make_loader
 from neuroformer.errors import InputError
 from neuroformer.model import Neuroformer, Sampling, sample_classes
 from neuroformer.nn import new_caches
-from neuroformer.simulate import (
-    SimulationOptions,
-    _closed_loop_history,
-    load_simulation,
-    save_nwb,
-    save_simulation,
-    simulate,
-)
-from neuroformer.train import window_spec
+from neuroformer.rollouts import SimulationOptions, _closed_loop_history, simulate
+from neuroformer.simulations import load_simulation, save_nwb, save_simulation
 from test_model import TINY_CFG
 
 

@@ -1,6 +1,7 @@
 """Importers: the original array dictionary, NWB (real and made here), and video files."""
 import pickle
 
+import h5py
 import numpy as np
 import pytest
 import yaml
@@ -185,4 +186,53 @@ def test_video_attached_once_and_shown_every_trial(tmp_path):
                  "--video-start", "0.5"]) == 0
     data = open_recording(out2)
     assert np.allclose([data.stimulus.start[0], data.stimulus.end[0]], [0.5, 2.5])
+    data.file.close()
+
+
+def _nwb_with_ephys(path):
+    """Units, an ElectricalSeries in acquisition and LFP in processing["ecephys"] (brain
+    recordings), a BehavioralTimeSeries in processing["behavior"] and a Position in acquisition."""
+    from datetime import datetime, timezone
+
+    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+    from pynwb.behavior import BehavioralTimeSeries, Position
+    from pynwb.ecephys import LFP, ElectricalSeries
+
+    nwb = NWBFile(session_description="test", identifier="ephys1", session_start_time=datetime.now(timezone.utc))
+    nwb.add_unit(spike_times=[0.5, 1.0, 2.5])
+    device = nwb.create_device(name="probe")
+    group = nwb.create_electrode_group(name="shank", description="shank", location="V1", device=device)
+    for _ in range(3):
+        nwb.add_electrode(group=group, location="V1")
+    electrodes = nwb.create_electrode_table_region(region=[0, 1, 2], description="all")
+    nwb.add_acquisition(ElectricalSeries(name="raw", data=np.zeros((400, 3)), electrodes=electrodes, rate=100.0))
+    lfp = ElectricalSeries(name="lfp", data=np.zeros((400, 3)), electrodes=electrodes, rate=100.0)
+    nwb.create_processing_module("ecephys", "LFP").add(LFP(electrical_series=lfp))
+    speed = BehavioralTimeSeries(name="BehavioralTimeSeries")
+    speed.add_timeseries(TimeSeries(name="running_speed", data=np.arange(40.0), unit="cm/s", rate=10.0))
+    nwb.create_processing_module("behavior", "behaviour").add(speed)
+    position = Position(name="Position")
+    position.create_spatial_series(name="xy", data=np.ones((40, 2)), reference_frame="arena", rate=10.0)
+    nwb.add_acquisition(position)
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+    return path
+
+
+def test_nwb_behaviour_never_reads_brain_recordings(tmp_path, monkeypatch):
+    src = _nwb_with_ephys(tmp_path / "ephys.nwb")
+    read = []
+    original = h5py.Dataset.__getitem__
+
+    def recording_read(dataset, key):
+        read.append(dataset.name)
+        return original(dataset, key)
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", recording_read)
+    out = prepare(src, tmp_path / "ephys.h5")
+    monkeypatch.undo()
+    assert any(name.endswith("/running_speed/data") for name in read)       # the behaviour was read, and
+    assert not [name for name in read if name.endswith(("/raw/data", "/lfp/data"))]   # the voltages not
+    data = open_recording(out)
+    assert set(data.behavior.keys()) == {"running_speed", "xy"}
+    assert np.allclose(data.behavior.running_speed.slice(1.0, 1.25, reset_origin=False).running_speed, [10, 11, 12])
     data.file.close()

@@ -13,7 +13,7 @@ from neuroformer.data.windows import IGNORE, LoaderOptions, make_loader
 from neuroformer.errors import InputError
 from neuroformer.model import Neuroformer, metrics_from_sums
 from neuroformer.nn import capture_attention
-from neuroformer.train import window_spec
+from neuroformer.assembly import window_spec
 
 TINY_CFG = {
     "window": {"current": 0.05, "history": 0.05, "frames": 0.1, "behavior": 0.05},

@@ -16,7 +16,7 @@ from neuroformer.data.synthetic import write_with_truth
 from neuroformer.data.windows import collate_windows
 from neuroformer.errors import InputError
 from neuroformer.model import BEHAVIOR
-from neuroformer.train import build
+from neuroformer.assembly import build
 
 ROOT = Path(__file__).resolve().parents[1]
 

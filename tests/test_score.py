@@ -15,8 +15,8 @@ from neuroformer.config import config_from_dict
 from neuroformer.data.vocab import SPECIALS
 from neuroformer.data.windows import IGNORE, LoaderOptions, make_loader
 from neuroformer.model import Neuroformer, Sampling
-from neuroformer.score import bits_per_spike, poisson_log_likelihood, window_log_likelihood
-from neuroformer.train import window_spec
+from neuroformer.scoring import bits_per_spike, poisson_log_likelihood, window_log_likelihood
+from neuroformer.assembly import window_spec
 from test_model import TINY_CFG
 
 PP_CFG = {**TINY_CFG, "model": {**TINY_CFG["model"], "point_process": True, "coupling_bases": 3}}

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from neuroformer.train import load_checkpoint
+from neuroformer.checkpoints import load_checkpoint
 
 from test_model import TINY_CFG
 

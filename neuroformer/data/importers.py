@@ -338,11 +338,34 @@ def _carve_tail(interval, fraction):
 
 # ---------------------------------------------------------------- NWB
 
-def import_nwb(path):
-    """An NWB file (pynwb) -> recording Data: units, behaviour series, trials, stimulus movie."""
-    from pynwb import NWBHDF5IO
+def is_behavior_series(ts):
+    """Whether an NWB TimeSeries is behaviour: a SpatialSeries, a series in one of pynwb's
+    behaviour containers (Position, EyeTracking, BehavioralTimeSeries, ...) or anywhere in the
+    processing module "behavior". Never an image or a recording of the brain (ElectricalSeries,
+    LFP, calcium traces, ...): those are large and would be read whole."""
+    from pynwb import ProcessingModule, behavior
     from pynwb.image import ImageSeries
+
+    if isinstance(ts, ImageSeries):
+        return False
+    if isinstance(ts, behavior.SpatialSeries):
+        return True
+    containers = (behavior.BehavioralTimeSeries, behavior.BehavioralEvents, behavior.PupilTracking,
+                  behavior.EyeTracking, behavior.CompassDirection, behavior.Position)
+    parent = ts.parent
+    while parent is not None:
+        if isinstance(parent, containers) or (isinstance(parent, ProcessingModule) and parent.name == "behavior"):
+            return True
+        parent = parent.parent
+    return False
+
+
+def import_nwb(path):
+    """An NWB file (pynwb) -> recording Data: units, behaviour series (`is_behavior_series`),
+    trials, stimulus movie."""
+    from pynwb import NWBHDF5IO
     from pynwb.base import TimeSeries
+    from pynwb.image import ImageSeries
 
     path = Path(path)
     if not path.exists():
@@ -369,7 +392,8 @@ def import_nwb(path):
         for ts in series:
             if isinstance(ts, ImageSeries):
                 movies.append(ts)
-            elif ts.data is not None and np.ndim(ts.data) in (1, 2) and ts.name not in behavior:
+            elif is_behavior_series(ts) and ts.data is not None and np.ndim(ts.data) in (1, 2) \
+                    and _name(ts.name) not in behavior:
                 kw = dict(rate=ts.rate, start=ts.starting_time or 0.0) if ts.rate else dict(timestamps=ts.timestamps[:])
                 try:
                     behavior[_name(ts.name)] = behavior_series(_name(ts.name), np.asarray(ts.data[:]), **kw)

@@ -117,6 +117,19 @@ def union(intervals):
     return Interval(start=arr[:, 0], end=arr[:, 1])
 
 
+def first_fraction(interval, fraction):
+    """The first `fraction` of an Interval's total time (whole intervals, then a cut one): the
+    labelled block of a few-shot run, nested for growing fractions."""
+    start, end = np.asarray(interval.start, dtype=float), np.asarray(interval.end, dtype=float)
+    if fraction >= 1:
+        return interval
+    budget = fraction * float(np.sum(end - start))
+    before = np.concatenate([[0.0], np.cumsum(end - start)[:-1]])
+    keep = before < budget
+    cut_end = np.minimum(end, start + budget - before)[keep]
+    return Interval(start=start[keep], end=cut_end)
+
+
 def split_by_time(start, end, fractions):
     """Contiguous train/valid/test blocks of [start, end), in that order."""
     edges = start + (end - start) * np.concatenate([[0], np.cumsum(fractions)])

@@ -2,8 +2,8 @@
 
 Window order is a pure function of (seed, epoch): each epoch draws its random windows from
 torch_brain's RandomFixedWindowSampler with a generator seeded by both, DDP rank r takes every
-world-th batch, and a resumed run skips the batches it had done. Checkpoints hold only tensors
-and plain types, so `torch.load(weights_only=True)` reads them.
+world-th batch, and a resumed run skips the batches it had done. Checkpoint files are
+written and read by `checkpoints`.
 """
 import json
 import math
@@ -12,117 +12,19 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .config import config_from_dict
-from .data.objects import Interval, RandomFixedWindowSampler, SequentialFixedWindowSampler
-from .data.recording import open_recording, resolve_variable
+from .assembly import build
+from .checkpoints import load_checkpoint, load_matching, save_checkpoint
+from .data.objects import RandomFixedWindowSampler, SequentialFixedWindowSampler
+from .data.recording import first_fraction, open_recording
 from .data.vocab import UnitVocab
-from .data.windows import RecordingSet, WindowDataset, WindowSpec, collate_windows
+from .data.windows import collate_windows
 from .errors import InputError
-from .features import compute_features
 from .io import atomic_path
-from .model import Neuroformer, metrics_from_sums
-
-
-def uses_cached_features(cfg):
-    return cfg.window.frames > 0 and cfg.model.backbone.name == "resnet18" and cfg.model.backbone.frozen
-
-
-def window_spec(cfg):
-    w = cfg.window
-    return WindowSpec(current=w.current, history=w.history, frames=w.frames, behavior=w.behavior,
-                      variables=tuple(cfg.variables(False) + cfg.variables(True)), dt_res=w.dt_res,
-                      targets=tuple(cfg.variables(True)), target_lag=w.target_lag,
-                      features=cfg.model.backbone.tag if uses_cached_features(cfg) else "")
-
-
-def behavior_stats(recordings, names, fraction=1.0):
-    """(mean, std) of each behaviour variable over the training split of all recordings (its
-    first `fraction`: a few-shot run standardises on the labels it is given, no others)."""
-    stats = []
-    for name in names:
-        values = []
-        for rid in recordings.recording_ids:
-            data = recordings.get_recording(rid)
-            group, field = resolve_variable(data, name).split(".")
-            series = getattr(data.behavior, group)
-            t, v = np.asarray(series.timestamps), np.asarray(getattr(series, field))
-            dom = first_fraction(data.train_domain, fraction)        # sorted, disjoint intervals
-            k = np.searchsorted(dom.start, t, side="right") - 1
-            inside = (k >= 0) & (t < dom.end[np.maximum(k, 0)])
-            values.append(v[inside])
-        v = np.concatenate(values)
-        stats.append([float(v.mean()), float(v.std() + 1e-6)])
-    return stats
-
-
-def _check_channels(cfg, recordings, dataset):
-    """Every input variable has the number of channels its config declares."""
-    for name, channels in cfg.channels().items():
-        for rid in recordings.recording_ids:
-            full = dataset.variables[rid][name]
-            group, field = full.split(".")
-            shape = _shape(getattr(recordings.get_recording(rid).behavior, group), field)
-            found = shape[1] if len(shape) == 2 else 1
-            if found != channels or len(shape) > 2:
-                raise InputError(recordings._paths[rid], (f"behavior.{full}", f"has shape {tuple(shape)}: {found} "
-                                                          f"channel(s), the config declares channels: {channels}"))
-
-
-def _shape(series, field):
-    value = series.__dict__.get(field)
-    return value.shape if value is not None else np.shape(getattr(series, field))
-
-
-def build(cfg, data_paths, vocab=None, stats=None, fraction=1.0):
-    """Recordings, window dataset and model for a config (vocabulary and stats from a checkpoint
-    when resuming, else made from the first `fraction` of the training split)."""
-    recordings = RecordingSet(data_paths)
-    if uses_cached_features(cfg):
-        for path in data_paths:
-            compute_features(path, cfg.model.backbone)
-    dataset = WindowDataset(recordings, window_spec(cfg), vocab)
-    _check_channels(cfg, recordings, dataset)
-    frame_shape = dataset.frame_size
-    names = cfg.variables(False) + cfg.variables(True)
-    if stats is None:
-        stats = behavior_stats(recordings, names, fraction)
-    rates = unit_log_rates(recordings, dataset, cfg.window.dt_res, fraction) if cfg.model.point_process else None
-    model = Neuroformer(cfg, len(dataset.vocab), frame_shape=frame_shape, behavior_stats=stats, unit_log_rates=rates)
-    return recordings, dataset, model
-
-
-def unit_log_rates(recordings, dataset, bin_size, fraction=1.0):
-    """Log expected spike count per `bin_size` bin of every vocabulary token over the training
-    split (first `fraction`): where the point-process model's baseline starts. Units that never
-    fire there get half a spike's worth; tokens of no recording keep a 5 Hz guess."""
-    counts = np.zeros(len(dataset.vocab))
-    seconds = np.zeros(len(dataset.vocab))
-    for rid in recordings.recording_ids:
-        data, tokens = recordings.get_recording(rid), dataset.unit_tokens[rid]
-        dom = first_fraction(data.train_domain, fraction)
-        for a, b in zip(np.asarray(dom.start), np.asarray(dom.end)):
-            np.add.at(counts, tokens, np.bincount(data.spikes.slice(a, b).unit_index, minlength=len(tokens)))
-        seconds[tokens] += float(np.sum(np.asarray(dom.end) - np.asarray(dom.start)))
-    rate = np.where(seconds > 0, np.maximum(counts, 0.5) / np.maximum(seconds, 1e-9), 5.0)
-    return np.log(rate * bin_size)
-
-
-def first_fraction(interval, fraction):
-    """The first `fraction` of an Interval's total time (whole intervals, then a cut one): the
-    labelled block of a few-shot run, nested for growing fractions."""
-    start, end = np.asarray(interval.start, dtype=float), np.asarray(interval.end, dtype=float)
-    if fraction >= 1:
-        return interval
-    budget = fraction * float(np.sum(end - start))
-    before = np.concatenate([[0.0], np.cumsum(end - start)[:-1]])
-    keep = before < budget
-    cut_end = np.minimum(end, start + budget - before)[keep]
-    return Interval(start=start[keep], end=cut_end)
+from .model import metrics_from_sums
 
 
 def epoch_batches(recordings, spec, split, batch_size, seed, epoch, rank=0, world=1, fraction=1.0):
@@ -298,9 +200,9 @@ def train(cfg, data_paths, opts):
                     for file, metric in best_files(last_valid, opts.select).items():
                         if last_valid[metric] < best.get(file, float("inf")):
                             best[file] = last_valid[metric]
-                            _save(out / file, model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts)
+                            save_checkpoint(out / file, model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts)
             if rank == 0 and (step % cfg.train.checkpoint_every == 0 or step == total):
-                _save(out / "last.pt", model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts)
+                save_checkpoint(out / "last.pt", model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts)
             if step >= total:
                 break
         else:
@@ -319,61 +221,6 @@ def best_files(valid, select):
     if select == "behavior_error":
         files.update({f"best-{k.split('.', 1)[1]}.pt": k for k in valid if k.startswith("behavior_error.")})
     return files
-
-
-def _save(path, model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts):
-    state = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "step": step, "epoch": epoch, "batches_done": done, "seed": opts.seed, "best_valid": best,
-        "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(), "vocab": dataset.vocab.state_dict(),
-        "behavior_stats": model.behavior_stats.tolist(),
-        "frame_shape": list(dataset.frame_size or ()),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path):
-    """A checkpoint (weights_only) -> (config, state)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, ("checkpoint", "does not exist"))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(path, ("checkpoint", f"cannot be read ({type(err).__name__}: {err})")) from None
-    return config_from_dict(state["config"], path), state
-
-
-def load_matching(model, vocab, checkpoint):
-    """Copy a checkpoint's weights into `model` wherever they fit: tensors of the same name and
-    shape, unit rows by unit id, behaviour-variable rows (embeddings, normalisation) by variable
-    name. New units, variables and heads keep their fresh initialisation."""
-    old_cfg, state = load_checkpoint(checkpoint)
-    old_vocab = UnitVocab.from_state_dict(state["vocab"])
-    old_vars = old_cfg.variables(False) + old_cfg.variables(True)
-    rows = {"unit_emb.weight": _row_map(vocab.words, old_vocab.index),
-            "unit_head.weight": _row_map(vocab.words, old_vocab.index),
-            "unit_head.bias": _row_map(vocab.words, old_vocab.index),
-            "var_emb.weight": _row_map(list(model.var_index), {n: i for i, n in enumerate(old_vars)}),
-            "behavior_stats": _row_map(list(model.var_index), {n: i for i, n in enumerate(old_vars)})}
-    target = model.state_dict()
-    same_targets = old_cfg.variables(True) == model.targets          # read-out k is target k's
-    for name, value in state["model"].items():
-        if name.startswith("readout.") and not same_targets:
-            continue
-        if name in rows and name in target:
-            new, old = rows[name]
-            target[name][new] = value[old]
-        elif name in target and target[name].shape == value.shape:
-            target[name] = value
-    model.load_state_dict(target)
-
-
-def _row_map(names, old_index):
-    """(new rows, old rows) of the names both tables share."""
-    pairs = [(i, old_index[n]) for i, n in enumerate(names) if n in old_index]
-    return torch.tensor([p[0] for p in pairs], dtype=torch.long), torch.tensor([p[1] for p in pairs], dtype=torch.long)
 
 
 def _load_for_resume(path, cfg):
@@ -402,28 +249,3 @@ def _init_distributed(device):
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def load_model(checkpoint, data_paths, device="cpu"):
-    """A trained model with its config and a window dataset over `data_paths` (vocabulary from
-    the checkpoint; recordings with units it does not know are refused)."""
-    cfg, state = load_checkpoint(checkpoint)
-    recordings, dataset, model = build(cfg, data_paths, UnitVocab.from_state_dict(state["vocab"]),
-                                       state["behavior_stats"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise InputError(checkpoint, ("model", f"weights do not fit the config ({err})")) from None
-    return cfg, model.to(device).eval(), dataset, recordings
-
-
-def checkpoint_file(run):
-    """A run directory's best.pt, or `run` itself when it is a checkpoint file."""
-    run = Path(run)
-    return run / "best.pt" if run.is_dir() else run
-
-
-def load_run(run, data_path, device="cpu"):
-    """`load_model` of a run directory (its best.pt) or a checkpoint file, on one recording; the
-    device is returned with it."""
-    return load_model(checkpoint_file(run), [data_path], device) + (device,)

@@ -26,17 +26,18 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
+from .assembly import build, window_spec
+from .checkpoints import checkpoint_file, load_checkpoint, load_model
 from .config import Modality, Variable, load_config
 from .data.objects import DatasetIndex, Interval
-from .data.recording import open_recording, resolve_variable
+from .data.recording import first_fraction, open_recording, resolve_variable
 from .data.windows import collate_windows
 from .decoders import BASELINES, BinnedSplit, baseline_grid
 from .errors import InputError
 from .io import atomic_path, atomic_write_json
 from .model import _masked_mean
-from .plots import plt
-from .train import (RunOptions, build, checkpoint_file, first_fraction, load_checkpoint, load_model, to_device, train,
-                    window_spec)
+from .plots import subplots
+from .training import RunOptions, to_device, train
 
 MODES = ("joint", "finetune", "probe", "baselines")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"       # of joint training
@@ -485,7 +486,7 @@ def traces_figure(predictions, test, targets, path, seconds=20.0):
     """Decoded against true traces over the first `seconds` of the test split, one panel per target."""
     t = test.times
     show = t < t[0] + seconds if len(t) else t.astype(bool)
-    fig, axes = plt.subplots(len(targets), 1, figsize=(9, 2.2 * len(targets)), squeeze=False)
+    fig, axes = subplots(len(targets), 1, figsize=(9, 2.2 * len(targets)), squeeze=False)
     for k, (ax, name) in enumerate(zip(axes[:, 0], targets)):
         ax.plot(t[show], test.values[show, k], color="k", lw=1.5, label="recorded")
         for model, pred in predictions.items():
@@ -496,4 +497,3 @@ def traces_figure(predictions, test, targets, path, seconds=20.0):
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)

@@ -23,6 +23,7 @@ import torch
 from scipy.special import gammaln
 from tqdm import tqdm
 
+from .checkpoints import checkpoint_file, load_model
 from .data.objects import DatasetIndex
 from .data.recording import spike_counts
 from .data.windows import IGNORE, collate_windows
@@ -32,8 +33,8 @@ from .glm import PoissonGLM
 from .io import atomic_write_json
 from .plots import per_neuron_scatter
 from .provenance import provenance
-from .simulate import select_trials
-from .train import checkpoint_file, load_model, to_device
+from .rollouts import select_trials
+from .training import to_device
 
 
 def bits_per_spike(ll_model, ll_null, n_spikes):

@@ -1,0 +1,109 @@
+"""Held-out bits/spike of the model against the library GLM, 3 seeds, on the synthetic recording
+(trials of training movies and of held-out movies) and on the hub circuit.
+
+For each recording and seed: train its config (`neuroformer train`), then `neuroformer score` on
+the test split; the GLM (deterministic given the recording) is fitted and scored with seed 0 and
+its row copied to the others. Finished runs and scores are reused, so an interrupted study
+resumes. Writes one JSON (every row, per seed and the mean ± s.d. over seeds) and prints the table.
+
+    python bench/likelihood.py -o runs/likelihood            # ~3 h on 2 cores at 1,500 steps
+    python bench/likelihood.py --quick -o /tmp/likelihood    # what the test runs
+"""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from neuroformer.io import atomic_write_json
+from neuroformer.provenance import provenance
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDINGS = {"synthetic": (["--synthetic"], "demo.yaml"), "hub": (["--circuit", "hub"], "circuit.yaml")}
+
+
+def neuroformer(*args):
+    done = subprocess.run([sys.executable, "-m", "neuroformer.cli", *map(str, args)], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"neuroformer {' '.join(map(str, args))} failed:\n{done.stderr[-3000:]}")
+
+
+def prepare(name, workdir, quick):
+    path = workdir / f"{name}.h5"
+    if not path.exists():
+        extra = (["--neurons", "20", "--trials", "3", "--trial-length", "2"] if name == "synthetic" else
+                 ["--neurons", "20", "--duration", "60"]) if quick else []
+        neuroformer("prepare", *RECORDINGS[name][0], *extra, "-o", path)
+    return path
+
+
+def config_file(name, workdir, steps):
+    """The shipped config of the recording, with `steps` training steps."""
+    cfg = yaml.safe_load((ROOT / "configs" / RECORDINGS[name][1]).read_text())
+    if steps:
+        cfg["train"]["max_steps"] = steps
+        cfg["train"]["eval_every"] = cfg["train"]["checkpoint_every"] = max(1, steps // 5)
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_one(name, data, config, seed, workdir):
+    run, out = workdir / f"{name}_s{seed}", workdir / f"{name}_s{seed}_score.json"
+    if not out.exists():
+        steps = yaml.safe_load(config.read_text())["train"]["max_steps"]
+        last = run / "last.pt"
+        if not (last.exists() and _step(run) >= steps):
+            neuroformer("train", "--config", config, "--data", data, "-o", run, "--seed", seed,
+                        *(["--resume"] if last.exists() else []))
+        neuroformer("score", "--run", run, "--data", data, "-o", out, *(["--baseline", "glm"] if seed == 0 else []))
+    return json.loads(out.read_text())
+
+
+def _step(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    return max((r["step"] for r in rows), default=0)
+
+
+def summarise(reports):
+    """row -> model -> {per_seed, mean, sd} of bits/spike (the GLM from seed 0's report)."""
+    out = {}
+    for row in reports[0]["rows"]:
+        model = [r["rows"][row]["neuroformer"]["bits_per_spike"] for r in reports]
+        glm = reports[0]["rows"][row].get("glm", {}).get("bits_per_spike")
+        out[row] = {"neuroformer": {"per_seed": model, "mean": float(np.mean(model)), "sd": float(np.std(model))},
+                    "glm": glm, "n_spikes": reports[0]["rows"][row]["n_spikes"]}
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-o", "--workdir", type=Path, required=True)
+    parser.add_argument("--recordings", default="synthetic,hub")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
+    parser.add_argument("--quick", action="store_true", help="tiny recordings, 3 steps")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    steps = 3 if args.quick else args.steps
+    seeds = [int(s) for s in args.seeds.split(",")]
+    table = {}
+    for name in args.recordings.split(","):
+        if name not in RECORDINGS:
+            parser.error(f"--recordings: unknown {name!r} ({', '.join(RECORDINGS)})")
+        data = prepare(name, args.workdir, args.quick)
+        config = config_file(name, args.workdir, steps)
+        table[name] = summarise([run_one(name, data, config, seed, args.workdir) for seed in seeds])
+        for row, r in table[name].items():
+            m = r["neuroformer"]
+            print(f"{name:<10} {row:<16} Neuroformer {m['mean']:.3f} ± {m['sd']:.3f}  GLM {r['glm']:.3f}", flush=True)
+    atomic_write_json(args.workdir / "likelihood.json",
+                      {"table": table, "seeds": seeds, "steps": steps, "provenance": provenance(seed=seeds)})
+    print(f"wrote {args.workdir / 'likelihood.json'}")
+
+
+if __name__ == "__main__":
+    main()
