@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .config import Modality, Variable, load_config
 from .data.objects import DatasetIndex, Interval
-from .data.recording import open_recording, resolve_variable
+from .data.recording import behavior_values, class_count, open_recording, resolve_variable
 from .data.windows import collate_windows
 from .decoders import BASELINES, BinnedSplit, baseline_grid
 from .errors import InputError
@@ -94,24 +94,13 @@ def decode_samples(data, targets, spec, path="recording"):
     """The samples of every split that windows of `spec` hold, with "targets" and their "classes"."""
     samples = {s: split_samples(data, targets, s, spec.before, spec.current, path, spec.target_lag)
                for s in ("train", "valid", "test")}
-    samples["targets"], samples["classes"] = targets, target_classes(data, targets, path)
+    samples["targets"], samples["classes"] = targets, target_classes(data, targets)
     return samples
 
 
-def target_classes(data, targets, path="recording"):
-    """Number of classes per target: a variable stored as integers (or booleans) holds class
-    labels 0..K-1 (classification), any other is continuous (0: regression)."""
-    out = []
-    for name in targets:
-        group, field = name.split(".")
-        values = np.asarray(getattr(getattr(data.behavior, group), field))
-        if values.dtype.kind not in "iub":
-            out.append(0)
-            continue
-        if len(values) and values.min() < 0:
-            raise InputError(path, (f"behavior.{name}", "class labels must be 0, 1, ..., K-1; found negative values"))
-        out.append(max(2, int(values.max()) + 1 if len(values) else 2))
-    return out
+def target_classes(data, targets):
+    """Number of classes per target (`class_count`: class labels), 0 for a regression."""
+    return [class_count(behavior_values(data, name)) for name in targets]
 
 
 def window_tiling(samples, before, current, lag=0.0):
@@ -283,7 +272,7 @@ def by_stimulus(result, test, k, novel):
 # ---------------------------------------------------------------- models
 
 def decode_config(cfg, data, targets, path="config"):
-    """`cfg` with every target a behaviour head (predict: true; classification for integer
+    """`cfg` with every target a behaviour head (predict: true; classification for class
     labels, see `target_classes`), never an input."""
     window = cfg.window
     if window.behavior < window.current:
