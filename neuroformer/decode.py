@@ -26,9 +26,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from .config import Modality, Variable, load_config
+from .autoconfig import config_for, resolve_names
+from .config import Modality, Variable
 from .data.objects import DatasetIndex, Interval
-from .data.recording import behavior_values, class_count, open_recording, resolve_variable
+from .data.recording import behavior_values, class_count, open_recording
 from .data.windows import collate_windows
 from .decoders import BASELINES, BinnedSplit, baseline_grid
 from .errors import InputError
@@ -39,7 +40,6 @@ from .train import (RunOptions, build, checkpoint_file, first_fraction, load_che
                     window_spec)
 
 MODES = ("joint", "finetune", "probe", "baselines")
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"       # of joint training
 SMOOTHING = (0, 1, 2, 4, 8, 16, 32, 64)          # Gaussian widths tried, in samples
 MIN_EVALS = 8                                    # validations per decoding run: its checkpoint choices
 
@@ -273,14 +273,15 @@ def by_stimulus(result, test, k, novel):
 
 def decode_config(cfg, data, targets, path="config"):
     """`cfg` with every target a behaviour head (predict: true; classification for class
-    labels, see `target_classes`), never an input."""
+    labels, see `target_classes`), never an input; a variable `cfg` names that the recording
+    lacks is an InputError."""
     window = cfg.window
     if window.behavior < window.current:
         raise InputError(path, ("window.behavior", "decoding needs behaviour windows at least as long as the "
                                                    "current window (each sample is read out of one window)"))
     for m in cfg.modalities.values():
-        for key in list(m.variables):
-            if resolve_variable(data, key) in targets:
+        for key, name in zip(list(m.variables), resolve_names(data, list(m.variables), path)):
+            if name in targets:
                 del m.variables[key]
     decoded = cfg.modalities.setdefault("decoded", Modality())
     for t, k in zip(targets, target_classes(data, targets)):
@@ -375,7 +376,7 @@ def train_decoder(data_path, targets, work, mode, run=None, config=None, label_f
             raise InputError("--run", ("run", "finetune needs a pretrained run (--run RUN_DIR)"))
         base = load_checkpoint(checkpoint_file(run))[0]
     else:
-        base = load_config(config or DEFAULT_CONFIG)
+        base = config_for(data_path, config, "decoding", targets)
     cfg = decode_config(base, data, targets, config or "config")
     total = steps or cfg.train.max_steps              # a short finetuning run still has steps to choose from
     cfg.train.eval_every = max(1, min(cfg.train.eval_every, total // MIN_EVALS))
@@ -399,10 +400,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
         raise InputError("--baselines", ("baselines", f"unknown {unknown} (choose from {', '.join(BASELINES)})"))
     data_path, out = Path(data_path), Path(out)
     data = open_recording(data_path)
-    try:
-        targets = [resolve_variable(data, t) for t in targets]
-    except KeyError as err:
-        raise InputError(data_path, ("behavior", err.args[0])) from None
+    targets = resolve_names(data, targets, data_path)
     if mode == "baselines" and not baselines:
         raise InputError("--baselines", ("baselines", "mode baselines needs at least one baseline"))
     if mode == "probe" and run is None:
@@ -411,7 +409,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
     if mode == "probe":
         cfg = load_checkpoint(checkpoint_file(run))[0]
     elif mode == "baselines":
-        cfg = load_config(config or DEFAULT_CONFIG)
+        cfg = config_for(data_path, config, "decoding", targets)
     else:
         run_dir = train_decoder(data_path, targets, work, mode, run, config, label_fraction, steps, seed, device,
                                 trainable)
