@@ -46,11 +46,17 @@ def _info(args):
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
 
 
+def _config(args):
+    from .autoconfig import describe, write_config
+
+    print(f"wrote {args.output}: {describe(write_config(args.data, args.output, args.template, args.predict))}")
+
+
 def _train(args):
-    from .config import load_config
+    from .autoconfig import config_for
     from .training import RunOptions, train
 
-    metrics = train(load_config(args.config), args.data,
+    metrics = train(config_for(args.data[0], args.config), args.data,
                     RunOptions(args.output, args.max_steps, args.seed, args.device, args.resume))
     if metrics:
         print(json.dumps(metrics, indent=2))
@@ -170,8 +176,18 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_info)
 
+    p = verbs.add_parser("config", help="write a config that fits a recording: its behaviour variables, "
+                                        "no frames without a movie")
+    p.add_argument("--data", required=True, type=Path, help="recording (.h5)")
+    p.add_argument("--template", default="demo", help="shipped config to start from (see configs/; default demo)")
+    p.add_argument("--predict", action="append", default=[], metavar="VAR",
+                   help="a behaviour variable to decode (a target, not an input); repeatable")
+    p.add_argument("-o", "--output", required=True, type=Path, help="config (.yaml)")
+    p.set_defaults(func=_config)
+
     p = verbs.add_parser("train", help="train a model on one or more recordings")
-    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--config", help="YAML config (see configs/); default: the demo config fitted to the first "
+                                    "--data (see `neuroformer config`)")
     p.add_argument("--data", required=True, action="append", help="recording (.h5); repeat for several sessions")
     p.add_argument("-o", "--output", required=True, type=Path, help="run directory (checkpoints, metrics.jsonl)")
     p.add_argument("--max-steps", type=int, help="override train.max_steps")
@@ -240,7 +256,8 @@ def build_parser():
     p.add_argument("--run", type=Path, help="pretrained run directory or checkpoint (finetune, probe)")
     p.add_argument("--mode", default="joint", choices=["joint", "finetune", "probe", "baselines"],
                    help="baselines: only the baselines, on the samples that --config's windows hold")
-    p.add_argument("--config", type=Path, help="model config for joint training (default: the demo config)")
+    p.add_argument("--config", type=Path, help="model config for joint training (default: the decoding config "
+                                                "fitted to the recording, see `neuroformer config`)")
     p.add_argument("--label-fraction", type=float, default=1.0,
                    help="train on the first fraction of the training split (nested blocks; few-shot)")
     p.add_argument("--baselines", default="ridge,lasso,glm,mlp,gru", help="comma-separated; '' for none")

@@ -27,10 +27,11 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from .assembly import build, window_spec
+from .autoconfig import config_for, resolve_names
 from .checkpoints import checkpoint_file, load_checkpoint, load_model
-from .config import Modality, Variable, load_config
+from .config import Modality, Variable
 from .data.objects import DatasetIndex, Interval
-from .data.recording import first_fraction, open_recording, resolve_variable
+from .data.recording import behavior_values, class_count, first_fraction, open_recording
 from .data.windows import collate_windows
 from .decoders import BASELINES, BinnedSplit, baseline_grid
 from .errors import InputError
@@ -40,7 +41,6 @@ from .plots import subplots
 from .training import RunOptions, to_device, train
 
 MODES = ("joint", "finetune", "probe", "baselines")
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"       # of joint training
 SMOOTHING = (0, 1, 2, 4, 8, 16, 32, 64)          # Gaussian widths tried, in samples
 MIN_EVALS = 8                                    # validations per decoding run: its checkpoint choices
 
@@ -95,24 +95,13 @@ def decode_samples(data, targets, spec, path="recording"):
     """The samples of every split that windows of `spec` hold, with "targets" and their "classes"."""
     samples = {s: split_samples(data, targets, s, spec.before, spec.current, path, spec.target_lag)
                for s in ("train", "valid", "test")}
-    samples["targets"], samples["classes"] = targets, target_classes(data, targets, path)
+    samples["targets"], samples["classes"] = targets, target_classes(data, targets)
     return samples
 
 
-def target_classes(data, targets, path="recording"):
-    """Number of classes per target: a variable stored as integers (or booleans) holds class
-    labels 0..K-1 (classification), any other is continuous (0: regression)."""
-    out = []
-    for name in targets:
-        group, field = name.split(".")
-        values = np.asarray(getattr(getattr(data.behavior, group), field))
-        if values.dtype.kind not in "iub":
-            out.append(0)
-            continue
-        if len(values) and values.min() < 0:
-            raise InputError(path, (f"behavior.{name}", "class labels must be 0, 1, ..., K-1; found negative values"))
-        out.append(max(2, int(values.max()) + 1 if len(values) else 2))
-    return out
+def target_classes(data, targets):
+    """Number of classes per target (`class_count`: class labels), 0 for a regression."""
+    return [class_count(behavior_values(data, name)) for name in targets]
 
 
 def window_tiling(samples, before, current, lag=0.0):
@@ -284,15 +273,16 @@ def by_stimulus(result, test, k, novel):
 # ---------------------------------------------------------------- models
 
 def decode_config(cfg, data, targets, path="config"):
-    """`cfg` with every target a behaviour head (predict: true; classification for integer
-    labels, see `target_classes`), never an input."""
+    """`cfg` with every target a behaviour head (predict: true; classification for class
+    labels, see `target_classes`), never an input; a variable `cfg` names that the recording
+    lacks is an InputError."""
     window = cfg.window
     if window.behavior < window.current:
         raise InputError(path, ("window.behavior", "decoding needs behaviour windows at least as long as the "
                                                    "current window (each sample is read out of one window)"))
     for m in cfg.modalities.values():
-        for key in list(m.variables):
-            if resolve_variable(data, key) in targets:
+        for key, name in zip(list(m.variables), resolve_names(data, list(m.variables), path)):
+            if name in targets:
                 del m.variables[key]
     decoded = cfg.modalities.setdefault("decoded", Modality())
     for t, k in zip(targets, target_classes(data, targets)):
@@ -387,7 +377,7 @@ def train_decoder(data_path, targets, work, mode, run=None, config=None, label_f
             raise InputError("--run", ("run", "finetune needs a pretrained run (--run RUN_DIR)"))
         base = load_checkpoint(checkpoint_file(run))[0]
     else:
-        base = load_config(config or DEFAULT_CONFIG)
+        base = config_for(data_path, config, "decoding", targets)
     cfg = decode_config(base, data, targets, config or "config")
     total = steps or cfg.train.max_steps              # a short finetuning run still has steps to choose from
     cfg.train.eval_every = max(1, min(cfg.train.eval_every, total // MIN_EVALS))
@@ -411,10 +401,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
         raise InputError("--baselines", ("baselines", f"unknown {unknown} (choose from {', '.join(BASELINES)})"))
     data_path, out = Path(data_path), Path(out)
     data = open_recording(data_path)
-    try:
-        targets = [resolve_variable(data, t) for t in targets]
-    except KeyError as err:
-        raise InputError(data_path, ("behavior", err.args[0])) from None
+    targets = resolve_names(data, targets, data_path)
     if mode == "baselines" and not baselines:
         raise InputError("--baselines", ("baselines", "mode baselines needs at least one baseline"))
     if mode == "probe" and run is None:
@@ -423,7 +410,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
     if mode == "probe":
         cfg = load_checkpoint(checkpoint_file(run))[0]
     elif mode == "baselines":
-        cfg = load_config(config or DEFAULT_CONFIG)
+        cfg = config_for(data_path, config, "decoding", targets)
     else:
         run_dir = train_decoder(data_path, targets, work, mode, run, config, label_fraction, steps, seed, device,
                                 trainable)

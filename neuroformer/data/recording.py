@@ -225,6 +225,22 @@ def resolve_variable(data, name):
                    f"the recording has {names or 'none'}")
 
 
+MAX_CLASSES = 32
+
+
+def class_count(values):
+    """Number of classes K when behaviour `values` are class labels, else 0 (a quantity).
+
+    Labels are stored as integers (or booleans) and take values 0..K-1 with K <= MAX_CLASSES:
+    a grating direction stored as 0..7 is a label; stored as degrees, as floats, or with negative
+    values it is a quantity, decoded by regression."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "iub" or not values.size or values.min() < 0:
+        return 0
+    k = max(2, int(values.max()) + 1)
+    return k if k <= MAX_CLASSES else 0
+
+
 def movie_frame_dataset(data):
     """The HDF5 dataset of all movie frames, for partial reads (never loads the movie)."""
     frames = data.movies.__dict__["frames"]
@@ -254,6 +270,12 @@ def frame_on_screen(data, times):
         i = np.floor((times[on] - s) * table.frame_rate[m] + 1e-9).astype(np.int64)
         out[on] = table.first_frame[m] + np.minimum(i, table.n_frames[m] - 1)
     return out
+
+
+def behavior_values(data, name):
+    """All samples of behaviour variable `name` (a full "group.field" name)."""
+    group, field_name = name.split(".")
+    return np.asarray(getattr(getattr(data.behavior, group), field_name))
 
 
 def behavior_at(data, name, times):
