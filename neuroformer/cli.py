@@ -126,6 +126,12 @@ def _decode(args):
     print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
 
 
+def _report(args):
+    from .report import write_report
+
+    print(f"wrote {write_report(args.directory, args.output)}")
+
+
 def _int_list(text, flag):
     try:
         return tuple(int(x) for x in text.split(","))
@@ -270,6 +276,11 @@ def build_parser():
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--output", required=True, type=Path, help="report (.json); figure and runs beside it")
     p.set_defaults(func=_decode)
+
+    p = verbs.add_parser("report", help="one self-contained HTML page of the results under a folder")
+    p.add_argument("directory", type=Path, help="folder searched recursively for recordings, runs and reports")
+    p.add_argument("-o", "--output", type=Path, help="the page (.html); default DIRECTORY/report.html")
+    p.set_defaults(func=_report)
 
     p = verbs.add_parser("demo", help="run the main job on the built-in synthetic recording")
     p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"))

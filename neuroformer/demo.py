@@ -10,7 +10,8 @@ Stages and their times on 2 CPU cores (measured 8 min 10 s in all; the budget is
    and its figures;
 5. read connectivity out of the model (attention, perturbation) and the correlation baselines on
    the test split and score each against the coupling matrix the recording was generated from
-   (~10 s): `connectivity.npz` and its figures.
+   (~10 s): `connectivity.npz` and its figures;
+6. gather everything into one self-contained page, `report.html`.
 """
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from .data.info import format_summary, summarize
 from .data.synthetic import SyntheticConfig, write_synthetic
 from .io import atomic_write_json
 from .plots import recording_overview, training_curves
+from .report import write_report
 from .rollouts import SimulationOptions, simulate
 from .simulations import save_simulation
 from .training import RunOptions, epoch_batches, evaluate, train, tiling_batches
@@ -85,4 +87,5 @@ def run_demo(out_dir, seed=0, max_steps=None, repeats=2, synthetic=None):
     print("connectivity against the true coupling, off-diagonal (connectivity.npz):")
     print(format_scores(connectivity["scores"]))
     print(f"wrote {out_dir / 'demo_report.json'} and figures {', '.join(report['figures'])}")
+    print(f"wrote {write_report(out_dir, out_dir / 'report.html')}")
     return report

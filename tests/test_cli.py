@@ -51,6 +51,8 @@ def test_demo_end_to_end(tmp_path):
     with np.load(tmp_path / "connectivity.npz") as m:
         assert m["stimulus_attention"].shape[0] == 40 and m["self_attention"].shape == (40, 40)
     assert all(Path(f).exists() for f in report["figures"]) and len(report["figures"]) == 7
+    page = (tmp_path / "report.html").read_text()
+    assert all(f'<section id="{s}">' in page for s in ("recording", "training", "simulation", "connectivity"))
 
 
 def test_ci_runs_exactly_the_readme_test_command():

@@ -23,7 +23,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
-GUIDES = ["import.md", "train.md", "simulate.md", "score.md", "connectivity.md", "decode.md"]
+GUIDES = ["import.md", "train.md", "simulate.md", "score.md", "connectivity.md", "decode.md", "report.md"]
 MARKER = re.compile(r"<!--\s*test:\s*(\w+)\s+(.*?)\s*-->")
 OUTPUT_FLAGS = ("-o", "--output", "--nwb")
 
