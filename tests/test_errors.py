@@ -114,7 +114,7 @@ CASES = {
         "x.h5", "file", r"not a readable HDF5 file"),
     "bad split fractions": (
         lambda p: parse_split("0.7,0.2"),
-        "--split", "split", r"three non-negative fractions summing to 1"),
+        "--split", "split", r"three positive fractions summing to 1"),
     "bad --behavior shorthand": (
         lambda p: prepare(_npz(p), p / "o.h5", bin_size=BIN, behavior=["speed"]),
         "data config", "--behavior", r"expected NAME=DT"),
