@@ -77,7 +77,7 @@ class ModelConfig:
     history_layers: int = at_least(0, 1)
     visual_layers: int = at_least(0, 1)
     behavior_layers: int = at_least(0, 1)
-    decoder_layers: int = at_least(0, 2)
+    decoder_layers: int = at_least(1, 2)
     mlp_ratio: int = at_least(1, 4)
     dropout: float = probability(0.1)
     frame_dropout: float = probability(0.0)  # fraction of training windows whose frames are hidden (modality

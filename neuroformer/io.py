@@ -78,8 +78,8 @@ def remove_temporaries(folder):
 
 
 def atomic_savez(path, **arrays):
-    with atomic_path(path) as tmp:
-        np.savez_compressed(tmp, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:      # a file object: numpy adds no ".npz"
+        np.savez_compressed(f, **arrays)
     return Path(path)
 
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from neuroformer.cli import main
-from neuroformer.data.importers import VideoSpec, prepare
+from neuroformer.data.importers import VideoSpec, prepare, write_video
 from neuroformer.data.info import summarize
 from neuroformer.data.recording import parse_split, save_recording
 from neuroformer.data.validate import validate_file
@@ -103,6 +103,11 @@ CASES = {
     "missing video": (
         lambda p: prepare(_npz(p), p / "o.h5", bin_size=BIN, video=VideoSpec(str(p / "nope.mp4"))),
         "nope.mp4", "video", r"file does not exist"),
+    "a video starting after the recording": (
+        lambda p: prepare(_npz(p), p / "o.h5", bin_size=BIN,
+                          video=VideoSpec(str(write_video(p / "v.avi", np.zeros((4, 8, 8), np.uint8), 10.0)),
+                                          start=1e6)),
+        "v.avi", "video-start", r"1e\+06 s is not before the recording's end \(10 s\)"),
     "a video that is not a video": (
         lambda p: prepare(_npz(p), p / "o.h5", bin_size=BIN, video=VideoSpec(_text(p / "fake.mp4"))),
         "fake.mp4", "video", r"OpenCV cannot open this file as a video"),

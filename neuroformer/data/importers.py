@@ -440,6 +440,10 @@ def _with_video(data, spec):
     trials = None
     if "trials" in data.keys():
         trials = {k: np.asarray(getattr(data.trials, k)) for k in data.trials.keys()}
+    recording_end = float(data.domain.end[-1])
+    if spec.start >= recording_end:
+        raise InputError(spec.path, ("video-start", f"{spec.start:g} s is not before the recording's end "
+                                                    f"({recording_end:g} s)"))
     parts = attach_video(spec, trials)
     movie = parts["movies"][0]
     starts = parts["presentations"]["start"]
