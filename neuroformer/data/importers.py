@@ -206,12 +206,16 @@ class ArrayConfig:
                 raise InputError(src, (f"modalities.{mtype}", "expected a mapping with 'variables'"))
             for name, var in (modality.get("variables") or {}).items():
                 _check_keys(src, f"modalities.{mtype}.variables.{name}.", var, VARIABLE_KEYS)
-                if not isinstance(var.get("dt"), (int, float)) or var["dt"] <= 0:
+                if not _positive_seconds(var.get("dt")):
                     raise InputError(src, (f"modalities.{mtype}.variables.{name}.dt", "must be a positive number (s)"))
         _check_keys(src, "intervals.", cfg.intervals, set(SPLIT_KEYS))
-        if not isinstance(cfg.spikes.get("dt"), (int, float)) or cfg.spikes["dt"] <= 0:
+        if not _positive_seconds(cfg.spikes.get("dt")):
             raise InputError(src, ("spikes.dt", "the bin size is required (--bin-size SECONDS or spikes.dt)"))
         return cfg
+
+
+def _positive_seconds(value):
+    return isinstance(value, (int, float)) and np.isfinite(value) and value > 0
 
 
 def _check_keys(src, prefix, mapping, allowed):
