@@ -71,6 +71,33 @@ def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
+def backup(path, copy):
+    """A copy of a regular file or folder (None for a device node)."""
+    shutil.rmtree(copy, ignore_errors=True)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        return Path(shutil.copytree(path, copy))
+    return Path(shutil.copy(path, copy)) if path.is_file() else None
+
+
+def make_device(path):
+    """A stand-in for /dev/null: a character device node as root, else a FIFO."""
+    os.mknod(path, 0o666 | 0o020000, os.makedev(1, 3)) if os.geteuid() == 0 else os.mkfifo(path)
+
+
+def restore(copy, path):
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    if copy is None:
+        make_device(path)
+    elif copy.is_dir():
+        shutil.copytree(copy, path)
+    else:
+        shutil.copy(copy, path)
+
+
 def tamper(src, dst, **datasets):
     """A copy of recording `src` with some datasets replaced (key "a/b" written as a__b)."""
     shutil.copy(src, dst)
@@ -339,9 +366,8 @@ def classify(code, err, expect, intact, marker_made):
 
 def extra_fixtures(w):
     """Fixtures made from the first ones: a device node, a wider config, a recording with no validation."""
-    fake = w / "fakenull"
-    if not fake.exists():
-        os.mknod(fake, 0o666 | 0o020000, os.makedev(1, 3)) if os.geteuid() == 0 else os.mkfifo(fake)
+    if not (w / "fakenull").exists():
+        make_device(w / "fakenull")
     wide = json.loads(json.dumps(TINY_CONFIG))
     wide["model"]["width"] = 32
     (w / "cfg_wide.yaml").write_text(yaml.safe_dump(wide))
@@ -375,8 +401,12 @@ def main(argv=None):
         if args.only not in name:
             continue
         before = [digest(p) for p in protect]
+        backups = [backup(p, w / "backup" / str(i)) for i, p in enumerate(protect)]
         code, err, seconds = cli(*case_argv, timeout=30 if case_argv[0] == "demo" else TIMEOUT)
         intact = before == [digest(p) for p in protect]
+        if not intact:                          # later cases need the input the code destroyed
+            for p, copy in zip(protect, backups):
+                restore(copy, p)
         made = marker is not None and Path(marker).exists()
         kind = classify(code, err, expect, intact, made)
         results.append({"case": name, "argv": [str(a) for a in case_argv], "expect": expect, "class": kind,
