@@ -204,7 +204,7 @@ def cases(w):
     add("prepare --synthetic --trials 1 --movies 1", [*syn[:-2], "--trials", 1, "-o", w / "o.h5"])
     for split in ["nan,0.5,0.5", "0.5,0.5", "a,b,c", "-0.1,0.6,0.5", "1,0,0", "inf,0,0"]:
         add(f"prepare --split {split}", ["prepare", w / "arrays.npz", "-o", w / "o.h5", "--bin-size", 0.01,
-                                         "--split", split])
+                                         f"--split={split}"])
     for v in ["nan", 0, -0.01, "inf"]:
         add(f"prepare --bin-size {v}", ["prepare", w / "arrays.npz", "-o", w / "o.h5", "--bin-size", v])
     for v in [0, "nan", -5]:
@@ -289,7 +289,7 @@ def cases(w):
         add(f"simulate {opt} {v!r}", [*sbase, "-o", w / "s4.h5", opt, v])
     add("simulate --run missing", ["simulate", "--run", w / "nope", "--data", rec, "-o", w / "s5.h5"])
     add("simulate --run a recording", ["simulate", "--run", rec, "--data", rec, "-o", w / "s5.h5"])
-    add("simulate --data bad units", [*sbase[:4], "--data", w / "units_big.h5", "-o", w / "s5.h5"])
+    add("simulate --data bad units", ["simulate", "--run", run, "--data", w / "units_big.h5", "-o", w / "s5.h5"])
 
     # evaluate
     ebase = ["evaluate", "--data", rec]

@@ -231,3 +231,8 @@ def test_evaluate_refuses_a_broken_simulation_file(tmp_path, known_file, key, va
         f[key] = values
     err = assert_one_line_error(["evaluate", "--data", known_file, "--simulated", sim, "-o", tmp_path / "e.json"])
     assert re.search(problem, err), err
+
+
+def test_an_error_message_from_a_library_stays_on_one_line():
+    err = InputError("run.pt", ("checkpoint", "cannot be read (UnpicklingError:\n  Weights only load failed.\n)"))
+    assert str(err) == "run.pt: checkpoint: cannot be read (UnpicklingError: Weights only load failed. )"
