@@ -73,7 +73,7 @@ def digest(path):
 
 def backup(path, copy):
     """A copy of a regular file or folder (None for a device node)."""
-    shutil.rmtree(copy, ignore_errors=True)
+    remove(copy)
     copy.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
         return Path(shutil.copytree(path, copy))
@@ -85,11 +85,15 @@ def make_device(path):
     os.mknod(path, 0o666 | 0o020000, os.makedev(1, 3)) if os.geteuid() == 0 else os.mkfifo(path)
 
 
-def restore(copy, path):
+def remove(path):
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def restore(copy, path):
+    remove(path)
     if copy is None:
         make_device(path)
     elif copy.is_dir():
