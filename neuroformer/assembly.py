@@ -40,6 +40,9 @@ def behavior_stats(recordings, names, fraction=1.0):
             inside = (k >= 0) & (t < dom.end[np.maximum(k, 0)])
             values.append(v[inside])
         v = np.concatenate(values)
+        if not len(v):
+            raise InputError(", ".join(map(str, recordings._paths.values())),
+                             (f"behavior.{name}", "no sample lies in the training split"))
         stats.append([float(v.mean()), float(v.std() + 1e-6)])
     return stats
 

@@ -1,10 +1,54 @@
 """The `neuroformer` command: parses arguments and calls the library, nothing more."""
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from .errors import InputError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line naming the option: `neuroformer: error: --trials: must be ...`."""
+
+    def error(self, message):
+        self.exit(2, f"neuroformer: error: {message.removeprefix('argument ')}\n")
+
+
+def _number(kind, test, wanted):
+    """An argparse type: text -> kind(text) if test(value), else a one-line error saying `wanted`."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not test(value):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+    parse.__name__ = wanted
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+count = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0, "a positive number")
+finite_float = _number(float, lambda v: True, "a finite number")
+fraction = _number(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
+
+
+def device(text):
+    """cpu, or cuda / cuda:N when that GPU exists."""
+    if text == "cpu":
+        return text
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or not (index == "" or index.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    import torch
+
+    if int(index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r} is not available on this machine "
+                                         f"({torch.cuda.device_count()} CUDA devices)")
+    return text
 
 
 def _prepare(args):
@@ -33,7 +77,7 @@ def _prepare(args):
                  if args.video else None)
         paths = [prepare(args.source, args.output, config=args.config, bin_size=args.bin_size,
                          behavior=args.behavior, frame_rate=args.frame_rate, video=video, split=split,
-                         seed=args.seed)]
+                         seed=args.seed, allow_pickle=args.allow_pickle)]
     for p in paths:
         print(f"wrote {p}")
 
@@ -57,7 +101,8 @@ def _train(args):
     from .training import RunOptions, train
 
     metrics = train(config_for(args.data[0], args.config), args.data,
-                    RunOptions(args.output, args.max_steps, args.seed, args.device, args.resume))
+                    RunOptions(args.output, args.max_steps, args.seed, args.device, args.resume,
+                               overwrite=args.overwrite))
     if metrics:
         print(json.dumps(metrics, indent=2))
 
@@ -146,33 +191,35 @@ def _demo(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="neuroformer", description=__doc__.split(":")[0])
+    parser = OneLineParser(prog="neuroformer", description=__doc__.split(":")[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser("prepare", help="import a recording (NWB, array dictionary, video) or make a synthetic one")
     p.add_argument("source", nargs="?", help=".nwb, or an array dictionary (.npz, .pkl, .mat)")
     p.add_argument("-o", "--output", required=True, type=Path, help="output recording (.h5)")
     p.add_argument("--config", help="data config YAML for an array dictionary (original keys)")
-    p.add_argument("--bin-size", type=float, help="bin width (s) of the binned spike counts")
+    p.add_argument("--bin-size", type=positive_float, help="bin width (s) of the binned spike counts")
     p.add_argument("--behavior", action="append", default=[], metavar="NAME=DT",
                    help="a behaviour variable of the array dictionary and its sample interval (s); repeatable")
-    p.add_argument("--frame-rate", type=float, help="frame rate (Hz) of the array dictionary's `frames`")
+    p.add_argument("--frame-rate", type=positive_float, help="frame rate (Hz) of the array dictionary's `frames`")
     p.add_argument("--video", help="video file (mp4/avi) shown during the recording")
-    p.add_argument("--video-fps", type=float, help="video frame rate (Hz); default: the file's")
-    p.add_argument("--video-start", type=float, default=0.0, help="time (s) of the video's first frame")
+    p.add_argument("--video-fps", type=positive_float, help="video frame rate (Hz); default: the file's")
+    p.add_argument("--video-start", type=finite_float, default=0.0, help="time (s) of the video's first frame")
     p.add_argument("--video-per-trial", action="store_true",
                    help="the video is shown at the start of every trial (stored once)")
     p.add_argument("--split", default="0.7,0.1,0.2",
                    help="train,valid,test fractions: of trials when there are trials, else contiguous time blocks")
-    p.add_argument("--seed", type=int, default=0, help="seed for splits, spike placement in bins, synthetic data")
+    p.add_argument("--seed", type=count, default=0, help="seed for splits, spike placement in bins, synthetic data")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read a .pkl source: loading a pickle runs any code it holds, so only for files you trust")
     g = p.add_argument_group("synthetic recording")
     g.add_argument("--synthetic", action="store_true", help="make the built-in synthetic recording")
-    g.add_argument("--neurons", type=int, default=100)
-    g.add_argument("--duration", type=float, help="total duration (s); sets the trials per training movie")
-    g.add_argument("--movies", type=int, default=3, help="training movies (default 3)")
-    g.add_argument("--trials", type=int, help="trials of each training movie (default 10)")
-    g.add_argument("--trial-length", type=float, default=10.0, help="movie length (s)")
-    g.add_argument("--sessions", type=int, default=1, help="sessions drawn from one population")
+    g.add_argument("--neurons", type=positive_int, default=100)
+    g.add_argument("--duration", type=positive_float, help="total duration (s); sets the trials per training movie")
+    g.add_argument("--movies", type=positive_int, default=3, help="training movies (default 3)")
+    g.add_argument("--trials", type=positive_int, help="trials of each training movie (default 10)")
+    g.add_argument("--trial-length", type=positive_float, default=10.0, help="movie length (s)")
+    g.add_argument("--sessions", type=positive_int, default=1, help="sessions drawn from one population")
     g.add_argument("--circuit", choices=["hub"], help="a ground-truth circuit instead (spontaneous activity, "
                                                       "true coupling in OUT.truth.npz; --neurons, --duration)")
     p.set_defaults(func=_prepare)
@@ -196,10 +243,11 @@ def build_parser():
                                     "--data (see `neuroformer config`)")
     p.add_argument("--data", required=True, action="append", help="recording (.h5); repeat for several sessions")
     p.add_argument("-o", "--output", required=True, type=Path, help="run directory (checkpoints, metrics.jsonl)")
-    p.add_argument("--max-steps", type=int, help="override train.max_steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--max-steps", type=positive_int, help="override train.max_steps")
+    p.add_argument("--seed", type=count, default=0)
+    p.add_argument("--device", default="cpu", type=device, help="cpu, cuda or cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in RUN_DIR")
     p.set_defaults(func=_train)
 
     p = verbs.add_parser("simulate", help="roll out trials closed-loop with a trained model")
@@ -209,17 +257,17 @@ def build_parser():
     p.add_argument("--nwb", type=Path, help="also write the spikes as NWB")
     p.add_argument("--split", default="test", help="simulate the trials of this split (default test)")
     p.add_argument("--trials", help="comma-separated trial indices instead of a split")
-    p.add_argument("--repeats", type=int, default=1, help="rollouts per trial")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=positive_int, default=1, help="rollouts per trial")
+    p.add_argument("--seed", type=count, default=0)
     p.add_argument("--history", default="generated", choices=["generated", "recorded"],
                    help="history of each window: the generated spikes (closed loop) or the recorded ones")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: all)")
-    p.add_argument("--max-spikes", type=int, default=1000, help="cap on spikes per window")
-    p.add_argument("--batch", type=int, default=16, help="trials x repeats generated together")
+    p.add_argument("--temperature", type=positive_float, default=1.0)
+    p.add_argument("--top-k", type=count, default=0, help="sample among the k likeliest (0: all)")
+    p.add_argument("--top-p", type=fraction, default=1.0, help="nucleus sampling mass (1: all)")
+    p.add_argument("--max-spikes", type=positive_int, default=1000, help="cap on spikes per window")
+    p.add_argument("--batch", type=positive_int, default=16, help="trials x repeats generated together")
     p.add_argument("--no-cache", action="store_true", help="naive: re-run the whole model for every spike")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device)
     p.set_defaults(func=_simulate)
 
     p = verbs.add_parser("evaluate", help="compare simulated trials with held-out recorded ones (and a GLM)")
@@ -228,9 +276,9 @@ def build_parser():
     p.add_argument("--run", type=Path, help="also score held-out recorded spikes under this model")
     p.add_argument("--baseline", choices=["glm"], help="fit, simulate and score the Poisson GLM baseline too")
     p.add_argument("-o", "--output", required=True, type=Path, help="report (.json); figures beside it")
-    p.add_argument("--psth-bin", type=float, default=0.05, help="PSTH bin (s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the GLM's rollouts")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--psth-bin", type=positive_float, default=0.05, help="PSTH bin (s)")
+    p.add_argument("--seed", type=count, default=0, help="seed of the GLM's rollouts")
+    p.add_argument("--device", default="cpu", type=device)
     p.set_defaults(func=_evaluate)
 
     p = verbs.add_parser("score", help="held-out log-likelihood of recorded spikes: bits/spike against "
@@ -248,12 +296,12 @@ def build_parser():
     p.add_argument("--data", required=True, help="recording (.h5)")
     p.add_argument("-o", "--output", required=True, type=Path, help="matrices (.npz); figures beside it")
     p.add_argument("--split", default="test", help="windows of this split (default test)")
-    p.add_argument("--windows", type=int, default=256, help="windows tiling the split for attention")
-    p.add_argument("--perturbation-windows", type=int, default=32, help="windows for the perturbation (0: skip)")
+    p.add_argument("--windows", type=positive_int, default=256, help="windows tiling the split for attention")
+    p.add_argument("--perturbation-windows", type=count, default=32, help="windows for the perturbation (0: skip)")
     p.add_argument("--combine", default="mean", choices=["mean", "last", "grad"],
                    help="heads and layers: mean, last layer, or gradient-weighted (see README)")
     p.add_argument("--baseline", choices=["glm"], help="also fit the Poisson GLM and return its coupling")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device)
     p.set_defaults(func=_connectivity)
 
     p = verbs.add_parser("decode", help="decode behaviour variables (Neuroformer and baselines, held-out scores)")
@@ -264,16 +312,16 @@ def build_parser():
                    help="baselines: only the baselines, on the samples that --config's windows hold")
     p.add_argument("--config", type=Path, help="model config for joint training (default: the decoding config "
                                                 "fitted to the recording, see `neuroformer config`)")
-    p.add_argument("--label-fraction", type=float, default=1.0,
+    p.add_argument("--label-fraction", type=fraction, default=1.0,
                    help="train on the first fraction of the training split (nested blocks; few-shot)")
     p.add_argument("--baselines", default="ridge,lasso,glm,mlp,gru", help="comma-separated; '' for none")
     p.add_argument("--trainable", default="all", choices=["all", "units", "heads"],
                    help="train everything, only the unit embeddings (adapting to a new session), or only "
                         "the behaviour heads on a frozen body (few labels)")
-    p.add_argument("--steps", type=int, help="training steps (default: the config's)")
-    p.add_argument("--bin", type=float, default=0.05, help="bin width (s) of the baselines' spike counts")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=positive_int, help="training steps (default: the config's)")
+    p.add_argument("--bin", type=positive_float, default=0.05, help="bin width (s) of the baselines' spike counts")
+    p.add_argument("--seed", type=count, default=0)
+    p.add_argument("--device", default="cpu", type=device)
     p.add_argument("-o", "--output", required=True, type=Path, help="report (.json); figure and runs beside it")
     p.set_defaults(func=_decode)
 
@@ -284,19 +332,43 @@ def build_parser():
 
     p = verbs.add_parser("demo", help="run the main job on the built-in synthetic recording")
     p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, help="training steps (default: the demo config's 600)")
-    p.add_argument("--repeats", type=int, default=2, help="closed-loop rollouts per test trial")
+    p.add_argument("--seed", type=count, default=0)
+    p.add_argument("--max-steps", type=positive_int, help="training steps (default: the demo config's 600)")
+    p.add_argument("--repeats", type=positive_int, default=2, help="closed-loop rollouts per test trial")
     p.set_defaults(func=_demo)
     return parser
+
+
+# the arguments naming files: outputs are checked against inputs (and devices, folders,
+# writability) before any work; train and demo write run folders
+OUTPUTS = {"output": "-o", "nwb": "--nwb"}
+INPUTS = {"source": "SOURCE", "data": "--data", "simulated": "--simulated", "run": "--run", "config": "--config",
+          "video": "--video", "files": "FILES"}
+FOLDER_OUTPUTS = ("train", "demo")
+
+
+def _check_outputs(args):
+    from .io import check_output
+
+    inputs = []
+    for dest, flag in INPUTS.items():
+        value = getattr(args, dest, None)
+        for path in (value if isinstance(value, list) else [value] if value else []):
+            inputs.append((flag, Path(path)))
+            if dest == "run" and Path(path).is_dir():
+                inputs.append((flag, Path(path) / "best.pt"))
+    outputs = [(flag, Path(getattr(args, dest))) for dest, flag in OUTPUTS.items() if getattr(args, dest, None)]
+    for i, (flag, path) in enumerate(outputs):
+        check_output(path, inputs + outputs[:i], option=flag, folder=args.verb in FOLDER_OUTPUTS)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        _check_outputs(args)
         args.func(args)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print("\n".join(f"error: {line}" for line in str(err).splitlines()), file=sys.stderr)
         return 2
     return 0
 

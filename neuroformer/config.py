@@ -1,7 +1,9 @@
-"""Configs: YAML mapped onto dataclasses, checked key by key (unknown keys and wrong types are
-errors naming the key). One width key (`model.width`); every other size is derived from it.
+"""Configs: YAML mapped onto dataclasses, checked key by key (unknown keys, wrong types, NaN or
+infinite numbers and values out of a field's declared range are errors naming the key). One
+width key (`model.width`); every other size is derived from it.
 """
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -12,23 +14,40 @@ import yaml
 from .errors import InputError
 
 
+def ranged(default, test, wanted):
+    """A dataclass field whose values must pass `test` (`wanted` says how, e.g. "> 0")."""
+    return field(default=default, metadata={"check": (test, wanted)})
+
+
+def positive(default):
+    return ranged(default, lambda v: v > 0, "> 0")
+
+
+def at_least(low, default):
+    return ranged(default, lambda v: v >= low, f">= {low}")
+
+
+def probability(default):
+    return ranged(default, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
 @dataclass
 class WindowConfig:
-    current: float = 0.05      # s, predicted window
-    history: float = 0.05      # s, past spikes before it
-    frames: float = 0.15       # s of movie frames ending with the current window; 0 = no stimulus
-    behavior: float = 0.05     # s of behaviour samples ending with the current window
-    target_lag: float = 0.0    # s the behaviour *targets* are taken before that: decoded from the spikes
-                               # on both sides of them (a response follows its cause after a latency)
-    dt_res: float = 0.001      # s, resolution of the gap classes
+    current: float = positive(0.05)     # s, predicted window
+    history: float = at_least(0, 0.05)  # s, past spikes before it
+    frames: float = at_least(0, 0.15)   # s of movie frames ending with the current window; 0 = no stimulus
+    behavior: float = at_least(0, 0.05)  # s of behaviour samples ending with the current window
+    target_lag: float = at_least(0, 0.0)  # s the behaviour *targets* are taken before that: decoded from the
+                                          # spikes on both sides of them (a response follows its cause after a latency)
+    dt_res: float = positive(0.001)     # s, resolution of the gap classes (at most `current`)
 
 
 @dataclass
 class Variable:
     predict: bool = False              # a target of the behaviour heads (never also an input)
     objective: str = "regression"      # regression | classification
-    n_classes: int = 0                 # classification only
-    channels: int = 1                  # >1: a multichannel input signal, values (T, channels); one token
+    n_classes: int = at_least(0, 0)    # classification only
+    channels: int = at_least(1, 1)     # >1: a multichannel input signal, values (T, channels); one token
                                        # per channel and sample, with a channel embedding
 
 
@@ -41,9 +60,9 @@ class Modality:
 class BackboneConfig:
     name: str = "patch"                # patch | conv3d | resnet18
     weights: str | None = None         # resnet18: a state_dict file; default torchvision's cache
-    patch: int = 8                     # patch: pixels per side; conv3d: spatial stride
+    patch: int = at_least(1, 8)        # patch: pixels per side; conv3d: spatial stride
     frozen: bool = True                # resnet18: features computed once and cached
-    pool: int = 1                      # resnet18: average-pool the feature grid by pool x pool
+    pool: int = at_least(1, 1)         # resnet18: average-pool the feature grid by pool x pool
 
     @property
     def tag(self):
@@ -53,52 +72,52 @@ class BackboneConfig:
 
 @dataclass
 class ModelConfig:
-    width: int = 64
-    heads: int = 4
-    history_layers: int = 1
-    visual_layers: int = 1
-    behavior_layers: int = 1
-    decoder_layers: int = 2
-    mlp_ratio: int = 4
-    dropout: float = 0.1
-    frame_dropout: float = 0.0         # fraction of training windows whose frames are hidden (modality
-                                       # dropout): the spikes must carry what they can without the movie
+    width: int = at_least(4, 64)
+    heads: int = at_least(1, 4)
+    history_layers: int = at_least(0, 1)
+    visual_layers: int = at_least(0, 1)
+    behavior_layers: int = at_least(0, 1)
+    decoder_layers: int = at_least(1, 2)
+    mlp_ratio: int = at_least(1, 4)
+    dropout: float = probability(0.1)
+    frame_dropout: float = probability(0.0)  # fraction of training windows whose frames are hidden (modality
+                                             # dropout): the spikes must carry what they can without the movie
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    contrastive_dim: int = 0           # 0: the width
-    latents: int = 0                   # >0: history spikes compressed into this many latent tokens
+    contrastive_dim: int = at_least(0, 0)  # 0: the width
+    latents: int = at_least(0, 0)      # >0: history spikes compressed into this many latent tokens
                                        # (cross-attention, then the history layers on the latents):
                                        # cost linear in spikes; 0: every history spike is a memory token
     point_process: bool = False        # spike heads as a discrete-time point process whose per-unit
                                        # log rate holds a GLM (baseline, window drive, coupling to past
                                        # spikes) that the transformer's outputs modulate (docs/design.md)
-    coupling_lag: float = 0.05         # s of past spikes the coupling term filters (point_process)
-    coupling_bases: int = 5            # raised-cosine lag bases of the coupling filters
-    stimulus_features: int = 0         # >0 (point_process, with frames): a linear stimulus filter in the
-                                       # GLM, per unit: these many shared features per patch, weighted by
-                                       # the unit's spatial map, filtered over the time since frame onset
+    coupling_lag: float = positive(0.05)   # s of past spikes the coupling term filters (point_process)
+    coupling_bases: int = at_least(1, 5)   # raised-cosine lag bases of the coupling filters
+    stimulus_features: int = at_least(0, 0)  # >0 (point_process, with frames): a linear stimulus filter in
+                                       # the GLM, per unit: these many shared features per patch, weighted
+                                       # by the unit's spatial map, filtered over the time since frame onset
 
 
 @dataclass
 class LossConfig:
-    spikes: float = 1.0
-    contrastive: float = 0.1
-    behavior: float = 1.0
+    spikes: float = at_least(0, 1.0)
+    contrastive: float = at_least(0, 0.1)
+    behavior: float = at_least(0, 1.0)
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    max_steps: int = 2000
-    grad_clip: float = 1.0
-    eval_every: int = 250
-    eval_batches: int = 50
-    checkpoint_every: int = 250
-    num_workers: int = 0
-    glm_lr: float = 0.01               # learning rate of the GLM inside a point-process model (baseline
-                                       # rates, coupling filters): few, well-conditioned parameters
+    batch_size: int = at_least(1, 32)
+    lr: float = positive(3e-4)
+    weight_decay: float = at_least(0, 0.01)
+    warmup_steps: int = at_least(0, 100)
+    max_steps: int = at_least(1, 2000)
+    grad_clip: float = positive(1.0)
+    eval_every: int = at_least(1, 250)
+    eval_batches: int = at_least(1, 50)
+    checkpoint_every: int = at_least(1, 250)
+    num_workers: int = at_least(0, 0)
+    glm_lr: float = positive(0.01)     # learning rate of the GLM inside a point-process model (baseline
+                                       # rates, coupling and stimulus filters): few, well-conditioned parameters
 
 
 @dataclass
@@ -130,7 +149,12 @@ def _build(cls, raw, where, source):
     unknown = sorted(set(raw) - set(hints))
     if unknown:
         raise InputError(source, [(f"{where}{k}", f"unknown key (allowed: {sorted(hints)})") for k in unknown])
-    return cls(**{k: _value(hints[k], v, f"{where}{k}", source) for k, v in raw.items()})
+    values = {k: _value(hints[k], v, f"{where}{k}", source) for k, v in raw.items()}
+    for f in dataclasses.fields(cls):
+        test, wanted = f.metadata.get("check", (None, None))
+        if f.name in values and test and not test(values[f.name]):
+            raise InputError(source, (f"{where}{f.name}", f"must be {wanted}, got {values[f.name]!r}"))
+    return cls(**values)
 
 
 def _value(hint, value, where, source):
@@ -150,6 +174,8 @@ def _value(hint, value, where, source):
         return float(value)
     if not ok:
         raise InputError(source, (where, f"expected {hint.__name__}, got {type(value).__name__} {value!r}"))
+    if hint is float and not math.isfinite(value):
+        raise InputError(source, (where, f"must be a finite number, got {value!r}"))
     return value
 
 
@@ -159,31 +185,30 @@ def config_from_dict(raw, source="config"):
     return cfg
 
 
-def load_config(path):
+def read_yaml(path):
+    """The YAML document in `path`; an unreadable file (missing, binary, malformed) is an InputError."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise InputError(path, ("config", f"cannot read YAML ({err})")) from None
-    return config_from_dict(raw, path)
+        return yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(path, ("config", f"cannot read YAML ({reason})")) from None
+
+
+def load_config(path):
+    return config_from_dict(read_yaml(path), path)
 
 
 def _check(cfg, source):
     m = cfg.model
-    if cfg.window.target_lag < 0:
-        raise InputError(source, ("window.target_lag", f"must be >= 0, got {cfg.window.target_lag}"))
-    if not 0 <= m.frame_dropout < 1:
-        raise InputError(source, ("model.frame_dropout", f"must be in [0, 1), got {m.frame_dropout}"))
-    if m.point_process and not 0 < m.coupling_lag <= cfg.window.history:
-        raise InputError(source, ("model.coupling_lag", f"must be in (0, window.history = {cfg.window.history}], "
+    if cfg.window.dt_res > cfg.window.current:
+        raise InputError(source, ("window.dt_res", f"must be at most window.current ({cfg.window.current}), "
+                                                   f"got {cfg.window.dt_res}"))
+    if m.point_process and m.coupling_lag > cfg.window.history:
+        raise InputError(source, ("model.coupling_lag", f"must be at most window.history ({cfg.window.history}), "
                                                         f"got {m.coupling_lag}"))
-    if m.point_process and m.coupling_bases < 1:
-        raise InputError(source, ("model.coupling_bases", f"must be >= 1, got {m.coupling_bases}"))
-    if m.stimulus_features < 0 or (m.stimulus_features and not (m.point_process and cfg.window.frames > 0)):
-        raise InputError(source, ("model.stimulus_features", "needs point_process: true and window.frames > 0, "
-                                                             f"and must be >= 0 (got {m.stimulus_features})"))
-    if m.latents < 0:
-        raise InputError(source, ("model.latents", f"must be >= 0, got {m.latents}"))
+    if m.stimulus_features and not (m.point_process and cfg.window.frames > 0):
+        raise InputError(source, ("model.stimulus_features", "needs point_process: true and window.frames > 0"))
     if m.width % m.heads or (m.width // m.heads) % 4:
         raise InputError(source, ("model.heads", f"width {m.width} must split into heads whose size is a multiple of 4"))
     if m.backbone.name not in ("patch", "conv3d", "resnet18"):

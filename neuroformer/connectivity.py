@@ -38,7 +38,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from .checkpoints import load_run
-from .data.recording import SPLITS, open_recording, spike_counts
+from .data.recording import check_split, open_recording, spike_counts
 from .data.vocab import START
 from .data.windows import IGNORE, collate_windows
 from .errors import InputError
@@ -342,8 +342,7 @@ def extract_connectivity(run, data_path, out_path, split="test", windows=256, pe
     """Every measure on `split` of one recording, written to OUT (.npz) with figures beside it;
     with a ground-truth file (REC.truth.npz, e.g. a synthetic circuit) each is scored against
     its `coupling`. Returns {"scores": ..., "figures": [...]}."""
-    if split not in SPLITS:
-        raise InputError("--split", ("split", f"unknown split {split!r} (one of {', '.join(SPLITS)})"))
+    check_split(split)
     cfg, model, dataset, recordings, device = load_run(run, data_path, device)
     rid = recordings.recording_ids[0]
     data = open_recording(data_path)

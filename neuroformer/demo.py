@@ -48,7 +48,7 @@ def run_demo(out_dir, seed=0, max_steps=None, repeats=2, synthetic=None):
     clock = time.perf_counter()
     cfg = load_config(DEMO_CONFIG)
     run = out_dir / "run"
-    train(cfg, [recording], RunOptions(run, max_steps=max_steps, seed=seed))
+    train(cfg, [recording], RunOptions(run, max_steps=max_steps, seed=seed, overwrite=True))  # the demo's own run
     report["stages_s"]["train"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

@@ -8,6 +8,6 @@ class InputError(ValueError):
         if isinstance(problems, tuple):
             problems = [problems]
         self.file = str(file)
-        self.problems = list(problems)
+        self.problems = [(field, " ".join(str(msg).split())) for field, msg in problems]  # one line each
         lines = [f"{self.file}: {field}: {msg}" for field, msg in self.problems]
         super().__init__("\n".join(lines))

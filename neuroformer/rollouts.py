@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .checkpoints import checkpoint_file, load_model
 from .data.objects import DatasetIndex, pad
+from .data.recording import check_split
 from .data.windows import collate_windows
 from .errors import InputError
 from .model import Sampling
@@ -68,6 +69,7 @@ def select_trials(data, path, split="test", trials=None):
 
 
 def _check(opts, path):
+    check_split(opts.split)
     problems = []
     if opts.history not in ("generated", "recorded"):
         problems.append(("--history", f"expected 'generated' or 'recorded', got {opts.history!r}"))

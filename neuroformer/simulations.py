@@ -69,9 +69,35 @@ def load_simulation(path):
         s = {n: f[f"spikes/{n}"][()] for n in ("timestamps", "unit_index", "trial", "repeat")}
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()
                  if k not in ("format", "format_version", "repeats")}
-        return Simulation(s["timestamps"], s["unit_index"], s["trial"], s["repeat"],
-                          f["units/id"][()].astype(str), {n: f[f"trials/{n}"][()] for n in f["trials"]},
-                          int(f.attrs["repeats"]), attrs)
+        sim = Simulation(s["timestamps"], s["unit_index"], s["trial"], s["repeat"],
+                         f["units/id"][()].astype(str), {n: f[f"trials/{n}"][()] for n in f["trials"]},
+                         int(f.attrs["repeats"]), attrs)
+    problems = _simulation_problems(sim)
+    if problems:
+        raise InputError(path, problems)
+    return sim
+
+
+def _simulation_problems(sim):
+    """(field, problem) of a simulation whose spikes do not fit its own tables."""
+    n = len(sim.timestamps)
+    lengths = {f"spikes.{k}": len(getattr(sim, k)) for k in ("unit_index", "trial", "repeat")}
+    problems = [(k, f"{v} values for {n} spikes.timestamps") for k, v in lengths.items() if v != n]
+    if problems:
+        return problems
+    if not np.isfinite(sim.timestamps).all():
+        problems.append(("spikes.timestamps", f"{int((~np.isfinite(sim.timestamps)).sum())} NaN or infinite values"))
+    for name, values, size in [("spikes.unit_index", sim.unit_index, len(sim.unit_ids)),
+                               ("spikes.repeat", sim.repeat, sim.repeats)]:
+        bad = (values < 0) | (values >= size)
+        if bad.any():
+            problems.append((name, f"{int(bad.sum())} values outside [0, {size}) (e.g. {values[bad][0]})"))
+    unknown = ~np.isin(sim.trial, sim.trials["index"])
+    if unknown.any():
+        problems.append(("spikes.trial", f"{int(unknown.sum())} values not in trials.index (e.g. {sim.trial[unknown][0]})"))
+    return problems
+
+
 
 
 def save_nwb(sim, path, session_description="Neuroformer simulation"):

@@ -23,7 +23,7 @@ from .data.recording import first_fraction, open_recording
 from .data.vocab import UnitVocab
 from .data.windows import collate_windows
 from .errors import InputError
-from .io import atomic_path
+from .io import atomic_path, remove_temporaries
 from .model import metrics_from_sums
 
 
@@ -114,6 +114,7 @@ class RunOptions:
     train_fraction: float = 1.0       # train on the first fraction of the training split (few-shot)
     trainable: str = "all"            # a key of TRAINABLE: which parameters learn
     select: str = "loss"              # validation metric (lower is better) that picks best.pt (see `best_files`)
+    overwrite: bool = False           # replace a run already in `out` (else only `resume` may use it)
 
 
 def train(cfg, data_paths, opts):
@@ -122,6 +123,7 @@ def train(cfg, data_paths, opts):
     device = torch.device(f"cuda:{rank % max(1, torch.cuda.device_count())}" if opts.device == "cuda" else opts.device)
     out = Path(opts.out)
     total = opts.max_steps or cfg.train.max_steps
+    _check_run_folder(out, opts)
     state = _load_for_resume(out / "last.pt", cfg) if opts.resume else None
     vocab = UnitVocab.from_state_dict(state["vocab"]) if state else None
     stats = state["behavior_stats"] if state else None
@@ -160,6 +162,9 @@ def train(cfg, data_paths, opts):
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     spec = dataset.spec
     valid = tiling_batches(recordings, spec, cfg.train.batch_size, cfg.train.eval_batches)
+    if not valid:
+        raise InputError(", ".join(map(str, data_paths)), (
+            "valid_domain", f"holds no {spec.length:g} s window: validation chooses best.pt"))
     metrics_path = out / "metrics.jsonl"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -223,11 +228,34 @@ def best_files(valid, select):
     return files
 
 
+def _check_run_folder(out, opts):
+    """A run folder holding a run (best.pt or last.pt) is used only to resume, or replaced with
+    `overwrite`; temporaries of a killed checkpoint write are removed."""
+    if out.exists() and not out.is_dir():
+        raise InputError(out, ("-o", "exists and is not a folder"))
+    run_files = [p for p in out.glob("*") if p.suffix == ".pt" or p.name == "metrics.jsonl"] if out.exists() else []
+    if any(p.name in ("best.pt", "last.pt") for p in run_files) and not (opts.resume or opts.overwrite):
+        raise InputError(out, ("-o", "holds a run already: pass --resume to continue it or --overwrite to replace it"))
+    if opts.overwrite and not opts.resume:
+        for p in run_files:
+            p.unlink()
+    remove_temporaries(out)
+
+
+def _flat(tree, prefix=""):
+    """{"model.width": 64, ...} of a nested dict."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()} or {prefix: tree}
+
+
 def _load_for_resume(path, cfg):
     saved_cfg, state = load_checkpoint(path)
-    if saved_cfg.to_dict() != cfg.to_dict():
-        diff = [k for k in cfg.to_dict() if cfg.to_dict()[k] != saved_cfg.to_dict()[k]]
-        raise InputError(path, ("config", f"the checkpoint was made with another config (differs in {diff})"))
+    saved, now = _flat(saved_cfg.to_dict()), _flat(cfg.to_dict())
+    diff = [f"{k.rstrip('.')} ({saved.get(k)!r} in the checkpoint, {now.get(k)!r} now)"
+            for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    if diff:
+        raise InputError(path, ("config", f"the checkpoint was made with another config: {'; '.join(diff)}"))
     return state
 
 

@@ -127,3 +127,18 @@ def test_speed_ceiling_quick(tmp_path):
     local = json.loads(out.read_text())["generator"]["test"]
     assert local["evidence"] == "bins k-6 .. k+4 of sample k" and local["samples"] == test["generator"]["samples"]
     assert local["r"] != test["generator"]["r"]
+
+
+def test_probe_inputs_classifies_each_ending():
+    sys.path.insert(0, str(SCRIPT.parent))
+    from probe_inputs import classify
+
+    assert classify(2, "error: x.h5: -o: is a folder\n", "error", True, False) == "clear error"
+    assert classify(2, "usage: neuroformer ...\nneuroformer: error: --trials: bad\n", "error", True, False) \
+        == "long error"
+    assert classify(1, "Traceback (most recent call last):\n", "error", True, False) == "traceback"
+    assert classify(0, "", "error", True, False) == "silent acceptance"
+    assert classify(0, "", "ok", True, False) == "sane"
+    assert classify(2, "error: x: y: z\n", "error", False, False) == "silent acceptance"   # an input changed
+    assert classify(2, "error: x: y: z\n", "error", True, True) == "silent acceptance"    # a pickle's code ran
+    assert classify(None, "", "error", True, False) == "timeout"

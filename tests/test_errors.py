@@ -7,9 +7,10 @@ import pytest
 import yaml
 
 from neuroformer.cli import main
-from neuroformer.data.importers import VideoSpec, prepare
+from neuroformer.data.importers import VideoSpec, prepare, write_video
 from neuroformer.data.info import summarize
 from neuroformer.data.recording import parse_split, save_recording
+from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.data.validate import validate_file
 from neuroformer.errors import InputError
 
@@ -70,6 +71,24 @@ CASES = {
     "behaviour with the wrong length": (
         lambda p: prepare(_npz(p, speed=np.zeros(300)), p / "o.h5", bin_size=BIN, behavior=["speed=0.05"]),
         "rec.npz", "behavior.speed", r"wrong length: 300 samples at 20 Hz .* recording is \[0, 10\) s"),
+    "behaviour sampled every NaN seconds": (
+        lambda p: prepare(_npz(p, speed=np.zeros(200)), p / "o.h5", bin_size=BIN, behavior=["speed=nan"]),
+        "data config", "modalities.behavior.variables.speed.dt", r"must be a positive number"),
+    "one synthetic training trial": (
+        lambda p: write_synthetic(p / "o.h5", SyntheticConfig(n_neurons=3, n_movies=1, n_trials=1)),
+        "--trials", "trials", r"1 movie\(s\) x 1 trial\(s\): at least 2 trials"),
+    "behaviour much shorter than the spikes": (
+        lambda p: prepare(_npz(p, speed=np.zeros(20)), p / "o.h5", bin_size=BIN, behavior=["speed=0.05"]),
+        "rec.npz", "behavior.speed", r"wrong length: 20 samples at 20 Hz from 0 s cover \[0, 1\) s"),
+    "spike arrays of different lengths": (
+        lambda p: validate_file(_tamper(p, "spikes/unit_index", np.array([0, 1, 2]))),
+        "tampered.h5", "spikes.unit_index", r"3 values for 7 spikes.timestamps"),
+    "info on a unit index of -1": (
+        lambda p: summarize(_tamper(p, "spikes/unit_index", np.array([0, 1, 2, -1, 0, 1, 2]))),
+        "tampered.h5", "spikes.unit_index", r"1 values outside \[0, 3\) \(e.g. -1\)"),
+    "info with duplicate unit ids": (
+        lambda p: summarize(_tamper(p, "units/id", np.array([b"s/a", b"s/a", b"s/c"]))),
+        "tampered.h5", "units.id", r"duplicate unit ids: \['s/a'\]"),
     "behaviour with NaNs": (
         lambda p: prepare(_npz(p, speed=np.r_[np.zeros(198), np.nan, np.nan]), p / "o.h5", bin_size=BIN,
                           behavior=["speed=0.05"]),
@@ -103,6 +122,11 @@ CASES = {
     "missing video": (
         lambda p: prepare(_npz(p), p / "o.h5", bin_size=BIN, video=VideoSpec(str(p / "nope.mp4"))),
         "nope.mp4", "video", r"file does not exist"),
+    "a video starting after the recording": (
+        lambda p: prepare(_npz(p), p / "o.h5", bin_size=BIN,
+                          video=VideoSpec(str(write_video(p / "v.avi", np.zeros((4, 8, 8), np.uint8), 10.0)),
+                                          start=1e6)),
+        "v.avi", "video-start", r"1e\+06 s is not before the recording's end \(10 s\)"),
     "a video that is not a video": (
         lambda p: prepare(_npz(p), p / "o.h5", bin_size=BIN, video=VideoSpec(_text(p / "fake.mp4"))),
         "fake.mp4", "video", r"OpenCV cannot open this file as a video"),
@@ -114,7 +138,7 @@ CASES = {
         "x.h5", "file", r"not a readable HDF5 file"),
     "bad split fractions": (
         lambda p: parse_split("0.7,0.2"),
-        "--split", "split", r"three non-negative fractions summing to 1"),
+        "--split", "split", r"three positive fractions summing to 1"),
     "bad --behavior shorthand": (
         lambda p: prepare(_npz(p), p / "o.h5", bin_size=BIN, behavior=["speed"]),
         "data config", "--behavior", r"expected NAME=DT"),

@@ -46,7 +46,7 @@ def test_array_round_trip_and_behaviour_times(tmp_path, suffix):
         savemat(src, arrays)                                  # 1-D arrays become MATLAB row vectors
     out = tmp_path / "rec.h5"
     assert main(["prepare", str(src), "-o", str(out), "--bin-size", str(BIN), "--behavior", "speed=0.05",
-                 "--frame-rate", "20"]) == 0
+                 "--frame-rate", "20", *(["--allow-pickle"] if suffix == ".pkl" else [])]) == 0
     assert np.array_equal(_rebin(out, 5, 3000), arrays["spikes"])
     data = open_recording(out)
     speed = data.behavior.speed

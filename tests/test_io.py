@@ -1,9 +1,10 @@
 """Atomic writes: a finished write replaces the file; a failed one leaves the old file and no temporary."""
 import json
 
+import numpy as np
 import pytest
 
-from neuroformer.io import atomic_write_json
+from neuroformer.io import atomic_savez, atomic_write_json
 
 
 def test_atomic_write_json_round_trip_and_failed_write_keeps_old_file(tmp_path):
@@ -16,3 +17,10 @@ def test_atomic_write_json_round_trip_and_failed_write_keeps_old_file(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["report.json"]
     atomic_write_json(path, {"r": object()}, indent=None, default=lambda o: "obj")
     assert path.read_text() == '{"r": "obj"}'
+
+
+def test_atomic_savez_writes_the_name_it_is_given(tmp_path):
+    assert atomic_savez(tmp_path / "matrices", a=np.arange(3)) == tmp_path / "matrices"
+    assert [p.name for p in tmp_path.iterdir()] == ["matrices"]
+    with np.load(tmp_path / "matrices") as f:
+        assert f["a"].tolist() == [0, 1, 2]

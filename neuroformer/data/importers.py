@@ -14,8 +14,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
 
+from ..config import read_yaml
 from ..errors import InputError
 from .objects import IrregularTimeSeries, RegularTimeSeries
 from .recording import assign_splits, make_recording, save_recording, union
@@ -182,10 +182,7 @@ class ArrayConfig:
         """From a YAML file (optional), then CLI shorthands filling the same structure."""
         raw = {}
         if path:
-            try:
-                raw = yaml.safe_load(Path(path).read_text()) or {}
-            except (OSError, yaml.YAMLError) as err:
-                raise InputError(path, ("config", f"cannot read YAML ({err})")) from None
+            raw = read_yaml(path) or {}
             _check_keys(path, "", raw, CONFIG_KEYS)
         cfg = cls(**raw)
         src = path or "data config"
@@ -209,12 +206,16 @@ class ArrayConfig:
                 raise InputError(src, (f"modalities.{mtype}", "expected a mapping with 'variables'"))
             for name, var in (modality.get("variables") or {}).items():
                 _check_keys(src, f"modalities.{mtype}.variables.{name}.", var, VARIABLE_KEYS)
-                if not isinstance(var.get("dt"), (int, float)) or var["dt"] <= 0:
+                if not _positive_seconds(var.get("dt")):
                     raise InputError(src, (f"modalities.{mtype}.variables.{name}.dt", "must be a positive number (s)"))
         _check_keys(src, "intervals.", cfg.intervals, set(SPLIT_KEYS))
-        if not isinstance(cfg.spikes.get("dt"), (int, float)) or cfg.spikes["dt"] <= 0:
+        if not _positive_seconds(cfg.spikes.get("dt")):
             raise InputError(src, ("spikes.dt", "the bin size is required (--bin-size SECONDS or spikes.dt)"))
         return cfg
+
+
+def _positive_seconds(value):
+    return isinstance(value, (int, float)) and np.isfinite(value) and value > 0
 
 
 def _check_keys(src, prefix, mapping, allowed):
@@ -225,11 +226,15 @@ def _check_keys(src, prefix, mapping, allowed):
         raise InputError(src, [(prefix + k, f"unknown key (allowed: {sorted(allowed)})") for k in unknown])
 
 
-def load_array_dict(path):
-    """The dictionary inside a .npz, .pkl/.pickle or .mat file."""
+def load_array_dict(path, allow_pickle=False):
+    """The dictionary inside a .npz, .pkl/.pickle or .mat file. A pickle is read only when
+    `allow_pickle`: loading one runs whatever code it holds."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, ("file", "does not exist"))
+    if not path.is_file():
+        raise InputError(path, ("file", "does not exist" if not path.exists() else "is not a regular file"))
+    if path.suffix in (".pkl", ".pickle") and not allow_pickle:
+        raise InputError(path, ("file", "a pickle can run any code when loaded: convert it to .npz, or pass "
+                                        "--allow-pickle if you trust its source"))
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as f:
@@ -268,10 +273,10 @@ def _as_intervals(values, path, field_name):
     raise InputError(path, (field_name, f"expected (K, 2) start/end pairs or >1 window start times, got shape {values.shape}"))
 
 
-def import_arrays(path, cfg):
+def import_arrays(path, cfg, allow_pickle=False):
     """The original Neuroformer array dictionary -> recording Data."""
     path = Path(path)
-    arrays = load_array_dict(path)
+    arrays = load_array_dict(path, allow_pickle)
     counts = _get(arrays, cfg.spikes["data"], path, "spikes")
     if counts.ndim != 2:
         raise InputError(path, ("spikes", f"expected binned counts (n_neurons, n_timesteps), got shape {counts.shape}"))
@@ -442,13 +447,14 @@ def _nwb_movie(ts, path, domain):
 # ---------------------------------------------------------------- prepare
 
 def prepare(source, out, *, config=None, bin_size=None, behavior=(), frame_rate=None, video=None,
-            split=(0.7, 0.1, 0.2), seed=0):
-    """Import `source` (.nwb, .npz/.pkl/.mat), attach a video, set splits, validate, save."""
+            split=(0.7, 0.1, 0.2), seed=0, allow_pickle=False):
+    """Import `source` (.nwb, .npz/.pkl/.mat; a pickle only with `allow_pickle`), attach a video,
+    set splits, validate, save."""
     source = Path(source)
     if source.suffix == ".nwb":
         data = import_nwb(source)
     else:
-        data = import_arrays(source, ArrayConfig.load(config, bin_size, behavior, frame_rate))
+        data = import_arrays(source, ArrayConfig.load(config, bin_size, behavior, frame_rate), allow_pickle)
     if video is not None:
         data = _with_video(data, video)
     if "train_domain" not in data.keys():
@@ -462,6 +468,10 @@ def _with_video(data, spec):
     trials = None
     if "trials" in data.keys():
         trials = {k: np.asarray(getattr(data.trials, k)) for k in data.trials.keys()}
+    recording_end = float(data.domain.end[-1])
+    if spec.start >= recording_end:
+        raise InputError(spec.path, ("video-start", f"{spec.start:g} s is not before the recording's end "
+                                                    f"({recording_end:g} s)"))
     parts = attach_video(spec, trials)
     movie = parts["movies"][0]
     starts = parts["presentations"]["start"]

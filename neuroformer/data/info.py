@@ -1,13 +1,19 @@
 """A summary of a recording file: units, spikes, rates, duration, modalities, trials, splits."""
 import numpy as np
 
+from ..errors import InputError
 from .recording import SPLITS, behavior_variables, open_recording
+from .validate import check
 
 
 def summarize(path):
-    """Plain-dict summary of the recording at `path` (reads metadata and spike arrays only)."""
+    """Plain-dict summary of the recording at `path` (reads metadata and spike arrays only); an
+    invalid recording is an InputError listing its problems."""
     data = open_recording(path)
     try:
+        problems = check(data)
+        if problems:
+            raise InputError(path, problems)
         keys = data.keys()
         times = np.asarray(data.spikes.timestamps)
         units = np.asarray(data.spikes.unit_index)

@@ -158,8 +158,23 @@ def split_by_trials(trials, fractions, seed, test_only_stimuli=()):
         counts[0] = len(idx) - counts[1:].sum()
         for name, chunk in zip(SPLITS, np.split(idx, np.cumsum(counts)[:-1])):
             assignment[chunk] = name
+    _fill_empty_splits(assignment, fractions, ~np.isin(stim, list(test_only_stimuli)), rng)
     return {name: union([(trials.start[i], trials.end[i]) for i in np.flatnonzero(assignment == name)])
             for name in SPLITS}
+
+
+def _fill_empty_splits(assignment, fractions, movable, rng):
+    """Give every split with a positive fraction at least one trial, moved from the split that
+    holds the most `movable` ones, while that split keeps one (stimuli with too few trials each
+    leave a split empty; with fewer trials than splits one stays empty, and training refuses an
+    empty validation split)."""
+    for name, fraction in zip(SPLITS, fractions):
+        if fraction <= 0 or (assignment == name).any():
+            continue
+        sizes = {s: int(((assignment == s) & movable).sum()) for s in SPLITS if s != name}
+        donor = max(sizes, key=sizes.get)
+        if sizes[donor] and (assignment == donor).sum() >= 2:
+            assignment[rng.choice(np.flatnonzero((assignment == donor) & movable))] = name
 
 
 def assign_splits(data, fractions=(0.7, 0.1, 0.2), seed=0, test_only_stimuli=()):
@@ -173,14 +188,20 @@ def assign_splits(data, fractions=(0.7, 0.1, 0.2), seed=0, test_only_stimuli=())
     return data
 
 
+def check_split(split):
+    """Raise an InputError unless `split` names one of SPLITS."""
+    if split not in SPLITS:
+        raise InputError("--split", ("split", f"unknown split {split!r} (one of {', '.join(SPLITS)})"))
+
+
 def parse_split(text):
     """'0.7,0.1,0.2' -> (0.7, 0.1, 0.2), checked."""
     try:
         values = tuple(float(x) for x in str(text).split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6:
-        raise InputError("--split", ("split", f"expected three non-negative fractions summing to 1 "
+    if len(values) != 3 or not np.isfinite(values).all() or min(values) <= 0 or abs(sum(values) - 1) > 1e-6:
+        raise InputError("--split", ("split", f"expected three positive fractions summing to 1 "
                                                f"(train,valid,test), got {text!r}"))
     return values
 

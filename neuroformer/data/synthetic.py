@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import InputError
 from .objects import RegularTimeSeries
 from ..io import atomic_savez
 from .recording import assign_splits, make_recording, save_recording
@@ -339,6 +340,9 @@ def write_synthetic(out, cfg=SyntheticConfig()):
     One session: OUT.h5 and OUT.truth.npz. K sessions: OUT_s0.h5 ... with their truth files.
     """
     out = Path(out)
+    if cfg.n_movies * cfg.n_trials < 2:
+        raise InputError("--trials", ("trials", f"{cfg.n_movies} movie(s) x {cfg.n_trials} trial(s): at least 2 "
+                                                "trials of training movies are needed (train and valid)"))
     paths = []
     for k, (data, truth) in enumerate(generate(cfg)):
         path = out if cfg.sessions == 1 else out.with_name(f"{out.stem}_s{k}{out.suffix or '.h5'}")

@@ -142,6 +142,10 @@ def _chunks(obj, key, size=1 << 20):
 
 def _check_spikes(spikes, n_units, lo, hi, problems):
     """Spike checks in bounded memory (the spike arrays are the only large ones)."""
+    n_times, n_indices = (len(spikes.__dict__[k]) for k in ("timestamps", "unit_index"))
+    if n_times != n_indices:
+        problems.append(("spikes.unit_index", f"{n_indices} values for {n_times} spikes.timestamps"))
+        return
     nan = desc = bad_unit = 0
     first_nan = first_desc = example_unit = None
     prev, t_min, t_max = -np.inf, np.inf, -np.inf
@@ -206,11 +210,11 @@ def _check_series(field, series, lo, hi, problems):
             _within(f"{field}.timestamps", times, times, lo, hi, problems)
         return
     start, end, rate = float(series.domain.start[0]), float(series.domain.end[-1]), series.sampling_rate
-    if start < lo - 1 / rate or end > hi + 1 / rate:
-        expected = int(round((hi - max(start, lo)) * rate))
+    if not (abs(start - lo) <= 1 / rate and abs(end - hi) <= 1 / rate):
+        expected = int(round((hi - lo) * rate))
         problems.append((field, f"wrong length: {len(series)} samples at {rate:g} Hz from {start:g} s cover "
                                 f"[{start:g}, {end:g}) s, but the recording is [{lo:g}, {hi:g}) s "
-                                f"(expected at most {expected} samples)"))
+                                f"(expected {expected} samples from {lo:g} s)"))
 
 
 def require_finite(field, values, source):
