@@ -96,8 +96,9 @@ def score(run, data_path, out_path, split="test", baseline=None, device="cpu", b
               "glm": {"penalty": glm.penalty, "config": glm.cfg.__dict__} if glm else None,
               "provenance": provenance(cfg)}
     out_path = Path(out_path)
-    figure = per_neuron_scatter({k: r["per_neuron_bits_per_spike"] for k, r in rows.items()},
-                                out_path.with_suffix(".png"))
+    per_neuron = {row: {name: r[name]["per_neuron_bits_per_spike"] for name in ("neuroformer", "glm") if name in r}
+                  for row, r in rows.items()}
+    figure = per_neuron_scatter(per_neuron, out_path.with_suffix(".png"))
     report["figure"] = str(figure)
     atomic_write_json(out_path, report, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x))
     return report
@@ -119,8 +120,6 @@ def _row(trials, n_units):
         out[name] = {"log_likelihood": float(ll.sum()), "nll_per_spike": float(-ll.sum() / max(n.sum(), 1)),
                      "bits_per_spike": bits_per_spike(float(ll.sum()), float(null.sum()), int(n.sum())),
                      "per_neuron_bits_per_spike": per_neuron}
-    out["per_neuron_bits_per_spike"] = {name: out[name]["per_neuron_bits_per_spike"]
-                                        for name in ("neuroformer", "glm") if name in out}
     out["null_log_likelihood"] = float(null.sum())
     return out
 
@@ -174,8 +173,8 @@ def window_log_likelihood(model, batch, n_end, tokens):
     survived = (gaps < reach[..., None]) & (event | terminal)[..., None]
     shares = torch.einsum("bld,bldn->bn", (log_no_spike * survived).double(), unit_lp.exp())
 
-    position = {int(t): k for k, t in enumerate(tokens.tolist())}
-    unit_of = torch.tensor([position.get(t, 0) for t in range(int(tokens.max()) + 1)], device=x.device)
+    unit_of = torch.zeros(int(tokens.max()) + 1, dtype=torch.long, device=x.device)
+    unit_of[tokens] = torch.arange(len(tokens), device=x.device)                   # vocabulary token -> unit
     d = d_star.clamp(0, n_dt - 1)
     hazard = gap_lp.gather(-1, d[..., None])[..., 0] - log_survive.gather(-1, d[..., None])[..., 0]
     u = unit_of[target.clamp(min=0, max=len(unit_of) - 1)]
