@@ -102,6 +102,7 @@ class LossConfig:
     spikes: float = at_least(0, 1.0)
     contrastive: float = at_least(0, 0.1)
     behavior: float = at_least(0, 1.0)
+    glm_l2: float = at_least(0, 0.0)    # point_process: ridge penalty |w|^2 / 2 per spike on the GLM's filters
 
 
 @dataclass
@@ -117,7 +118,9 @@ class TrainConfig:
     checkpoint_every: int = at_least(1, 250)
     num_workers: int = at_least(0, 0)
     glm_lr: float = positive(0.01)     # learning rate of the GLM inside a point-process model (baseline
-                                       # rates, coupling and stimulus filters): few, well-conditioned parameters
+                                       # rates, coupling, stimulus and behaviour filters): few, well-conditioned parameters
+    glm_steps: int = at_least(0, 0)    # point_process: the first steps fit only that GLM, the transformer
+                                       # bypassed (fast): the transformer then starts where a GLM ends
 
 
 @dataclass
@@ -209,6 +212,8 @@ def _check(cfg, source):
                                                         f"got {m.coupling_lag}"))
     if m.stimulus_features and not (m.point_process and cfg.window.frames > 0):
         raise InputError(source, ("model.stimulus_features", "needs point_process: true and window.frames > 0"))
+    if cfg.train.glm_steps and not m.point_process:
+        raise InputError(source, ("train.glm_steps", "needs model.point_process: true (there is no GLM to fit)"))
     if m.width % m.heads or (m.width // m.heads) % 4:
         raise InputError(source, ("model.heads", f"width {m.width} must split into heads whose size is a multiple of 4"))
     if m.backbone.name not in ("patch", "conv3d", "resnet18"):

@@ -24,6 +24,7 @@ from .nn import Block, new_caches, run_stack, stack
 
 HISTORY, VISUAL, BEHAVIOR, NULL = range(4)     # modality type embeddings of memory tokens
 STIMULUS_BASES = 6                             # raised cosines over the time since a frame's onset
+GLM_FILTERS = ("coupling", "stim_features", "stim_space", "stim_time", "behavior_filter")   # point process
 
 
 class Neuroformer(nn.Module):
@@ -99,6 +100,8 @@ class Neuroformer(nn.Module):
                 lags = int(round(cfg.window.frames / cfg.window.dt_res))
                 self.register_buffer("onset_bases", torch.tensor(raised_cosines(STIMULUS_BASES, 0, lags),
                                                                  dtype=torch.float32), persistent=False)
+            if self.inputs:                  # the GLM's behaviour filter: a weight per unit and input channel
+                self.behavior_filter = nn.Parameter(torch.zeros(sum(channels[n] for n in self.inputs), vocab_size))
             not_unit = torch.zeros(vocab_size)
             not_unit[:len(SPECIALS)] = -1e4                         # padding and START never fire
             self.register_buffer("not_unit", not_unit, persistent=False)
@@ -152,10 +155,8 @@ class Neuroformer(nn.Module):
         if self.inputs:
             toks, times, masks = [], [], []
             for name in self.inputs:
-                b = batch[f"behavior.{name}"]
-                i = self.var_index[name]
-                z = (b["value"].to(self.value_in.weight.dtype) - self.behavior_stats[i, 0]) / self.behavior_stats[i, 1]
-                tok = self.value_in(z.unsqueeze(-1)) + self.var_emb.weight[i] + self.type_emb.weight[BEHAVIOR]
+                b, z = batch[f"behavior.{name}"], self.standardised(batch, name)
+                tok = self.value_in(z.unsqueeze(-1)) + self.var_emb.weight[self.var_index[name]] + self.type_emb.weight[BEHAVIOR]
                 time, mask = b["time"], b["mask"]
                 if name in self.channel_offset:            # (B, n, C, W): a token per sample and channel
                     C = z.shape[-1]
@@ -169,6 +170,13 @@ class Neuroformer(nn.Module):
             parts["behavior"] = (x, t, mk)
 
         return parts, pooled_visual
+
+    def standardised(self, batch, name):
+        """Samples of behaviour variable `name` in the window, z-scored by the training statistics:
+        (B, n) or (B, n, C)."""
+        i = self.var_index[name]
+        return (batch[f"behavior.{name}"]["value"].to(self.value_in.weight.dtype) - self.behavior_stats[i, 0]) \
+            / self.behavior_stats[i, 1]
 
     def encode_history(self, hist):
         """History spikes as memory (tokens, times, mask): one token per spike, or with `latents`
@@ -238,7 +246,19 @@ class Neuroformer(nn.Module):
         coupling = torch.einsum("bjkt,kji->bti", filtered.view(B, V, -1, n), self.coupling.to(drive.dtype))
         when = ((torch.arange(n, device=drive.device) + 0.5) / n - 0.5)[:, None]       # (n, 1), window = 1
         out = self.log_rate0 + self.not_unit + drive[:, :1] + when * drive[:, 1:] + coupling
+        if self.inputs:
+            out = out + self.behavior_drive(context)
         return out + self.stimulus_drive(context["frames"], n) if self.cfg.model.stimulus_features else out
+
+    def behavior_drive(self, batch):
+        """Each unit's linear behaviour drive (B, 1, V): its weights on the window's mean z-scored
+        value of every input variable (and channel)."""
+        means = []
+        for name in self.inputs:
+            z, mask = self.standardised(batch, name), batch[f"behavior.{name}"]["mask"]
+            z = z if z.dim() == 3 else z[..., None]                                       # (B, n, C)
+            means.append((z * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1))
+        return (torch.cat(means, 1) @ self.behavior_filter)[:, None]
 
     def stimulus_drive(self, frames, n):
         """Each unit's linear stimulus drive (B, n, V) in the window's bins: per frame, its spatial map
@@ -270,7 +290,7 @@ class Neuroformer(nn.Module):
         p(Δ = d) = exp(-Σ_{d' < d} Λ_d') (1 - exp(-Λ_d)); END is surviving to the window's end.
         Only bins up to the gap that followed enter, so teacher forcing with rates from the
         recorded spikes is the model's exact likelihood."""
-        n, gaps = self.n_dt - 1, torch.arange(self.n_dt, device=x.device)
+        n, gaps = self.n_dt - 1, torch.arange(self.n_dt, device=bins.device)
         leaves = bins[..., None] + gaps >= n                                             # (B, L, n_dt)
         if not self.point_process:
             logits = self.dt_head(x).float()
@@ -281,7 +301,9 @@ class Neuroformer(nn.Module):
         here = bias.float().gather(1, bins.clamp(max=n - 1)[..., None].expand(-1, -1, bias.shape[2]))   # (B, L, V)
         from_unit = here.flip(-1).logcumsumexp(-1).flip(-1).gather(-1, units[..., None])[..., 0]
         log_hazard = torch.cat([from_unit[..., None], log_hazard[..., 1:]], -1)
-        hazard = (log_hazard + self.dt_head(x).float()).clamp(max=15).exp().masked_fill(leaves, 0.0)
+        if x is not None:
+            log_hazard = log_hazard + self.dt_head(x).float()
+        hazard = log_hazard.clamp(max=15).exp().masked_fill(leaves, 0.0)
         before = hazard.cumsum(-1) - hazard
         log_p = (torch.log(-torch.expm1(-hazard.clamp(min=1e-12))) - before).masked_fill(leaves, float("-inf"))
         return torch.cat([log_p, -hazard.sum(-1, keepdim=True)], -1)
@@ -293,30 +315,37 @@ class Neuroformer(nn.Module):
         if bias.shape[1] > 1:
             at = (bins + dt).clamp(0, bias.shape[1] - 1)
             bias = bias.gather(1, at[..., None].expand(-1, -1, bias.shape[2]))
-        logits = self.unit_head(x + self.dt_emb(dt)) + bias
-        vocab = torch.arange(logits.shape[-1], device=x.device)
+        logits = bias.expand(*units.shape, bias.shape[-1])
+        if x is not None:
+            logits = logits + self.unit_head(x + self.dt_emb(dt))
+        vocab = torch.arange(logits.shape[-1], device=units.device)
         return logits.masked_fill((dt == 0)[..., None] & (vocab < units[..., None]), float("-inf"))
 
-    def spike_outputs(self, batch, memory, x, current=None):
+    def spike_outputs(self, batch, memory, x, current=None, drive=None):
         """Teacher-forced `heads` at every position of the current window (or of `current`)."""
         current = current if current is not None else batch["current"]
-        bias = self.unit_bias(batch, current, memory)
+        bias = self.unit_bias(batch, current, memory, drive)
         return self.heads(x, bias, current["dt_target"].clamp(min=0), self.position_bins(current), current["unit"])
 
     def position_bins(self, current):
         """Grid bin of every current token (B, L), START at 0."""
         return current["time"].div(self.cfg.window.dt_res).round().long()
 
-    def forward(self, batch):
-        """Losses and summed metrics of a batch (see `metrics_from_sums`)."""
+    def forward(self, batch, glm_only=False):
+        """Losses and summed metrics of a batch (see `metrics_from_sums`). `glm_only` (point process):
+        the spike loss of the GLM inside the model alone, the transformer not run (`train.glm_steps`)."""
         cur = batch["current"]
         if self.training and self.uses_frames and self.cfg.model.frame_dropout > 0:
             shown = torch.rand(len(cur["unit"]), 1, device=cur["unit"].device) >= self.cfg.model.frame_dropout
             batch = {**batch, "frames": {**batch["frames"], "mask": batch["frames"]["mask"] & shown}}
-        memory, pooled_visual = self.encode_context(batch)
-        x = self.decode(cur, memory)
+        if glm_only:
+            x = memory = None
+            drive = self.log_rate0.new_zeros(len(cur["unit"]), 2, len(self.log_rate0))
+        else:
+            (memory, pooled_visual), drive = self.encode_context(batch), None
+            x = self.decode(cur, memory)
         dt_target, unit_target = cur["dt_target"], cur["unit_target"]
-        gap_log_p, unit_logits = self.spike_outputs(batch, memory, x)
+        gap_log_p, unit_logits = self.spike_outputs(batch, memory, x, drive=drive)
         dt_nll = F.nll_loss(gap_log_p.flatten(0, 1), dt_target.flatten(), ignore_index=IGNORE, reduction="sum")
         unit_nll = F.cross_entropy(unit_logits.flatten(0, 1), unit_target.flatten(), ignore_index=IGNORE,
                                    reduction="sum")
@@ -329,13 +358,15 @@ class Neuroformer(nn.Module):
             "end_correct": ((gap_log_p.argmax(-1) == self.end_class) & is_end).sum(), "end_count": is_end.sum(),
         }
         loss = self.cfg.loss.spikes * loss_spikes
+        if self.point_process and self.cfg.loss.glm_l2:
+            loss = loss + self.cfg.loss.glm_l2 * self.glm_penalty()
 
-        if self.uses_frames and self.cfg.loss.contrastive > 0:
+        if self.uses_frames and self.cfg.loss.contrastive > 0 and not glm_only:
             c_loss, correct, count = self.contrastive(x, cur["mask"], pooled_visual, batch["frames"])
             loss = loss + self.cfg.loss.contrastive * c_loss
             out.update(contrast_correct=correct, contrast_count=count, contrast_batch=torch.tensor(len(x)))
 
-        if self.targets:
+        if self.targets and not glm_only:
             b_loss, sums = self.behavior_loss(batch, self.behavior_outputs(batch, x, memory))
             loss = loss + self.cfg.loss.behavior * b_loss
             out.update(sums)
@@ -343,6 +374,11 @@ class Neuroformer(nn.Module):
         return out
 
     # ------------------------------------------------------------------ auxiliary objectives
+
+    def glm_penalty(self):
+        """|w|^2 / 2 over the filters of the GLM inside a point-process model (not its baselines):
+        the library GLM's ridge, per spike (`loss.glm_l2`)."""
+        return sum((p ** 2).sum() for n, p in self.named_parameters() if n.split(".")[0] in GLM_FILTERS) / 2
 
     def contrastive(self, x, mask, pooled_visual, frames):
         """CLIP-style InfoNCE between pooled neural and pooled visual features, learned temperature.

@@ -24,7 +24,7 @@ from .data.vocab import UnitVocab
 from .data.windows import collate_windows
 from .errors import InputError
 from .io import atomic_path, remove_temporaries
-from .model import metrics_from_sums
+from .model import GLM_FILTERS, metrics_from_sums
 
 
 def epoch_batches(recordings, spec, split, batch_size, seed, epoch, rank=0, world=1, fraction=1.0):
@@ -55,12 +55,17 @@ def tiling_batches(recordings, spec, batch_size, limit, split="valid"):
     return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
 
 
-def lr_lambda(warmup, total):
-    def f(step):
+def lr_lambda(warmup, total, glm_steps=0):
+    """Linear warm-up, then cosine decay to 0.1x; with `glm_steps`, the GLM-only phase and the rest
+    each have their own warm-up and decay (the GLM converges before the transformer starts)."""
+    def phase(step, length):
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        progress = min(1.0, (step - warmup) / max(1, length - warmup))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def f(step):
+        return phase(step, glm_steps) if step < glm_steps else phase(step - glm_steps, total - glm_steps)
     return f
 
 
@@ -99,8 +104,8 @@ TRAINABLE = {"all": None, "units": ("unit_emb", "unit_head"),
              "heads": ("query", "population_in", "readout")}
 
 
-# the GLM inside a point-process model (own learning rate): baselines, coupling and stimulus filters
-GLM_PARAMETERS = ("log_rate0", "coupling", "stim_features", "stim_space", "stim_time")
+# the GLM inside a point-process model (own learning rate): baselines, coupling, stimulus and behaviour filters
+GLM_PARAMETERS = ("log_rate0", *GLM_FILTERS)
 
 
 @dataclass
@@ -148,7 +153,7 @@ def train(cfg, data_paths, opts):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0},
                                    {"params": glm, "weight_decay": 0.0, "lr": cfg.train.glm_lr}], lr=cfg.train.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, total, cfg.train.glm_steps))
     step, epoch, done, best = 0, 0, 0, {}
     if state:
         model.load_state_dict(state["model"])
@@ -183,7 +188,7 @@ def train(cfg, data_paths, opts):
                                              generator=torch.Generator().manual_seed(opts.seed))
         for batch in loader:
             with _autocast(device):
-                result = ddp(to_device(batch, device))
+                result = ddp(to_device(batch, device), glm_only=step < cfg.train.glm_steps)
             optimizer.zero_grad(set_to_none=True)
             result["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],

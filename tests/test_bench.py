@@ -142,3 +142,37 @@ def test_probe_inputs_classifies_each_ending():
     assert classify(2, "error: x: y: z\n", "error", False, False) == "silent acceptance"   # an input changed
     assert classify(2, "error: x: y: z\n", "error", True, True) == "silent acceptance"    # a pickle's code ran
     assert classify(None, "", "error", True, False) == "timeout"
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "hub"])
+def test_likelihood_ceiling_probabilities_are_calibrated_on_the_generators_own_spikes(tiny_synthetic, tmp_path, kind):
+    """The generator's spike probability rebuilt from the truth file predicts the recorded spikes:
+    as many as expected overall and where the stimulus or coupling drive is strongest (a shifted
+    frame, delay or gain would break it); the ceiling beats the homogeneous null."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    from likelihood_ceiling import ceiling, coupling_input, step_probabilities
+    from neuroformer.data.circuits import HubCircuitConfig
+    from neuroformer.data.recording import open_recording, spike_counts
+    from neuroformer.data.synthetic import STEP, write_with_truth
+
+    if kind == "hub":
+        from neuroformer.data.circuits import hub_circuit
+        path = write_with_truth(tmp_path / "hub.h5", *hub_circuit(HubCircuitConfig(n_neurons=30, duration=120.0)))
+        spans = [(10.0, 110.0)]
+    else:
+        path = tiny_synthetic
+        data = open_recording(path)
+        spans = list(zip(np.asarray(data.trials.start), np.asarray(data.trials.end)))
+    data, truth = open_recording(path), dict(np.load(Path(path).with_suffix(".truth.npz")))
+    p = np.concatenate([step_probabilities(data, truth, a, b) for a, b in spans])
+    n = np.concatenate([spike_counts(data, a, b, STEP)[:int(round((b - a) / STEP))] for a, b in spans])
+    assert p.shape == n.shape
+    expected, seen = p.sum(), n.sum()
+    assert abs(seen - expected) < 4 * np.sqrt(expected)
+    top = p > np.quantile(p, 0.99)                       # the most driven 1% of unit-steps
+    assert abs(n[top].sum() - p[top].sum()) < 4 * np.sqrt(p[top].sum()) and p[top].mean() > 2 * p.mean()
+    if kind == "hub":
+        c = np.concatenate([coupling_input(data, truth, a, b) for a, b in spans])
+        assert c.max() > 0.5                             # coupling is exercised
+    rows = ceiling(path)
+    assert all(r["bits_per_spike"] > 0 for r in rows.values())

@@ -239,3 +239,64 @@ def test_stimulus_filter_acts_only_after_a_frames_onset(tiny_synthetic):
     frames["pixels"][0, last] = 255 - frames["pixels"][0, last]      # another image, another drive
     with torch.no_grad():
         assert not torch.allclose(model.stimulus_drive(frames, model.n_dt - 1)[0], drive)
+
+
+def test_glm_only_forward_is_the_models_spike_loss_while_the_corrections_are_zero(tiny_synthetic):
+    """train.glm_steps fits the GLM with the transformer bypassed; at the switch the full model
+    gives the same likelihood, so the transformer starts where that GLM ends."""
+    raw = {**PP_CFG, "model": {**PP_CFG["model"], "stimulus_features": 2}, "loss": {"contrastive": 0.0}}
+    model, batch, _ = _model(tiny_synthetic, raw)
+    with torch.no_grad():
+        for head in (model.dt_head, model.unit_head, model.unit_drive_out):
+            head.weight.zero_()
+            head.bias.zero_()
+        full, alone = model(batch), model(batch, glm_only=True)
+    assert float(alone["nll_sum"]) == pytest.approx(float(full["nll_sum"]), rel=1e-6)
+    with torch.no_grad():
+        model.unit_drive_out.bias[0] = 0.3                           # a transformer correction: only the full model moves
+        assert float(model(batch)["nll_sum"]) != pytest.approx(float(alone["nll_sum"]), rel=1e-6)
+        assert float(model(batch, glm_only=True)["nll_sum"]) == pytest.approx(float(alone["nll_sum"]), rel=1e-6)
+
+
+def test_behavior_filter_adds_each_units_weights_on_the_windows_mean_z_scored_inputs(tiny_synthetic):
+    model, batch, _ = _model(tiny_synthetic, PP_CFG)
+    b = batch["behavior.running.speed"]
+    mean, std = model.behavior_stats[model.var_index["running.speed"]]
+    z = ((b["value"] - mean) / std * b["mask"]).sum(1) / b["mask"].sum(1)       # (B,)
+    with torch.no_grad():
+        expected = z[:, None] * model.behavior_filter[0]                          # (B, V)
+        assert torch.allclose(model.behavior_drive(batch)[:, 0], expected, atol=1e-6)
+        with_filter = model.unit_bias(batch, batch["current"], model.encode_context(batch)[0])
+        model.behavior_filter.zero_()
+        without = model.unit_bias(batch, batch["current"], model.encode_context(batch)[0])
+    real = slice(len(SPECIALS), None)                                # padding and START sit at -1e4
+    assert torch.allclose((with_filter - without)[..., real], expected[:, None, real].expand_as(without[..., real]),
+                          atol=1e-5)
+
+
+def test_glm_l2_adds_the_ridge_of_the_glms_filters_but_not_its_baselines(tiny_synthetic):
+    raw = {**PP_CFG, "loss": {"contrastive": 0.0}}
+    model, batch, _ = _model(tiny_synthetic, raw)
+    ridge = sum(float((p.detach() ** 2).sum()) for p in (model.coupling, model.behavior_filter)) / 2
+    assert float(model.glm_penalty()) == pytest.approx(ridge, rel=1e-6)
+    penalised, _, _ = _model(tiny_synthetic, {**raw, "loss": {"contrastive": 0.0, "glm_l2": 0.5}})
+    with torch.no_grad():
+        assert float(penalised(batch)["loss"]) == pytest.approx(float(model(batch)["loss"]) + 0.5 * ridge, rel=1e-5)
+
+
+def test_glm_steps_train_only_the_glm_then_restart_the_schedule(tiny_synthetic, tmp_path):
+    from neuroformer.training import GLM_PARAMETERS, RunOptions, lr_lambda, train
+
+    f = lr_lambda(2, 10, glm_steps=4)
+    assert [round(f(s), 3) for s in (0, 1, 3, 4, 5)] == [0.5, 1.0, round(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)), 3), 0.5, 1.0]
+    raw = {**PP_CFG, "train": {"batch_size": 4, "max_steps": 3, "glm_steps": 3, "eval_every": 3, "eval_batches": 1,
+                               "warmup_steps": 1}}
+    cfg = config_from_dict(raw)
+    train(cfg, [tiny_synthetic], RunOptions(out=tmp_path / "run"))
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    torch.manual_seed(0)
+    fresh = dict(Neuroformer(cfg, state["unit_emb.weight"].shape[0], frame_shape=(64, 112)).named_parameters())
+    moved = {k.split(".")[0] for k, p in fresh.items() if not torch.equal(state[k], p)}
+    assert moved and moved <= set(GLM_PARAMETERS)
+    with pytest.raises(Exception, match="train.glm_steps"):
+        config_from_dict({**TINY_CFG, "train": {"glm_steps": 5}})
