@@ -120,7 +120,8 @@ class TrainConfig:
     glm_lr: float = positive(0.01)     # learning rate of the GLM inside a point-process model (baseline
                                        # rates, coupling, stimulus and behaviour filters): few, well-conditioned parameters
     glm_steps: int = at_least(0, 0)    # point_process: the first steps fit only that GLM, the transformer
-                                       # bypassed (fast): the transformer then starts where a GLM ends
+                                       # bypassed (fast); then the transformer starts where a GLM ends and
+                                       # the GLM is refined at `lr`; best.pt is kept from either phase
 
 
 @dataclass

@@ -69,6 +69,13 @@ def lr_lambda(warmup, total, glm_steps=0):
     return f
 
 
+def glm_schedule(cfg, schedule):
+    """The GLM's learning-rate factor: `schedule` at `train.glm_lr`, and once the GLM-only phase of
+    `train.glm_steps` is over, at the transformer's `train.lr` (the fitted GLM is only refined)."""
+    after = cfg.train.lr / cfg.train.glm_lr if cfg.train.glm_steps else 1.0
+    return lambda step: schedule(step) * (after if step >= cfg.train.glm_steps else 1.0)
+
+
 def to_device(batch, device):
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
@@ -153,7 +160,8 @@ def train(cfg, data_paths, opts):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0},
                                    {"params": glm, "weight_decay": 0.0, "lr": cfg.train.glm_lr}], lr=cfg.train.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, total, cfg.train.glm_steps))
+    schedule = lr_lambda(cfg.train.warmup_steps, total, cfg.train.glm_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule, schedule, glm_schedule(cfg, schedule)])
     step, epoch, done, best = 0, 0, 0, {}
     if state:
         model.load_state_dict(state["model"])
@@ -203,7 +211,7 @@ def train(cfg, data_paths, opts):
                        **metrics_from_sums({k: float(v) for k, v in result.items() if k != "loss"})}
                 _append(metrics_path, row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
-            if step % cfg.train.eval_every == 0 or step == total:
+            if step % cfg.train.eval_every == 0 or step in (total, cfg.train.glm_steps):
                 last_valid = evaluate(model, dataset, valid, device)
                 if rank == 0:
                     _append(metrics_path, {"step": step, "split": "valid", **last_valid})

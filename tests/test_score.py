@@ -285,13 +285,15 @@ def test_glm_l2_adds_the_ridge_of_the_glms_filters_but_not_its_baselines(tiny_sy
 
 
 def test_glm_steps_train_only_the_glm_then_restart_the_schedule(tiny_synthetic, tmp_path):
-    from neuroformer.training import GLM_PARAMETERS, RunOptions, lr_lambda, train
+    from neuroformer.training import GLM_PARAMETERS, RunOptions, glm_schedule, lr_lambda, train
 
     f = lr_lambda(2, 10, glm_steps=4)
     assert [round(f(s), 3) for s in (0, 1, 3, 4, 5)] == [0.5, 1.0, round(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)), 3), 0.5, 1.0]
     raw = {**PP_CFG, "train": {"batch_size": 4, "max_steps": 3, "glm_steps": 3, "eval_every": 3, "eval_batches": 1,
                                "warmup_steps": 1}}
     cfg = config_from_dict(raw)
+    glm_f = glm_schedule(config_from_dict({**raw, "train": {**raw["train"], "max_steps": 10, "glm_steps": 4}}), f)
+    assert glm_f(3) == f(3) and glm_f(5) == pytest.approx(f(5) * cfg.train.lr / cfg.train.glm_lr)
     train(cfg, [tiny_synthetic], RunOptions(out=tmp_path / "run"))
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
     torch.manual_seed(0)
