@@ -8,6 +8,8 @@ resumes. Writes one JSON (every row, per seed and the mean ± s.d. over seeds) a
 
     python bench/likelihood.py -o runs/likelihood            # ~3 h on 2 cores at 1,500 steps
     python bench/likelihood.py --quick -o /tmp/likelihood    # what the test runs
+    python bench/likelihood.py -o runs/lik --config synthetic=bench/configs/likelihood_synthetic.yaml \
+        --config hub=bench/configs/likelihood_circuit.yaml            # other configs than the shipped ones
 """
 import argparse
 import json
@@ -40,9 +42,9 @@ def prepare(name, workdir, quick):
     return path
 
 
-def config_file(name, workdir, steps):
-    """The shipped config of the recording, with `steps` training steps."""
-    cfg = yaml.safe_load((ROOT / "configs" / RECORDINGS[name][1]).read_text())
+def config_file(name, workdir, steps, source=None):
+    """The recording's config (`source`, or the shipped one), with `steps` training steps."""
+    cfg = yaml.safe_load(Path(source or ROOT / "configs" / RECORDINGS[name][1]).read_text())
     if steps:
         cfg["train"]["max_steps"] = steps
         cfg["train"]["eval_every"] = cfg["train"]["checkpoint_every"] = max(1, steps // 5)
@@ -86,7 +88,12 @@ def main():
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
     parser.add_argument("--quick", action="store_true", help="tiny recordings, 3 steps")
+    parser.add_argument("--config", action="append", default=[], metavar="NAME=PATH",
+                        help="train recording NAME with this config instead of the shipped one (repeatable)")
     args = parser.parse_args()
+    configs = dict(c.split("=", 1) for c in args.config if "=" in c)
+    if len(configs) != len(args.config) or set(configs) - set(RECORDINGS):
+        parser.error(f"--config: NAME=PATH with NAME one of {', '.join(RECORDINGS)}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     steps = 3 if args.quick else args.steps
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -95,13 +102,14 @@ def main():
         if name not in RECORDINGS:
             parser.error(f"--recordings: unknown {name!r} ({', '.join(RECORDINGS)})")
         data = prepare(name, args.workdir, args.quick)
-        config = config_file(name, args.workdir, steps)
+        config = config_file(name, args.workdir, steps, configs.get(name))
         table[name] = summarise([run_one(name, data, config, seed, args.workdir) for seed in seeds])
         for row, r in table[name].items():
             m = r["neuroformer"]
             print(f"{name:<10} {row:<16} Neuroformer {m['mean']:.3f} ± {m['sd']:.3f}  GLM {r['glm']:.3f}", flush=True)
     atomic_write_json(args.workdir / "likelihood.json",
-                      {"table": table, "seeds": seeds, "steps": steps, "provenance": provenance(seed=seeds)})
+                      {"table": table, "seeds": seeds, "steps": steps, "configs": configs,
+                       "provenance": provenance(seed=seeds)})
     print(f"wrote {args.workdir / 'likelihood.json'}")
 
 

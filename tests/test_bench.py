@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_windows.py"
 
@@ -176,3 +177,22 @@ def test_likelihood_ceiling_probabilities_are_calibrated_on_the_generators_own_s
         assert c.max() > 0.5                             # coupling is exercised
     rows = ceiling(path)
     assert all(r["bits_per_spike"] > 0 for r in rows.values())
+
+
+def test_likelihood_bench_trains_the_config_it_is_given(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    from likelihood import config_file
+
+    source = tmp_path / "mine.yaml"
+    source.write_text("model: {point_process: true}\ntrain: {max_steps: 9, glm_steps: 4}\n")
+    written = yaml.safe_load(config_file("hub", tmp_path, 10, source).read_text())
+    assert written == {"model": {"point_process": True}, "train": {"max_steps": 10, "glm_steps": 4,
+                                                                  "eval_every": 2, "checkpoint_every": 2}}
+    shipped = yaml.safe_load(config_file("hub", tmp_path, None).read_text())
+    assert shipped == yaml.safe_load((SCRIPT.parents[1] / "configs" / "circuit.yaml").read_text())
+    from neuroformer.config import load_config
+    for path in sorted((SCRIPT.parent / "configs").glob("*.yaml")):           # the benchmark's own configs load
+        assert load_config(path).model.point_process
+    bad = subprocess.run([sys.executable, str(SCRIPT.parent / "likelihood.py"), "-o", str(tmp_path), "--config",
+                          "retina=x.yaml"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--config: NAME=PATH with NAME one of synthetic, hub" in bad.stderr
