@@ -101,7 +101,7 @@ def main():
             m = r["neuroformer"]
             print(f"{name:<10} {row:<16} Neuroformer {m['mean']:.3f} ± {m['sd']:.3f}  GLM {r['glm']:.3f}", flush=True)
     atomic_write_json(args.workdir / "likelihood.json",
-                      {"table": table, "seeds": seeds, "steps": steps, "provenance": provenance(seed=seeds)})
+                      {"table": table, "seeds": seeds, "steps": steps, "provenance": provenance(vars(args), seeds)})
     print(f"wrote {args.workdir / 'likelihood.json'}")
 
 
