@@ -75,7 +75,8 @@ def test_bench_generate_quick(tmp_path):
 
 def test_long_trials_quick(tmp_path):
     _run("simulate/long_trials.py", "--quick", "-o", tmp_path)
-    check_provenance(tmp_path / "report.json", 0, {"quick": True, "seed": 0}, ["long_trials.py", "--quick", "-o", tmp_path])
+    check_provenance(tmp_path / "report.json", 0, {"quick": True, "seed": 0},
+                     ["long_trials.py", "--quick", "-o", tmp_path])
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["summary"]) == {"training_movies", "held_out_movies"}
     assert report["rows"]["held_out_movies"]["neuroformer"]["scored_spikes"] > 0
@@ -173,7 +174,8 @@ def test_decoding_context_records_its_provenance(tiny_synthetic, tmp_path):
     args = ["--data", tiny_synthetic, "-o", tmp_path / "context.json"]
     _run("bench/decoding_context.py", *args)
     results = json.loads((tmp_path / "context.json").read_text())["results"]
-    assert [(r["context"], r["model"]) for r in results] == [(c, m) for c in ("causal", "centred") for m in ("ridge", "mlp")]
+    assert [(r["context"], r["model"]) for r in results] == [(c, m) for c in ("causal", "centred")
+                                                             for m in ("ridge", "mlp")]
     check_provenance(tmp_path / "context.json", 0, {"data": str(tiny_synthetic)}, ["decoding_context.py", *args])
 
 

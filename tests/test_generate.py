@@ -218,8 +218,8 @@ def test_cli_simulate_and_evaluate_with_glm(tiny_run, tiny_synthetic, tmp_path):
     subprocess.run(cli + simulate_args, check=True, capture_output=True)
     subprocess.run(cli + evaluate_args, check=True, capture_output=True)
     trained = {"train": {"max_steps": 20}, "model": TINY_CFG["model"]}
-    check_provenance(tiny_run / "run.json", 0, trained, ["cli.py", "train", "--config", str(tiny_run.parent / "tiny.yaml"),
-                                                         "--data", str(tiny_synthetic), "-o", str(tiny_run)])
+    train_args = ["train", "--config", tiny_run.parent / "tiny.yaml", "--data", tiny_synthetic, "-o", tiny_run]
+    check_provenance(tiny_run / "run.json", 0, trained, ["cli.py", *train_args])
     check_provenance(tmp_path / "sim.h5", 4, trained, ["cli.py", *simulate_args])
     check_provenance(tmp_path / "eval" / "report.json", 0, trained, ["cli.py", *evaluate_args])
     report = json.loads((tmp_path / "eval" / "report.json").read_text())

@@ -207,7 +207,8 @@ def test_score_cli_writes_rows_per_neuron_glm_and_provenance(tiny_synthetic, tmp
         assert len(r["per_neuron_bits_per_spike"]) == 30
         assert r["bits_per_spike"] == pytest.approx(
             (r["log_likelihood"] - rows["all"]["null_log_likelihood"]) / (rows["all"]["n_spikes"] * math.log(2)))
-    check_provenance(tmp_path / "score.json", None, {"model": PP_CFG["model"], "train": raw["train"]}, ["cli.py", *args])
+    check_provenance(tmp_path / "score.json", None, {"model": PP_CFG["model"], "train": raw["train"]},
+                     ["cli.py", *args])
     assert (tmp_path / "score.png").stat().st_size > 0
 
 
