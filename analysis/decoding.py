@@ -44,8 +44,9 @@ from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.decoding import (decode, decode_config, decode_samples, linear_readout, probe_features, probe_results,
                                 split_samples)
 from neuroformer.data.recording import open_recording
-from neuroformer.io import atomic_path, atomic_write_json
+from neuroformer.io import atomic_path
 from neuroformer.plots import subplots
+from neuroformer.provenance import write_result
 from neuroformer.training import RunOptions, train
 
 TARGETS = ["running.speed", "eye.phi", "eye.theta"]
@@ -118,7 +119,7 @@ def main():
             summary[stage] = result["results"] if stage in ("joint", "probe") else result
     seconds["total"] = round(time.perf_counter() - start, 1)
     summary["seconds"] = seconds
-    atomic_write_json(out / "summary.json", summary)
+    write_result(out / "summary.json", summary, vars(args), list(seeds))
     print(json.dumps(_brief(summary), indent=1))
 
 
@@ -167,8 +168,10 @@ def _config(out, quick):
 
 
 def _cached(path, make):
-    """The report at `path`, made by make(path) unless it exists."""
-    return json.loads(path.read_text()) if path.exists() else make(path)
+    """The report at `path` (less its provenance), made by make(path) unless it exists."""
+    if not path.exists():
+        return make(path)
+    return {k: v for k, v in json.loads(path.read_text()).items() if k != "provenance"}
 
 
 def _report(rec, path, **kwargs):
@@ -210,7 +213,7 @@ def few_shot_probes(rec, out, pretrained, fractions, seeds):
     """Rows of linear probes (all features, see `probe_features`) at each fraction and seed."""
     path = out / "few_shot" / "probes.json"
     if path.exists():
-        return json.loads(path.read_text())
+        return json.loads(path.read_text())["rows"]
     cfg = load_checkpoint(checkpoint_file(pretrained))[0]
     samples = decode_samples(open_recording(rec), TARGETS, window_spec(cfg), rec)
     rows = []
@@ -221,8 +224,7 @@ def few_shot_probes(rec, out, pretrained, fractions, seeds):
             rows += [{"fraction": f, "seed": seed, "model": model, "target": t, "test_r": table[row][t]["test_r"]}
                      for model, row in (("pretrained probe", "+ population vector"), ("random init probe", "random init"))
                      if row in table for t in TARGETS]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, rows)
+    write_result(path, {"rows": rows}, cfg, list(seeds))
     return rows
 
 
@@ -256,7 +258,7 @@ def rate_ceiling(rec, path):
     x = {s: log_rate[np.clip(np.searchsorted(t, v.times, side="right") - 1, 0, len(t) - 1)] for s, v in samples.items()}
     samples.update(targets=TARGETS, classes=[0] * len(TARGETS))
     result = {n: {k: v for k, v in c.items() if not k.startswith("_")} for n, c in linear_readout(x, samples).items()}
-    atomic_write_json(path, result)
+    write_result(path, result)
     return result
 
 

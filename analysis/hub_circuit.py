@@ -35,8 +35,9 @@ from neuroformer.data.circuits import HubCircuitConfig, hub_circuit
 from neuroformer.data.recording import open_recording
 from neuroformer.data.synthetic import write_with_truth
 from neuroformer.glm import GLMConfig, PoissonGLM
-from neuroformer.io import atomic_path, atomic_write_json
+from neuroformer.io import atomic_path
 from neuroformer.plots import connectivity_figure, subplots
+from neuroformer.provenance import write_result
 from neuroformer.training import RunOptions, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "circuit.yaml"
@@ -145,7 +146,7 @@ def main():
     text = table(summary, per_seed)
     report = {"circuit": circuit, "steps": steps, "windows": windows, "perturbation_windows": perturbation_windows,
               "seeds": seeds, "summary": summary, "per_seed": per_seed, "times_s": times}
-    atomic_write_json(args.output / "table.json", report)
+    write_result(args.output / "table.json", report, vars(args), seeds)
     with atomic_path(args.output / "table.md") as tmp:
         tmp.write_text(text + "\n")
     r2_figure(per_seed, args.output / "r2.png")

@@ -27,8 +27,8 @@ from neuroformer.connectivity import model_connectivity
 from neuroformer.data.circuits import PeriodicInputsConfig, periodic_inputs
 from neuroformer.data.recording import open_recording, spike_counts
 from neuroformer.data.synthetic import write_with_truth
-from neuroformer.io import atomic_write_json
 from neuroformer.plots import subplots
+from neuroformer.provenance import write_result
 from neuroformer.training import RunOptions, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "periodic.yaml"
@@ -107,7 +107,7 @@ def main():
     result["times_s"] = times
     np.savez_compressed(out / "connectivity.npz", input_of=input_of, correlation=corr,
                         **{f"input_attention_{k}": v for k, v in maps.items()})
-    atomic_write_json(out / "result.json", result)
+    write_result(out / "result.json", result, vars(args), args.seed)
     figure({"attention (mean)": maps["mean"], "attention (grad)": maps["grad"], "correlation": corr}, input_of,
            out / "input_attention.png")
     print(json.dumps(result, indent=2))

@@ -19,7 +19,7 @@ from neuroformer.baselines import frequency_baseline
 from neuroformer.checkpoints import load_model
 from neuroformer.config import Modality, Variable, load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
-from neuroformer.io import atomic_write_json
+from neuroformer.provenance import write_result
 from neuroformer.training import RunOptions, epoch_batches, evaluate, train, tiling_batches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def main():
     rows["empirical frequencies"] = frequency_baseline(dataset, train_batches, valid, model.n_dt + 1)
     report = dict(steps=steps, seed=args.seed, recording=str(recording), quick=args.quick,
                   seconds=time.perf_counter() - clock, date=time.strftime("%Y-%m-%d"), rows=rows)
-    atomic_write_json(args.out, report)
+    write_result(args.out, report, vars(args), args.seed)
     _figure(rows, args.out.with_suffix(".png"))
     print(_table(rows))
 

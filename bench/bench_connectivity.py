@@ -19,7 +19,7 @@ import torch
 
 from _common import peak_rss_mb
 
-from neuroformer.io import atomic_write_json
+from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def main():
         "test_split_s": float(sum(data.test_domain.end - data.test_domain.start)),
         "making_the_recording_s": made, "rows": rows, "peak_rss_mb": peak_rss_mb(),
     }
-    atomic_write_json(args.out, report)
+    write_result(args.out, report, vars(args), 0)
     print(json.dumps(report, indent=2))
 
 

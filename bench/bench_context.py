@@ -21,8 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from neuroformer.io import atomic_write_json
-from neuroformer.provenance import provenance
+from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,8 +76,8 @@ def main():
             print(json.dumps({k: row[k] for k in ("history", "latents", "seconds_per_step", "peak_rss_mb",
                                                   "spike_tokens_per_sample")}), flush=True)
             full_stopped |= latents == 0 and row["seconds_per_step"] > args.full_limit
-    atomic_write_json(args.out, {"quick": args.quick, "recording": recording.name, "rows": rows,
-                                 "date": time.strftime("%Y-%m-%d"), "provenance": provenance(seed=0)})
+    write_result(args.out, {"quick": args.quick, "recording": recording.name, "rows": rows,
+                            "date": time.strftime("%Y-%m-%d")}, vars(args), 0)
     print(f"wrote {args.out}")
 
 

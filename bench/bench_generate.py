@@ -22,7 +22,7 @@ import torch
 
 from _common import peak_rss_mb
 
-from neuroformer.io import atomic_write_json
+from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,8 @@ def main():
             if c and n:
                 print(f"{config.name} batch {batch}: cached is {n[0]['ms_per_spike'] / c[0]['ms_per_spike']:.1f}x "
                       f"faster per spike than naive")
-    atomic_write_json(args.out, {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "rows": rows})
+    write_result(args.out, {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "rows": rows},
+                 vars(args), 0)
 
 
 if __name__ == "__main__":

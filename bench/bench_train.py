@@ -24,7 +24,7 @@ import numpy as np
 
 from _common import peak_rss_mb
 
-from neuroformer.io import atomic_write_json
+from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,8 @@ def main():
         threads.append(dict(processes=processes, threads_each=n, seconds_per_step=seconds,
                             steps_per_s=processes / seconds))
         print(json.dumps(threads[-1]), flush=True)
-    atomic_write_json(args.out, dict(quick=args.quick, date=time.strftime("%Y-%m-%d"), rows=rows, threads=threads))
+    write_result(args.out, dict(quick=args.quick, date=time.strftime("%Y-%m-%d"), rows=rows, threads=threads),
+                 vars(args), 0)
     print(f"wrote {args.out}")
 
 

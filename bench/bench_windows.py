@@ -18,7 +18,7 @@ from pathlib import Path
 
 from _common import peak_rss_mb
 
-from neuroformer.io import atomic_write_json
+from neuroformer.provenance import write_result
 
 FULL = dict(lengths=(900.0, 3600.0), neurons=1000, windows=2000)
 QUICK = dict(lengths=(150.0, 300.0), neurons=50, windows=100)
@@ -87,7 +87,7 @@ def main():
     report = dict(machine=f"{platform.machine()}, {platform.processor() or 'cpu'}, "
                           f"{__import__('os').cpu_count()} cores", quick=args.quick, rows=rows,
                   date=time.strftime("%Y-%m-%d"))
-    atomic_write_json(args.out, report)
+    write_result(args.out, report, vars(args), 0)
     _figure(rows, args.out.with_suffix(".png"))
     print(f"wrote {args.out}")
 

@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from neuroformer.data.recording import open_recording
 from neuroformer.decoding import split_samples
 from neuroformer.decoders import BinnedSplit
-from neuroformer.io import atomic_write_json
+from neuroformer.provenance import write_result
 
 TARGETS = ["running.speed", "eye.phi", "eye.theta"]
 SPLITS = ("train", "valid", "test")
@@ -60,7 +60,7 @@ def main():
                                for s in ("valid", "test")}
             print(json.dumps(row), flush=True)
             results.append(row)
-    atomic_write_json(args.output, {"data": args.data, "results": results}, indent=1)
+    write_result(args.output, {"data": args.data, "results": results}, vars(args), 0, indent=1)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from neuroformer.io import atomic_write_json
-from neuroformer.provenance import provenance
+from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDINGS = {"synthetic": (["--synthetic"], "demo.yaml"), "hub": (["--circuit", "hub"], "circuit.yaml")}
@@ -107,9 +106,8 @@ def main():
         for row, r in table[name].items():
             m = r["neuroformer"]
             print(f"{name:<10} {row:<16} Neuroformer {m['mean']:.3f} ± {m['sd']:.3f}  GLM {r['glm']:.3f}", flush=True)
-    atomic_write_json(args.workdir / "likelihood.json",
-                      {"table": table, "seeds": seeds, "steps": steps, "configs": configs,
-                       "provenance": provenance(seed=seeds)})
+    write_result(args.workdir / "likelihood.json", {"table": table, "seeds": seeds, "steps": steps, "configs": configs},
+                 config=vars(args), seed=seeds)
     print(f"wrote {args.workdir / 'likelihood.json'}")
 
 

@@ -21,8 +21,7 @@ from scipy.signal import lfilter
 from neuroformer.data.recording import behavior_values, open_recording, spike_counts
 from neuroformer.data.synthetic import KERNEL_TAU, STEP
 from neuroformer.evaluate import stimulus_groups
-from neuroformer.io import atomic_write_json
-from neuroformer.provenance import provenance
+from neuroformer.provenance import write_result
 from neuroformer.rollouts import select_trials
 from neuroformer.scoring import bits_per_spike, poisson_log_likelihood, training_rates
 
@@ -104,7 +103,7 @@ def main():
     rows = ceiling(a.data, a.split)
     for name, r in rows.items():
         print(f"{name:18s} {r['n_spikes']:7d} spikes  generator {r['bits_per_spike']:.3f} bits/spike")
-    atomic_write_json(a.out, {"recording": a.data, "split": a.split, "rows": rows, "provenance": provenance()})
+    write_result(a.out, {"recording": a.data, "split": a.split, "rows": rows}, config=vars(a))
 
 
 if __name__ == "__main__":

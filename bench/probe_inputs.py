@@ -9,12 +9,10 @@ than one line), "silent acceptance" (exit 0 where an error was expected, or an i
 command line, commit, date, machine and every case's result.
 """
 import argparse
-import datetime
 import hashlib
 import json
 import os
 import pickle
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,6 +25,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from neuroformer.data.importers import write_video  # noqa: E402
+from neuroformer.provenance import write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 240
@@ -378,17 +377,6 @@ def extra_fixtures(w):
     tamper(w / "rec.h5", w / "empty_valid.h5", valid_domain__start=np.zeros(0), valid_domain__end=np.zeros(0))
 
 
-def provenance(argv, commit=None):
-    if commit is None:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True).stdout
-        commit = head.strip() + ("-dirty" if dirty else "")
-    return {"command": " ".join([sys.executable, *argv]), "commit": commit,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
-            "python": platform.python_version()}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/neuroformer_probe"))
@@ -397,13 +385,13 @@ def main(argv=None):
     parser.add_argument("--commit", help="the code's commit, when the code is not a git checkout")
     args = parser.parse_args(argv)
     w = args.work.resolve()
-    if not (w / "sim.h5").exists():
-        make_fixtures(w)
-    extra_fixtures(w)
+    selected = [case for case in cases(w) if args.only in case[0]]
+    if selected:                            # the fixtures take a minute: none for no case
+        if not (w / "sim.h5").exists():
+            make_fixtures(w)
+        extra_fixtures(w)
     results = []
-    for name, case_argv, expect, protect, marker in cases(w):
-        if args.only not in name:
-            continue
+    for name, case_argv, expect, protect, marker in selected:
         before = [digest(p) for p in protect]
         backups = [backup(p, w / "backup" / str(i)) for i, p in enumerate(protect)]
         code, err, seconds = cli(*case_argv, timeout=30 if case_argv[0] == "demo" else TIMEOUT)
@@ -421,10 +409,8 @@ def main(argv=None):
     counts = {}
     for r in results:
         counts[r["class"]] = counts.get(r["class"], 0) + 1
-    report = {"provenance": provenance(sys.argv if argv is None else ["bench/probe_inputs.py", *argv], args.commit),
-              "cases": len(results), "counts": counts, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    write_result(args.out, {"cases": len(results), "counts": counts, "results": results}, vars(args), indent=1,
+                 commit=args.commit)
     print(json.dumps(counts))
 
 

@@ -26,7 +26,6 @@ what they know of the drive?
 """
 import argparse
 import functools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ from neuroformer.data.recording import open_recording
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.decoding import decode_config, decode_samples, novel_stimulus, scores
 from neuroformer.plots import subplots
+from neuroformer.provenance import write_result
 
 TAU, STD = 3.0, 1.0                       # the generator's OU prior on x (speed = 8 softplus(2x))
 GRID = np.linspace(-4.0, 4.0, 161)
@@ -197,7 +197,7 @@ def main(argv=None):
     ax.legend(fontsize=8)
     fig.savefig(args.out.with_suffix(".png"), dpi=120, bbox_inches="tight")
     public = {name: {k: v for k, v in res.items() if not k.startswith("_")} for name, res in result.items()}
-    args.out.write_text(json.dumps(public, indent=2))
+    write_result(args.out, public, vars(args))
     for name, res in public.items():
         t = res["test"]
         print(f"{name}: valid r {res['valid']['r']:.4f}, test r {t['r']:.4f} (R² {t['r2']:.3f}); "

@@ -46,6 +46,7 @@ from .glm import PoissonGLM
 from .io import atomic_savez
 from .nn import capture_attention
 from .plots import connectivity_figure, stimulus_maps
+from .provenance import as_text
 from .training import tiling_batches, to_device
 
 
@@ -339,9 +340,9 @@ SIGNED = {"self_attention": False, "history_attention": False, "readout_attentio
 
 def extract_connectivity(run, data_path, out_path, split="test", windows=256, perturbation_windows=32,
                          combine="mean", baseline=None, device="cpu", progress=True):
-    """Every measure on `split` of one recording, written to OUT (.npz) with figures beside it;
-    with a ground-truth file (REC.truth.npz, e.g. a synthetic circuit) each is scored against
-    its `coupling`. Returns {"scores": ..., "figures": [...]}."""
+    """Every measure on `split` of one recording, written to OUT (.npz, with the provenance of the
+    run's config) with figures beside it; with a ground-truth file (REC.truth.npz, e.g. a
+    synthetic circuit) each is scored against its `coupling`. Returns {"scores": ..., "figures": [...]}."""
     check_split(split)
     cfg, model, dataset, recordings, device = load_run(run, data_path, device)
     rid = recordings.recording_ids[0]
@@ -356,7 +357,7 @@ def extract_connectivity(run, data_path, out_path, split="test", windows=256, pe
     unit_ids = data.units.id.astype(str)
     truth = _truth(data_path, unit_ids)
     scores = {} if truth is None else {k: score(v, truth, SIGNED[k]) for k, v in matrices.items() if k in SIGNED}
-    atomic_savez(out_path, unit_ids=unit_ids, combine=combine, split=split, **matrices)
+    atomic_savez(out_path, unit_ids=unit_ids, combine=combine, split=split, provenance=as_text(cfg), **matrices)
     stem = Path(out_path).with_suffix("")
     figures = [connectivity_figure({k: v for k, v in matrices.items() if k in SIGNED}, truth, f"{stem}_matrices.png")]
     if "stimulus_attention" in matrices:

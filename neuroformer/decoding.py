@@ -35,9 +35,10 @@ from .data.recording import behavior_values, class_count, first_fraction, open_r
 from .data.windows import collate_windows
 from .decoders import BASELINES, BinnedSplit, baseline_grid
 from .errors import InputError
-from .io import atomic_path, atomic_write_json
+from .io import atomic_path
 from .model import _masked_mean
 from .plots import subplots
+from .provenance import write_result
 from .training import RunOptions, to_device, train
 
 MODES = ("joint", "finetune", "probe", "baselines")
@@ -392,8 +393,8 @@ def train_decoder(data_path, targets, work, mode, run=None, config=None, label_f
 
 def decode(data_path, targets, out, run=None, mode="joint", config=None, label_fraction=1.0, baselines=BASELINES,
            steps=None, seed=0, device="cpu", bin_size=0.05, progress=True, trainable="all"):
-    """Decode `targets` with Neuroformer (`mode`) and `baselines`; writes OUT (JSON) and figures
-    beside it, returns the report."""
+    """Decode `targets` with Neuroformer (`mode`) and `baselines`; writes OUT (JSON, its provenance
+    the model's config and `seed`) and figures beside it, returns the report."""
     if mode not in MODES:
         raise InputError("--mode", ("mode", f"unknown {mode!r} (one of {', '.join(MODES)})"))
     unknown = sorted(set(baselines) - set(BASELINES))
@@ -439,7 +440,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
               "results": {t: {m: _public(table[m][t]) for m in table} for t in targets}}
     if probes is not None:
         report["baselines"] = {t: {m: _public(models[m][t]) for m in models} for t in targets}
-    atomic_write_json(out, report)
+    report = write_result(out, report, cfg, seed)
     traces_figure({m: {t: table[m][t]["_test_prediction"] for t in targets} for m in table}, samples["test"], targets,
                   out.with_suffix(".png"))
     return report

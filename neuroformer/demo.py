@@ -23,8 +23,8 @@ from .evaluate import evaluate_simulation, format_comparison
 from .config import load_config
 from .data.info import format_summary, summarize
 from .data.synthetic import SyntheticConfig, write_synthetic
-from .io import atomic_write_json
 from .plots import recording_overview, training_curves
+from .provenance import write_result
 from .report import write_report
 from .rollouts import SimulationOptions, simulate
 from .simulations import save_simulation
@@ -78,7 +78,7 @@ def run_demo(out_dir, seed=0, max_steps=None, repeats=2, synthetic=None):
                          str(training_curves(run / "metrics.jsonl", out_dir / "training.png",
                                              baseline=report["valid"]["empirical frequencies"]["nll_per_spike"])),
                          *evaluation["figures"], *connectivity["figures"]]
-    atomic_write_json(out_dir / "demo_report.json", report)
+    report = write_result(out_dir / "demo_report.json", report, cfg, seed)
     for name, m in report["valid"].items():
         extra = f", retrieval top-1 {m['retrieval_top1']:.3f}" if m.get("retrieval_top1") is not None else ""
         print(f"{name:>22}: valid NLL {m['nll_per_spike']:.3f} nats/spike, unit top-1 {m['unit_accuracy']:.3f}{extra}")

@@ -29,15 +29,16 @@ from .data.objects import DatasetIndex
 from .data.recording import behavior_variables, open_recording, spike_counts
 from .errors import InputError
 from .glm import PoissonGLM
-from .io import atomic_write_json
 from .plots import correlation_scatter, example_psths, rasters
+from .provenance import write_result
 from .simulations import load_simulation
 from .training import evaluate
 
 
 def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, device="cpu", psth_bin=0.05,
                         seed=0, progress=True):
-    """Compare a simulation with the recording, write the JSON report and figures, return it."""
+    """Compare a simulation with the recording, write the JSON report and figures, return it (its
+    provenance: the run's config, if given, and the GLM rollouts' seed)."""
     sim = load_simulation(sim_path)
     data = open_recording(data_path)
     _check_match(data, sim, sim_path)
@@ -71,12 +72,7 @@ def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, 
               "psth_bin": psth_bin, "repeats": sim.repeats, "rows": rows, "summary": _summary(rows),
               "glm": {"penalty": glm.penalty, "config": glm.cfg.__dict__} if glm else None,
               "figures": [str(f) for f in figures]}
-    atomic_write_json(out_path, report, default=_jsonable)
-    return report
-
-
-def _jsonable(x):
-    return x.tolist() if hasattr(x, "tolist") else str(x)
+    return write_result(out_path, report, loaded[0] if loaded else None, seed)
 
 
 def _check_match(data, sim, sim_path):

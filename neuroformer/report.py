@@ -282,7 +282,7 @@ def connectivity_section(found, root):
     """Each connectivity .npz: its matrices and their figures; the demo's scores against the true coupling."""
     parts = []
     for path, matrices in found["connectivity"]:
-        names = [k for k in matrices if k not in ("unit_ids", "split", "combine")]
+        names = [k for k in matrices if k not in ("unit_ids", "split", "combine", "provenance")]
         rows = [(name, " × ".join(str(n) for n in matrices[name].shape)) for name in names]
         definitions = ["each neuron × neuron matrix is (target unit, source unit): row i, column j says how much "
                        "j drives i. Attention matrices are relative to chance (1: as much as a uniform query); "

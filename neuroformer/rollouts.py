@@ -26,6 +26,7 @@ from .data.recording import check_split
 from .data.windows import collate_windows
 from .errors import InputError
 from .model import Sampling
+from .provenance import as_text
 from .simulations import Simulation, trial_seed
 from .training import to_device
 
@@ -87,11 +88,11 @@ def simulate(checkpoint, data_path, opts=SimulationOptions()):
     a run directory, whose best.pt is used)."""
     checkpoint = checkpoint_file(checkpoint)
     _check(opts, data_path)
-    _, model, dataset, recordings = load_model(checkpoint, [data_path], opts.device)
+    cfg, model, dataset, recordings = load_model(checkpoint, [data_path], opts.device)
     rid = recordings.recording_ids[0]
     trials = select_trials(recordings.get_recording(rid), data_path, opts.split, opts.trials)
     sim = rollout(model, dataset, rid, trials, opts)
-    sim.attrs.update(recording=str(data_path), checkpoint=str(checkpoint))
+    sim.attrs.update(recording=str(data_path), checkpoint=str(checkpoint), provenance=as_text(cfg, opts.seed))
     return sim
 
 

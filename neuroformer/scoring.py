@@ -30,9 +30,8 @@ from .data.windows import IGNORE, collate_windows
 from .errors import InputError
 from .evaluate import stimulus_groups
 from .glm import PoissonGLM
-from .io import atomic_write_json
 from .plots import per_neuron_scatter
-from .provenance import provenance
+from .provenance import write_result
 from .rollouts import select_trials
 from .training import to_device
 
@@ -93,15 +92,13 @@ def score(run, data_path, out_path, split="test", baseline=None, device="cpu", b
     report = {"recording": str(data_path), "run": str(checkpoint), "split": split, "dt_res": dt,
               "null": "homogeneous Poisson, each unit's training-split rate",
               "unit_ids": [str(u) for u in data.units.id], "rows": rows,
-              "glm": {"penalty": glm.penalty, "config": glm.cfg.__dict__} if glm else None,
-              "provenance": provenance(cfg)}
+              "glm": {"penalty": glm.penalty, "config": glm.cfg.__dict__} if glm else None}
     out_path = Path(out_path)
     per_neuron = {row: {name: r[name]["per_neuron_bits_per_spike"] for name in ("neuroformer", "glm") if name in r}
                   for row, r in rows.items()}
     figure = per_neuron_scatter(per_neuron, out_path.with_suffix(".png"))
     report["figure"] = str(figure)
-    atomic_write_json(out_path, report, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x))
-    return report
+    return write_result(out_path, report, config=cfg)
 
 
 def _grid(t, dt):

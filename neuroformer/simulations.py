@@ -42,7 +42,7 @@ def trial_seed(seed, trial, repeat):
 
 def save_simulation(sim, path):
     """HDF5: spikes/{timestamps, unit_index, trial, repeat}, units/id, trials/{index, start, end,
-    stimulus_id}, and attributes (recording, checkpoint, options, repeats); written atomically."""
+    stimulus_id}, and attributes (recording, checkpoint, options, provenance, repeats); written atomically."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(format="neuroformer-simulation", format_version=SIM_FORMAT, repeats=sim.repeats,
                        **{k: v for k, v in sim.attrs.items()})

@@ -25,6 +25,7 @@ from .data.windows import collate_windows
 from .errors import InputError
 from .io import atomic_path, remove_temporaries
 from .model import GLM_FILTERS, metrics_from_sums
+from .provenance import write_result
 
 
 def epoch_batches(recordings, spec, split, batch_size, seed, epoch, rank=0, world=1, fraction=1.0):
@@ -182,6 +183,7 @@ def train(cfg, data_paths, opts):
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, step)
+        write_result(out / "run.json", {"data": data_paths, "step": step, "options": vars(opts)}, cfg, opts.seed)
     bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=rank != 0)
     last_valid = None
     while step < total:

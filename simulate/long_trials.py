@@ -17,7 +17,7 @@ from pathlib import Path
 from neuroformer.config import load_config
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.evaluate import evaluate_simulation, format_comparison
-from neuroformer.io import atomic_write_json
+from neuroformer.provenance import write_result
 from neuroformer.rollouts import SimulationOptions, simulate
 from neuroformer.simulations import save_nwb, save_simulation
 from neuroformer.training import RunOptions, train
@@ -66,7 +66,7 @@ def main():
                                  seed=args.seed)
     stages["evaluate_s"] = time.perf_counter() - clock
     report["stages"] = stages
-    atomic_write_json(out / "report.json", report, default=str)
+    write_result(out / "report.json", report, vars(args), args.seed)
     print(format_comparison(report["summary"]))
     print(json.dumps(stages))
 

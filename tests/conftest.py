@@ -1,12 +1,18 @@
-"""Shared fixtures: a tiny synthetic recording and a hand-made recording with known spikes."""
+"""Shared fixtures: a tiny synthetic recording and a hand-made recording with known spikes; the
+check of a result file's provenance."""
+import json
+import re
+import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
 from neuroformer.data.objects import Interval, RegularTimeSeries
 from neuroformer.data.recording import make_recording, save_recording
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
+from neuroformer.provenance import FIELDS
 
 NWB_A8604 = Path(__file__).resolve().parent / "data" / "pynapple_A8604" / "A8604-211122.nwb"  # real file, MIT
 
@@ -38,3 +44,38 @@ def known_recording(**overrides):
 @pytest.fixture
 def known_file(tmp_path):
     return save_recording(known_recording(), tmp_path / "known.h5")
+
+
+def provenance_of(path):
+    """The provenance a result file records: a JSON file's key, an HDF5 file's attribute or an .npz entry."""
+    path = Path(path)
+    if path.suffix == ".h5":
+        with h5py.File(path, "r") as f:
+            return json.loads(f.attrs["provenance"])
+    if path.suffix == ".npz":
+        with np.load(path) as arrays:
+            return json.loads(str(arrays["provenance"]))
+    return json.loads(path.read_text())["provenance"]
+
+
+def check_provenance(path, seed, config=None, command=None):
+    """Assert that `path` records every provenance field, `seed`, a config holding `config` (a
+    Config, or a nested dict of expected values; None: no config) and the command line (default:
+    this process's)."""
+    record = provenance_of(path)
+    assert set(record) == set(FIELDS), record.keys()
+    assert record["seed"] == seed
+    if hasattr(config, "to_dict"):
+        config = json.loads(json.dumps(config.to_dict(), default=str))
+    assert record["config"] is None if config is None else _holds(record["config"], config), record["config"]
+    assert record["command"] == [str(c) for c in command or [Path(sys.argv[0]).name, *sys.argv[1:]]]
+    assert record["commit"] is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", record["commit"])
+    assert record["torch"] and record["python"] and record["machine"] and record["version"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", record["date"])
+    return record
+
+
+def _holds(actual, expected):
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(k in actual and _holds(actual[k], v) for k, v in expected.items())
+    return actual == expected

@@ -1,4 +1,4 @@
-"""The window-reading benchmark's quick mode runs end to end and reports sane figures."""
+"""The benchmarks' quick modes run end to end and report sane figures, with their provenance."""
 import json
 import subprocess
 import sys
@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import check_provenance
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_windows.py"
 
 
 def test_bench_windows_quick(tmp_path):
     out = tmp_path / "windows.json"
-    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--workdir", str(tmp_path), "--out", str(out)],
-                   check=True, capture_output=True, text=True)
+    args = ["--quick", "--workdir", tmp_path, "--out", out]
+    _run("bench/bench_windows.py", *args)
+    check_provenance(out, 0, {"quick": True}, ["bench_windows.py", *args])
     report = json.loads(out.read_text())
     short, long = report["rows"]
     assert short["windows"] == long["windows"] == 100
@@ -30,7 +33,9 @@ def _run(script, *args):
 
 def test_ablation_quick(tmp_path):
     out = tmp_path / "ablation.json"
-    _run("bench/ablation.py", "--quick", "--workdir", tmp_path, "--out", out)
+    args = ["--quick", "--workdir", tmp_path, "--out", out]
+    _run("bench/ablation.py", *args)
+    check_provenance(out, 0, {"quick": True, "seed": 0}, ["ablation.py", *args])
     rows = json.loads(out.read_text())["rows"]
     assert list(rows) == ["history only", "+ stimulus", "+ behaviour", "empirical frequencies"]
     assert all(0 < r["nll_per_spike"] < 20 for r in rows.values())
@@ -39,7 +44,9 @@ def test_ablation_quick(tmp_path):
 
 def test_bench_train_quick(tmp_path):
     out = tmp_path / "train.json"
-    _run("bench/bench_train.py", "--quick", "--workdir", tmp_path, "--out", out)
+    args = ["--quick", "--workdir", tmp_path, "--out", out]
+    _run("bench/bench_train.py", *args)
+    check_provenance(out, 0, {"quick": True}, ["bench_train.py", *args])
     result = json.loads(out.read_text())
     demo, published = result["rows"]
     assert [(r["processes"], r["threads_each"]) for r in result["threads"]] == [(1, 1), (1, 2), (2, 1)]
@@ -57,7 +64,9 @@ def test_stimulus_feature_script_quick(tmp_path):
 
 def test_bench_generate_quick(tmp_path):
     out = tmp_path / "generate.json"
-    _run("bench/bench_generate.py", "--quick", "--workdir", tmp_path, "--out", out)
+    args = ["--quick", "--workdir", tmp_path, "--out", out]
+    _run("bench/bench_generate.py", *args)
+    check_provenance(out, 0, {"quick": True}, ["bench_generate.py", *args])
     rows = json.loads(out.read_text())["rows"]
     assert [(r["mode"], r["batch"]) for r in rows] == [("cached", 1), ("naive", 1), ("cached", 2)]
     assert all(r["spikes"] > 0 and r["ms_per_spike"] > 0 for r in rows)
@@ -67,6 +76,8 @@ def test_bench_generate_quick(tmp_path):
 
 def test_long_trials_quick(tmp_path):
     _run("simulate/long_trials.py", "--quick", "-o", tmp_path)
+    check_provenance(tmp_path / "report.json", 0, {"quick": True, "seed": 0},
+                     ["long_trials.py", "--quick", "-o", tmp_path])
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["summary"]) == {"training_movies", "held_out_movies"}
     assert report["rows"]["held_out_movies"]["neuroformer"]["scored_spikes"] > 0
@@ -75,7 +86,9 @@ def test_long_trials_quick(tmp_path):
 
 def test_bench_connectivity_quick(tmp_path):
     out = tmp_path / "connectivity.json"
-    _run("bench/bench_connectivity.py", "--quick", "--workdir", tmp_path, "--out", out)
+    args = ["--quick", "--workdir", tmp_path, "--out", out]
+    _run("bench/bench_connectivity.py", *args)
+    check_provenance(out, 0, {"quick": True}, ["bench_connectivity.py", *args])
     report = json.loads(out.read_text())
     assert report["neurons"] == 50 and report["spikes"] > 1000
     assert set(report["rows"]) == {"attention (mean)", "attention (grad)", "perturbation", "pearson (10 ms)",
@@ -115,9 +128,12 @@ def test_speed_posterior_against_the_prior_and_a_sharp_likelihood():
 
 def test_speed_ceiling_quick(tmp_path):
     out = tmp_path / "ceiling.json"
-    _run("bench/speed_ceiling.py", "--quick", "--workdir", tmp_path, "-o", out)
+    args = ["--quick", "--workdir", tmp_path, "-o", out]
+    _run("bench/speed_ceiling.py", *args)
+    check_provenance(out, None, {"quick": True, "window": False}, ["speed_ceiling.py", *args])
     report = json.loads(out.read_text())
-    assert list(report) == ["generator", "movie average", "counts only"]
+    assert list(report) == ["generator", "movie average", "counts only", "provenance"]
+    del report["provenance"]
     test = {name: r["test"] for name, r in report.items()}
     assert test["generator"]["r"] > 0.8 and test["generator"]["r"] > test["counts only"]["r"]
     assert set(test["generator"]) >= {"r", "r2", "samples", "r_seen_movies", "r_novel_movies"}
@@ -196,3 +212,37 @@ def test_likelihood_bench_trains_the_config_it_is_given(tmp_path):
     bad = subprocess.run([sys.executable, str(SCRIPT.parent / "likelihood.py"), "-o", str(tmp_path), "--config",
                           "retina=x.yaml"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--config: NAME=PATH with NAME one of synthetic, hub" in bad.stderr
+
+
+def test_probe_inputs_report_records_its_provenance(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    from probe_inputs import main
+
+    out, commit = tmp_path / "probe.json", "0123456789abcdef0123456789abcdef01234567"
+    main(["--only", "no such case", "--work", str(tmp_path / "work"), "--out", str(out), "--commit", commit])
+    assert json.loads(out.read_text())["cases"] == 0 and not (tmp_path / "work").exists()    # no case, no fixture
+    assert check_provenance(out, None, {"only": "no such case"})["commit"] == commit
+
+
+def test_decoding_context_records_its_provenance(tiny_synthetic, tmp_path):
+    args = ["--data", tiny_synthetic, "-o", tmp_path / "context.json"]
+    _run("bench/decoding_context.py", *args)
+    results = json.loads((tmp_path / "context.json").read_text())["results"]
+    assert [(r["context"], r["model"]) for r in results] == [(c, m) for c in ("causal", "centred")
+                                                             for m in ("ridge", "mlp")]
+    check_provenance(tmp_path / "context.json", 0, {"data": str(tiny_synthetic)}, ["decoding_context.py", *args])
+
+
+SCRIPTS = sorted(p.relative_to(SCRIPT.parents[1]).as_posix() for folder in ("bench", "analysis", "simulate", "stimuli")
+                 for p in (SCRIPT.parents[1] / folder).glob("[!_]*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_script_writes_json_only_with_its_provenance(script):
+    """The scripts whose quick modes are too slow for the suite (bench_context, likelihood) are held
+    to this too: every JSON file goes through write_result, or carries provenance() itself."""
+    source = (SCRIPT.parents[1] / script).read_text()
+    assert "json.dump(" not in source and "write_text(json.dumps" not in source, script
+    if "atomic_write_json" in source:
+        assert "provenance(" in source, script
+    assert "write_result(" in source or "provenance(" in source or ".json" not in source, script

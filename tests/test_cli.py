@@ -5,8 +5,11 @@ from pathlib import Path
 import numpy as np
 
 from neuroformer.cli import main
+from neuroformer.config import load_config
 from neuroformer.data.synthetic import SyntheticConfig
-from neuroformer.demo import run_demo
+from neuroformer.demo import DEMO_CONFIG, run_demo
+
+from conftest import check_provenance
 
 
 def test_prepare_synthetic_sessions_and_info_json(tmp_path, capsys):
@@ -53,6 +56,13 @@ def test_demo_end_to_end(tmp_path):
     assert all(Path(f).exists() for f in report["figures"]) and len(report["figures"]) == 7
     page = (tmp_path / "report.html").read_text()
     assert all(f'<section id="{s}">' in page for s in ("recording", "training", "simulation", "connectivity"))
+    # every result records how it was made: the demo config and seed (connectivity draws nothing)
+    cfg = load_config(DEMO_CONFIG)
+    for name, seed in [("demo_report.json", 0), ("simulation_report.json", 0), ("run/run.json", 0),
+                       ("simulated.h5", 0), ("connectivity.npz", None)]:
+        check_provenance(tmp_path / name, seed, cfg)
+    check_provenance(tmp_path / "synthetic.truth.npz", 0, {"n_neurons": 40, "n_trials": 4, "seed": 0})
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["options"]["max_steps"] == 30
 
 
 def test_ci_runs_exactly_the_readme_test_command():

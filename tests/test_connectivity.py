@@ -28,6 +28,8 @@ from neuroformer.data.windows import IGNORE, collate_windows
 from neuroformer.nn import capture_attention
 from neuroformer.training import RunOptions, tiling_batches, train
 
+from conftest import check_provenance
+
 TINY_CFG = {
     "window": {"current": 0.05, "history": 0.05, "frames": 0, "dt_res": 0.001},
     "model": {"width": 32, "heads": 2, "history_layers": 1, "decoder_layers": 1, "dropout": 0.0},
@@ -136,7 +138,7 @@ def test_hub_circuit_deterministic_with_truth(tmp_path):
     delays = t1["delays"][w != 0]
     assert delays.min() >= 0.002 - 1e-9 and delays.max() <= 0.010 + 1e-9
     path = write_with_truth(tmp_path / "hub.h5", d1, t1)
-    assert path.with_suffix(".truth.npz").exists()
+    check_provenance(path.with_suffix(".truth.npz"), 4, {"n_neurons": 20, "duration": 20.0, "seed": 4})
 
 
 def test_connectivity_cli(planted, tmp_path, capsys):
@@ -153,6 +155,7 @@ def test_connectivity_cli(planted, tmp_path, capsys):
         assert m["self_attention"].shape == (4, 4)
         assert list(m["unit_ids"]) == ["p/a", "p/b", "p/c", "p/d"]
     assert (tmp_path / "conn_matrices.png").exists()
+    check_provenance(out, None, config_from_dict(TINY_CFG))
     assert main(["connectivity", "--run", str(run), "--data", str(path), "-o", str(out), "--split", "nope"]) == 2
     assert "split" in capsys.readouterr().err
 
@@ -167,3 +170,5 @@ def test_hub_circuit_script_quick(tmp_path):
     assert all(0 <= s["r2"] <= 1 and 0 <= s["auroc"] <= 1 for s in scores.values())
     assert (tmp_path / "r2.png").exists() and (tmp_path / "seed0" / "connectivity_matrices.png").exists()
     assert "| pearson |" in (tmp_path / "table.md").read_text()
+    check_provenance(tmp_path / "table.json", [0], {"quick": True, "output": str(tmp_path)},
+                     ["hub_circuit.py", "--quick", "-o", tmp_path])

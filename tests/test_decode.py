@@ -29,7 +29,7 @@ from neuroformer.decoding import (MIN_EVALS, Samples, baseline_results, by_stimu
 from neuroformer.decoders import BinnedSplit, baseline_grid
 from neuroformer.training import RunOptions, epoch_batches, train
 
-from conftest import TINY
+from conftest import TINY, check_provenance
 
 STUDY = Path(__file__).resolve().parents[1] / "analysis" / "decoding.py"
 
@@ -163,6 +163,8 @@ def test_choice_is_made_on_validation_and_blind_to_test(tiny_synthetic):
 def test_joint_report_and_decoded_variables_are_never_inputs(joint, tiny_synthetic):
     out, report = joint
     assert json.loads(out.read_text()) == report and out.with_suffix(".png").exists()
+    for made in (out, out.with_suffix("") / "joint-f1-s0" / "run.json"):       # the model config, the seed
+        check_provenance(made, 0, {"model": CONFIG["model"], "train": {"max_steps": 10, "batch_size": 8}})
     assert report["targets"] == ["running.speed", "eye.phi"]
     for t in report["targets"]:
         assert set(report["results"][t]) == {"neuroformer", "neuroformer, best.pt", "ridge", "gru"}
@@ -224,6 +226,7 @@ def test_baselines_mode_scores_the_baselines_alone_on_the_same_samples(joint, ti
                  "baselines", "--config", str(config_file), "--baselines", "ridge", "-o", str(out)]) == 0
     alone = json.loads(out.read_text())
     assert alone["samples"] == report["samples"] and not out.with_suffix("").exists()     # nothing trained
+    check_provenance(out, 0, {"model": CONFIG["model"]})
     for t in report["targets"]:
         assert alone["results"][t] == {"ridge": report["results"][t]["ridge"]}
     assert main(["decode", "--data", str(tiny_synthetic), "--target", "speed", "--mode", "baselines",
@@ -394,8 +397,8 @@ def test_decode_errors_name_the_problem(tiny_synthetic, tmp_path, capsys):
 
 
 def test_decoding_study_quick(tmp_path):
-    subprocess.run([sys.executable, str(STUDY), "--quick", "--few-shot-trainable", "all,heads", "--jobs", "2",
-                    "-o", str(tmp_path)], check=True, capture_output=True)
+    args = ["--quick", "--few-shot-trainable", "all,heads", "--jobs", "2", "-o", str(tmp_path)]
+    subprocess.run([sys.executable, str(STUDY), *args], check=True, capture_output=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["joint"]["running.speed"]) == {"neuroformer", "neuroformer, best.pt", "ridge", "gru"}
     assert list(summary["probe"]["eye.phi"]) == ["random init", "history", "+ stimulus", "+ current window",
@@ -411,6 +414,11 @@ def test_decoding_study_quick(tmp_path):
     assert set(seconds) == {"joint", "pretrain", "probe", "few_shot", "ceiling", "new_session", "total"}
     assert all(t > 0 for t in seconds.values())
     assert seconds["total"] < sum(seconds.values()) - seconds["total"]     # two runs side by side
+    command, model = ["decoding.py", *args], {"model": {"width": 32, "heads": 2}}
+    check_provenance(tmp_path / "summary.json", [0], {"quick": True, "jobs": 2}, command)
+    check_provenance(tmp_path / "ceiling.json", None, None, command)
+    check_provenance(tmp_path / "few_shot" / "probes.json", [0], model, command)
+    check_provenance(tmp_path / "joint.json", 0, model, command)           # written by a pool process
 
 
 def test_decoding_study_rejects_no_jobs(tmp_path):

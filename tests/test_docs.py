@@ -3,7 +3,9 @@
 Rules for a guide (docs/*.md):
 - every ```bash block is run, in the order of the file, by bash from a scratch directory that
   stands for the repository's root (`configs/` and `tests/data/` are linked into it, outputs go
-  to `runs/docs/`); ```console, ```python and other blocks are only shown;
+  to `runs/docs/`; `neuroformer` there runs `main` in a process forked from one that imported the
+  library once, tests/forked_cli.py, which spares each command the ~3 s of imports);
+  ```console, ```python and other blocks are only shown;
 - an HTML comment right above a ```bash block can say more about it:
   `<!-- test: writes FILE ... -->` names files the block must leave behind (besides every
   `-o`/`--output`/`--nwb` path of its commands, which are checked anyway);
@@ -15,6 +17,7 @@ again, so the tiny synthetic recording and two-step run are made once.
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +70,8 @@ def written_files(command):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+    """The scratch directory, and a `neuroformer` on PATH that runs each command in a process
+    forked from one that has imported the library (tests/forked_cli.py)."""
     root = tmp_path_factory.mktemp("docs")
     (root / "configs").symlink_to(REPO / "configs")
     (root / "tests").mkdir()
@@ -74,13 +79,21 @@ def workdir(tmp_path_factory):
     (root / "runs" / "docs").mkdir(parents=True)
     bin_dir = root / "bin"
     bin_dir.mkdir()
-    shim = bin_dir / "neuroformer"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m neuroformer.cli "$@"\n')
-    shim.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
                MPLBACKEND="Agg", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    return {"root": root, "env": env, "done": set()}
+    forked, sock = Path(__file__).with_name("forked_cli.py"), root / "cli.sock"
+    server = subprocess.Popen([sys.executable, str(forked), "serve", str(sock)], env=env, stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        assert server.stdout.readline() == "ready\n", "the command server did not start"
+        shim = bin_dir / "neuroformer"
+        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{forked}" "{sock}" "$@"\n')
+        shim.chmod(0o755)
+        yield {"root": root, "env": env, "done": set()}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)           # the server and any command still running
+        server.wait()
 
 
 def _run(command, workdir):

@@ -20,6 +20,7 @@ from neuroformer.model import Neuroformer, Sampling, sample_classes
 from neuroformer.nn import new_caches
 from neuroformer.rollouts import SimulationOptions, _closed_loop_history, simulate
 from neuroformer.simulations import load_simulation, save_nwb, save_simulation
+from conftest import check_provenance
 from test_model import TINY_CFG
 
 
@@ -210,12 +211,17 @@ def test_bad_simulation_options_are_named(tiny_run, tiny_synthetic, opts, proble
 
 def test_cli_simulate_and_evaluate_with_glm(tiny_run, tiny_synthetic, tmp_path):
     cli = [sys.executable, "-m", "neuroformer.cli"]
-    subprocess.run(cli + ["simulate", "--run", str(tiny_run), "--data", str(tiny_synthetic), "--repeats", "2",
-                          "-o", str(tmp_path / "sim.h5"), "--nwb", str(tmp_path / "sim.nwb")],
-                   check=True, capture_output=True)
-    subprocess.run(cli + ["evaluate", "--data", str(tiny_synthetic), "--simulated", str(tmp_path / "sim.h5"),
-                          "--run", str(tiny_run), "--baseline", "glm", "-o", str(tmp_path / "eval" / "report.json")],
-                   check=True, capture_output=True)
+    simulate_args = ["simulate", "--run", str(tiny_run), "--data", str(tiny_synthetic), "--repeats", "2",
+                     "-o", str(tmp_path / "sim.h5"), "--nwb", str(tmp_path / "sim.nwb"), "--seed", "4"]
+    evaluate_args = ["evaluate", "--data", str(tiny_synthetic), "--simulated", str(tmp_path / "sim.h5"),
+                     "--run", str(tiny_run), "--baseline", "glm", "-o", str(tmp_path / "eval" / "report.json")]
+    subprocess.run(cli + simulate_args, check=True, capture_output=True)
+    subprocess.run(cli + evaluate_args, check=True, capture_output=True)
+    trained = {"train": {"max_steps": 20}, "model": TINY_CFG["model"]}
+    train_args = ["train", "--config", tiny_run.parent / "tiny.yaml", "--data", tiny_synthetic, "-o", tiny_run]
+    check_provenance(tiny_run / "run.json", 0, trained, ["cli.py", *train_args])
+    check_provenance(tmp_path / "sim.h5", 4, trained, ["cli.py", *simulate_args])
+    check_provenance(tmp_path / "eval" / "report.json", 0, trained, ["cli.py", *evaluate_args])
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert set(report["rows"]) == {"training_movies", "held_out_movies"}
     row = report["rows"]["held_out_movies"]

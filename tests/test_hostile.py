@@ -1,5 +1,9 @@
 """Hostile input at the command line: one error line naming the option or field, exit status 2,
-no traceback, no code run from a data file, no input overwritten."""
+no traceback, no code run from a data file, no input overwritten.
+
+The usage errors run `neuroformer` in a new process each (a few hundredths of a second: nothing
+heavy is imported before argparse is done); the cases that get past argparse import torch, ~3 s
+a process, so they run `main` in this one (`cli`)."""
 import os
 import pickle
 import re
@@ -11,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from neuroformer.cli import main
 from neuroformer.config import config_from_dict, load_config
 from neuroformer.data.recording import parse_split
 from neuroformer.data.synthetic import SyntheticConfig, generate
@@ -24,13 +29,30 @@ from test_model import TINY_CFG
 
 
 def run_cli(*args):
+    """`neuroformer ARGS` in a new process: (exit status, stderr)."""
     proc = subprocess.run([sys.executable, "-m", "neuroformer.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=300)
     return proc.returncode, proc.stderr
 
 
-def assert_one_line_error(args, *words):
-    code, err = run_cli(*args)
+@pytest.fixture
+def cli(capfd):
+    """`neuroformer ARGS` in this process: (exit status, stderr). stderr is captured at the file
+    descriptors, all a terminal would show; an exception escaping `main` fails the test, as the
+    traceback it would print does."""
+    def run(*args):
+        capfd.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit:
+            code = exit.code
+        return code, capfd.readouterr().err
+    return run
+
+
+def assert_one_line_error(result, *words):
+    """`result` (exit status, stderr) is exit 2 with one line of stderr holding `words`, no traceback."""
+    code, err = result
     assert code == 2 and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert all(w in err for w in words), err
@@ -69,20 +91,20 @@ NUMBERS = [
 
 @pytest.mark.parametrize("args,option,problem", NUMBERS, ids=[f"{a[0]} {o} {a[-1]}" for a, o, _ in NUMBERS])
 def test_numbers_out_of_range_are_one_line_usage_errors(args, option, problem):
-    err = assert_one_line_error(args, option, problem)
+    err = assert_one_line_error(run_cli(*args), option, problem)
     assert err.startswith(f"neuroformer: error: {option}")
 
 
-def test_cuda_without_a_gpu_is_refused():
+def test_cuda_without_a_gpu_is_refused(cli):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert_one_line_error(["train", "--config", "c", "--data", "d", "-o", "r", "--device", "cuda"],
+    assert_one_line_error(cli("train", "--config", "c", "--data", "d", "-o", "r", "--device", "cuda"),
                           "--device", "not available on this machine")
 
 
-def test_pickle_is_refused_without_allow_pickle_and_its_code_never_runs(tmp_path):
+def test_pickle_is_refused_without_allow_pickle_and_its_code_never_runs(tmp_path, cli):
     marker = tmp_path / "PWNED"
 
     class Evil:
@@ -90,36 +112,36 @@ def test_pickle_is_refused_without_allow_pickle_and_its_code_never_runs(tmp_path
             return (os.system, (f"touch {marker}",))
 
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Evil()))
-    assert_one_line_error(["prepare", tmp_path / "evil.pkl", "-o", tmp_path / "o.h5", "--bin-size", "0.01"],
+    assert_one_line_error(cli("prepare", tmp_path / "evil.pkl", "-o", tmp_path / "o.h5", "--bin-size", "0.01"),
                           "evil.pkl: file: a pickle can run any code", "--allow-pickle")
     assert not marker.exists() and not (tmp_path / "o.h5").exists()
 
 
-def test_outputs_that_are_inputs_are_refused_before_any_work(tmp_path, known_file):
+def test_outputs_that_are_inputs_are_refused_before_any_work(tmp_path, known_file, cli):
     npz = tmp_path / "a.npz"
     np.savez(npz, spikes=np.ones((2, 100), np.int64))
     before = npz.read_bytes(), known_file.read_bytes()
-    assert_one_line_error(["prepare", npz, "-o", npz, "--bin-size", "0.01"], "a.npz: -o: is also the input SOURCE")
-    assert_one_line_error(["simulate", "--run", tmp_path / "no-run", "--data", known_file, "-o", known_file],
+    assert_one_line_error(cli("prepare", npz, "-o", npz, "--bin-size", "0.01"), "a.npz: -o: is also the input SOURCE")
+    assert_one_line_error(cli("simulate", "--run", tmp_path / "no-run", "--data", known_file, "-o", known_file),
                           "known.h5: -o: is also the input --data")
-    assert_one_line_error(["evaluate", "--data", tmp_path / "d.h5", "--simulated", known_file, "-o", known_file],
+    assert_one_line_error(cli("evaluate", "--data", tmp_path / "d.h5", "--simulated", known_file, "-o", known_file),
                           "-o: is also the input --simulated")
-    assert_one_line_error(["simulate", "--run", tmp_path, "--data", known_file, "-o", tmp_path / "best.pt"],
+    assert_one_line_error(cli("simulate", "--run", tmp_path, "--data", known_file, "-o", tmp_path / "best.pt"),
                           "best.pt: -o: is also the input --run")
-    assert_one_line_error(["simulate", "--run", tmp_path, "--data", known_file, "-o", tmp_path / "s.h5",
-                           "--nwb", tmp_path / "s.h5"], "--nwb: is also the input -o")
+    assert_one_line_error(cli("simulate", "--run", tmp_path, "--data", known_file, "-o", tmp_path / "s.h5",
+                              "--nwb", tmp_path / "s.h5"), "--nwb: is also the input -o")
     assert (npz.read_bytes(), known_file.read_bytes()) == before
 
 
-def test_devices_folders_and_unwritable_places_are_refused(tmp_path):
+def test_devices_folders_and_unwritable_places_are_refused(tmp_path, cli):
     special = tmp_path / "null"
     os.mknod(special, 0o666 | 0o020000, os.makedev(1, 3)) if os.geteuid() == 0 else os.mkfifo(special)
     syn = ["prepare", "--synthetic", "--neurons", "4", "--trials", "3", "--trial-length", "1"]
-    assert_one_line_error([*syn, "-o", special], "-o: is a device or special file")
+    assert_one_line_error(cli(*syn, "-o", special), "-o: is a device or special file")
     assert special.is_char_device() or special.is_fifo()
-    assert_one_line_error([*syn, "-o", tmp_path], "-o: is a folder: give a file name")
-    assert_one_line_error([*syn, "-o", "/proc/nf.h5"], "/proc/nf.h5: -o: cannot write in /proc")
-    assert_one_line_error(["train", "--config", "c", "--data", "d", "-o", special], "-o: exists and is not a folder")
+    assert_one_line_error(cli(*syn, "-o", tmp_path), "-o: is a folder: give a file name")
+    assert_one_line_error(cli(*syn, "-o", "/proc/nf.h5"), "/proc/nf.h5: -o: cannot write in /proc")
+    assert_one_line_error(cli("train", "--config", "c", "--data", "d", "-o", special), "-o: exists and is not a folder")
 
 
 def test_check_output_allows_new_and_existing_regular_files(tmp_path):
@@ -130,13 +152,13 @@ def test_check_output_allows_new_and_existing_regular_files(tmp_path):
         check_output(tmp_path / "sub" / ".." / "old.json", [("--data", tmp_path / "old.json")])
 
 
-def test_an_existing_run_is_kept_unless_resumed_or_overwritten(tmp_path):
+def test_an_existing_run_is_kept_unless_resumed_or_overwritten(tmp_path, cli):
     run = tmp_path / "run"
     run.mkdir()
     for name in ("last.pt", "best.pt", "metrics.jsonl", "notes.txt"):
         (run / name).write_text("x")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(TINY_CFG))
-    assert_one_line_error(["train", "--config", tmp_path / "c.yaml", "--data", "d", "-o", run],
+    assert_one_line_error(cli("train", "--config", tmp_path / "c.yaml", "--data", "d", "-o", run),
                           "run: -o: holds a run already: pass --resume to continue it or --overwrite to replace it")
     assert (run / "last.pt").read_text() == "x"
     (run / ".last.pt.tmp123.pt").write_bytes(b"")              # a checkpoint write killed midway
@@ -217,7 +239,7 @@ def test_simulate_refuses_an_unknown_split_before_loading(tmp_path, known_file):
     ("spikes/unit_index", np.array([0, 999, 1]), r"spikes.unit_index: 1 values outside \[0, 2\) \(e.g. 999\)"),
     ("spikes/trial", np.array([0, 0]), r"spikes.trial: 2 values for 3 spikes.timestamps"),
 ])
-def test_evaluate_refuses_a_broken_simulation_file(tmp_path, known_file, key, values, problem):
+def test_evaluate_refuses_a_broken_simulation_file(tmp_path, known_file, key, values, problem, cli):
     sim = tmp_path / "sim.h5"
     with h5py.File(sim, "w") as f:
         f.attrs.update(format="neuroformer-simulation", format_version=1, repeats=1)
@@ -229,7 +251,7 @@ def test_evaluate_refuses_a_broken_simulation_file(tmp_path, known_file, key, va
             f[f"trials/{name}"] = np.zeros(1)
         del f[key]
         f[key] = values
-    err = assert_one_line_error(["evaluate", "--data", known_file, "--simulated", sim, "-o", tmp_path / "e.json"])
+    err = assert_one_line_error(cli("evaluate", "--data", known_file, "--simulated", sim, "-o", tmp_path / "e.json"))
     assert re.search(problem, err), err
 
 

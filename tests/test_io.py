@@ -1,10 +1,15 @@
-"""Atomic writes: a finished write replaces the file; a failed one leaves the old file and no temporary."""
+"""Atomic writes: a finished write replaces the file; a failed one leaves the old file and no
+temporary. A result is written with its provenance."""
 import json
 
 import numpy as np
 import pytest
 
+from neuroformer.config import config_from_dict
 from neuroformer.io import atomic_savez, atomic_write_json
+from neuroformer.provenance import write_result
+
+from conftest import check_provenance
 
 
 def test_atomic_write_json_round_trip_and_failed_write_keeps_old_file(tmp_path):
@@ -24,3 +29,10 @@ def test_atomic_savez_writes_the_name_it_is_given(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["matrices"]
     with np.load(tmp_path / "matrices") as f:
         assert f["a"].tolist() == [0, 1, 2]
+
+
+def test_a_result_is_written_with_its_provenance(tmp_path):
+    cfg = config_from_dict({"model": {"width": 32}})
+    written = write_result(tmp_path / "r.json", {"r": 0.5, "rows": np.arange(2)}, cfg, seed=[3, 4])
+    assert json.loads((tmp_path / "r.json").read_text()) == {**written, "rows": [0, 1]}
+    check_provenance(tmp_path / "r.json", [3, 4], cfg)

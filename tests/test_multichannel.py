@@ -18,6 +18,8 @@ from neuroformer.errors import InputError
 from neuroformer.model import BEHAVIOR
 from neuroformer.assembly import build
 
+from conftest import check_provenance
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -92,3 +94,6 @@ def test_periodic_script_quick(tmp_path):
     with np.load(tmp_path / "connectivity.npz") as m:
         assert m["input_attention_mean"].shape == (8, 8)
     assert (tmp_path / "input_attention.png").exists()
+    command = ["periodic_inputs.py", "--quick", "-o", tmp_path]
+    check_provenance(tmp_path / "result.json", 0, {"quick": True, "gain": 2.0}, command)
+    check_provenance(tmp_path / "periodic.truth.npz", 0, {"n_neurons": 8, "gain": 2.0}, command)

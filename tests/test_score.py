@@ -17,6 +17,7 @@ from neuroformer.data.windows import IGNORE, LoaderOptions, make_loader
 from neuroformer.model import Neuroformer, Sampling
 from neuroformer.scoring import bits_per_spike, poisson_log_likelihood, window_log_likelihood
 from neuroformer.assembly import window_spec
+from conftest import check_provenance
 from test_model import TINY_CFG
 
 PP_CFG = {**TINY_CFG, "model": {**TINY_CFG["model"], "point_process": True, "coupling_bases": 3}}
@@ -193,9 +194,9 @@ def test_score_cli_writes_rows_per_neuron_glm_and_provenance(tiny_synthetic, tmp
     cli = [sys.executable, "-m", "neuroformer.cli"]
     subprocess.run(cli + ["train", "--config", str(tmp_path / "pp.yaml"), "--data", str(tiny_synthetic),
                           "-o", str(tmp_path / "run")], check=True, capture_output=True)
-    done = subprocess.run(cli + ["score", "--run", str(tmp_path / "run"), "--data", str(tiny_synthetic),
-                                 "--baseline", "glm", "-o", str(tmp_path / "score.json")],
-                          capture_output=True, text=True)
+    args = ["score", "--run", str(tmp_path / "run"), "--data", str(tiny_synthetic), "--baseline", "glm",
+            "-o", str(tmp_path / "score.json")]
+    done = subprocess.run(cli + args, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "score.json").read_text())
     assert set(report["rows"]) == {"training_movies", "held_out_movies", "all"}
@@ -206,7 +207,8 @@ def test_score_cli_writes_rows_per_neuron_glm_and_provenance(tiny_synthetic, tmp
         assert len(r["per_neuron_bits_per_spike"]) == 30
         assert r["bits_per_spike"] == pytest.approx(
             (r["log_likelihood"] - rows["all"]["null_log_likelihood"]) / (rows["all"]["n_spikes"] * math.log(2)))
-    assert {"command", "commit", "torch", "machine", "date", "config", "version"} <= set(report["provenance"])
+    check_provenance(tmp_path / "score.json", None, {"model": PP_CFG["model"], "train": raw["train"]},
+                     ["cli.py", *args])
     assert (tmp_path / "score.png").stat().st_size > 0
 
 

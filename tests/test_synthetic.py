@@ -7,7 +7,7 @@ from neuroformer.data.recording import open_recording
 from neuroformer.data.synthetic import GENERATOR_VERSION, SyntheticConfig, generate
 from neuroformer.data.validate import validate_file
 
-from conftest import TINY
+from conftest import TINY, check_provenance
 
 
 def _spikes(data):
@@ -60,6 +60,7 @@ def test_ground_truth_beside_the_recording(tiny_synthetic):
     assert truth["true_rate"].shape == (len(truth["true_rate_times"]), 30)
     assert str(truth["generator_version"]) == GENERATOR_VERSION
     assert json.loads(str(truth["params"]))["n_neurons"] == 30
+    check_provenance(tiny_synthetic.with_suffix(".truth.npz"), TINY["seed"], TINY)
 
 
 def test_spikes_follow_the_true_rates(tiny_synthetic):

@@ -13,6 +13,7 @@ import yaml
 
 from neuroformer.checkpoints import load_checkpoint
 
+from conftest import check_provenance
 from test_model import TINY_CFG
 
 STEPS = 40
@@ -55,6 +56,10 @@ def test_killed_run_resumes_to_the_same_weights(tiny_config, tiny_synthetic, tmp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, STEPS + 1))
+    # the run folder records the latest start: the resuming command, from the step it resumed at
+    check_provenance(tmp_path / "killed" / "run.json", 7, {"model": {"dropout": 0.1}, "train": {"max_steps": STEPS}},
+                     ["cli.py", *_cmd(tiny_config, tiny_synthetic, tmp_path / "killed", "--resume")[3:]])
+    assert json.loads((tmp_path / "killed" / "run.json").read_text())["step"] == killed_at
 
 
 def test_resume_from_a_checkpoint_without_per_variable_bests_keeps_its_best(tiny_config, tiny_synthetic, tmp_path):

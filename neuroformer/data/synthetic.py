@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..errors import InputError
 from .objects import RegularTimeSeries
 from ..io import atomic_savez
+from ..provenance import as_text
 from .recording import assign_splits, make_recording, save_recording
 from .validate import require_valid
 
@@ -351,8 +352,10 @@ def write_synthetic(out, cfg=SyntheticConfig()):
 
 
 def write_with_truth(path, data, truth):
-    """A validated recording at `path` and its ground truth beside it (.truth.npz); returns `path`."""
+    """A validated recording at `path` and its ground truth beside it (.truth.npz, with the
+    provenance of the generator's parameters); returns `path`."""
     require_valid(data, path)
     save_recording(data, path)
-    atomic_savez(Path(path).with_suffix(".truth.npz"), **truth)
+    params = json.loads(str(truth["params"]))
+    atomic_savez(Path(path).with_suffix(".truth.npz"), **truth, provenance=as_text(params, params["seed"]))
     return Path(path)
