@@ -184,7 +184,8 @@ def main(argv=None):
     p.add_argument("-o", "--out", required=True, type=Path, help="JSON of the scores; a .png of test traces beside it")
     args = p.parse_args(argv)
     if args.quick:
-        args.data = write_synthetic(args.workdir / "ceiling_quick.h5", SyntheticConfig(n_neurons=40, n_trials=3))[0]
+        quick = SyntheticConfig(n_neurons=40, n_trials=3, trial_length=5.0)
+        args.data = write_synthetic(args.workdir / "ceiling_quick.h5", quick)[0]
     elif args.data is None:
         p.error("--data is required (or --quick)")
     result, test = ceiling(args.data, args.data.with_suffix(".truth.npz"), args.config, args.window)
