@@ -1,4 +1,7 @@
 """Shared by the benchmarks."""
+import json
+import subprocess
+import sys
 
 
 def peak_rss_mb():
@@ -9,3 +12,23 @@ def peak_rss_mb():
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
 
+
+def neuroformer(*args):
+    """Run one CLI verb in a child process; its stderr tail in the error if it fails."""
+    done = subprocess.run([sys.executable, "-m", "neuroformer.cli", *map(str, args)], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"neuroformer {' '.join(map(str, args))} failed:\n{done.stderr[-3000:]}")
+
+
+def trained_steps(run):
+    """The last step a run's metrics.jsonl records (0 before the first)."""
+    log = run / "metrics.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
+    return max((r["step"] for r in rows), default=0)
+
+
+def train(config, data, run, seed, steps):
+    """`neuroformer train` to `steps` steps, resuming a run that stopped before them."""
+    if not ((run / "last.pt").exists() and trained_steps(run) >= steps):
+        neuroformer("train", "--config", config, "--data", data, "-o", run, "--seed", seed,
+                    *(["--resume"] if (run / "last.pt").exists() else []))

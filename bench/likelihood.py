@@ -13,23 +13,16 @@ resumes. Writes one JSON (every row, per seed and the mean ± s.d. over seeds) a
 """
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from _common import neuroformer, train
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDINGS = {"synthetic": (["--synthetic"], "demo.yaml"), "hub": (["--circuit", "hub"], "circuit.yaml")}
-
-
-def neuroformer(*args):
-    done = subprocess.run([sys.executable, "-m", "neuroformer.cli", *map(str, args)], capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"neuroformer {' '.join(map(str, args))} failed:\n{done.stderr[-3000:]}")
 
 
 def prepare(name, workdir, quick):
@@ -55,18 +48,9 @@ def config_file(name, workdir, steps, source=None):
 def run_one(name, data, config, seed, workdir):
     run, out = workdir / f"{name}_s{seed}", workdir / f"{name}_s{seed}_score.json"
     if not out.exists():
-        steps = yaml.safe_load(config.read_text())["train"]["max_steps"]
-        last = run / "last.pt"
-        if not (last.exists() and _step(run) >= steps):
-            neuroformer("train", "--config", config, "--data", data, "-o", run, "--seed", seed,
-                        *(["--resume"] if last.exists() else []))
+        train(config, data, run, seed, yaml.safe_load(config.read_text())["train"]["max_steps"])
         neuroformer("score", "--run", run, "--data", data, "-o", out, *(["--baseline", "glm"] if seed == 0 else []))
     return json.loads(out.read_text())
-
-
-def _step(run):
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
-    return max((r["step"] for r in rows), default=0)
 
 
 def summarise(reports):

@@ -92,6 +92,11 @@ class ModelConfig:
                                        # spikes) that the transformer's outputs modulate (docs/design.md)
     coupling_lag: float = positive(0.05)   # s of past spikes the coupling term filters (point_process)
     coupling_bases: int = at_least(1, 5)   # raised-cosine lag bases of the coupling filters
+    coupling_bound: float = at_least(0, 3.0)    # point_process: the coupling input to a unit's log rate is
+                                       # softly bounded to +-this (nats; 0: unbounded), and so is each of
+    correction_bound: float = at_least(0, 1.0)  # the transformer's corrections of it: a closed-loop rollout
+                                       # feeds histories never seen in training, and unbounded
+                                       # self-excitation turns them into a runaway (a unit firing every bin)
     stimulus_features: int = at_least(0, 0)  # >0 (point_process, with frames): a linear stimulus filter in
                                        # the GLM, per unit: these many shared features per patch, weighted
                                        # by the unit's spatial map, filtered over the time since frame onset

@@ -222,7 +222,14 @@ class Neuroformer(nn.Module):
         q = self.unit_emb.weight.expand(B, V, -1)
         q_time = torch.full((B, V), self.cfg.window.current / 2, device=q.device)
         mask = torch.ones(B, V, dtype=torch.bool, device=q.device)
-        return self.unit_drive_out(self.unit_readout(q, q_time, mask, memory=memory)).transpose(1, 2)
+        drive = self.unit_drive_out(self.unit_readout(q, q_time, mask, memory=memory)).transpose(1, 2)
+        return self.bounded(drive) if self.point_process else drive
+
+    def bounded(self, log_rate_term, bound=None):
+        """A term of the point process's log rate softly bounded to ±`bound` nats (default
+        `model.correction_bound`, for the transformer's corrections; 0: unbounded). See the config."""
+        bound = self.cfg.model.correction_bound if bound is None else bound
+        return bound * torch.tanh(log_rate_term / bound) if bound else log_rate_term
 
     def unit_bias(self, context, current, memory, drive=None):
         """What each unit's logit starts from: (B, 1, V) its drive, or with `point_process` (B, n_bins, V)
@@ -244,6 +251,7 @@ class Neuroformer(nn.Module):
         counts = counts.view(B, lags + n, V).transpose(1, 2).reshape(B * V, 1, lags + n)
         filtered = F.conv1d(counts, self.lag_bases.flip(-1)[:, None].to(drive.dtype))     # (B V, nb, n)
         coupling = torch.einsum("bjkt,kji->bti", filtered.view(B, V, -1, n), self.coupling.to(drive.dtype))
+        coupling = self.bounded(coupling, self.cfg.model.coupling_bound)
         when = ((torch.arange(n, device=drive.device) + 0.5) / n - 0.5)[:, None]       # (n, 1), window = 1
         out = self.log_rate0 + self.not_unit + drive[:, :1] + when * drive[:, 1:] + coupling
         if self.inputs:
@@ -302,7 +310,7 @@ class Neuroformer(nn.Module):
         from_unit = here.flip(-1).logcumsumexp(-1).flip(-1).gather(-1, units[..., None])[..., 0]
         log_hazard = torch.cat([from_unit[..., None], log_hazard[..., 1:]], -1)
         if x is not None:
-            log_hazard = log_hazard + self.dt_head(x).float()
+            log_hazard = log_hazard + self.bounded(self.dt_head(x).float())
         hazard = log_hazard.clamp(max=15).exp().masked_fill(leaves, 0.0)
         before = hazard.cumsum(-1) - hazard
         log_p = (torch.log(-torch.expm1(-hazard.clamp(min=1e-12))) - before).masked_fill(leaves, float("-inf"))
@@ -317,7 +325,8 @@ class Neuroformer(nn.Module):
             bias = bias.gather(1, at[..., None].expand(-1, -1, bias.shape[2]))
         logits = bias.expand(*units.shape, bias.shape[-1])
         if x is not None:
-            logits = logits + self.unit_head(x + self.dt_emb(dt))
+            correction = self.unit_head(x + self.dt_emb(dt))
+            logits = logits + (self.bounded(correction) if self.point_process else correction)
         vocab = torch.arange(logits.shape[-1], device=units.device)
         return logits.masked_fill((dt == 0)[..., None] & (vocab < units[..., None]), float("-inf"))
 

@@ -106,7 +106,7 @@ def test_point_process_gaps_follow_the_discrete_poisson_formula(tiny_synthetic):
         bias = model.unit_bias(batch, cur, memory)
         bins = model.position_bins(cur)
         gap_lp = model.gap_log_probs(x, bias, bins, cur["unit"])
-        mod = model.dt_head(x)
+        mod = model.bounded(model.dt_head(x))
     b, i = 0, 1                                                   # after the first spike of window 0
     k, u, n = int(bins[b, i]), int(cur["unit"][b, i]), model.n_dt - 1
     hazard = [float(bias[b, k, u:].exp().sum() * mod[b, i, 0].exp())]
@@ -119,6 +119,36 @@ def test_point_process_gaps_follow_the_discrete_poisson_formula(tiny_synthetic):
     assert np.allclose(p[:n - k].numpy(), expected, rtol=1e-4)
     assert float(p[-1]) == pytest.approx(survive, rel=1e-4)                 # END: no spike to the end
     assert float(p[n - k:-1].sum()) == 0.0 and float(p.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_point_process_coupling_and_corrections_are_softly_bounded(tiny_synthetic):
+    """Runaway self-excitation (the closed loop's failure) cannot lift a log rate past the bounds:
+    the coupling input is bound * tanh(raw / bound), each transformer correction likewise."""
+    model, batch, _ = _model(tiny_synthetic, PP_CFG)
+    cur = batch["current"]
+    with torch.no_grad():
+        memory, _ = model.encode_context(batch)
+        x = model.decode(cur, memory)
+        model.coupling.fill_(2.0)
+        drive = model.unit_drive(memory)
+        coupled = {}
+        for bound in (0.0, 3.0):
+            model.cfg.model.coupling_bound = bound
+            coupled[bound] = model.unit_bias(batch, cur, memory, drive)
+        model.coupling.zero_()
+        uncoupled = model.unit_bias(batch, cur, memory, drive)
+        units = slice(len(SPECIALS), None)                      # (not the specials' -1e4)
+        raw = (coupled[0.0] - uncoupled)[..., units]
+        assert raw.max() > 6                                    # far beyond the bound
+        assert torch.allclose((coupled[3.0] - uncoupled)[..., units], 3 * torch.tanh(raw / 3), atol=1e-4)
+        bins = model.position_bins(cur)
+        uncorrected = model.unit_logits(None, uncoupled, cur["dt_target"].clamp(min=0), bins, cur["unit"])
+        for head in (model.unit_drive_out, model.unit_head):
+            head.bias.add_(10.0)
+        assert model.unit_drive(memory).max() <= model.cfg.model.correction_bound == 1.0
+        after = model.unit_logits(x, uncoupled, cur["dt_target"].clamp(min=0), bins, cur["unit"])
+    lift = (after - uncorrected)[..., units][uncorrected[..., units].isfinite()]
+    assert torch.allclose(lift, torch.ones_like(lift), atol=1e-3)       # a +10 correction lifts by the bound
 
 
 def test_point_process_coupling_sees_only_earlier_bins(tiny_synthetic):
