@@ -2,6 +2,9 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import yaml
 
 
 def peak_rss_mb():
@@ -32,3 +35,16 @@ def train(config, data, run, seed, steps):
     if not ((run / "last.pt").exists() and trained_steps(run) >= steps):
         neuroformer("train", "--config", config, "--data", data, "-o", run, "--seed", seed,
                     *(["--resume"] if (run / "last.pt").exists() else []))
+
+
+def config_file(source, path, steps=None):
+    """Write the config `source` to `path`, with `steps` training steps when given (evaluation and
+    checkpoints every fifth of them, the GLM phase shortened to leave transformer steps)."""
+    cfg = yaml.safe_load(Path(source).read_text())
+    if steps:
+        cfg["train"]["max_steps"] = steps
+        cfg["train"]["eval_every"] = cfg["train"]["checkpoint_every"] = max(1, steps // 5)
+        if cfg["train"].get("glm_steps", 0) >= steps:
+            cfg["train"]["glm_steps"] = steps - 1
+    Path(path).write_text(yaml.safe_dump(cfg))
+    return Path(path)

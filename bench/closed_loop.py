@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from _common import neuroformer, train
+from _common import config_file, neuroformer, train
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +54,9 @@ def summarise(reports):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--workdir", type=Path, required=True)
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
-    parser.add_argument("--steps", type=int, default=3000, help="training steps (replaces the config's)")
+    parser.add_argument("--config", type=Path, default=ROOT / "bench" / "configs" / "likelihood_synthetic.yaml",
+                        help="model config (default: the held-out likelihood benchmark's)")
+    parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--quick", action="store_true", help="a tiny recording, 3 steps")
     args = parser.parse_args()
@@ -65,13 +66,9 @@ def main():
     if not data.exists():
         neuroformer("prepare", "--synthetic", *(["--neurons", "20", "--trials", "3", "--trial-length", "2"]
                                                 if args.quick else []), "-o", data)
-    cfg = yaml.safe_load(args.config.read_text())
-    steps = 3 if args.quick else args.steps
-    cfg["train"].update(max_steps=steps, eval_every=max(1, steps // 15), checkpoint_every=max(1, steps // 15))
-    if cfg["train"].get("glm_steps", 0) >= steps:
-        cfg["train"]["glm_steps"] = steps - 1
-    config = args.workdir / "config.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+    config = config_file(args.config, args.workdir / "config.yaml", 3 if args.quick else args.steps)
+    cfg = yaml.safe_load(config.read_text())
+    steps = cfg["train"]["max_steps"]
     table = summarise([run_seed(data, config, seed, args.workdir) for seed in seeds])
     for row, r in table.items():
         for model in ("neuroformer", "glm"):

@@ -1,15 +1,16 @@
 """Held-out bits/spike of the model against the library GLM, 3 seeds, on the synthetic recording
 (trials of training movies and of held-out movies) and on the hub circuit.
 
-For each recording and seed: train its config (`neuroformer train`), then `neuroformer score` on
+For each recording and seed: train its config (bench/configs/likelihood_{synthetic,circuit}.yaml:
+the point-process model, its GLM fitted first with a ridge chosen on validation NLL; `neuroformer
+train`), then `neuroformer score` on
 the test split; the GLM (deterministic given the recording) is fitted and scored with seed 0 and
 its row copied to the others. Finished runs and scores are reused, so an interrupted study
 resumes. Writes one JSON (every row, per seed and the mean ± s.d. over seeds) and prints the table.
 
-    python bench/likelihood.py -o runs/likelihood            # ~3 h on 2 cores at 1,500 steps
+    python bench/likelihood.py -o runs/likelihood            # ~70 min on 2 cores (both recordings)
     python bench/likelihood.py --quick -o /tmp/likelihood    # what the test runs
-    python bench/likelihood.py -o runs/lik --config synthetic=bench/configs/likelihood_synthetic.yaml \
-        --config hub=bench/configs/likelihood_circuit.yaml            # other configs than the shipped ones
+    python bench/likelihood.py -o runs/lik --config synthetic=configs/demo.yaml   # another config
 """
 import argparse
 import json
@@ -18,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from _common import neuroformer, train
+from _common import config_file, neuroformer, train
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORDINGS = {"synthetic": (["--synthetic"], "demo.yaml"), "hub": (["--circuit", "hub"], "circuit.yaml")}
+RECORDINGS = {"synthetic": (["--synthetic"], "likelihood_synthetic.yaml"), "hub": (["--circuit", "hub"], "likelihood_circuit.yaml")}
 
 
 def prepare(name, workdir, quick):
@@ -31,17 +32,6 @@ def prepare(name, workdir, quick):
         extra = (["--neurons", "20", "--trials", "3", "--trial-length", "2"] if name == "synthetic" else
                  ["--neurons", "20", "--duration", "60"]) if quick else []
         neuroformer("prepare", *RECORDINGS[name][0], *extra, "-o", path)
-    return path
-
-
-def config_file(name, workdir, steps, source=None):
-    """The recording's config (`source`, or the shipped one), with `steps` training steps."""
-    cfg = yaml.safe_load(Path(source or ROOT / "configs" / RECORDINGS[name][1]).read_text())
-    if steps:
-        cfg["train"]["max_steps"] = steps
-        cfg["train"]["eval_every"] = cfg["train"]["checkpoint_every"] = max(1, steps // 5)
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
     return path
 
 
@@ -72,7 +62,7 @@ def main():
     parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
     parser.add_argument("--quick", action="store_true", help="tiny recordings, 3 steps")
     parser.add_argument("--config", action="append", default=[], metavar="NAME=PATH",
-                        help="train recording NAME with this config instead of the shipped one (repeatable)")
+                        help="train recording NAME with this config instead of the benchmark's (repeatable)")
     args = parser.parse_args()
     configs = dict(c.split("=", 1) for c in args.config if "=" in c)
     if len(configs) != len(args.config) or set(configs) - set(RECORDINGS):
@@ -85,7 +75,7 @@ def main():
         if name not in RECORDINGS:
             parser.error(f"--recordings: unknown {name!r} ({', '.join(RECORDINGS)})")
         data = prepare(name, args.workdir, args.quick)
-        config = config_file(name, args.workdir, steps, configs.get(name))
+        config = config_file(configs.get(name, ROOT / "bench" / "configs" / RECORDINGS[name][1]), args.workdir / f"{name}.yaml", steps)
         table[name] = summarise([run_one(name, data, config, seed, args.workdir) for seed in seeds])
         for row, r in table[name].items():
             m = r["neuroformer"]

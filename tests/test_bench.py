@@ -197,15 +197,15 @@ def test_likelihood_ceiling_probabilities_are_calibrated_on_the_generators_own_s
 
 def test_likelihood_bench_trains_the_config_it_is_given(tmp_path):
     sys.path.insert(0, str(SCRIPT.parent))
-    from likelihood import config_file
+    from _common import config_file
 
     source = tmp_path / "mine.yaml"
     source.write_text("model: {point_process: true}\ntrain: {max_steps: 9, glm_steps: 4}\n")
-    written = yaml.safe_load(config_file("hub", tmp_path, 10, source).read_text())
+    written = yaml.safe_load(config_file(source, tmp_path / "hub.yaml", 10).read_text())
     assert written == {"model": {"point_process": True}, "train": {"max_steps": 10, "glm_steps": 4,
                                                                   "eval_every": 2, "checkpoint_every": 2}}
-    shipped = yaml.safe_load(config_file("hub", tmp_path, None).read_text())
-    assert shipped == yaml.safe_load((SCRIPT.parents[1] / "configs" / "circuit.yaml").read_text())
+    assert yaml.safe_load(config_file(source, tmp_path / "short.yaml", 3).read_text())["train"]["glm_steps"] == 2
+    assert yaml.safe_load(config_file(source, tmp_path / "same.yaml").read_text()) == yaml.safe_load(source.read_text())
     from neuroformer.config import load_config
     for path in sorted((SCRIPT.parent / "configs").glob("*.yaml")):           # the benchmark's own configs load
         assert load_config(path).model.point_process
