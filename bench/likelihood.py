@@ -79,7 +79,8 @@ def main():
         table[name] = summarise([run_one(name, data, config, seed, args.workdir) for seed in seeds])
         for row, r in table[name].items():
             m = r["neuroformer"]
-            print(f"{name:<10} {row:<16} Neuroformer {m['mean']:.3f} ± {m['sd']:.3f}  GLM {r['glm']:.3f}", flush=True)
+            glm = "" if r["glm"] is None else f"  GLM {r['glm']:.3f}"             # seed 0's run scores the GLM
+            print(f"{name:<10} {row:<16} Neuroformer {m['mean']:.3f} ± {m['sd']:.3f}{glm}", flush=True)
     write_result(args.workdir / "likelihood.json", {"table": table, "seeds": seeds, "steps": steps, "configs": configs},
                  config=vars(args), seed=seeds)
     print(f"wrote {args.workdir / 'likelihood.json'}")
