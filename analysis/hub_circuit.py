@@ -1,14 +1,16 @@
 """Hub-circuit connectivity: how well does each measure recover a known weight matrix?
 
 For each seed: simulate the hub circuit (`neuroformer prepare --circuit hub`), train the
-spikes-only model (configs/circuit.yaml) on its training split, read out attention (mean over
-heads and layers, and gradient-weighted) and the perturbation measure on the test split, compute
+spikes-only model (configs/circuit.yaml, or `--config`) on its training split, read out attention
+(mean over heads and layers, and gradient-weighted), the perturbation measure and, for a
+point-process model, its own coupling filters on the test split, compute
 Pearson correlation (10 ms bins) and lagged cross-correlation (1-5 ms as specified, and 1-20 ms,
 which covers the true delays of 2-10 ms and the 5 ms kernel) on the same test split,
 fit the Poisson GLM on the training split, and score every matrix against the true W
 (off-diagonal R², Spearman, AUROC; see neuroformer/connectivity.py).
 
-    python analysis/hub_circuit.py -o runs/hub                 # full: 3 seeds, ~40 min (≈13 min per seed, 1 thread)
+    python analysis/hub_circuit.py -o runs/hub --steps 1500    # 3 seeds, ~40 min (≈13 min per seed, 1 thread)
+    python analysis/hub_circuit.py -o runs/hub_pp --config bench/configs/likelihood_circuit.yaml   # the point process
     python analysis/hub_circuit.py --quick -o /tmp/hub         # seconds; what the test runs
 
 Writes OUT/table.json (per seed and mean ± sd), OUT/table.md, OUT/r2.png and
@@ -44,7 +46,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "circuit.yaml"
 METRICS = ("r2", "spearman", "auroc")
 
 
-def run_seed(out, seed, circuit, steps, windows, perturbation_windows, glm_cfg):
+def run_seed(out, seed, circuit, config, steps, windows, perturbation_windows, glm_cfg):
     """All measures and their scores for one seed; returns ({measure: scores}, stage times)."""
     out.mkdir(parents=True, exist_ok=True)
     times, clock = {}, time.perf_counter()
@@ -55,8 +57,9 @@ def run_seed(out, seed, circuit, steps, windows, perturbation_windows, glm_cfg):
     times["circuit_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    cfg = load_config(CONFIG)
+    cfg = load_config(config)
     cfg.train.eval_every = cfg.train.checkpoint_every = min(cfg.train.eval_every, steps)
+    cfg.train.glm_steps = min(cfg.train.glm_steps, steps // 2)             # a short run keeps transformer steps
     run = out / "run"
     train(cfg, [rec], RunOptions(run, max_steps=steps, seed=seed, resume=(run / "last.pt").exists()))
     times["train_s"] = time.perf_counter() - clock
@@ -83,7 +86,7 @@ def run_seed(out, seed, circuit, steps, windows, perturbation_windows, glm_cfg):
     times["glm_s"] = time.perf_counter() - clock
 
     scores = {k: score(v, truth, SIGNED[k.split(" ")[0]]) for k, v in matrices.items()}
-    shown = {k: matrices[k] for k in ("self_attention (grad)", "history_attention (grad)", "perturbation",
+    shown = {k: matrices[k] for k in ("coupling", "self_attention (grad)", "history_attention (grad)", "perturbation",
                                       "pearson", "lagged_correlation (1-20 ms)", "glm_coupling") if k in matrices}
     connectivity_figure(shown, truth, out / "connectivity_matrices.png")
     np.savez_compressed(out / "matrices.npz", truth=truth, **matrices)
@@ -112,7 +115,7 @@ def r2_figure(per_seed, path):
     fig, ax = subplots(figsize=(1.0 * len(measures) + 2, 3.6))
     for j, m in enumerate(measures):
         vals = [per_seed[s][m]["r2"] for s in per_seed]
-        ax.bar(j, np.mean(vals), color="C0" if "attention" in m or m == "perturbation" else "0.6")
+        ax.bar(j, np.mean(vals), color="C0" if "attention" in m or m in ("perturbation", "coupling") else "0.6")
         ax.scatter(np.full(len(vals), j), vals, color="k", s=8, zorder=3)
     ax.set_xticks(range(len(measures)))
     ax.set_xticklabels(measures, rotation=45, ha="right", fontsize=7)
@@ -127,19 +130,20 @@ def main():
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="tiny circuit and model (for tests)")
     parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (quick: 0)")
-    parser.add_argument("--steps", type=int, help="training steps (default 1500; quick 20)")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="model config (default configs/circuit.yaml)")
+    parser.add_argument("--steps", type=int, help="training steps (default: the config's; quick 20)")
     parser.add_argument("--neurons", type=int, help="default 100 (quick 12)")
     parser.add_argument("--duration", type=float, help="recording length in s (default 600; quick 40)")
     args = parser.parse_args()
     quick = args.quick
     seeds = args.seeds or ([0] if quick else [0, 1, 2])
     circuit = dict(n_neurons=args.neurons or (12 if quick else 100), duration=args.duration or (40.0 if quick else 600.0))
-    steps = args.steps or (20 if quick else 1500)
+    steps = args.steps or (20 if quick else load_config(args.config).train.max_steps)
     windows, perturbation_windows = (32, 2) if quick else (512, 64)
     glm_cfg = GLMConfig(penalties=(1.0, 0.1), max_iter=5) if quick else GLMConfig()
     per_seed, times = {}, {}
     for seed in seeds:
-        per_seed[seed], times[seed] = run_seed(args.output / f"seed{seed}", seed, circuit, steps, windows,
+        per_seed[seed], times[seed] = run_seed(args.output / f"seed{seed}", seed, circuit, args.config, steps, windows,
                                                perturbation_windows, glm_cfg)
         print(f"seed {seed}: {json.dumps({k: round(v, 1) for k, v in times[seed].items()})}")
     summary = summarise(per_seed)

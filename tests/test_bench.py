@@ -246,3 +246,51 @@ def test_a_script_writes_json_only_with_its_provenance(script):
     if "atomic_write_json" in source:
         assert "provenance(" in source, script
     assert "write_result(" in source or "provenance(" in source or ".json" not in source, script
+
+
+def _report(values):
+    """A decode report with these test r per model (seen/novel the same)."""
+    return {"results": {"running.speed": {m: {"test_r": r, "test_r_seen_stimuli": r, "test_r_novel_stimuli": r}
+                                          for m, r in values.items()}}}
+
+
+def test_joint_decoding_averages_seeds_and_names_the_best_baseline():
+    sys.path.insert(0, str(SCRIPT.parent))
+    from joint_decoding import summarise
+
+    row = summarise([_report({"neuroformer": 0.8, "ridge": 0.7, "mlp": 0.9}),
+                     _report({"neuroformer": 0.9, "ridge": 0.7, "mlp": 0.7})])["running.speed"]
+    assert row["models"]["neuroformer"]["test_r"] == {"per_seed": [0.8, 0.9], "mean": pytest.approx(0.85),
+                                                      "sd": pytest.approx(0.05)}
+    assert row["best_baseline"] == "mlp" and row["reached"]                          # 0.85 >= 0.8
+    row = summarise([_report({"neuroformer": 0.6, "ridge": 0.7})])["running.speed"]
+    assert row["best_baseline"] == "ridge" and not row["reached"]
+
+
+def test_closed_loop_quick_runs_resumes_and_records_its_provenance(tmp_path):
+    args = ["--quick", "-o", tmp_path, "--seeds", "0"]
+    _run("bench/closed_loop.py", *args)
+    out, report = tmp_path / "closed_loop.json", tmp_path / "eval_s0" / "report.json"
+    check_provenance(out, [0], {"quick": True}, ["closed_loop.py", *args])
+    result, seed0 = json.loads(out.read_text()), json.loads(report.read_text())
+    for row in ("training_movies", "held_out_movies"):
+        for model in ("neuroformer", "glm"):
+            figure = result["table"][row][model]["psth_r_median"]
+            assert figure["per_seed"] == [seed0["rows"][row][model]["psth_r_median"]] == [figure["mean"]]
+    assert result["model_config"]["model"]["point_process"] and result["steps"] == 3
+    made = report.stat().st_mtime_ns
+    _run("bench/closed_loop.py", *args)                                 # a second run reuses every step
+    assert report.stat().st_mtime_ns == made
+
+
+def test_joint_decoding_quick_runs_and_records_its_provenance(tmp_path):
+    args = ["--quick", "-o", tmp_path, "--seeds", "0"]
+    _run("bench/joint_decoding.py", *args)
+    result = json.loads((tmp_path / "joint_decoding.json").read_text())
+    check_provenance(tmp_path / "joint_decoding.json", [0], {"quick": True}, ["joint_decoding.py", *args])
+    seed0 = json.loads((tmp_path / "joint_s0.json").read_text())["results"]
+    assert set(result["table"]) == {"running.speed", "eye.phi", "eye.theta"}
+    for variable, row in result["table"].items():
+        assert set(row["models"]) == {"neuroformer", "neuroformer, best.pt", "ridge"}
+        assert row["models"]["ridge"]["test_r"]["mean"] == seed0[variable]["ridge"]["test_r"]
+        assert row["best_baseline"] == "ridge"

@@ -162,13 +162,15 @@ def test_connectivity_cli(planted, tmp_path, capsys):
 
 def test_hub_circuit_script_quick(tmp_path):
     script = Path(__file__).resolve().parents[1] / "analysis" / "hub_circuit.py"
-    subprocess.run([sys.executable, str(script), "--quick", "-o", str(tmp_path)], check=True, capture_output=True)
+    config = script.parents[1] / "bench" / "configs" / "likelihood_circuit.yaml"       # point process: + coupling
+    args = ["--quick", "-o", tmp_path, "--config", config]
+    subprocess.run([sys.executable, str(script), *map(str, args)], check=True, capture_output=True)
     report = json.loads((tmp_path / "table.json").read_text())
     scores = report["per_seed"]["0"]
     assert {"self_attention", "history_attention (grad)", "perturbation", "pearson", "lagged_correlation",
-            "glm_coupling"} <= set(scores)
+            "glm_coupling", "coupling"} <= set(scores)
     assert all(0 <= s["r2"] <= 1 and 0 <= s["auroc"] <= 1 for s in scores.values())
     assert (tmp_path / "r2.png").exists() and (tmp_path / "seed0" / "connectivity_matrices.png").exists()
     assert "| pearson |" in (tmp_path / "table.md").read_text()
-    check_provenance(tmp_path / "table.json", [0], {"quick": True, "output": str(tmp_path)},
-                     ["hub_circuit.py", "--quick", "-o", tmp_path])
+    check_provenance(tmp_path / "table.json", [0], {"quick": True, "output": str(tmp_path), "config": str(config)},
+                     ["hub_circuit.py", *args])
