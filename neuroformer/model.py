@@ -182,15 +182,16 @@ class Neuroformer(nn.Module):
         """History spikes as memory (tokens, times, mask): one token per spike, or with `latents`
         the latent tokens after they read every spike (cost linear in the spike count; the result
         does not depend on the order of the spike tokens)."""
-        h = self.unit_emb(hist["unit"]) + self.type_emb.weight[HISTORY]
         if not self.cfg.model.latents:
+            h = self.unit_emb(hist["unit"]) + self.type_emb.weight[HISTORY]
             return run_stack(self.history, h, hist["time"], hist["mask"]), hist["time"], hist["mask"]
-        B = len(h)
+        B = len(hist["unit"])
         z = (self.latent_init + self.type_emb.weight[HISTORY]).expand(B, -1, -1)     # (B, N, W)
         t = self.latent_time.expand(B, -1)
         mask = torch.ones(t.shape, dtype=torch.bool, device=t.device)
-        if h.shape[1]:
-            z = self.latent_read(z, t, mask, memory=(h, hist["time"], hist["mask"]))
+        if hist["unit"].shape[1]:                   # a spike token is its unit's row: keys projected per unit
+            table = self.unit_emb.weight + self.type_emb.weight[HISTORY]                # (V, W)
+            z = self.latent_read(z, t, mask, memory=(table, hist["time"], hist["mask"], hist["unit"]))
         return run_stack(self.history, z, t, mask), t, mask
 
     def encode_context(self, batch, parts=None):
@@ -307,7 +308,8 @@ class Neuroformer(nn.Module):
         total = bias.float().logsumexp(-1)                                               # (B, n) log Λ per bin
         log_hazard = total.gather(1, (bins[..., None] + gaps).clamp(max=n - 1).flatten(1)).view(leaves.shape)
         here = bias.float().gather(1, bins.clamp(max=n - 1)[..., None].expand(-1, -1, bias.shape[2]))   # (B, L, V)
-        from_unit = here.flip(-1).logcumsumexp(-1).flip(-1).gather(-1, units[..., None])[..., 0]
+        vocab = torch.arange(here.shape[-1], device=units.device)
+        from_unit = here.masked_fill(vocab < units[..., None], float("-inf")).logsumexp(-1)          # Σ_{i >= u}
         log_hazard = torch.cat([from_unit[..., None], log_hazard[..., 1:]], -1)
         if x is not None:
             log_hazard = log_hazard + self.bounded(self.dt_head(x).float())

@@ -86,8 +86,10 @@ class Attention(nn.Module):
         self.out = nn.Linear(width, width)
         self.rotary = RotaryTime(width // heads)
 
-    def forward(self, x, x_time, context, context_time, key_mask, causal=False, cache=None):
-        """x (B, Nq, W) attends to context (B, Nk, W); key_mask (B, Nk) True where real.
+    def forward(self, x, x_time, context, context_time, key_mask, causal=False, cache=None, context_rows=None):
+        """x (B, Nq, W) attends to context (B, Nk, W); key_mask (B, Nk) True where real. With
+        `context_rows` (B, Nk), context is a table (R, W) and key j is its row context_rows[:, j]:
+        keys and values are projected once per row (history spikes: one row per unit), not per token.
 
         With a cache, `context` holds only the new keys (or nothing new for a fixed memory) and
         causal queries are the last Nq positions."""
@@ -96,7 +98,8 @@ class Attention(nn.Module):
         if cache is not None and cache.fixed:
             k, v, mask = cache.k, cache.v, cache.attn_mask
         else:
-            k, v = self.kv(context).view(B, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+            kv = self.kv(context) if context_rows is None else self.kv(context)[context_rows]     # (B, Nk, 2W)
+            k, v = kv.view(B, kv.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
             k = self.rotary(k, context_time)
             if cache is not None:
                 k, v, key_mask = cache.update(k, v, key_mask)
@@ -142,7 +145,8 @@ class Block(nn.Module):
         return (self.attn or self.cross).rotary
 
     def forward(self, x, t, mask, causal=False, memory=None, cache=None):
-        """memory: (tokens, times, mask) for cross-attention; cache: (self, cross) KVCaches."""
+        """memory: (tokens, times, mask) for cross-attention, or (table, times, mask, rows) with the
+        tokens as rows of a table (see `Attention`); cache: (self, cross) KVCaches."""
         if x.shape[1] == 0:                          # e.g. no history spikes in the whole batch
             return x
         self_cache, cross_cache = cache or (None, None)
@@ -151,8 +155,9 @@ class Block(nn.Module):
             h = self.norm1(x)
             x = x + self.drop(self.attn(h, t, h, t, mask, causal, self_cache))
         if self.cross is not None:
-            m, m_time, m_mask = memory
-            x = x + self.drop(self.cross(self.norm2(x), t, m, m_time, m_mask, cache=cross_cache))
+            m, m_time, m_mask, *rows = memory
+            x = x + self.drop(self.cross(self.norm2(x), t, m, m_time, m_mask, cache=cross_cache,
+                                         context_rows=rows[0] if rows else None))
         return x + self.mlp(self.norm3(x))
 
 

@@ -195,6 +195,18 @@ def test_latent_history_is_invariant_to_the_order_of_equal_time_tokens(tiny_synt
     assert not torch.equal(a, moved)                           # but times matter
 
 
+def test_keys_projected_per_table_row_equal_keys_projected_per_token():
+    from neuroformer.nn import Attention
+
+    torch.manual_seed(0)
+    attention, table = Attention(16, 4), torch.randn(7, 16)
+    rows, times = torch.randint(0, 7, (3, 50)), -torch.rand(3, 50)
+    mask, x = torch.rand(3, 50) > 0.2, torch.randn(3, 5, 16)
+    per_token = attention(x, torch.zeros(3, 5), table[rows], times, mask)
+    per_row = attention(x, torch.zeros(3, 5), table, times, mask, context_rows=rows)
+    assert torch.allclose(per_token, per_row, atol=1e-6)
+
+
 def _saved_bytes(model, n_spikes):
     """Bytes autograd keeps for the backward pass of one history encoding of n spikes."""
     hist = {"unit": torch.randint(2, 30, (4, n_spikes)), "time": -torch.rand(4, n_spikes) * 0.05,
