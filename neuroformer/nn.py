@@ -48,7 +48,7 @@ class RotaryTime(nn.Module):
         n = self.omega.numel()
         cos, sin = t if isinstance(t, tuple) else self.angles(t)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        a, b, rest = x[..., :n], x[..., n:2 * n], x[..., 2 * n:]
+        a, b, rest = x.split([n, n, x.shape[-1] - 2 * n], -1)   # split, not slices: its backward is one cat
         return torch.cat([a * cos - b * sin, a * sin + b * cos, rest], dim=-1)
 
 
