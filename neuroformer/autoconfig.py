@@ -7,7 +7,10 @@ Rules (docs/train.md, "Configs that fit the recording"):
   gets none;
 - a variable given in `predict` is a target (predict: true), never also an input; it is a
   classification when it holds class labels (`recording.class_count`), else a regression;
-- `window.frames` is 0 when the recording has no movie, the template's value when it has one.
+- `window.frames` is 0 when the recording has no movie, the template's value when it has one;
+- a template without latents reads the history through `LATENTS` latent tokens (`model.latents`)
+  when the recording's mean spike rate would put more than `LATENT_ABOVE` spikes in a window's
+  history: attention over every history spike costs their square, latents cost them linearly.
 """
 from pathlib import Path
 
@@ -17,6 +20,9 @@ from .config import config_from_dict, load_config
 from .data.recording import behavior_values, behavior_variables, class_count, open_recording, resolve_variable
 from .errors import InputError
 from .io import atomic_path
+
+LATENT_ABOVE = 512    # expected history spikes per window beyond which the history goes through latents
+LATENTS = 32
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -66,8 +72,12 @@ def derive_raw(data_path, template="demo", predict=()):
         variables = ({n: variable_entry(data, n, False) for n in inputs}
                      | {n: variable_entry(data, n, True) for n in targets})
         has_movie = "movies" in data.keys()
+        spikes_per_s = len(data.spikes.timestamps) / float((data.domain.end - data.domain.start).sum())
     window = raw.pop("window", {}) | ({} if has_movie else {"frames": 0})
     raw.pop("modalities", None)
+    model = raw.setdefault("model", {})
+    if not model.get("latents") and spikes_per_s * window.get("history", 0.0) > LATENT_ABOVE:
+        model["latents"] = LATENTS
     return {"window": window, "modalities": {"behavior": {"variables": variables}} if variables else {}, **raw}
 
 

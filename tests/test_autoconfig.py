@@ -87,3 +87,16 @@ def test_a_config_naming_a_missing_variable_is_a_one_line_error(verb, hand_recor
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'running.speed': not found" in err
     assert "the recording has ['direction.direction', 'hand_vx.hand_vx']" in err
+
+
+def test_a_dense_recording_reads_its_history_through_latents(hand_recording, tmp_path):
+    from neuroformer.autoconfig import LATENTS, derive_raw
+
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "dense.npz", spikes=rng.poisson(0.4, (60, 400)), hand_vx=rng.normal(size=80))
+    dense = tmp_path / "dense.h5"                   # 60 units at 40 Hz: ~1,200 spikes in 0.5 s of history
+    assert main(["prepare", str(tmp_path / "dense.npz"), "--bin-size", "0.01", "--behavior", "hand_vx=0.05",
+                 "-o", str(dense)]) == 0
+    assert derive_raw(dense, "decoding", ["hand_vx"])["model"]["latents"] == LATENTS
+    assert "latents" not in derive_raw(dense, "circuit")["model"]              # 50 ms of history: ~120 spikes
+    assert "latents" not in derive_raw(hand_recording, "decoding", ["hand_vx"])["model"]    # 8 units: ~80

@@ -294,3 +294,24 @@ def test_joint_decoding_quick_runs_and_records_its_provenance(tmp_path):
         assert set(row["models"]) == {"neuroformer", "neuroformer, best.pt", "ridge"}
         assert row["models"]["ridge"]["test_r"]["mean"] == seed0[variable]["ridge"]["test_r"]
         assert row["best_baseline"] == "ridge"
+
+
+def test_velocity_population_is_cosine_tuned_with_its_lead_and_imports(tmp_path):
+    out = tmp_path / "vel.npz"
+    args = ["-o", out, "--units", "12", "--minutes", "2", "--rate", "20"]
+    _run("simulate/velocity_population.py", *args)
+    arrays, truth = np.load(out), np.load(tmp_path / "vel.truth.npz")
+    counts, v = arrays["spikes"], np.stack([arrays["hand_vx"], arrays["hand_vy"]], 1)
+    assert counts.shape == (12, 2400) and v.shape == (2400, 2)
+    assert 10 < counts.sum(1).mean() / 120 < 30                              # Hz, near --rate
+    for i in range(12):                      # each unit follows its preferred direction, lead bins ahead
+        lead = int(truth["lead_bins"][i])
+        drive = v[lead:] @ truth["direction"][i]
+        assert np.corrcoef(counts[i, :len(drive)], drive)[0, 1] > 0.15
+    assert json.loads(str(truth["provenance"]))["config"]["units"] == 12
+    bad = subprocess.run([sys.executable, str(SCRIPT.parents[1] / "simulate" / "velocity_population.py"),
+                          "-o", str(tmp_path / "x.npz"), "--rate", "nan"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--rate: must be a positive number" in bad.stderr
+    from neuroformer.cli import main
+    assert main(["prepare", str(out), "--bin-size", "0.05", "--behavior", "hand_vx=0.05", "--behavior", "hand_vy=0.05",
+                 "-o", str(tmp_path / "vel.h5")]) == 0
