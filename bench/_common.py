@@ -4,7 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
+
+QUICK_SYNTHETIC = ("--neurons", "20", "--trials", "3", "--trial-length", "2")   # what --quick records
 
 
 def peak_rss_mb():
@@ -48,3 +51,15 @@ def config_file(source, path, steps=None):
             cfg["train"]["glm_steps"] = steps - 1
     Path(path).write_text(yaml.safe_dump(cfg))
     return Path(path)
+
+
+def synthetic_recording(path, quick=False, *options):
+    """`neuroformer prepare --synthetic` at `path` unless it is there (tiny with `quick`)."""
+    if not Path(path).exists():
+        neuroformer("prepare", "--synthetic", *(QUICK_SYNTHETIC if quick else options), "-o", path)
+    return Path(path)
+
+
+def over_seeds(values):
+    """A figure's per-seed values with their mean and s.d."""
+    return {"per_seed": list(values), "mean": float(np.mean(values)), "sd": float(np.std(values))}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from _common import config_file, neuroformer, train
+from _common import config_file, neuroformer, over_seeds, synthetic_recording, train
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,9 +45,7 @@ def summarise(reports):
         ceiling = [r["rows"][row]["noise_ceiling"].get("psth_r_ceiling_median") for r in reports]
         table[row] = {"noise_ceiling": None if None in ceiling else float(np.mean(ceiling))}
         for model in ("neuroformer", "glm"):
-            values = {f: [r["rows"][row][model][f] for r in reports] for f in FIGURES}
-            table[row][model] = {f: {"per_seed": v, "mean": float(np.mean(v)), "sd": float(np.std(v))}
-                                 for f, v in values.items()}
+            table[row][model] = {f: over_seeds([r["rows"][row][model][f] for r in reports]) for f in FIGURES}
     return table
 
 
@@ -62,10 +60,7 @@ def main():
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     args.workdir.mkdir(parents=True, exist_ok=True)
-    data = args.workdir / "recording.h5"
-    if not data.exists():
-        neuroformer("prepare", "--synthetic", *(["--neurons", "20", "--trials", "3", "--trial-length", "2"]
-                                                if args.quick else []), "-o", data)
+    data = synthetic_recording(args.workdir / "recording.h5", args.quick)
     config = config_file(args.config, args.workdir / "config.yaml", 3 if args.quick else args.steps)
     cfg = yaml.safe_load(config.read_text())
     steps = cfg["train"]["max_steps"]

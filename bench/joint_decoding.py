@@ -14,9 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 
-from _common import neuroformer
+from _common import neuroformer, over_seeds, synthetic_recording
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +40,7 @@ def summarise(reports):
         models = {}
         for model in reports[0]["results"][variable]:
             rows = [r["results"][variable][model] for r in reports]
-            models[model] = {s: {"per_seed": [row[s] for row in rows], "mean": float(np.mean([row[s] for row in rows])),
-                                 "sd": float(np.std([row[s] for row in rows]))} for s in SCORES if s in rows[0]}
+            models[model] = {s: over_seeds([row[s] for row in rows]) for s in SCORES if s in rows[0]}
         baselines = {m: v["test_r"]["mean"] for m, v in models.items() if not m.startswith("neuroformer")}
         best = max(baselines, key=baselines.get) if baselines else None
         table[variable] = {"models": models, "best_baseline": best,
@@ -61,10 +59,7 @@ def main():
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     args.workdir.mkdir(parents=True, exist_ok=True)
-    data = args.workdir / "recording.h5"
-    if not data.exists():
-        size = ["--neurons", "20", "--trials", "3", "--trial-length", "2"] if args.quick else ["--trials", args.trials]
-        neuroformer("prepare", "--synthetic", *size, "-o", data)
+    data = synthetic_recording(args.workdir / "recording.h5", args.quick, "--trials", args.trials)
     steps, baselines = (3, "ridge") if args.quick else (args.steps, args.baselines)
     table = summarise([decode(data, seed, steps, baselines, args.workdir) for seed in seeds])
     for variable, row in table.items():

@@ -16,10 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from _common import config_file, neuroformer, train
+from _common import QUICK_SYNTHETIC, config_file, neuroformer, over_seeds, train
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +28,7 @@ RECORDINGS = {"synthetic": (["--synthetic"], "likelihood_synthetic.yaml"), "hub"
 def prepare(name, workdir, quick):
     path = workdir / f"{name}.h5"
     if not path.exists():
-        extra = (["--neurons", "20", "--trials", "3", "--trial-length", "2"] if name == "synthetic" else
+        extra = (list(QUICK_SYNTHETIC) if name == "synthetic" else
                  ["--neurons", "20", "--duration", "60"]) if quick else []
         neuroformer("prepare", *RECORDINGS[name][0], *extra, "-o", path)
     return path
@@ -47,9 +46,9 @@ def summarise(reports):
     """row -> model -> {per_seed, mean, sd} of bits/spike (the GLM from seed 0's report)."""
     out = {}
     for row in reports[0]["rows"]:
-        model = [r["rows"][row]["neuroformer"]["bits_per_spike"] for r in reports]
+        model = over_seeds([r["rows"][row]["neuroformer"]["bits_per_spike"] for r in reports])
         glm = reports[0]["rows"][row].get("glm", {}).get("bits_per_spike")
-        out[row] = {"neuroformer": {"per_seed": model, "mean": float(np.mean(model)), "sd": float(np.std(model))},
+        out[row] = {"neuroformer": model,
                     "glm": glm, "n_spikes": reports[0]["rows"][row]["n_spikes"]}
     return out
 
