@@ -6,7 +6,9 @@ current windows, batch 32, the point-process heads; history 0.25, 0.5, 1 and 2 s
 trains in a fresh process (`bench_train.measure`): seconds per step after warm-up and peak
 resident memory (VmHWM, ~600 MB of it imports). Rows without latents stop at the history
 where a step passes `--full-limit` seconds (attention over all history spikes grows with
-their square).
+their square). Last row: the decoding template as `neuroformer config` fits it (`--template
+decoding`, hand velocity as targets) to an imported binned-count recording of that density
+(simulate/velocity_population.py: 180 units at ~18 Hz, 50 ms bins), batch 32.
 
     python bench/bench_context.py            # ~10 min on 2 cores
     python bench/bench_context.py --quick    # what the test runs
@@ -32,6 +34,21 @@ def config(history, latents, quick):
             "model": {"width": 32 if quick else 64, "heads": 4, "history_layers": 1, "decoder_layers": 2,
                       "dropout": 0.1, "latents": latents, "point_process": True},
             "loss": {"spikes": 1.0, "contrastive": 0.0}}
+
+
+def decoding_config(workdir, quick):
+    """The decoding template fitted to a velocity population recording (made and imported first)."""
+    from neuroformer.autoconfig import derive_raw
+
+    arrays, recording = workdir / "vel.npz", workdir / "vel.h5"
+    if not recording.exists():
+        size = ["--units", "20", "--minutes", "1"] if quick else []
+        subprocess.run([sys.executable, str(ROOT / "simulate" / "velocity_population.py"), "-o", str(arrays), *size],
+                       check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "neuroformer.cli", "prepare", str(arrays), "--bin-size", "0.05",
+                        "--behavior", "hand_vx=0.05", "--behavior", "hand_vy=0.05", "-o", str(recording)],
+                       check=True, capture_output=True)
+    return derive_raw(recording, "decoding", ["hand_vx", "hand_vy"])
 
 
 def run_child(cfg, recording, quick, threads):
@@ -76,6 +93,9 @@ def main():
             print(json.dumps({k: row[k] for k in ("history", "latents", "seconds_per_step", "peak_rss_mb",
                                                   "spike_tokens_per_sample")}), flush=True)
             full_stopped |= latents == 0 and row["seconds_per_step"] > args.full_limit
+    row = run_child(decoding_config(args.workdir, args.quick), args.workdir / "vel.h5", args.quick, args.threads)
+    rows.append({**row, "history": 0.5, "latents": "derived", "recording": "velocity population (decoding template)"})
+    print(json.dumps({k: rows[-1][k] for k in ("recording", "seconds_per_step", "peak_rss_mb")}), flush=True)
     write_result(args.out, {"quick": args.quick, "recording": recording.name, "rows": rows,
                             "date": time.strftime("%Y-%m-%d")}, vars(args), 0)
     print(f"wrote {args.out}")
