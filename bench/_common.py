@@ -1,4 +1,5 @@
 """Shared by the benchmarks."""
+import argparse
 import json
 import subprocess
 import sys
@@ -17,6 +18,17 @@ def peak_rss_mb():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def seed_list(text):
+    """An argparse type: comma-separated seeds (integers >= 0), e.g. 0,1,2."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        seeds = None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 0, got {text!r}")
+    return seeds
 
 
 def neuroformer(*args):

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from _common import config_file, neuroformer, over_seeds, synthetic_recording, train
+from _common import seed_list, config_file, neuroformer, over_seeds, synthetic_recording, train
+from neuroformer.cli import positive_int
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,11 +55,11 @@ def main():
     parser.add_argument("-o", "--workdir", type=Path, required=True)
     parser.add_argument("--config", type=Path, default=ROOT / "bench" / "configs" / "likelihood_synthetic.yaml",
                         help="model config (default: the held-out likelihood benchmark's)")
-    parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=positive_int, help="training steps (default: the config's)")
+    parser.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="a tiny recording, 3 steps")
     args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = synthetic_recording(args.workdir / "recording.h5", args.quick)
     config = config_file(args.config, args.workdir / "config.yaml", 3 if args.quick else args.steps)

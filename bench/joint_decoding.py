@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 
-from _common import neuroformer, over_seeds, synthetic_recording
+from _common import seed_list, neuroformer, over_seeds, synthetic_recording
+from neuroformer.cli import positive_int
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,13 +52,13 @@ def summarise(reports):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--workdir", type=Path, required=True)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=3000, help="training steps of each joint run")
-    parser.add_argument("--trials", type=int, default=40, help="trials per training movie of the recording")
+    parser.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
+    parser.add_argument("--steps", type=positive_int, default=3000, help="training steps of each joint run")
+    parser.add_argument("--trials", type=positive_int, default=40, help="trials per training movie of the recording")
     parser.add_argument("--baselines", default="ridge,mlp", help="decode's --baselines")
     parser.add_argument("--quick", action="store_true", help="a tiny recording, 3 steps, ridge only")
     args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = synthetic_recording(args.workdir / "recording.h5", args.quick, "--trials", args.trials)
     steps, baselines = (3, "ridge") if args.quick else (args.steps, args.baselines)

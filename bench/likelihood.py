@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from _common import QUICK_SYNTHETIC, config_file, neuroformer, over_seeds, train
+from _common import seed_list, QUICK_SYNTHETIC, config_file, neuroformer, over_seeds, train
+from neuroformer.cli import positive_int
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +58,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--workdir", type=Path, required=True)
     parser.add_argument("--recordings", default="synthetic,hub")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
+    parser.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
+    parser.add_argument("--steps", type=positive_int, help="training steps (default: the config's)")
     parser.add_argument("--quick", action="store_true", help="tiny recordings, 3 steps")
     parser.add_argument("--config", action="append", default=[], metavar="NAME=PATH",
                         help="train recording NAME with this config instead of the benchmark's (repeatable)")
@@ -68,7 +69,7 @@ def main():
         parser.error(f"--config: NAME=PATH with NAME one of {', '.join(RECORDINGS)}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     steps = 3 if args.quick else args.steps
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     table = {}
     for name in args.recordings.split(","):
         if name not in RECORDINGS:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from neuroformer.cli import count, positive_float, positive_int
 from neuroformer.io import atomic_savez
 from neuroformer.provenance import as_text
 
@@ -66,17 +67,14 @@ def simulate(rng, v, pop):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, required=True, help="array dictionary (.npz)")
-    parser.add_argument("--units", type=int, default=180)
-    parser.add_argument("--minutes", type=float, default=15.0)
-    parser.add_argument("--rate", type=float, default=18.0, help="typical mean rate per unit (Hz)")
-    parser.add_argument("--tau", type=float, default=0.5, help="velocity time constant (s)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--units", type=positive_int, default=180)
+    parser.add_argument("--minutes", type=positive_float, default=15.0)
+    parser.add_argument("--rate", type=positive_float, default=18.0, help="typical mean rate per unit (Hz)")
+    parser.add_argument("--tau", type=positive_float, default=0.5, help="velocity time constant (s)")
+    parser.add_argument("--seed", type=count, default=0)
     args = parser.parse_args()
     if args.output.suffix != ".npz":
         parser.error(f"-o {args.output}: the array dictionary is written as .npz")
-    for name in ("units", "minutes", "rate", "tau"):
-        if not getattr(args, name) > 0:
-            parser.error(f"--{name}: must be a positive number, got {getattr(args, name)}")
     rng = np.random.default_rng(args.seed)
     n_bins = int(round(args.minutes * 60 / BIN))
     v = velocity(rng, n_bins, args.tau)

@@ -311,7 +311,7 @@ def test_velocity_population_is_cosine_tuned_with_its_lead_and_imports(tmp_path)
     assert json.loads(str(truth["provenance"]))["config"]["units"] == 12
     bad = subprocess.run([sys.executable, str(SCRIPT.parents[1] / "simulate" / "velocity_population.py"),
                           "-o", str(tmp_path / "x.npz"), "--rate", "nan"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--rate: must be a positive number" in bad.stderr
+    assert bad.returncode == 2 and "--rate: must be a positive number, got 'nan'" in bad.stderr
     from neuroformer.cli import main
     assert main(["prepare", str(out), "--bin-size", "0.05", "--behavior", "hand_vx=0.05", "--behavior", "hand_vy=0.05",
                  "-o", str(tmp_path / "vel.h5")]) == 0
