@@ -1,8 +1,6 @@
 """Shared by the benchmarks."""
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +30,17 @@ def seed_list(text):
 
 
 def neuroformer(*args):
-    """Run one CLI verb in a child process; its stderr tail in the error if it fails."""
-    done = subprocess.run([sys.executable, "-m", "neuroformer.cli", *map(str, args)], capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"neuroformer {' '.join(map(str, args))} failed:\n{done.stderr[-3000:]}")
+    """Run one CLI verb in this process (no interpreter start per verb; its progress bars go to
+    stderr); a failing verb stops the benchmark."""
+    from neuroformer.cli import main
+
+    argv = list(map(str, args))
+    try:
+        status = main(argv)
+    except SystemExit as stop:                  # argparse's errors
+        status = stop.code
+    if status:
+        raise RuntimeError(f"neuroformer {' '.join(argv)} failed (exit status {status})")
 
 
 def trained_steps(run):
@@ -52,10 +57,13 @@ def train(config, data, run, seed, steps):
                     *(["--resume"] if (run / "last.pt").exists() else []))
 
 
-def config_file(source, path, steps=None):
+def config_file(source, path, steps=None, eval_batches=None):
     """Write the config `source` to `path`, with `steps` training steps when given (evaluation and
-    checkpoints every fifth of them, the GLM phase shortened to leave transformer steps)."""
+    checkpoints every fifth of them, the GLM phase shortened to leave transformer steps) and
+    `eval_batches` validation batches when given."""
     cfg = yaml.safe_load(Path(source).read_text())
+    if eval_batches:
+        cfg["train"]["eval_batches"] = eval_batches
     if steps:
         cfg["train"]["max_steps"] = steps
         cfg["train"]["eval_every"] = cfg["train"]["checkpoint_every"] = max(1, steps // 5)

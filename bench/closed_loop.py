@@ -26,13 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("psth_r_median", "rate_ratio", "isi_ks_median", "pairwise_similarity", "bits_per_spike")
 
 
-def run_seed(data, config, seed, workdir):
+def run_seed(data, config, seed, workdir, repeats=4):
     """One seed's evaluate report: train, simulate and evaluate, each skipped when already done."""
     run, simulated, out = workdir / f"run_s{seed}", workdir / f"sim_s{seed}.h5", workdir / f"eval_s{seed}" / "report.json"
     if not out.exists():
         train(config, data, run, seed, yaml.safe_load(config.read_text())["train"]["max_steps"])
         if not simulated.exists():
-            neuroformer("simulate", "--run", run, "--data", data, "--repeats", 4, "--seed", seed, "-o", simulated)
+            neuroformer("simulate", "--run", run, "--data", data, "--repeats", repeats, "--seed", seed, "-o", simulated)
         neuroformer("evaluate", "--data", data, "--simulated", simulated, "--run", run, "--baseline", "glm",
                     "--seed", seed, "-o", out)
     return json.loads(out.read_text())
@@ -57,15 +57,16 @@ def main():
                         help="model config (default: the held-out likelihood benchmark's)")
     parser.add_argument("--steps", type=positive_int, help="training steps (default: the config's)")
     parser.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
-    parser.add_argument("--quick", action="store_true", help="a tiny recording, 3 steps")
+    parser.add_argument("--quick", action="store_true", help="a tiny recording, 3 steps, 1 repeat")
     args = parser.parse_args()
     seeds = args.seeds
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = synthetic_recording(args.workdir / "recording.h5", args.quick)
-    config = config_file(args.config, args.workdir / "config.yaml", 3 if args.quick else args.steps)
+    config = config_file(args.config, args.workdir / "config.yaml", 3 if args.quick else args.steps,
+                         eval_batches=2 if args.quick else None)
     cfg = yaml.safe_load(config.read_text())
     steps = cfg["train"]["max_steps"]
-    table = summarise([run_seed(data, config, seed, args.workdir) for seed in seeds])
+    table = summarise([run_seed(data, config, seed, args.workdir, 1 if args.quick else 4) for seed in seeds])
     for row, r in table.items():
         for model in ("neuroformer", "glm"):
             m = r[model]
