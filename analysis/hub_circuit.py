@@ -69,7 +69,7 @@ def run_seed(out, seed, circuit, config, steps, windows, perturbation_windows, g
     rid = recordings.recording_ids[0]
     matrices = model_connectivity(model, dataset, rid, "test", windows, perturbation_windows, progress=False)
     grad = model_connectivity(model, dataset, rid, "test", windows, 0, combine="grad", progress=False)
-    matrices.update({f"{k} (grad)": v for k, v in grad.items()})
+    matrices.update({f"{k} (grad)": v for k, v in grad.items() if k != "coupling"})   # coupling: no attention
     times["extract_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
