@@ -1,6 +1,10 @@
-"""Joint decoding of running speed and gaze on the synthetic recording, 3 seeds: Neuroformer
-trained jointly on spikes and behaviour (configs/decoding.yaml) against the baselines of
-`neuroformer decode` (ridge/Wiener filter and MLP on lagged counts) on the same test samples.
+"""Joint decoding, 3 seeds: Neuroformer trained jointly on spikes and behaviour against the
+baselines of `neuroformer decode` on the same test samples, on one of two recordings:
+- `synthetic` (default): running speed and gaze of the synthetic recording with 40 trials per
+  training movie, configs/decoding.yaml, 3,000 steps, against ridge (Wiener filter) and the MLP;
+- `velocity`: hand velocity (x, y) of simulate/velocity_population.py's 180 units in 50 ms bins,
+  imported as arrays, with the config `decode` derives from the recording (the decoding
+  template; latent history at that density) at its 1,500 steps, against ridge and the GRU.
 
 For each seed, one `neuroformer decode` run (its report reused when present, its training
 resumed when interrupted); then the mean and s.d. over seeds of every model's test r per
@@ -8,29 +12,44 @@ variable (all test samples, and trials of seen / of held-out movies), the best b
 variable, and whether Neuroformer reaches it. Writes one JSON and prints the table.
 
     python bench/joint_decoding.py -o runs/joint          # ~80 min on 2 cores (3 seeds, 3,000 steps)
+    python bench/joint_decoding.py --recording velocity -o runs/joint_velocity
     python bench/joint_decoding.py --quick -o /tmp/joint  # what the test runs
 """
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
-
 
 from _common import seed_list, neuroformer, over_seeds, synthetic_recording
 from neuroformer.cli import positive_int
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ("speed", "phi", "theta")
+RECORDINGS = {"synthetic": dict(targets=("speed", "phi", "theta"), steps=3000, baselines="ridge,mlp",
+                                 config=ROOT / "configs" / "decoding.yaml"),
+              "velocity": dict(targets=("hand_vx", "hand_vy"), steps=None, baselines="ridge,gru", config=None)}
 SCORES = ("test_r", "test_r_seen_stimuli", "test_r_novel_stimuli")
 
 
-def decode(data, seed, steps, baselines, workdir):
+def velocity_recording(path, quick):
+    """simulate/velocity_population.py's arrays imported at `path` (made unless there)."""
+    if not path.exists():
+        arrays = path.with_suffix(".npz")
+        subprocess.run([sys.executable, str(ROOT / "simulate" / "velocity_population.py"), "-o", str(arrays),
+                        *(["--units", "20", "--minutes", "2"] if quick else [])], check=True, capture_output=True)
+        neuroformer("prepare", arrays, "--bin-size", 0.05, "--behavior", "hand_vx=0.05", "--behavior", "hand_vy=0.05",
+                    "-o", path)
+    return path
+
+
+def decode(data, recording, seed, steps, baselines, workdir):
     """One seed's decode report (trained and scored unless its report is there)."""
-    out = workdir / f"joint_s{seed}.json"
+    out, spec = workdir / f"joint_s{seed}.json", RECORDINGS[recording]
     if not out.exists():
-        neuroformer("decode", "--data", data, *[a for t in TARGETS for a in ("--target", t)],
-                    "--config", ROOT / "configs" / "decoding.yaml", "--steps", steps, "--seed", seed,
-                    "--baselines", baselines, "-o", out)
+        neuroformer("decode", "--data", data, *[a for t in spec["targets"] for a in ("--target", t)],
+                    *(["--config", spec["config"]] if spec["config"] else []), *(["--steps", steps] if steps else []),
+                    "--seed", seed, "--baselines", baselines, "-o", out)
     return json.loads(out.read_text())
 
 
@@ -53,22 +72,28 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--workdir", type=Path, required=True)
     parser.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
-    parser.add_argument("--steps", type=positive_int, default=3000, help="training steps of each joint run")
-    parser.add_argument("--trials", type=positive_int, default=40, help="trials per training movie of the recording")
-    parser.add_argument("--baselines", default="ridge,mlp", help="decode's --baselines")
+    parser.add_argument("--recording", choices=RECORDINGS, default="synthetic")
+    parser.add_argument("--steps", type=positive_int, help="training steps of each joint run (default: the recording's)")
+    parser.add_argument("--trials", type=positive_int, default=40, help="trials per training movie (synthetic)")
+    parser.add_argument("--baselines", help="decode's --baselines (default: the recording's)")
     parser.add_argument("--quick", action="store_true", help="a tiny recording, 3 steps, ridge only")
     args = parser.parse_args()
     seeds = args.seeds
     args.workdir.mkdir(parents=True, exist_ok=True)
-    data = synthetic_recording(args.workdir / "recording.h5", args.quick, "--trials", args.trials)
-    steps, baselines = (3, "ridge") if args.quick else (args.steps, args.baselines)
-    table = summarise([decode(data, seed, steps, baselines, args.workdir) for seed in seeds])
+    spec = RECORDINGS[args.recording]
+    if args.recording == "synthetic":
+        data = synthetic_recording(args.workdir / "recording.h5", args.quick, "--trials", args.trials)
+    else:
+        data = velocity_recording(args.workdir / "recording.h5", args.quick)
+    steps, baselines = (3, "ridge") if args.quick else (args.steps or spec["steps"], args.baselines or spec["baselines"])
+    table = summarise([decode(data, args.recording, seed, steps, baselines, args.workdir) for seed in seeds])
     for variable, row in table.items():
         for model, scores in row["models"].items():
             print(f"{variable:<14} {model:<22} test r {scores['test_r']['mean']:.3f} ± {scores['test_r']['sd']:.3f}")
         print(f"{variable:<14} best baseline {row['best_baseline']}: reached {row['reached']}", flush=True)
     out = args.workdir / "joint_decoding.json"
-    write_result(out, {"table": table, "seeds": seeds, "steps": steps, "baselines": baselines}, config=vars(args), seed=seeds)
+    write_result(out, {"recording": args.recording, "table": table, "seeds": seeds, "steps": steps, "baselines": baselines},
+                 config=vars(args), seed=seeds)
     print(f"wrote {out}")
 
 

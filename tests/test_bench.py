@@ -283,13 +283,16 @@ def test_closed_loop_quick_runs_resumes_and_records_its_provenance(tmp_path):
     assert report.stat().st_mtime_ns == made
 
 
-def test_joint_decoding_quick_runs_and_records_its_provenance(tmp_path):
-    args = ["--quick", "-o", tmp_path, "--seeds", "0"]
+@pytest.mark.parametrize("recording, variables", [("synthetic", {"running.speed", "eye.phi", "eye.theta"}),
+                                                  ("velocity", {"hand_vx.hand_vx", "hand_vy.hand_vy"})])
+def test_joint_decoding_quick_runs_and_records_its_provenance(tmp_path, recording, variables):
+    args = ["--quick", "-o", tmp_path, "--seeds", "0", "--recording", recording]
     _run("bench/joint_decoding.py", *args)
     result = json.loads((tmp_path / "joint_decoding.json").read_text())
-    check_provenance(tmp_path / "joint_decoding.json", [0], {"quick": True}, ["joint_decoding.py", *args])
+    check_provenance(tmp_path / "joint_decoding.json", [0], {"quick": True, "recording": recording},
+                     ["joint_decoding.py", *args])
     seed0 = json.loads((tmp_path / "joint_s0.json").read_text())["results"]
-    assert set(result["table"]) == {"running.speed", "eye.phi", "eye.theta"}
+    assert set(result["table"]) == variables and result["recording"] == recording
     for variable, row in result["table"].items():
         assert set(row["models"]) == {"neuroformer", "neuroformer, best.pt", "ridge"}
         assert row["models"]["ridge"]["test_r"]["mean"] == seed0[variable]["ridge"]["test_r"]
@@ -298,7 +301,7 @@ def test_joint_decoding_quick_runs_and_records_its_provenance(tmp_path):
 
 def test_velocity_population_is_cosine_tuned_with_its_lead_and_imports(tmp_path):
     out = tmp_path / "vel.npz"
-    args = ["-o", out, "--units", "12", "--minutes", "2", "--rate", "20"]
+    args = ["-o", out, "--units", "12", "--minutes", "2", "--rate", "20", "--gain", "1"]
     _run("simulate/velocity_population.py", *args)
     arrays, truth = np.load(out), np.load(tmp_path / "vel.truth.npz")
     counts, v = arrays["spikes"], np.stack([arrays["hand_vx"], arrays["hand_vy"]], 1)
