@@ -322,7 +322,7 @@ def test_glm_l2_adds_the_ridge_of_the_glms_filters_but_not_its_baselines(tiny_sy
     raw = {**PP_CFG, "loss": {"contrastive": 0.0}}
     model, batch, _ = _model(tiny_synthetic, raw)
     ridge = sum(float((p.detach() ** 2).sum()) for p in (model.coupling, model.behavior_filter)) / 2
-    assert float(model.glm_penalty()) == pytest.approx(ridge, rel=1e-6)
+    assert float(model.glm_penalty().detach()) == pytest.approx(ridge, rel=1e-6)
     penalised, _, _ = _model(tiny_synthetic, {**raw, "loss": {"contrastive": 0.0, "glm_l2": 0.5}})
     with torch.no_grad():
         assert float(penalised(batch)["loss"]) == pytest.approx(float(model(batch)["loss"]) + 0.5 * ridge, rel=1e-5)
