@@ -223,14 +223,14 @@ class Neuroformer(nn.Module):
         q = self.unit_emb.weight.expand(B, V, -1)
         q_time = torch.full((B, V), self.cfg.window.current / 2, device=q.device)
         mask = torch.ones(B, V, dtype=torch.bool, device=q.device)
-        drive = self.unit_drive_out(self.unit_readout(q, q_time, mask, memory=memory)).transpose(1, 2)
-        return self.bounded(drive) if self.point_process else drive
+        return self.bounded(self.unit_drive_out(self.unit_readout(q, q_time, mask, memory=memory)).transpose(1, 2))
 
     def bounded(self, log_rate_term, bound=None):
         """A term of the point process's log rate softly bounded to ±`bound` nats (default
-        `model.correction_bound`, for the transformer's corrections; 0: unbounded). See the config."""
+        `model.correction_bound`, for the transformer's corrections; 0: unbounded); unchanged
+        without the point process, whose heads are logits, not log rates. See the config."""
         bound = self.cfg.model.correction_bound if bound is None else bound
-        return bound * torch.tanh(log_rate_term / bound) if bound else log_rate_term
+        return bound * torch.tanh(log_rate_term / bound) if bound and self.point_process else log_rate_term
 
     def unit_bias(self, context, current, memory, drive=None):
         """What each unit's logit starts from: (B, 1, V) its drive, or with `point_process` (B, n_bins, V)
@@ -327,8 +327,7 @@ class Neuroformer(nn.Module):
             bias = bias.gather(1, at[..., None].expand(-1, -1, bias.shape[2]))
         logits = bias.expand(*units.shape, bias.shape[-1])
         if x is not None:
-            correction = self.unit_head(x + self.dt_emb(dt))
-            logits = logits + (self.bounded(correction) if self.point_process else correction)
+            logits = logits + self.bounded(self.unit_head(x + self.dt_emb(dt)))
         vocab = torch.arange(logits.shape[-1], device=units.device)
         return logits.masked_fill((dt == 0)[..., None] & (vocab < units[..., None]), float("-inf"))
 
