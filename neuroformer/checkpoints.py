@@ -14,6 +14,9 @@ from .errors import InputError
 from .io import atomic_path
 
 
+PREDATES = {("model", "wiener"): False}      # settings added later -> what a checkpoint without them was made with
+
+
 def save_checkpoint(path, model, optimizer, scheduler, cfg, dataset, step, epoch, done, best, opts):
     """Everything an exact resume needs (weights, optimiser, schedule, position in the epoch,
     random state), with the config, vocabulary and behaviour statistics to rebuild the model;
@@ -38,6 +41,11 @@ def load_checkpoint(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise InputError(path, ("checkpoint", f"cannot be read ({type(err).__name__}: {err})")) from None
+    state["predates"] = [f"{section}.{key}" for (section, key), then in PREDATES.items()
+                         if key not in state["config"].setdefault(section, {})]
+    for key in state["predates"]:
+        section, name = key.split(".")
+        state["config"][section][name] = PREDATES[section, name]
     return config_from_dict(state["config"], path), state
 
 
@@ -56,7 +64,7 @@ def load_matching(model, vocab, checkpoint):
     target = model.state_dict()
     same_targets = old_cfg.variables(True) == model.targets          # read-out k is target k's
     for name, value in state["model"].items():
-        if name.startswith("readout.") and not same_targets:
+        if name.startswith(("readout.", "wiener_")) and not same_targets:
             continue
         if name in rows and name in target:
             new, old = rows[name]

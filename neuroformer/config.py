@@ -97,6 +97,8 @@ class ModelConfig:
     correction_bound: float = at_least(0, 1.0)  # the transformer's corrections of it: a closed-loop rollout
                                        # feeds histories never seen in training, and unbounded
                                        # self-excitation turns them into a runaway (a unit firing every bin)
+    wiener: bool = True                # regression targets: a linear read-out of the binned counts inside
+                                       # the model, fitted by ridge on the training split, then fixed
     stimulus_features: int = at_least(0, 0)  # >0 (point_process, with frames): a linear stimulus filter in
                                        # the GLM, per unit: these many shared features per patch, weighted
                                        # by the unit's spatial map, filtered over the time since frame onset

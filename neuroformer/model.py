@@ -115,6 +115,13 @@ class Neuroformer(nn.Module):
             self.population_in = nn.Sequential(nn.Linear(self.population_bins * w, 2 * w), nn.GELU(),
                                                nn.Linear(2 * w, w))
             self.readout = nn.ModuleList(nn.Linear(w, objectives[n].n_classes or 1) for n in self.targets)
+        # a Wiener filter inside the model: each regression target's linear read-out of the binned
+        # counts, fitted in closed form on the training split before training (`fit_wiener`) and
+        # then fixed, so decoding starts where ridge regression ends and the rest learns what it misses
+        self.wiener_targets = [n for n in self.targets if self.objectives[n] == "regression"] if m.wiener else []
+        if self.wiener_targets:
+            self.register_buffer("wiener_weight", torch.zeros(self.population_bins * vocab_size, len(self.wiener_targets)))
+            self.register_buffer("wiener_bias", torch.zeros(len(self.wiener_targets)))
 
         c = m.contrastive_dim or w
         self.proj_neural, self.proj_visual = nn.Linear(w, c), nn.Linear(w, c)
@@ -417,19 +424,36 @@ class Neuroformer(nn.Module):
         window = self.cfg.window
         return math.ceil((window.history + window.current) / window.current - 1e-6)
 
-    def population(self, batch):
-        """The window's binned population vectors (B, bins, W): per bin of `current` seconds,
-        counted back from the window's end, the sum of the unit embeddings of its spikes (history
-        and current) per second. Attention averages, so it cannot count; rates are counts."""
+    def _population_spikes(self, batch):
+        """Every spike of the window (history and current, without START): unit tokens, mask and
+        population bin (B, S), bins of `current` seconds counted back from the window's end."""
         hist, cur = batch["history"], batch["current"]
-        units = torch.cat([hist["unit"], cur["unit"][:, 1:]], 1)                 # without START
-        mask = torch.cat([hist["mask"], cur["mask"][:, 1:]], 1).unsqueeze(-1)
+        units = torch.cat([hist["unit"], cur["unit"][:, 1:]], 1)
+        mask = torch.cat([hist["mask"], cur["mask"][:, 1:]], 1)
         time = torch.cat([hist["time"], cur["time"][:, 1:]], 1)
-        n, step = self.population_bins, self.cfg.window.current
-        index = (n - 1 + (time / step).floor().long()).clamp(0, n - 1)          # n - 1: the current window
-        emb = self.unit_emb(units) * mask
-        out = emb.new_zeros(len(emb), n, emb.shape[-1])
-        return out.scatter_add_(1, index.unsqueeze(-1).expand_as(emb), emb) / step
+        n = self.population_bins
+        return units, mask, (n - 1 + (time / self.cfg.window.current).floor().long()).clamp(0, n - 1)
+
+    def population(self, batch):
+        """The window's binned population vectors (B, bins, W): per population bin, the sum of the
+        unit embeddings of its spikes per second. Attention averages, so it cannot count; rates are counts."""
+        units, mask, index = self._population_spikes(batch)
+        emb = self.unit_emb(units) * mask.unsqueeze(-1)
+        out = emb.new_zeros(len(emb), self.population_bins, emb.shape[-1])
+        return out.scatter_add_(1, index.unsqueeze(-1).expand_as(emb), emb) / self.cfg.window.current
+
+    def binned_counts(self, batch):
+        """Spike counts of every unit token in every population bin (B, bins * V): the Wiener filter's input."""
+        units, mask, index = self._population_spikes(batch)
+        V = self.unit_emb.num_embeddings
+        out = torch.zeros(len(units), self.population_bins * V, device=units.device, dtype=self.unit_emb.weight.dtype)
+        return out.scatter_add_(1, index * V + units, mask.to(out.dtype))
+
+    def wiener(self, batch):
+        """The Wiener filter's prediction (B, targets) of each regression target, standardised units;
+        in full precision (its intercept cancels a large sum)."""
+        with torch.autocast(self.wiener_weight.device.type, enabled=False):
+            return self.binned_counts(batch).to(self.wiener_weight.dtype) @ self.wiener_weight + self.wiener_bias
 
     def behavior_outputs(self, batch, x, memory):
         """POYO-style output queries at each target sample's timestamp, starting from the variable's
@@ -438,11 +462,14 @@ class Neuroformer(nn.Module):
         cur = batch["current"]
         context = tuple(torch.cat(p, 1) for p in zip((x, cur["time"], cur["mask"]), memory))
         population = self.population_in(self.population(batch).flatten(1))[:, None]
+        linear = self.wiener(batch)[:, None, :, None] if self.wiener_targets else None     # (B, 1, T, 1)
         outputs = {}
         for readout, name in zip(self.readout, self.targets):
             b = batch[f"behavior.{name}"]
             q = (self.var_emb.weight[self.var_index[name]] + population).expand(*b["value"].shape, -1)
             outputs[name] = readout(self.query(q, b["time"], b["mask"], memory=context))
+            if name in self.wiener_targets:
+                outputs[name] = outputs[name] + linear[:, :, self.wiener_targets.index(name)]
         return outputs
 
     def behavior_loss(self, batch, outputs):

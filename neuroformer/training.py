@@ -26,6 +26,7 @@ from .errors import InputError
 from .io import atomic_path, remove_temporaries
 from .model import GLM_FILTERS, metrics_from_sums
 from .provenance import write_result
+from .wiener import fit_wiener
 
 
 def epoch_batches(recordings, spec, split, batch_size, seed, epoch, rank=0, world=1, fraction=1.0):
@@ -45,12 +46,21 @@ def epoch_batches(recordings, spec, split, batch_size, seed, epoch, rank=0, worl
     return batches[rank::world][:len(batches) // world]
 
 
+def tiling_windows(recordings, spec, split="valid", fraction=1.0):
+    """Every window of a sequential tiling of a split's first `fraction` (step: one current
+    window); none when every interval is shorter than a window."""
+    intervals = {rid: first_fraction(iv, fraction) for rid, iv in recordings.get_sampling_intervals(split).items()}
+    try:
+        return list(SequentialFixedWindowSampler(sampling_intervals=intervals, window_length=spec.length,
+                                                 step=spec.current, drop_short=True))
+    except ValueError:                          # torch_brain: every interval shorter than a window
+        return []
+
+
 def tiling_batches(recordings, spec, batch_size, limit, split="valid"):
     """The first `limit` batches of a sequential tiling of a split (deterministic), spread over
     the whole split when it holds more windows."""
-    sampler = SequentialFixedWindowSampler(sampling_intervals=recordings.get_sampling_intervals(split),
-                                           window_length=spec.length, step=spec.current, drop_short=True)
-    indices = list(sampler)
+    indices = tiling_windows(recordings, spec, split)
     stride = max(1, len(indices) // max(1, limit * batch_size))
     indices = indices[::stride][:limit * batch_size]
     return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
@@ -143,13 +153,25 @@ def train(cfg, data_paths, opts):
     if opts.trainable not in TRAINABLE:
         raise InputError("trainable", ("trainable", f"unknown {opts.trainable!r} ({', '.join(TRAINABLE)})"))
     if opts.init and not state:
-        vocab = UnitVocab.from_state_dict(load_checkpoint(opts.init)[1]["vocab"])
+        init_cfg, init_state = load_checkpoint(opts.init)
+        vocab = UnitVocab.from_state_dict(init_state["vocab"])
         for path in data_paths:                                 # units of a new session join the vocabulary
             vocab.extend(open_recording(path).units.id.astype(str))
     torch.manual_seed(opts.seed)
     recordings, dataset, model = build(cfg, data_paths, vocab, stats, opts.train_fraction)
     if opts.init and not state:
         load_matching(model, dataset.vocab, opts.init)
+    spec = dataset.spec
+    valid = tiling_batches(recordings, spec, cfg.train.batch_size, cfg.train.eval_batches)
+    if not valid:
+        raise InputError(", ".join(map(str, data_paths)), (
+            "valid_domain", f"holds no {spec.length:g} s window: validation chooses best.pt"))
+    training_windows = tiling_windows(recordings, spec, "train", opts.train_fraction)
+    penalties = None
+    # fitted on a fresh run; a run fine-tuned from a checkpoint without the filter keeps none (its
+    # read-out already predicts the whole value)
+    if model.wiener_targets and not state and training_windows and (not opts.init or init_cfg.model.wiener):
+        penalties = fit_wiener(model, dataset, training_windows, valid, cfg.train.batch_size)
     for name, p in model.named_parameters():
         p.requires_grad_(TRAINABLE[opts.trainable] is None or name.split(".")[0] in TRAINABLE[opts.trainable])
     model.to(device)
@@ -174,16 +196,12 @@ def train(cfg, data_paths, opts):
         torch.set_rng_state(state["torch_rng"])
         opts.seed = state["seed"]
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    spec = dataset.spec
-    valid = tiling_batches(recordings, spec, cfg.train.batch_size, cfg.train.eval_batches)
-    if not valid:
-        raise InputError(", ".join(map(str, data_paths)), (
-            "valid_domain", f"holds no {spec.length:g} s window: validation chooses best.pt"))
     metrics_path = out / "metrics.jsonl"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, step)
-        write_result(out / "run.json", {"data": data_paths, "step": step, "options": vars(opts)}, cfg, opts.seed)
+        write_result(out / "run.json", {"data": data_paths, "step": step, "options": vars(opts),
+                                        **({"wiener_penalties": penalties} if penalties else {})}, cfg, opts.seed)
     bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=rank != 0)
     last_valid = None
     while step < total:
@@ -265,7 +283,12 @@ def _flat(tree, prefix=""):
 
 
 def _load_for_resume(path, cfg):
+    """The checkpoint's state, if it was made with `cfg`; a setting the checkpoint predates is set
+    in `cfg` to what the run was made with (the resumed run goes on as it began)."""
     saved_cfg, state = load_checkpoint(path)
+    for key in state["predates"]:
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, getattr(getattr(saved_cfg, section), name))
     saved, now = _flat(saved_cfg.to_dict()), _flat(cfg.to_dict())
     diff = [f"{k.rstrip('.')} ({saved.get(k)!r} in the checkpoint, {now.get(k)!r} now)"
             for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]

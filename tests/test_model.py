@@ -1,11 +1,18 @@
 """The model: config checking, shapes, the likelihood against a reference, causality, rotary
 time invariance, attention capture, contrastive exclusions, backbones."""
+import copy
 import math
 from contextlib import nullcontext
+from unittest import mock
+
+import numpy as np
 
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from neuroformer.backbones import make_backbone
 from neuroformer.config import BackboneConfig, config_from_dict, load_config
@@ -13,7 +20,11 @@ from neuroformer.data.windows import IGNORE, LoaderOptions, make_loader
 from neuroformer.errors import InputError
 from neuroformer.model import Neuroformer, metrics_from_sums
 from neuroformer.nn import capture_attention
+from neuroformer.training import tiling_batches, tiling_windows
+from neuroformer import wiener
 from neuroformer.assembly import window_spec
+from neuroformer.data.windows import collate_windows
+from neuroformer.wiener import fit_wiener
 
 TINY_CFG = {
     "window": {"current": 0.05, "history": 0.05, "frames": 0.1, "behavior": 0.05},
@@ -98,6 +109,47 @@ def test_population_vector_counts_the_windows_spikes_per_bin(setup):
         h = hist["unit"][b][hist["mask"][b]]
         torch.testing.assert_close(pop_doubled[b].sum(0) - pop[b].sum(0), emb[h].sum(0) / step)   # counts add up
     assert pop[:, -1].abs().sum() > 0 and pop[:, 0].abs().sum() > 0      # both bins hold spikes
+
+
+def test_binned_counts_are_the_population_vector_before_the_embedding(setup):
+    cfg, model, batch = setup
+    with torch.no_grad():
+        counts = model.binned_counts(batch).view(len(batch["t0"]), model.population_bins, -1)
+        reference = counts @ model.unit_emb.weight / cfg.window.current
+        torch.testing.assert_close(model.population(batch), reference)
+    spikes = batch["history"]["mask"].sum() + batch["current"]["mask"][:, 1:].sum()
+    assert counts.sum() == spikes                                         # every spike counted once
+
+
+def test_wiener_filter_is_the_validation_chosen_ridge_and_adds_to_the_decoded_value(setup, tiny_synthetic):
+    cfg, model, _ = setup
+    model = copy.deepcopy(model)
+    dataset = make_loader([tiny_synthetic], window_spec(cfg), LoaderOptions(batch_size=8, seed=0)).dataset
+    windows = tiling_windows(dataset.recordings, dataset.spec, "train")
+    assert len(windows) > 64
+    valid = tiling_batches(dataset.recordings, dataset.spec, 16, limit=1)
+    with mock.patch("neuroformer.wiener.MAX_VALUES", 1):                    # evenly spaced windows: 16 batches of 4
+        chosen = fit_wiener(model, dataset, windows, valid, batch_size=4)
+    assert model.wiener_targets == ["eye.phi"] and chosen["eye.phi"] in wiener.ALPHAS
+    used = [windows[i] for i in np.linspace(0, len(windows) - 1, 64).round().astype(int)]
+    (x, y), (xv, yv) = (wiener.wiener_design(model, dataset, b)["eye.phi"] for b in ([used], valid))
+    errors = {a: np.mean((make_pipeline(StandardScaler(), Ridge(alpha=a)).fit(x, y).predict(xv) - yv) ** 2)
+              for a in wiener.ALPHAS}
+    assert chosen["eye.phi"] == min(errors, key=errors.get)
+    reference = make_pipeline(StandardScaler(), Ridge(alpha=chosen["eye.phi"])).fit(x, y).predict(xv)
+    with torch.no_grad():
+        held_out = collate_windows([dataset[i] for i in valid[0]])
+        got = model.wiener(held_out)[:, 0]
+        mask = held_out["behavior.eye.phi"]["mask"]
+        window, _ = torch.nonzero(mask, as_tuple=True)
+        np.testing.assert_allclose(got[window].numpy(), reference, rtol=1e-4, atol=1e-4)
+        memory, _ = model.encode_context(held_out)
+        x_dec = model.decode(held_out["current"], memory)
+        with_filter = model.behavior_outputs(held_out, x_dec, memory)["eye.phi"]
+        model.wiener_weight.zero_()
+        model.wiener_bias.zero_()
+        without = model.behavior_outputs(held_out, x_dec, memory)["eye.phi"]
+    torch.testing.assert_close((with_filter - without)[..., 0], got[:, None].expand_as(mask))
 
 
 def test_windows_without_history_stay_finite(setup):

@@ -12,6 +12,8 @@ import torch
 import yaml
 
 from neuroformer.checkpoints import load_checkpoint
+from neuroformer.config import load_config
+from neuroformer.training import RunOptions, train
 
 from conftest import check_provenance
 from test_model import TINY_CFG
@@ -72,6 +74,31 @@ def test_resume_from_a_checkpoint_without_per_variable_bests_keeps_its_best(tiny
                    capture_output=True)
     assert load_checkpoint(tmp_path / "last.pt")[1]["step"] == 20
     assert load_checkpoint(tmp_path / "best.pt")[1]["step"] == 10
+
+
+def test_a_run_saved_before_the_wiener_filter_resumes_without_one(tiny_config, tiny_synthetic, tmp_path):
+    subprocess.run(_cmd(tiny_config, tiny_synthetic, tmp_path, "--max-steps", "10"), check=True, capture_output=True)
+    assert "eye.phi" in json.loads((tmp_path / "run.json").read_text())["wiener_penalties"]
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["model"]["wiener_weight"].abs().sum() > 0                  # fitted before the first step
+    del state["config"]["model"]["wiener"], state["model"]["wiener_weight"], state["model"]["wiener_bias"]
+    torch.save(state, tmp_path / "last.pt")
+    subprocess.run(_cmd(tiny_config, tiny_synthetic, tmp_path, "--max-steps", "20", "--resume"), check=True,
+                   capture_output=True)
+    cfg, state = load_checkpoint(tmp_path / "last.pt")
+    assert state["step"] == 20 and cfg.model.wiener is False and "wiener_weight" not in state["model"]
+
+
+def test_finetuning_from_a_checkpoint_without_the_filter_adds_none(tiny_config, tiny_synthetic, tmp_path):
+    cfg = load_config(tiny_config)
+    train(cfg, [tiny_synthetic], RunOptions(tmp_path / "old", max_steps=2))
+    state = torch.load(tmp_path / "old" / "last.pt", weights_only=True)
+    del state["config"]["model"]["wiener"], state["model"]["wiener_weight"], state["model"]["wiener_bias"]
+    torch.save(state, tmp_path / "old.pt")
+    for init, fitted in ((tmp_path / "old.pt", False), (tmp_path / "old" / "last.pt", True)):
+        out = tmp_path / f"tuned_{fitted}"
+        train(cfg, [tiny_synthetic], RunOptions(out, max_steps=1, init=init, trainable="heads"))
+        assert bool(load_checkpoint(out / "last.pt")[1]["model"]["wiener_weight"].abs().sum() > 0) is fitted
 
 
 def test_checkpoint_holds_everything_and_loads_weights_only(tiny_config, tiny_synthetic, tmp_path):
