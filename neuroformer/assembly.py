@@ -69,6 +69,11 @@ def build(cfg, data_paths, vocab=None, stats=None, fraction=1.0):
     """Recordings, window dataset and model for a config (vocabulary and stats from a checkpoint
     when resuming, else made from the first `fraction` of the training split)."""
     recordings = RecordingSet(data_paths)
+    for rid in recordings.recording_ids:
+        data = recordings.get_recording(rid)
+        if not len(data.spikes.timestamps):
+            raise InputError(recordings._paths[rid], ("spikes", "none to model" + (
+                ": the recording holds calcium traces only" if "calcium" in data.keys() else "")))
     if uses_cached_features(cfg):
         for path in data_paths:
             compute_features(path, cfg.model.backbone)

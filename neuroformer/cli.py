@@ -72,12 +72,13 @@ def _prepare(args):
         paths = write_synthetic(args.output, cfg)
     else:
         if not args.source:
-            raise InputError("prepare", ("SOURCE", "missing: give a .nwb/.npz/.pkl/.mat file or --synthetic"))
+            raise InputError("prepare", ("SOURCE", "missing: give a .nwb/.npz/.pkl/.mat file, a suite2p folder "
+                                                   "or --synthetic"))
         video = (VideoSpec(args.video, args.video_fps, args.video_start, args.video_per_trial)
                  if args.video else None)
         paths = [prepare(args.source, args.output, config=args.config, bin_size=args.bin_size,
                          behavior=args.behavior, frame_rate=args.frame_rate, video=video, split=split,
-                         seed=args.seed, allow_pickle=args.allow_pickle)]
+                         seed=args.seed, allow_pickle=args.allow_pickle, imaging_rate=args.imaging_rate)]
     for p in paths:
         print(f"wrote {p}")
 
@@ -195,13 +196,15 @@ def build_parser():
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser("prepare", help="import a recording (NWB, array dictionary, video) or make a synthetic one")
-    p.add_argument("source", nargs="?", help=".nwb, or an array dictionary (.npz, .pkl, .mat)")
+    p.add_argument("source", nargs="?", help=".nwb, an array dictionary (.npz, .pkl, .mat) or a suite2p plane folder")
     p.add_argument("-o", "--output", required=True, type=Path, help="output recording (.h5)")
     p.add_argument("--config", help="data config YAML for an array dictionary (original keys)")
     p.add_argument("--bin-size", type=positive_float, help="bin width (s) of the binned spike counts")
     p.add_argument("--behavior", action="append", default=[], metavar="NAME=DT",
                    help="a behaviour variable of the array dictionary and its sample interval (s); repeatable")
     p.add_argument("--frame-rate", type=positive_float, help="frame rate (Hz) of the array dictionary's `frames`")
+    p.add_argument("--imaging-rate", type=positive_float,
+                   help="imaging frame rate (Hz) of calcium traces: the array dictionary's `traces`, a suite2p folder")
     p.add_argument("--video", help="video file (mp4/avi) shown during the recording")
     p.add_argument("--video-fps", type=positive_float, help="video frame rate (Hz); default: the file's")
     p.add_argument("--video-start", type=finite_float, default=0.0, help="time (s) of the video's first frame")
@@ -357,6 +360,8 @@ def _check_outputs(args):
             inputs.append((flag, Path(path)))
             if dest == "run" and Path(path).is_dir():
                 inputs.append((flag, Path(path) / "best.pt"))
+            if dest == "source" and Path(path).is_dir():          # a suite2p folder: each of its files
+                inputs += [(flag, f) for f in sorted(Path(path).iterdir()) if f.is_file()]
     outputs = [(flag, Path(getattr(args, dest))) for dest, flag in OUTPUTS.items() if getattr(args, dest, None)]
     for i, (flag, path) in enumerate(outputs):
         check_output(path, inputs + outputs[:i], option=flag, folder=args.verb in FOLDER_OUTPUTS)

@@ -106,7 +106,7 @@ CASES = {
         "data.yaml", "spikes.binsize", r"unknown key"),
     "missing bin size": (
         lambda p: prepare(_npz(p), p / "o.h5"),
-        "data config", "spikes.dt", r"the bin size is required"),
+        "rec.npz", "spikes.dt", r"the bin size is required"),
     "spikes of the wrong shape": (
         lambda p: prepare(_npz(p, spikes=np.ones(100)), p / "o.h5", bin_size=BIN),
         "rec.npz", "spikes", r"expected binned counts \(n_neurons, n_timesteps\), got shape \(100,\)"),
@@ -184,4 +184,4 @@ def test_every_problem_is_reported_at_once(tmp_path):
 def test_cli_prints_the_error_without_a_traceback(tmp_path, capsys):
     assert main(["prepare", str(_npz(tmp_path)), "-o", str(tmp_path / "o.h5")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: data config: spikes.dt: the bin size is required") and "Traceback" not in err
+    assert err.startswith(f"error: {tmp_path / 'rec.npz'}: spikes.dt: the bin size is required") and "Traceback" not in err

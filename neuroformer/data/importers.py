@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config import read_yaml
 from ..errors import InputError
+from .imaging import calcium_series, checked_rate, import_suite2p, nwb_traces, real_matrix
 from .objects import IrregularTimeSeries, RegularTimeSeries
 from .recording import assign_splits, make_recording, save_recording, union
 from .validate import require_finite, require_valid
@@ -161,7 +162,7 @@ def _domain(*arrays):
 
 # ---------------------------------------------------------------- array dictionary
 
-CONFIG_KEYS = {"session", "spikes", "frames", "modalities", "intervals", "seed"}
+CONFIG_KEYS = {"session", "spikes", "frames", "calcium", "modalities", "intervals", "seed"}
 STREAM_KEYS = {"data", "dt", "repeat"}
 VARIABLE_KEYS = {"data", "dt", "predict", "objective", "n_classes"}
 SPLIT_KEYS = ("intervals", "train_intervals", "valid_intervals", "test_intervals", "finetune_intervals")
@@ -173,12 +174,13 @@ class ArrayConfig:
     session: str | None = None
     spikes: dict = field(default_factory=lambda: {"data": "spikes", "dt": None})
     frames: dict | None = None
+    calcium: dict | None = None        # ΔF/F traces (n_rois, n_frames) and their frame interval dt
     modalities: dict = field(default_factory=dict)
     intervals: dict = field(default_factory=dict)
     seed: int = 0
 
     @classmethod
-    def load(cls, path=None, bin_size=None, behavior=(), frame_rate=None):
+    def load(cls, path=None, bin_size=None, behavior=(), frame_rate=None, imaging_rate=None):
         """From a YAML file (optional), then CLI shorthands filling the same structure."""
         raw = {}
         if path:
@@ -194,6 +196,15 @@ class ArrayConfig:
             cfg.frames = {"data": "frames", **(cfg.frames or {}), "dt": 1.0 / float(frame_rate)}
         if cfg.frames is not None:
             _check_keys(src, "frames.", cfg.frames, STREAM_KEYS)
+        if imaging_rate is not None:
+            cfg.calcium = {"data": "traces", **(cfg.calcium or {}), "dt": 1.0 / float(imaging_rate)}
+        if cfg.calcium is not None:
+            _check_keys(src, "calcium.", cfg.calcium, STREAM_KEYS - {"repeat"})
+            if "dt" not in cfg.calcium:
+                raise InputError(src, ("calcium.dt", "the imaging frame interval is required (--imaging-rate HZ or "
+                                                     "calcium.dt seconds)"))
+            if not _positive_seconds(cfg.calcium["dt"]):
+                raise InputError(src, ("calcium.dt", f"must be a positive number (s), got {cfg.calcium['dt']!r}"))
         for item in behavior:
             name, _, dt = str(item).partition("=")
             try:
@@ -209,13 +220,11 @@ class ArrayConfig:
                 if not _positive_seconds(var.get("dt")):
                     raise InputError(src, (f"modalities.{mtype}.variables.{name}.dt", "must be a positive number (s)"))
         _check_keys(src, "intervals.", cfg.intervals, set(SPLIT_KEYS))
-        if not _positive_seconds(cfg.spikes.get("dt")):
-            raise InputError(src, ("spikes.dt", "the bin size is required (--bin-size SECONDS or spikes.dt)"))
         return cfg
 
 
 def _positive_seconds(value):
-    return isinstance(value, (int, float)) and np.isfinite(value) and value > 0
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value > 0
 
 
 def _check_keys(src, prefix, mapping, allowed):
@@ -256,6 +265,8 @@ def load_array_dict(path, allow_pickle=False):
 
 
 def _get(arrays, key, path, field_name):
+    if not isinstance(key, str):
+        raise InputError(path, (field_name, f"expected the name of an array in the file, got {key!r}"))
     if key not in arrays:
         raise InputError(path, (field_name, f"key {key!r} not in the file (keys: {sorted(arrays)})"))
     return np.asarray(arrays[key])
@@ -274,22 +285,42 @@ def _as_intervals(values, path, field_name):
 
 
 def import_arrays(path, cfg, allow_pickle=False):
-    """The original Neuroformer array dictionary -> recording Data."""
+    """The original Neuroformer array dictionary -> recording Data (spikes as binned counts, and/or
+    calcium traces)."""
     path = Path(path)
     arrays = load_array_dict(path, allow_pickle)
-    counts = _get(arrays, cfg.spikes["data"], path, "spikes")
-    if counts.ndim != 2:
-        raise InputError(path, ("spikes", f"expected binned counts (n_neurons, n_timesteps), got shape {counts.shape}"))
-    if not np.issubdtype(counts.dtype, np.number) or not np.isfinite(counts).all():
-        raise InputError(path, ("spikes", "counts must be finite numbers"))
-    if (counts < 0).any() or (counts != np.round(counts)).any():
-        raise InputError(path, ("spikes", "counts must be non-negative integers"))
-    bin_size = float(cfg.spikes["dt"])
-    times, units = counts_to_spikes(counts.astype(np.int64), bin_size, seed=cfg.seed)
-    duration = counts.shape[1] * bin_size
     session = cfg.session or path.stem
-    parts = dict(spike_times=times, spike_units=units, unit_ids=[f"{session}/{i}" for i in range(len(counts))],
-                 domain=(0.0, duration), session_id=session)
+    if cfg.calcium is not None:
+        rate = checked_rate(1.0 / float(cfg.calcium["dt"]), path, "calcium.dt")
+        traces = real_matrix(_get(arrays, cfg.calcium.get("data", "traces"), path, "calcium"), path, "calcium",
+                             "(n_rois, n_frames)").T
+        parts = dict(spike_times=np.zeros(0), spike_units=np.zeros(0, dtype=np.int64),
+                     unit_ids=[f"{session}/{i}" for i in range(traces.shape[1])],
+                     domain=(0.0, len(traces) / rate), session_id=session, calcium=calcium_series(traces, rate))
+    elif cfg.spikes["data"] not in arrays and "traces" in arrays:
+        raise InputError(path, ("traces", "calcium traces: give their frame rate (--imaging-rate HZ)"))
+    if cfg.calcium is None or cfg.spikes["data"] in arrays:
+        counts = _get(arrays, cfg.spikes["data"], path, "spikes")
+        if counts.ndim != 2:
+            raise InputError(path, ("spikes", f"expected binned counts (n_neurons, n_timesteps), got shape {counts.shape}"))
+        if not np.issubdtype(counts.dtype, np.number) or not np.isfinite(counts).all():
+            raise InputError(path, ("spikes", "counts must be finite numbers"))
+        if (counts < 0).any() or (counts != np.round(counts)).any():
+            raise InputError(path, ("spikes", "counts must be non-negative integers"))
+        if not _positive_seconds(cfg.spikes.get("dt")):
+            raise InputError(path, ("spikes.dt", "the bin size is required (--bin-size SECONDS or spikes.dt)"))
+        bin_size = float(cfg.spikes["dt"])
+        times, units = counts_to_spikes(counts.astype(np.int64), bin_size, seed=cfg.seed)
+        duration = counts.shape[1] * bin_size
+        if cfg.calcium is not None:
+            if len(counts) != traces.shape[1]:
+                raise InputError(path, ("spikes", f"{len(counts)} neurons, but the traces have {traces.shape[1]} ROIs"))
+            if abs(duration - parts["domain"][1]) > max(bin_size, 1 / rate):
+                raise InputError(path, ("spikes", f"the counts span {duration:g} s, the traces {parts['domain'][1]:g} s"))
+            duration = max(duration, parts["domain"][1])
+        else:
+            parts = dict(unit_ids=[f"{session}/{i}" for i in range(len(counts))], session_id=session)
+        parts.update(spike_times=times, spike_units=units, domain=(0.0, duration))
 
     spans = {k: _as_intervals(_get(arrays, cfg.intervals.get(k, k), path, k), path, k)
              for k in SPLIT_KEYS if cfg.intervals.get(k, k) in arrays}
@@ -379,18 +410,26 @@ def import_nwb(path):
         io = NWBHDF5IO(str(path), "r")
         nwb = io.read()
     except Exception as err:
-        raise InputError(path, ("file", f"pynwb cannot read it ({type(err).__name__}: {err})")) from None
+        reason = (str(err).splitlines() or [""])[0][:200]
+        raise InputError(path, ("file", f"pynwb cannot read it ({type(err).__name__}: {reason})")) from None
     try:
-        if nwb.units is None or len(nwb.units) == 0:
-            raise InputError(path, ("units", "no Units table (sorted spikes) in the file"))
         session = _name(nwb.identifier or path.stem)
-        names = (nwb.units["unit_name"][:] if "unit_name" in nwb.units.colnames else nwb.units.id[:])
-        per_unit = [np.asarray(nwb.units["spike_times"][i], dtype=np.float64) for i in range(len(nwb.units))]
-        times = np.concatenate(per_unit)
-        units = np.repeat(np.arange(len(per_unit)), [len(s) for s in per_unit])
-        require_finite("spikes.timestamps", times, path)
-        order = np.argsort(times, kind="stable")
-        times, units = times[order], units[order]
+        imaging = None
+        if nwb.units is None or len(nwb.units) == 0:        # an imaging session: its ROIs are the units
+            imaging = nwb_traces(nwb, path)
+            if imaging is None:
+                raise InputError(path, ("units", "no Units table (sorted spikes) and no ophys RoiResponseSeries "
+                                                 "(DfOverF or Fluorescence) in the file"))
+            traces, rate, start, names = imaging
+            times, units = np.zeros(0), np.zeros(0, dtype=np.int64)
+        else:
+            names = (nwb.units["unit_name"][:] if "unit_name" in nwb.units.colnames else nwb.units.id[:])
+            per_unit = [np.asarray(nwb.units["spike_times"][i], dtype=np.float64) for i in range(len(nwb.units))]
+            times = np.concatenate(per_unit)
+            units = np.repeat(np.arange(len(per_unit)), [len(s) for s in per_unit])
+            require_finite("spikes.timestamps", times, path)
+            order = np.argsort(times, kind="stable")
+            times, units = times[order], units[order]
 
         series = [obj for obj in nwb.objects.values() if isinstance(obj, TimeSeries)]
         behavior, movies, ends = {}, [], [times]
@@ -412,11 +451,15 @@ def import_nwb(path):
             ends.append(trials["end"])
         if nwb.epochs is not None and len(nwb.epochs):
             ends.append(np.asarray(nwb.epochs["stop_time"][:], dtype=np.float64))
+        if imaging is not None:
+            ends.append([start, start + len(traces) / rate])
         parts = dict(spike_times=times, spike_units=units, unit_ids=[f"{session}/{n}" for n in names],
                      domain=_domain(*ends), session_id=session,
                      subject_id=(nwb.subject.subject_id if nwb.subject is not None else None) or "unknown",
                      species=(nwb.subject.species if nwb.subject is not None else None) or None,
                      trials=trials, behavior=behavior or None)
+        if imaging is not None:
+            parts["calcium"] = calcium_series(traces, rate, start)
         if movies:
             parts.update(_nwb_movie(movies[0], path, parts["domain"]))
         return make_recording(**parts)
@@ -447,14 +490,19 @@ def _nwb_movie(ts, path, domain):
 # ---------------------------------------------------------------- prepare
 
 def prepare(source, out, *, config=None, bin_size=None, behavior=(), frame_rate=None, video=None,
-            split=(0.7, 0.1, 0.2), seed=0, allow_pickle=False):
-    """Import `source` (.nwb, .npz/.pkl/.mat; a pickle only with `allow_pickle`), attach a video,
-    set splits, validate, save."""
+            split=(0.7, 0.1, 0.2), seed=0, allow_pickle=False, imaging_rate=None):
+    """Import `source` (.nwb, .npz/.pkl/.mat, a suite2p plane folder; a pickle only with
+    `allow_pickle`), attach a video, set splits, validate, save."""
     source = Path(source)
+    if imaging_rate is not None and source.suffix == ".nwb":
+        raise InputError(source, ("--imaging-rate", "an NWB file states its own imaging rate"))
     if source.suffix == ".nwb":
         data = import_nwb(source)
+    elif source.is_dir():
+        data = import_suite2p(source, imaging_rate, allow_pickle)
     else:
-        data = import_arrays(source, ArrayConfig.load(config, bin_size, behavior, frame_rate), allow_pickle)
+        data = import_arrays(source, ArrayConfig.load(config, bin_size, behavior, frame_rate, imaging_rate),
+                             allow_pickle)
     if video is not None:
         data = _with_video(data, video)
     if "train_domain" not in data.keys():

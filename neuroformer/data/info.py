@@ -31,6 +31,8 @@ def summarize(path):
             "duration_s": duration,
             "domain_s": [start, end],
             "spike_span_s": [float(times[0]), float(times[-1])] if len(times) else None,
+            "calcium": ({"rois": int(data.calcium.dff.shape[1]), "frames": int(data.calcium.dff.shape[0]),
+                         "rate_hz": float(data.calcium.sampling_rate)} if "calcium" in keys else None),
             "behavior": behavior_variables(data),
             "trials": int(len(data.trials)) if "trials" in keys else 0,
             "movies": ([{"id": str(i), "frames": int(n), "frame_rate": float(r)} for i, n, r in
@@ -61,6 +63,9 @@ def format_summary(s):
         lines.append(f"spikes in [{s['spike_span_s'][0]:.6g}, {s['spike_span_s'][1]:.6g}] s")
     if s["spikes_per_unit"]:
         lines.append("per unit  " + ", ".join(f"{u}: {c}" for u, c in s["spikes_per_unit"].items()))
+    if s.get("calcium"):
+        c = s["calcium"]
+        lines.append(f"calcium   ΔF/F of {c['rois']} ROIs, {c['frames']} frames at {c['rate_hz']:g} Hz")
     lines.append(f"behaviour {', '.join(s['behavior']) or 'none'}")
     movies = ", ".join(f"{m['id']} ({m['frames']} frames at {m['frame_rate']:g} Hz)" for m in s["movies"])
     lines.append(f"stimulus  {movies or 'none'}; {s['presentations']} presentations")

@@ -11,6 +11,8 @@ Layout (all times in seconds on the session clock):
   stored once, concatenated; `movie_table`: ArrayDict(id, first_frame, n_frames, frame_rate).
 - `stimulus` (optional): Interval(start, end, movie_index) — each presentation of a movie;
   a movie repeated over trials is referenced here, never copied.
+- `calcium` (optional): RegularTimeSeries(dff (T, N) float32) — ΔF/F of every unit (an imaging
+  ROI) at the imaging frame rate (data/imaging.py); a recording of traces alone has no spikes.
 - `behavior` (optional): Data whose children are Regular/IrregularTimeSeries groups; a
   variable is addressed as "group.field" (e.g. "running.speed", "eye.phi").
 - `domain`, `train_domain`, `valid_domain`, `test_domain`: Intervals.
@@ -48,6 +50,7 @@ def make_recording(
     movies=None,
     presentations=None,
     behavior=None,
+    calcium=None,
     splits=None,
 ):
     """Assemble a recording as a torch_brain `Data` object (not yet validated or saved).
@@ -55,6 +58,7 @@ def make_recording(
     movies: list of (movie_id, frames (F, H, W) uint8, frame_rate).
     presentations: dict(start=..., movie_index=...) — end follows from the movie length.
     behavior: dict group -> RegularTimeSeries / IrregularTimeSeries.
+    calcium: RegularTimeSeries of ΔF/F traces (`imaging.calcium_series`).
     splits: dict split -> Interval; None leaves them for `assign_splits`.
     """
     start, end = domain
@@ -77,6 +81,8 @@ def make_recording(
         parts.update(_movie_parts(movies, presentations))
     if behavior:
         parts["behavior"] = Data(**behavior, domain="auto")
+    if calcium is not None:
+        parts["calcium"] = calcium
     for name, interval in (splits or {}).items():
         parts[f"{name}_domain"] = interval
     return Data(**parts, domain=Interval(float(start), float(end)))

@@ -113,6 +113,9 @@ def check(data):
         if ((index < 0) | (index >= n_movies)).any():
             problems.append(("stimulus.movie_index", f"values outside [0, {n_movies}) (movies stored: {n_movies})"))
 
+    if "calcium" in keys:
+        _check_calcium(data.calcium, data.units.id if "units" in keys else [], lo, hi, problems)
+
     if "behavior" in keys:
         for group in data.behavior.keys():
             _check_series(f"behavior.{group}", getattr(data.behavior, group), lo, hi, problems)
@@ -215,6 +218,32 @@ def _check_series(field, series, lo, hi, problems):
         problems.append((field, f"wrong length: {len(series)} samples at {rate:g} Hz from {start:g} s cover "
                                 f"[{start:g}, {end:g}) s, but the recording is [{lo:g}, {hi:g}) s "
                                 f"(expected {expected} samples from {lo:g} s)"))
+
+
+def _check_calcium(series, unit_ids, lo, hi, problems):
+    """ΔF/F traces: one column per unit, finite, each ROI varying, inside the recording."""
+    if not isinstance(series, RegularTimeSeries) or "dff" not in series.keys():
+        problems.append(("calcium", "expected a regular time series with field dff (frames, units)"))
+        return
+    rate = series.sampling_rate
+    if not (np.isfinite(rate) and rate > 0):
+        problems.append(("calcium.sampling_rate", f"must be a positive frame rate, got {rate}"))
+        return
+    shape, _ = _shape_dtype(series, "dff")
+    if len(shape) != 2 or shape[1] != len(unit_ids):
+        problems.append(("calcium.dff", f"expected (frames, {len(unit_ids)} units), got shape {tuple(shape)}"))
+        return
+    traces = _array(series, "dff")
+    if not _finite("calcium.dff", traces, problems):
+        return
+    start, end = float(series.domain.start[0]), float(series.domain.end[-1])
+    if start < lo - 1 / rate or end > hi + 1 / rate:
+        problems.append(("calcium", f"{len(traces)} frames at {rate:g} Hz from {start:g} s end at {end:g} s, "
+                                    f"outside the recording [{lo:g}, {hi:g}) s"))
+    flat = np.flatnonzero(traces.std(axis=0) == 0) if len(traces) else []
+    if len(flat):
+        problems.append(("calcium.dff", f"{len(flat)} ROI(s) without variance (a constant trace): "
+                                        f"{[str(u) for u in np.asarray(unit_ids)[flat][:5]]}"))
 
 
 def require_finite(field, values, source):
