@@ -41,11 +41,9 @@ def load_checkpoint(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise InputError(path, ("checkpoint", f"cannot be read ({type(err).__name__}: {err})")) from None
-    state["predates"] = [f"{section}.{key}" for (section, key), then in PREDATES.items()
-                         if key not in state["config"].setdefault(section, {})]
-    for key in state["predates"]:
-        section, name = key.split(".")
-        state["config"][section][name] = PREDATES[section, name]
+    state["predates"] = [f"{section}.{key}" for section, key in PREDATES if key not in state["config"].get(section, {})]
+    for (section, key), then in PREDATES.items():
+        state["config"].setdefault(section, {}).setdefault(key, then)
     return config_from_dict(state["config"], path), state
 
 

@@ -166,12 +166,12 @@ def train(cfg, data_paths, opts):
     if not valid:
         raise InputError(", ".join(map(str, data_paths)), (
             "valid_domain", f"holds no {spec.length:g} s window: validation chooses best.pt"))
-    training_windows = tiling_windows(recordings, spec, "train", opts.train_fraction)
     penalties = None
     # fitted on a fresh run; a run fine-tuned from a checkpoint without the filter keeps none (its
     # read-out already predicts the whole value)
-    if model.wiener_targets and not state and training_windows and (not opts.init or init_cfg.model.wiener):
-        penalties = fit_wiener(model, dataset, training_windows, valid, cfg.train.batch_size)
+    if model.wiener_targets and not state and (not opts.init or init_cfg.model.wiener):
+        windows = tiling_windows(recordings, spec, "train", opts.train_fraction)
+        penalties = fit_wiener(model, dataset, windows, valid, cfg.train.batch_size) if windows else None
     for name, p in model.named_parameters():
         p.requires_grad_(TRAINABLE[opts.trainable] is None or name.split(".")[0] in TRAINABLE[opts.trainable])
     model.to(device)
