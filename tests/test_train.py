@@ -77,16 +77,15 @@ def test_resume_from_a_checkpoint_without_per_variable_bests_keeps_its_best(tiny
 
 
 def test_a_run_saved_before_the_wiener_filter_resumes_without_one(tiny_config, tiny_synthetic, tmp_path):
-    subprocess.run(_cmd(tiny_config, tiny_synthetic, tmp_path, "--max-steps", "10"), check=True, capture_output=True)
+    train(load_config(tiny_config), [tiny_synthetic], RunOptions(tmp_path, max_steps=4))
     assert "eye.phi" in json.loads((tmp_path / "run.json").read_text())["wiener_penalties"]
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["model"]["wiener_weight"].abs().sum() > 0                  # fitted before the first step
     del state["config"]["model"]["wiener"], state["model"]["wiener_weight"], state["model"]["wiener_bias"]
     torch.save(state, tmp_path / "last.pt")
-    subprocess.run(_cmd(tiny_config, tiny_synthetic, tmp_path, "--max-steps", "20", "--resume"), check=True,
-                   capture_output=True)
+    train(load_config(tiny_config), [tiny_synthetic], RunOptions(tmp_path, max_steps=8, resume=True))
     cfg, state = load_checkpoint(tmp_path / "last.pt")
-    assert state["step"] == 20 and cfg.model.wiener is False and "wiener_weight" not in state["model"]
+    assert state["step"] == 8 and cfg.model.wiener is False and "wiener_weight" not in state["model"]
 
 
 def test_finetuning_from_a_checkpoint_without_the_filter_adds_none(tiny_config, tiny_synthetic, tmp_path):
