@@ -3,10 +3,11 @@
 For each seed: simulate the hub circuit (`neuroformer prepare --circuit hub`), train the
 spikes-only model (configs/circuit.yaml, or `--config`) on its training split, read out attention
 (mean over heads and layers, and gradient-weighted), the perturbation measure and, for a
-point-process model, its own coupling filters on the test split, compute
+point-process model, its own coupling filters (integrated over all their lags, and over 1-20 ms,
+the lagged correlation's window) on the test split, compute
 Pearson correlation (10 ms bins) and lagged cross-correlation (1-5 ms as specified, and 1-20 ms,
 which covers the true delays of 2-10 ms and the 5 ms kernel) on the same test split,
-fit the Poisson GLM on the training split, and score every matrix against the true W
+fit the Poisson GLM on the training split (its coupling read both ways too), and score every matrix against the true W
 (off-diagonal R², Spearman, AUROC; see neuroformer/connectivity.py).
 
     python analysis/hub_circuit.py -o runs/hub --steps 1500    # 3 seeds, ~40 min (≈13 min per seed, 1 thread)
@@ -26,6 +27,7 @@ import numpy as np
 from neuroformer.checkpoints import load_model
 from neuroformer.config import load_config
 from neuroformer.connectivity import (
+    EFFECT_LAGS,
     SIGNED,
     glm_coupling,
     lagged_correlation,
@@ -69,7 +71,7 @@ def run_seed(out, seed, circuit, config, steps, windows, perturbation_windows, g
     rid = recordings.recording_ids[0]
     matrices = model_connectivity(model, dataset, rid, "test", windows, perturbation_windows, progress=False)
     grad = model_connectivity(model, dataset, rid, "test", windows, 0, combine="grad", progress=False)
-    matrices.update({f"{k} (grad)": v for k, v in grad.items() if k != "coupling"})   # coupling: no attention
+    matrices.update({f"{k} (grad)": v for k, v in grad.items() if not k.startswith("coupling")})   # no attention
     times["extract_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -79,14 +81,17 @@ def run_seed(out, seed, circuit, config, steps, windows, perturbation_windows, g
     matrices["lagged_correlation (1-20 ms)"] = lagged_correlation(data, data.test_domain, lags=range(1, 21))
     times["correlations_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    glm_file = out / "glm_coupling.npy"          # the GLM fit is the slow part of a re-run
-    if not glm_file.exists():
-        np.save(glm_file, glm_coupling(PoissonGLM.fit(rec, glm_cfg, progress=False)))
-    matrices["glm_coupling"] = np.load(glm_file)
+    glm_files = {"glm_coupling": out / "glm_coupling.npy",          # the GLM fit is the slow part of a re-run
+                 "glm_coupling (1-20 ms)": out / "glm_coupling_1-20ms.npy"}
+    if not all(f.exists() for f in glm_files.values()):
+        glm = PoissonGLM.fit(rec, glm_cfg, progress=False)
+        np.save(glm_files["glm_coupling"], glm_coupling(glm))
+        np.save(glm_files["glm_coupling (1-20 ms)"], glm_coupling(glm, lags=EFFECT_LAGS))
+    matrices.update({name: np.load(f) for name, f in glm_files.items()})
     times["glm_s"] = time.perf_counter() - clock
 
     scores = {k: score(v, truth, SIGNED[k.split(" ")[0]]) for k, v in matrices.items()}
-    shown = {k: matrices[k] for k in ("coupling", "self_attention (grad)", "history_attention (grad)", "perturbation",
+    shown = {k: matrices[k] for k in ("coupling (1-20 ms)", "self_attention (grad)", "history_attention (grad)", "perturbation",
                                       "pearson", "lagged_correlation (1-20 ms)", "glm_coupling") if k in matrices}
     connectivity_figure(shown, truth, out / "connectivity_matrices.png")
     np.savez_compressed(out / "matrices.npz", truth=truth, **matrices)
@@ -115,7 +120,7 @@ def r2_figure(per_seed, path):
     fig, ax = subplots(figsize=(1.0 * len(measures) + 2, 3.6))
     for j, m in enumerate(measures):
         vals = [per_seed[s][m]["r2"] for s in per_seed]
-        ax.bar(j, np.mean(vals), color="C0" if "attention" in m or m in ("perturbation", "coupling") else "0.6")
+        ax.bar(j, np.mean(vals), color="C0" if "attention" in m or m == "perturbation" or m.startswith("coupling") else "0.6")
         ax.scatter(np.full(len(vals), j), vals, color="k", s=8, zorder=3)
     ax.set_xticks(range(len(measures)))
     ax.set_xticklabels(measures, rotation=45, ha="right", fontsize=7)

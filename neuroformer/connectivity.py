@@ -53,6 +53,7 @@ from .training import tiling_batches, to_device
 # ---------------------------------------------------------------------- attention
 
 COMBINE = ("mean", "last", "grad")
+EFFECT_LAGS = (0.001, 0.020)    # s after a source spike: the perturbation's window and the lag-limited couplings
 
 
 class PairSums:
@@ -212,7 +213,7 @@ def _with_spike_at_start(current, tokens):
 
 
 @torch.no_grad()
-def perturbation_connectivity(model, dataset, rid, batches, device="cpu", window=(0.001, 0.02), chunk=256,
+def perturbation_connectivity(model, dataset, rid, batches, device="cpu", window=EFFECT_LAGS, chunk=256,
                               progress=True):
     """In-silico perturbation (target, source): one spike of unit j is inserted at the start of a
     recorded window, and the entry is the mean change of log p(unit i | Δ) over the recorded
@@ -249,6 +250,7 @@ def model_connectivity(model, dataset, rid, split="test", windows=256, perturbat
     out = attention_connectivity(model, dataset, rid, batches, device, combine, progress)
     if model.point_process:
         out["coupling"] = model_coupling(model, dataset.unit_tokens[rid])
+        out["coupling (1-20 ms)"] = model_coupling(model, dataset.unit_tokens[rid], lags=EFFECT_LAGS)
     if perturbation_windows:
         flat = [i for b in batches for i in b]
         step = max(1, len(flat) // perturbation_windows)
@@ -257,14 +259,25 @@ def model_connectivity(model, dataset, rid, split="test", windows=256, perturbat
     return out
 
 
-def model_coupling(model, tokens):
+def model_coupling(model, tokens, lags=None):
     """A point-process model's own coupling filters integrated over lags (log-rate change per
-    source spike), (target, source) over the recording's unit `tokens`, diagonal 0: the GLM
-    inside the model, read like the GLM's (`glm_coupling`)."""
+    source spike; over the `lags` (first, last) s window only, when given), (target, source)
+    over the recording's unit `tokens`, diagonal 0: the GLM inside the model, read like the
+    GLM's (`glm_coupling`)."""
     per_basis = model.coupling.detach().cpu().double()[:, tokens][:, :, tokens]     # (basis, source, target)
-    out = torch.einsum("bst,b->ts", per_basis, model.lag_bases.cpu().double().sum(1)).numpy()
+    weights = lag_sums(model.lag_bases.cpu().double().numpy(), model.cfg.window.dt_res, lags)
+    out = torch.einsum("bst,b->ts", per_basis, torch.as_tensor(weights)).numpy()
     np.fill_diagonal(out, 0.0)
     return out
+
+
+def lag_sums(kernel, bin_size, lags=None):
+    """Each basis of `kernel` (bases, lag bins from 0) summed over all its lags, or over the
+    bins of the `lags` (first, last) s window."""
+    if lags is None:
+        return kernel.sum(1)
+    first, last = (int(round(t / bin_size)) for t in lags)
+    return kernel[:, first:last + 1].sum(1)
 
 
 # ---------------------------------------------------------------------- baselines
@@ -306,13 +319,14 @@ def lagged_correlation(data, domain, lags=(1, 2, 3, 4, 5), bin_size=0.001, chunk
     return out
 
 
-def glm_coupling(glm):
-    """The GLM's coupling kernels integrated over lags (log-rate change per source spike),
-    in spike units (undoing the feature standardisation): (target, source), diagonal 0."""
+def glm_coupling(glm, lags=None):
+    """The GLM's coupling kernels integrated over lags (over the `lags` (first, last) s window
+    only, when given; log-rate change per source spike), in spike units (undoing the feature
+    standardisation): (target, source), diagonal 0."""
     n, nb = len(glm.unit_ids), len(glm.hist_kernel)
     n_ext = glm.weight.shape[0] - glm.n_history_features
     w = (glm.weight[n_ext:] / glm.std[n_ext:, None]).numpy().reshape(n, nb, n)     # (source, basis, target)
-    out = np.einsum("sbt,b->ts", w, glm.hist_kernel.sum(1))
+    out = np.einsum("sbt,b->ts", w, lag_sums(glm.hist_kernel, glm.cfg.bin, lags))
     np.fill_diagonal(out, 0.0)
     return out
 

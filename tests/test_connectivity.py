@@ -168,7 +168,8 @@ def test_hub_circuit_script_quick(tmp_path):
     report = json.loads((tmp_path / "table.json").read_text())
     scores = report["per_seed"]["0"]
     assert {"self_attention", "history_attention (grad)", "perturbation", "pearson", "lagged_correlation",
-            "glm_coupling", "coupling"} <= set(scores)
+            "glm_coupling", "coupling", "coupling (1-20 ms)", "glm_coupling (1-20 ms)"} <= set(scores)
+    assert not any(k.startswith("coupling") and k.endswith("(grad)") for k in scores)
     assert all(0 <= s["r2"] <= 1 and 0 <= s["auroc"] <= 1 for s in scores.values())
     assert (tmp_path / "r2.png").exists() and (tmp_path / "seed0" / "connectivity_matrices.png").exists()
     assert "| pearson |" in (tmp_path / "table.md").read_text()

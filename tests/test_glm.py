@@ -90,3 +90,10 @@ def test_fitted_coupling_follows_a_known_circuit(tmp_path):
     off = ~np.eye(len(true), dtype=bool)
     assert np.corrcoef(coupling[off], true[off])[0, 1] > 0.7                 # 0.85 at this seed
     assert roc_auc_score(true[off] != 0, np.abs(coupling[off])) > 0.85       # the connections stand out: 0.95
+    whole = glm_coupling(glm, lags=(0.0, 1.0))                              # every lag of the kernels
+    np.testing.assert_allclose(whole, coupling)
+    early = glm_coupling(glm, lags=(0.001, 0.005))
+    expected = np.einsum("sbt,b->ts", (glm.weight[-glm.n_history_features:] / glm.std[-glm.n_history_features:, None])
+                         .numpy().reshape(len(true), -1, len(true)), glm.hist_kernel[:, 1:6].sum(1))
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(early, expected, rtol=1e-6)

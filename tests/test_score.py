@@ -266,6 +266,10 @@ def test_coupling_read_out_is_the_filters_integrated_over_lags_target_row_source
     assert out.shape == (30, 30)
     assert out[7, 3] == pytest.approx(0.5 * float(model.lag_bases[1].sum()))
     assert np.count_nonzero(out) == 1
+    early = model_coupling(model, tokens, lags=(0.001, 0.020))              # lags 1..20 bins of 1 ms
+    assert early[7, 3] == pytest.approx(0.5 * float(model.lag_bases[1, 1:21].sum()))
+    assert 0 < early[7, 3] < out[7, 3] and np.count_nonzero(early) == 1
+    assert model_coupling(model, tokens, lags=(0.0, 1.0))[7, 3] == pytest.approx(out[7, 3])
 
 
 def test_stimulus_filter_acts_only_after_a_frames_onset(tiny_synthetic):
