@@ -28,12 +28,12 @@ from neuroformer.checkpoints import load_model
 from neuroformer.config import load_config
 from neuroformer.connectivity import (
     EFFECT_LAGS,
-    SIGNED,
     glm_coupling,
     lagged_correlation,
     model_connectivity,
     pearson_connectivity,
     score,
+    scored,
 )
 from neuroformer.data.circuits import HubCircuitConfig, hub_circuit
 from neuroformer.data.recording import open_recording
@@ -90,7 +90,7 @@ def run_seed(out, seed, circuit, config, steps, windows, perturbation_windows, g
     matrices.update({name: np.load(f) for name, f in glm_files.items()})
     times["glm_s"] = time.perf_counter() - clock
 
-    scores = {k: score(v, truth, SIGNED[k.split(" ")[0]]) for k, v in matrices.items()}
+    scores = {k: score(v, truth, scored(k)[1]) for k, v in matrices.items()}
     shown = {k: matrices[k] for k in ("coupling (1-20 ms)", "self_attention (grad)", "history_attention (grad)", "perturbation",
                                       "pearson", "lagged_correlation (1-20 ms)", "glm_coupling") if k in matrices}
     connectivity_figure(shown, truth, out / "connectivity_matrices.png")

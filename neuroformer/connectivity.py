@@ -350,6 +350,13 @@ SIGNED = {"self_attention": False, "history_attention": False, "readout_attentio
           "perturbation": True, "coupling": True, "pearson": True, "lagged_correlation": True, "glm_coupling": True}
 
 
+def scored(measure):
+    """Whether a measure's name (e.g. "coupling (1-20 ms)", "self_attention (grad)") is scored
+    against the true W, and as a signed one: (scored, signed)."""
+    kind = measure.split(" ")[0]
+    return kind in SIGNED, SIGNED.get(kind, False)
+
+
 # ---------------------------------------------------------------------- the whole job
 
 def extract_connectivity(run, data_path, out_path, split="test", windows=256, perturbation_windows=32,
@@ -367,13 +374,14 @@ def extract_connectivity(run, data_path, out_path, split="test", windows=256, pe
     matrices["pearson"] = pearson_connectivity(data, domain)
     matrices["lagged_correlation"] = lagged_correlation(data, domain)
     if baseline == "glm":
-        matrices["glm_coupling"] = glm_coupling(PoissonGLM.fit(data_path, progress=progress))
+        glm = PoissonGLM.fit(data_path, progress=progress)
+        matrices["glm_coupling"], matrices["glm_coupling (1-20 ms)"] = glm_coupling(glm), glm_coupling(glm, EFFECT_LAGS)
     unit_ids = data.units.id.astype(str)
     truth = _truth(data_path, unit_ids)
-    scores = {} if truth is None else {k: score(v, truth, SIGNED[k]) for k, v in matrices.items() if k in SIGNED}
+    scores = {} if truth is None else {k: score(v, truth, scored(k)[1]) for k, v in matrices.items() if scored(k)[0]}
     atomic_savez(out_path, unit_ids=unit_ids, combine=combine, split=split, provenance=as_text(cfg), **matrices)
     stem = Path(out_path).with_suffix("")
-    figures = [connectivity_figure({k: v for k, v in matrices.items() if k in SIGNED}, truth, f"{stem}_matrices.png")]
+    figures = [connectivity_figure({k: v for k, v in matrices.items() if scored(k)[0]}, truth, f"{stem}_matrices.png")]
     if "stimulus_attention" in matrices:
         figures.append(stimulus_maps(matrices["stimulus_attention"], unit_ids, f"{stem}_stimulus.png"))
     return {"scores": scores, "figures": [str(f) for f in figures]}
