@@ -220,6 +220,8 @@ class ArrayConfig:
                 if not _positive_seconds(var.get("dt")):
                     raise InputError(src, (f"modalities.{mtype}.variables.{name}.dt", "must be a positive number (s)"))
         _check_keys(src, "intervals.", cfg.intervals, set(SPLIT_KEYS))
+        if cfg.spikes.get("dt") is not None and not _positive_seconds(cfg.spikes["dt"]):
+            raise InputError(src, ("spikes.dt", f"must be a positive number (s), got {cfg.spikes['dt']!r}"))
         return cfg
 
 
@@ -307,7 +309,7 @@ def import_arrays(path, cfg, allow_pickle=False):
             raise InputError(path, ("spikes", "counts must be finite numbers"))
         if (counts < 0).any() or (counts != np.round(counts)).any():
             raise InputError(path, ("spikes", "counts must be non-negative integers"))
-        if not _positive_seconds(cfg.spikes.get("dt")):
+        if cfg.spikes.get("dt") is None:
             raise InputError(path, ("spikes.dt", "the bin size is required (--bin-size SECONDS or spikes.dt)"))
         bin_size = float(cfg.spikes["dt"])
         times, units = counts_to_spikes(counts.astype(np.int64), bin_size, seed=cfg.seed)
