@@ -81,8 +81,9 @@ def run_seed(out, seed, circuit, config, steps, windows, perturbation_windows, g
     matrices["lagged_correlation (1-20 ms)"] = lagged_correlation(data, data.test_domain, lags=range(1, 21))
     times["correlations_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
+    window = f"{EFFECT_LAGS[0] * 1e3:g}-{EFFECT_LAGS[1] * 1e3:g}ms"
     glm_files = {"glm_coupling": out / "glm_coupling.npy",          # the GLM fit is the slow part of a re-run
-                 "glm_coupling (1-20 ms)": out / "glm_coupling_1-20ms.npy"}
+                 "glm_coupling (1-20 ms)": out / f"glm_coupling_{window}.npy"}
     if not all(f.exists() for f in glm_files.values()):
         glm = PoissonGLM.fit(rec, glm_cfg, progress=False)
         np.save(glm_files["glm_coupling"], glm_coupling(glm))
@@ -90,9 +91,9 @@ def run_seed(out, seed, circuit, config, steps, windows, perturbation_windows, g
     matrices.update({name: np.load(f) for name, f in glm_files.items()})
     times["glm_s"] = time.perf_counter() - clock
 
-    scores = {k: score(v, truth, scored(k)[1]) for k, v in matrices.items()}
+    scores = {k: score(v, truth, scored(k)[1]) for k, v in matrices.items() if scored(k)[0]}
     shown = {k: matrices[k] for k in ("coupling (1-20 ms)", "self_attention (grad)", "history_attention (grad)", "perturbation",
-                                      "pearson", "lagged_correlation (1-20 ms)", "glm_coupling") if k in matrices}
+                                      "pearson", "lagged_correlation (1-20 ms)", "glm_coupling (1-20 ms)") if k in matrices}
     connectivity_figure(shown, truth, out / "connectivity_matrices.png")
     np.savez_compressed(out / "matrices.npz", truth=truth, **matrices)
     return scores, times

@@ -399,7 +399,8 @@ def _truth(data_path, unit_ids):
 
 
 def format_scores(scores):
-    lines = [f"{'measure':<20} {'R²':>7} {'Spearman':>9} {'AUROC':>7}"]
+    width = max([len("measure"), *map(len, scores)])
+    lines = [f"{'measure':<{width}} {'R²':>7} {'Spearman':>9} {'AUROC':>7}"]
     for k, s in scores.items():
-        lines.append(f"{k:<20} {s['r2']:7.3f} {s['spearman']:9.3f} {s['auroc']:7.3f}")
+        lines.append(f"{k:<{width}} {s['r2']:7.3f} {s['spearman']:9.3f} {s['auroc']:7.3f}")
     return "\n".join(lines)

@@ -143,9 +143,11 @@ def _bad_traces(tmp_path, key, value):
     ("complex", "calcium: expected real numbers (n_rois, n_frames), got dtype complex128"),
     ("no_frames", "calcium: expected a matrix (n_rois, n_frames), got shape (3, 0)"),
     ("overflow", "calcium: values beyond the float32 range"),
-    ("tiny_rate", "calcium.dt: must be a frame rate in [0.01, 10000] Hz"),
+    ("tiny_rate", "imaging rate (1 / calcium.dt): must be a frame rate in [0.01, 10000] Hz"),
     ("bool_dt", "calcium.dt: must be a positive number (s), got True"),
-    ("list_key", "calcium: expected the name of an array in the file, got ['traces']"),
+    ("list_key", "calcium.data: expected the name of an array in the file, got ['traces']"),
+    ("spikes_typo", "spikes: key 'spikse' not in the file"),
+    ("folder_with_bin_size", "--bin-size: a suite2p folder takes --imaging-rate (or --allow-pickle) only"),
     ("rate_forgotten", "traces: calcium traces: give their frame rate (--imaging-rate HZ)"),
     ("lengths", "spikes: the counts span 30 s, the traces 10 s"),
     ("iscell_strings", "iscell: expected 5 rows of numbers (ROIs[, 2]), got <U3 (5, 2)"),
@@ -188,6 +190,11 @@ def test_malformed_imaging_inputs_are_one_line_errors(case, expected, tmp_path, 
             args[1:] = ["--config", str(_yaml(tmp_path, configs[case]))]
         if case == "rate_forgotten":
             np.savez(tmp_path / "t.npz", traces=traces)
+    elif case == "spikes_typo":
+        np.savez(tmp_path / "t.npz", traces=np.random.default_rng(9).normal(size=(3, 300)), spikes=np.ones((3, 900), int))
+        args = [str(tmp_path / "t.npz"), "--config", str(_yaml(tmp_path, "calcium: {dt: 0.0333}\nspikes: {data: spikse, dt: 0.01}\n"))]
+    elif case == "folder_with_bin_size":
+        args = [str(suite2p_folder), "--imaging-rate", "30", "--bin-size", "0.01"]
     elif case == "iscell_strings":
         np.save(suite2p_folder / "iscell.npy", np.array([["yes", "a"]] * 5))
     elif case == "zero_frames_f":

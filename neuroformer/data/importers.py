@@ -205,6 +205,11 @@ class ArrayConfig:
                                                      "calcium.dt seconds)"))
             if not _positive_seconds(cfg.calcium["dt"]):
                 raise InputError(src, ("calcium.dt", f"must be a positive number (s), got {cfg.calcium['dt']!r}"))
+            checked_rate(1.0 / cfg.calcium["dt"], src, "imaging rate (1 / calcium.dt)")
+        for stream in ("spikes", "frames", "calcium"):
+            key = (getattr(cfg, stream) or {}).get("data", stream)
+            if not isinstance(key, str):
+                raise InputError(src, (f"{stream}.data", f"expected the name of an array in the file, got {key!r}"))
         for item in behavior:
             name, _, dt = str(item).partition("=")
             try:
@@ -293,7 +298,7 @@ def import_arrays(path, cfg, allow_pickle=False):
     arrays = load_array_dict(path, allow_pickle)
     session = cfg.session or path.stem
     if cfg.calcium is not None:
-        rate = checked_rate(1.0 / float(cfg.calcium["dt"]), path, "calcium.dt")
+        rate = 1.0 / float(cfg.calcium["dt"])
         traces = real_matrix(_get(arrays, cfg.calcium.get("data", "traces"), path, "calcium"), path, "calcium",
                              "(n_rois, n_frames)").T
         parts = dict(spike_times=np.zeros(0), spike_units=np.zeros(0, dtype=np.int64),
@@ -301,7 +306,7 @@ def import_arrays(path, cfg, allow_pickle=False):
                      domain=(0.0, len(traces) / rate), session_id=session, calcium=calcium_series(traces, rate))
     elif cfg.spikes["data"] not in arrays and "traces" in arrays:
         raise InputError(path, ("traces", "calcium traces: give their frame rate (--imaging-rate HZ)"))
-    if cfg.calcium is None or cfg.spikes["data"] in arrays:
+    if cfg.calcium is None or cfg.spikes["data"] in arrays or cfg.spikes.get("dt") is not None:   # spikes wanted
         counts = _get(arrays, cfg.spikes["data"], path, "spikes")
         if counts.ndim != 2:
             raise InputError(path, ("spikes", f"expected binned counts (n_neurons, n_timesteps), got shape {counts.shape}"))
@@ -501,6 +506,10 @@ def prepare(source, out, *, config=None, bin_size=None, behavior=(), frame_rate=
     if source.suffix == ".nwb":
         data = import_nwb(source)
     elif source.is_dir():
+        given = [flag for flag, value in (("--config", config), ("--bin-size", bin_size), ("--behavior", behavior),
+                                          ("--frame-rate", frame_rate)) if value]
+        if given:
+            raise InputError(source, (given[0], "a suite2p folder takes --imaging-rate (or --allow-pickle) only"))
         data = import_suite2p(source, imaging_rate, allow_pickle)
     else:
         data = import_arrays(source, ArrayConfig.load(config, bin_size, behavior, frame_rate, imaging_rate),
