@@ -68,13 +68,11 @@ def calcium_series(traces, rate, start=0.0):
                              domain_start=float(start))
 
 
-def imaging_recording(traces, rate, roi_ids, session, start=0.0, **parts):
-    """A recording of ΔF/F `traces` (T, N) alone (no spikes): ROIs are its units."""
-    traces = np.asarray(traces)
-    return make_recording(spike_times=np.zeros(0), spike_units=np.zeros(0, dtype=np.int64),
-                          unit_ids=[f"{session}/{r}" for r in roi_ids], session_id=session,
-                          domain=(float(start), float(start) + traces.shape[0] / float(rate)),
-                          calcium=calcium_series(traces, rate, start), **parts)
+def imaging_parts(traces, rate, roi_ids, session):
+    """`make_recording` arguments of ΔF/F `traces` (T, N) from 0 s, without spikes: ROIs are the units."""
+    return dict(spike_times=np.zeros(0), spike_units=np.zeros(0, dtype=np.int64), session_id=session,
+                unit_ids=[f"{session}/{r}" for r in roi_ids], domain=(0.0, len(traces) / float(rate)),
+                calcium=calcium_series(traces, rate))
 
 
 # ---------------------------------------------------------------- suite2p
@@ -105,7 +103,7 @@ def import_suite2p(folder, rate=None, allow_pickle=False):
     rate = checked_rate(rate, "--imaging-rate", "imaging rate") if rate is not None else _suite2p_rate(folder, allow_pickle)
     traces = delta_f_over_f(f[keep].T, fneu[keep].T, folder / "F.npy")
     session = folder.name if not folder.name.startswith("plane") else f"{folder.resolve().parent.name}_{folder.name}"
-    return imaging_recording(traces, rate, [f"roi{i}" for i in keep], session)
+    return make_recording(**imaging_parts(traces, rate, [f"roi{i}" for i in keep], session))
 
 
 def _npy(path):

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import read_yaml
 from ..errors import InputError
-from .imaging import calcium_series, checked_rate, import_suite2p, nwb_traces, real_matrix
+from .imaging import calcium_series, checked_rate, imaging_parts, import_suite2p, nwb_traces, real_matrix
 from .objects import IrregularTimeSeries, RegularTimeSeries
 from .recording import assign_splits, make_recording, save_recording, union
 from .validate import require_finite, require_valid
@@ -301,9 +301,7 @@ def import_arrays(path, cfg, allow_pickle=False):
         rate = 1.0 / float(cfg.calcium["dt"])
         traces = real_matrix(_get(arrays, cfg.calcium.get("data", "traces"), path, "calcium"), path, "calcium",
                              "(n_rois, n_frames)").T
-        parts = dict(spike_times=np.zeros(0), spike_units=np.zeros(0, dtype=np.int64),
-                     unit_ids=[f"{session}/{i}" for i in range(traces.shape[1])],
-                     domain=(0.0, len(traces) / rate), session_id=session, calcium=calcium_series(traces, rate))
+        parts = imaging_parts(traces, rate, range(traces.shape[1]), session)
     elif cfg.spikes["data"] not in arrays and "traces" in arrays:
         raise InputError(path, ("traces", "calcium traces: give their frame rate (--imaging-rate HZ)"))
     if cfg.calcium is None or cfg.spikes["data"] in arrays or cfg.spikes.get("dt") is not None:   # spikes wanted
