@@ -6,6 +6,7 @@ neither has to import the other.
 import numpy as np
 
 from .data.recording import first_fraction, resolve_variable
+from .data.gaze import Gaze
 from .data.windows import RecordingSet, WindowDataset, WindowSpec
 from .errors import InputError
 from .features import compute_features
@@ -21,7 +22,13 @@ def window_spec(cfg):
     return WindowSpec(current=w.current, history=w.history, frames=w.frames, behavior=w.behavior,
                       variables=tuple(cfg.variables(False) + cfg.variables(True)), dt_res=w.dt_res,
                       targets=tuple(cfg.variables(True)), target_lag=w.target_lag,
-                      features=cfg.model.backbone.tag if uses_cached_features(cfg) else "")
+                      features=cfg.model.backbone.tag if uses_cached_features(cfg) else "", gaze=gaze(cfg))
+
+
+def gaze(cfg):
+    """The config's gaze as the data layer's `Gaze` (false when frames are not shifted)."""
+    g = cfg.window.gaze
+    return Gaze(g.x, g.y, g.pixels_per_unit)
 
 
 def behavior_stats(recordings, names, fraction=1.0):

@@ -32,6 +32,13 @@ def probability(default):
 
 
 @dataclass
+class GazeConfig:
+    x: str = ""                        # behaviour variable of the horizontal gaze (e.g. eye.phi); "" = none
+    y: str = ""                        # of the vertical gaze (e.g. eye.theta)
+    pixels_per_unit: float = positive(1.0)  # frame pixels per unit of them (pixels per degree)
+
+
+@dataclass
 class WindowConfig:
     current: float = positive(0.05)     # s, predicted window
     history: float = at_least(0, 0.05)  # s, past spikes before it
@@ -40,6 +47,8 @@ class WindowConfig:
     target_lag: float = at_least(0, 0.0)  # s the behaviour *targets* are taken before that: decoded from the
                                           # spikes on both sides of them (a response follows its cause after a latency)
     dt_res: float = positive(0.001)     # s, resolution of the gap classes (at most `current`)
+    gaze: GazeConfig = field(default_factory=GazeConfig)  # given: frames in eye-centred coordinates, each
+                                        # shifted by minus the gaze at its onset (data/gaze.py)
 
 
 @dataclass
@@ -218,6 +227,10 @@ def _check(cfg, source):
     if m.point_process and m.coupling_lag > cfg.window.history:
         raise InputError(source, ("model.coupling_lag", f"must be at most window.history ({cfg.window.history}), "
                                                         f"got {m.coupling_lag}"))
+    if (cfg.window.gaze.x or cfg.window.gaze.y) and (cfg.window.frames == 0 or
+                                                     (m.backbone.name == "resnet18" and m.backbone.frozen)):
+        raise InputError(source, ("window.gaze", "shifts frames: needs window.frames > 0 and pixels in the model "
+                                                 "(not the cached features of a frozen resnet18)"))
     if m.stimulus_features and not (m.point_process and cfg.window.frames > 0):
         raise InputError(source, ("model.stimulus_features", "needs point_process: true and window.frames > 0"))
     if cfg.train.glm_steps and not m.point_process:

@@ -7,7 +7,8 @@ On the model's 1 ms grid, each unit's log rate per bin is
 with features x (z-scored on the training split):
 - stimulus: the frame on screen, as its leading principal components (PCA of block-averaged
   pixels, or of a cached backbone's features), filtered by raised-cosine lag bases spanning
-  0 - `stim_lags` s (latency and temporal filtering);
+  0 - `stim_lags` s (latency and temporal filtering); with `gaze`, the pixels in eye-centred
+  coordinates (the frame shifted by minus the gaze, data/gaze.py), as the model sees them;
 - behaviour: the current value of each input variable;
 - spike history: every unit's past spikes filtered by raised-cosine bases over 1 bin -
   `history` s (own history on the diagonal, coupling off it).
@@ -30,6 +31,7 @@ from sklearn.decomposition import PCA
 from tqdm import tqdm
 
 from .bases import raised_cosines
+from .data.gaze import Gaze, eye_centred
 from .data.recording import behavior_at, frame_on_screen, movie_frame_dataset, open_recording, spike_counts
 from .errors import InputError
 from .simulations import Simulation, trial_seed
@@ -53,6 +55,7 @@ class GLMConfig:
     max_iter: int = 30
     max_count: int = 1
     downsample: int = 4               # pixel block size before PCA
+    gaze: Gaze = Gaze()               # given: frames in eye-centred coordinates (pixels only)
 
 
 def lag_filter(signal, kernel):
@@ -67,9 +70,9 @@ def lag_filter(signal, kernel):
 class PoissonGLM:
     """A fitted GLM: stimulus PCA, bases, feature standardisation, weights and bias."""
 
-    def __init__(self, cfg, unit_ids, behavior, frame_pcs, mean, std, weight, bias, penalty):
+    def __init__(self, cfg, unit_ids, behavior, stimulus, mean, std, weight, bias, penalty):
         self.cfg, self.unit_ids, self.behavior = cfg, list(unit_ids), list(behavior)
-        self.frame_pcs = frame_pcs                # (stored frames, K): PCA of every stored frame
+        self.stimulus = stimulus                  # StimulusPCs, or None without a movie
         self.mean, self.std, self.weight, self.bias, self.penalty = mean, std, weight, bias, penalty
         self.stim_kernel = raised_cosines(cfg.stim_bases, 0, int(round(cfg.stim_lags / cfg.bin)))
         self.hist_kernel = raised_cosines(cfg.history_bases, 1, int(round(cfg.history / cfg.bin)))
@@ -94,11 +97,9 @@ class PoissonGLM:
         b = self.cfg.bin
         k0, k1 = int(round(start / b)), int(round(end / b))
         times = (np.arange(k0 - self.pad, k1) + 0.5) * b
-        frame = frame_on_screen(data, times)
         parts = []
-        if self.frame_pcs.size:
-            pcs = np.where(frame[:, None] >= 0, self.frame_pcs[np.maximum(frame, 0)], 0.0)
-            parts.append(lag_filter(pcs, self.stim_kernel)[-(k1 - k0):])
+        if self.stimulus is not None:
+            parts.append(lag_filter(self.stimulus.at(data, times), self.stim_kernel)[-(k1 - k0):])
         parts += [behavior_at(data, v, times[self.pad:])[:, None] for v in self.behavior]
         return np.concatenate(parts, 1).astype(np.float32) if parts else np.zeros((k1 - k0, 0), np.float32)
 
@@ -114,7 +115,7 @@ class PoissonGLM:
         fits whose closed-loop rollouts of `stable_seconds` (set it to the simulated trials' length)
         stay stable."""
         data = open_recording(path)
-        pcs = _frame_pcs(data, path, cfg, feature_file)
+        pcs = StimulusPCs.fit(data, path, cfg, feature_file) if "movies" in data.keys() else None
         n = len(data.units.id)
         glm = cls(cfg, data.units.id.astype(str), behavior, pcs, 0.0, 1.0, None, None, None)
         train = _stack(glm, data, data.train_domain)
@@ -243,28 +244,63 @@ def _lbfgs(x, y, weight, bias, penalty, max_iter, grad_tol=GRAD_TOL):
                       f"{gradient:.2g} > {grad_tol:g}: raise max_iter", ConvergenceWarning, stacklevel=2)
 
 
-def _frame_pcs(data, path, cfg, feature_file):
-    """Leading principal components of every stored frame, fitted on the frames shown during
-    training (block-averaged pixels, or cached backbone features)."""
-    if "movies" not in data.keys():
-        return np.zeros((0, 0))
-    if feature_file is not None:
-        with h5py.File(feature_file, "r") as f:
-            frames = f["features"][()].reshape(len(f["features"]), -1)
-    else:
-        source, d = movie_frame_dataset(data), cfg.downsample
-        chunks = []
-        for i in range(0, len(source), 1024):
-            x = np.asarray(source[i:i + 1024], dtype=np.float32)
-            H, W = x.shape[1] // d * d, x.shape[2] // d * d
-            chunks.append(x[:, :H, :W].reshape(len(x), H // d, d, W // d, d).mean((2, 4)).reshape(len(x), -1))
-        frames = np.concatenate(chunks)
-    dom = data.train_domain
-    shown = np.unique(np.concatenate([frame_on_screen(data, np.arange(a, b, 0.01))
-                                      for a, b in zip(np.asarray(dom.start), np.asarray(dom.end))] + [[-1]]))
-    shown = shown[shown >= 0]
-    if len(shown) < 2:
-        raise InputError(path, ("stimulus", "fewer than two movie frames are shown in the training split"))
-    k = min(cfg.stim_components, len(shown) - 1, frames.shape[1])
-    pca = PCA(n_components=k, random_state=0).fit(frames[shown])
-    return pca.transform(frames).astype(np.float32)
+class StimulusPCs:
+    """The frame on screen at each time as its leading principal components, fitted on the
+    training split: of block-averaged pixels (in eye-centred coordinates with `cfg.gaze`) or of
+    cached backbone features."""
+
+    def __init__(self, frames, pca, gaze, downsample):
+        self.frames, self.pca, self.gaze, self.downsample = frames, pca, gaze, downsample
+        self.table = None if gaze else pca.transform(frames.reshape(len(frames), -1)).astype(np.float32)
+
+    def at(self, data, times):
+        """(T, K) components of the frame seen at each time; 0 where no frame is shown."""
+        frame = frame_on_screen(data, times)
+        out = np.zeros((len(times), self.pca.n_components_), np.float32)
+        if not self.gaze:
+            out[frame >= 0] = self.table[frame[frame >= 0]]
+            return out
+        x, y = (p / self.downsample for p in self.gaze.pixels(data, times))
+        change = np.r_[True, (np.diff(frame) != 0) | (np.diff(x) != 0) | (np.diff(y) != 0)]
+        first = np.flatnonzero(change)                       # one shifted frame per run of equal inputs
+        seen = first[frame[first] >= 0]
+        per_run = np.zeros((len(first), out.shape[1]), np.float32)
+        if len(seen):
+            images = eye_centred(self.frames[frame[seen]], x[seen], y[seen])
+            per_run[frame[first] >= 0] = self.pca.transform(images.reshape(len(seen), -1))
+        return per_run[np.cumsum(change) - 1]
+
+    @classmethod
+    def fit(cls, data, path, cfg, feature_file):
+        if feature_file is not None:
+            if cfg.gaze:
+                raise InputError(feature_file, ("gaze", "cached features cannot be moved with the eye; use pixels"))
+            with h5py.File(feature_file, "r") as f:
+                frames = f["features"][()].reshape(len(f["features"]), -1)
+        else:
+            frames = _block_average(movie_frame_dataset(data), cfg.downsample)
+        dom = data.train_domain
+        times = np.concatenate([np.arange(a, b, 0.01) for a, b in zip(np.asarray(dom.start), np.asarray(dom.end))]
+                               + [np.zeros(0)])
+        shown = np.unique(frame_on_screen(data, times))
+        shown = shown[shown >= 0]
+        if len(shown) < 2:
+            raise InputError(path, ("stimulus", "fewer than two movie frames are shown in the training split"))
+        k = min(cfg.stim_components, len(shown) - 1, frames[0].size)
+        if cfg.gaze:                                          # the shifted frames of the training split
+            seen = times[frame_on_screen(data, times) >= 0]
+            x, y = (p / cfg.downsample for p in cfg.gaze.pixels(data, seen))
+            sample = eye_centred(frames[frame_on_screen(data, seen)], x, y).reshape(len(seen), -1)
+        else:
+            sample = frames[shown].reshape(len(shown), -1)
+        return cls(frames, PCA(n_components=k, random_state=0).fit(sample), cfg.gaze, cfg.downsample)
+
+
+def _block_average(source, d):
+    """Stored frames (F, H, W) averaged over d x d pixel blocks, float32 (F, H // d, W // d)."""
+    chunks = []
+    for i in range(0, len(source), 1024):
+        x = np.asarray(source[i:i + 1024], dtype=np.float32)
+        H, W = x.shape[1] // d * d, x.shape[2] // d * d
+        chunks.append(x[:, :H, :W].reshape(len(x), H // d, d, W // d, d).mean((2, 4)))
+    return np.concatenate(chunks)

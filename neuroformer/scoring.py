@@ -16,6 +16,7 @@ scored on the identical bins (each unit's Poisson log-likelihood given the recor
 Rows: trials of stimuli seen in training, trials of held-out stimuli, and all.
 """
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from .data.recording import spike_counts
 from .data.windows import IGNORE, collate_windows
 from .errors import InputError
 from .evaluate import stimulus_groups
-from .glm import PoissonGLM
+from .glm import GLMConfig, PoissonGLM
 from .plots import per_neuron_scatter
 from .provenance import write_result
 from .rollouts import select_trials
@@ -69,7 +70,7 @@ def score(run, data_path, out_path, split="test", baseline=None, device="cpu", b
     if baseline == "glm":
         longest = float(np.max(trials["end"] - trials["start"]))
         feature_file = Path(data_path).with_suffix(f".{dataset.spec.features}.features.h5") if dataset.spec.features else None
-        glm = PoissonGLM.fit(data_path, behavior=cfg.variables(False),
+        glm = PoissonGLM.fit(data_path, GLMConfig(gaze=dataset.spec.gaze), behavior=cfg.variables(False),
                              feature_file=feature_file, progress=progress, stable_seconds=longest)
     elif baseline is not None:
         raise InputError("--baseline", ("baseline", f"unknown {baseline!r} (glm)"))
@@ -92,7 +93,7 @@ def score(run, data_path, out_path, split="test", baseline=None, device="cpu", b
     report = {"recording": str(data_path), "run": str(checkpoint), "split": split, "dt_res": dt,
               "null": "homogeneous Poisson, each unit's training-split rate",
               "unit_ids": [str(u) for u in data.units.id], "rows": rows,
-              "glm": {"penalty": glm.penalty, "config": glm.cfg.__dict__} if glm else None}
+              "glm": {"penalty": glm.penalty, "config": asdict(glm.cfg)} if glm else None}
     out_path = Path(out_path)
     per_neuron = {row: {name: r[name]["per_neuron_bits_per_spike"] for name in ("neuroformer", "glm") if name in r}
                   for row, r in rows.items()}

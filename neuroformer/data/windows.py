@@ -31,7 +31,8 @@ from .objects import (
     collate,
     pad,
 )
-from .recording import movie_frame_dataset, open_recording, resolve_variable
+from .gaze import Gaze, eye_centred
+from .recording import behavior_values, movie_frame_dataset, open_recording, resolve_variable
 from .validate import validate_file
 from .vocab import START, UnitVocab
 
@@ -49,6 +50,7 @@ class WindowSpec:
     features: str = ""            # read cached frozen features of this backbone instead of pixels
     targets: tuple = ()           # the variables that are decoded (targets), read `target_lag` s earlier
     target_lag: float = 0.0
+    gaze: Gaze = Gaze()           # given: frames shifted into eye-centred coordinates (pixels only)
 
     @property
     def n_dt(self):
@@ -122,8 +124,12 @@ class WindowDataset(torch.utils.data.Dataset):
                 raise InputError(path, ("units.id", err.args[0])) from None
             try:
                 self.variables[rid] = {v: resolve_variable(data, v) for v in spec.variables}
+                gaze = [resolve_variable(data, v) for v in (spec.gaze.variables() if spec.frames > 0 else ())]
             except KeyError as err:
                 raise InputError(path, ("behavior", err.args[0])) from None
+            for name in gaze:
+                if behavior_values(data, name).ndim != 1:
+                    raise InputError(path, (f"behavior.{name}", "a gaze variable must be one value per sample"))
             if spec.frames > 0:
                 if "movies" not in data.keys():
                     raise InputError(path, ("movies", "frames were requested (frames > 0) but the recording has no movie"))
@@ -213,13 +219,15 @@ class WindowDataset(torch.utils.data.Dataset):
             i1 = min(int(table.n_frames[m]), int(np.ceil((hi - pres.start[k]) * rate - 1e-9)))
             if i1 > i0:
                 chunks.append(source[first + i0:first + i1])
-                times.append(pres.start[k] + np.arange(i0, i1) / rate - t0)
+                times.append(pres.start[k] + np.arange(i0, i1) / rate)
                 index.append(np.arange(first + i0, first + i1))
         frames = np.concatenate(chunks) if chunks else np.zeros((0, *source.shape[1:]), source.dtype)
         frames = frames.astype(np.float32) if key == "features" else frames
         times = np.concatenate(times) if times else np.zeros(0)
+        if self.spec.gaze and key == "pixels":
+            frames = eye_centred(frames, *self.spec.gaze.pixels(data, times))
         index = np.concatenate(index) if index else np.zeros(0, np.int64)
-        return {"frames": pad({key: torch.from_numpy(frames), "time": torch.from_numpy(times.astype(np.float32)),
+        return {"frames": pad({key: torch.from_numpy(frames), "time": torch.from_numpy((times - t0).astype(np.float32)),
                                "index": torch.from_numpy(index), "mask": _ones(times)})}
 
     def _behavior(self, data, name, t0, end):
