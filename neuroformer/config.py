@@ -33,8 +33,8 @@ def probability(default):
 
 @dataclass
 class GazeConfig:
-    x: str = ""                        # behaviour variable of the horizontal gaze (e.g. eye.phi); "" = none
-    y: str = ""                        # of the vertical gaze (e.g. eye.theta)
+    x: str = ""                        # behaviour variable of the horizontal gaze (e.g. eye.phi; > 0: right); "" = none
+    y: str = ""                        # of the vertical gaze (e.g. eye.theta; > 0: towards higher rows)
     pixels_per_unit: float = positive(1.0)  # frame pixels per unit of them (pixels per degree)
 
 

@@ -42,7 +42,7 @@ from .data.recording import check_split, open_recording, spike_counts
 from .data.vocab import START
 from .data.windows import IGNORE, collate_windows
 from .errors import InputError
-from .glm import PoissonGLM
+from .glm import GLMConfig, PoissonGLM
 from .io import atomic_savez
 from .nn import capture_attention
 from .plots import connectivity_figure, stimulus_maps
@@ -374,7 +374,7 @@ def extract_connectivity(run, data_path, out_path, split="test", windows=256, pe
     matrices["pearson"] = pearson_connectivity(data, domain)
     matrices["lagged_correlation"] = lagged_correlation(data, domain)
     if baseline == "glm":
-        glm = PoissonGLM.fit(data_path, progress=progress)
+        glm = PoissonGLM.fit(data_path, GLMConfig(gaze=dataset.spec.gaze), progress=progress)
         matrices["glm_coupling"], matrices["glm_coupling (1-20 ms)"] = glm_coupling(glm), glm_coupling(glm, EFFECT_LAGS)
     unit_ids = data.units.id.astype(str)
     truth = _truth(data_path, unit_ids)

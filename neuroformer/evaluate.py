@@ -24,7 +24,6 @@ import numpy as np
 from scipy.special import gammaln
 from scipy.stats import ks_2samp
 
-from .assembly import gaze
 from .checkpoints import load_run
 from .data.gaze import Gaze
 from .data.objects import DatasetIndex
@@ -50,7 +49,8 @@ def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, 
     if baseline == "glm":
         inputs = loaded[0].variables(False) if loaded else behavior_variables(data)
         longest = float(np.max(np.asarray(sim.trials["end"]) - np.asarray(sim.trials["start"])))
-        glm = PoissonGLM.fit(data_path, GLMConfig(gaze=gaze(loaded[0]) if loaded else Gaze()), behavior=inputs, feature_file=_feature_file(loaded, data_path),
+        glm_cfg = GLMConfig(gaze=loaded[2].spec.gaze if loaded else Gaze())     # the frames the model saw
+        glm = PoissonGLM.fit(data_path, glm_cfg, behavior=inputs, feature_file=_feature_file(loaded, data_path),
                              progress=progress, stable_seconds=longest)
         models["glm"] = glm.simulate(data, sim.trials, sim.repeats, seed, progress=progress)
 

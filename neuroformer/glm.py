@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .bases import raised_cosines
 from .data.gaze import Gaze, eye_centred
-from .data.recording import behavior_at, frame_on_screen, movie_frame_dataset, open_recording, spike_counts
+from .data.recording import behavior_at, frames_shown, movie_frame_dataset, open_recording, spike_counts
 from .errors import InputError
 from .simulations import Simulation, trial_seed
 
@@ -246,54 +246,70 @@ def _lbfgs(x, y, weight, bias, penalty, max_iter, grad_tol=GRAD_TOL):
 
 class StimulusPCs:
     """The frame on screen at each time as its leading principal components, fitted on the
-    training split: of block-averaged pixels (in eye-centred coordinates with `cfg.gaze`) or of
-    cached backbone features."""
+    training split: of block-averaged pixels or of cached backbone features. With `cfg.gaze`,
+    each presentation of a frame is first moved into eye-centred coordinates by the gaze at its
+    onset, exactly as the model's window loader moves it, then block-averaged."""
 
-    def __init__(self, frames, pca, gaze, downsample):
-        self.frames, self.pca, self.gaze, self.downsample = frames, pca, gaze, downsample
-        self.table = None if gaze else pca.transform(frames.reshape(len(frames), -1)).astype(np.float32)
+    def __init__(self, pca, gaze, downsample, table=None):
+        self.pca, self.gaze, self.downsample = pca, gaze, downsample
+        self.table = table                  # (stored frames, K) without gaze
 
     def at(self, data, times):
         """(T, K) components of the frame seen at each time; 0 where no frame is shown."""
-        frame = frame_on_screen(data, times)
+        index, onset = frames_shown(data, times)
         out = np.zeros((len(times), self.pca.n_components_), np.float32)
         if not self.gaze:
-            out[frame >= 0] = self.table[frame[frame >= 0]]
+            out[index >= 0] = self.table[index[index >= 0]]
             return out
-        x, y = (p / self.downsample for p in self.gaze.pixels(data, times))
-        change = np.r_[True, (np.diff(frame) != 0) | (np.diff(x) != 0) | (np.diff(y) != 0)]
-        first = np.flatnonzero(change)                       # one shifted frame per run of equal inputs
-        seen = first[frame[first] >= 0]
+        if not len(times):
+            return out
+        key = np.nan_to_num(onset, nan=-1.0)
+        change = np.r_[True, (np.diff(index) != 0) | (np.diff(key) != 0)]
+        first = np.flatnonzero(change)                      # one image per presentation of a frame
+        shown = index[first] >= 0
         per_run = np.zeros((len(first), out.shape[1]), np.float32)
-        if len(seen):
-            images = eye_centred(self.frames[frame[seen]], x[seen], y[seen])
-            per_run[frame[first] >= 0] = self.pca.transform(images.reshape(len(seen), -1))
+        if shown.any():
+            per_run[shown] = self.pca.transform(self.images(data, index[first[shown]], onset[first[shown]]))
         return per_run[np.cumsum(change) - 1]
+
+    def images(self, data, index, onset):
+        """Block-averaged eye-centred images (n, pixels) of stored frames `index` shown at `onset`."""
+        x, y = self.gaze.pixels(data, onset)
+        out = []
+        for a in range(0, len(index), 4096):                # bounded memory on long recordings
+            wanted, where = np.unique(index[a:a + 4096], return_inverse=True)
+            moved = eye_centred(movie_frame_dataset(data)[wanted][where], x[a:a + 4096], y[a:a + 4096])
+            out.append(_block_average(moved, self.downsample).reshape(len(moved), -1))
+        return np.concatenate(out)
 
     @classmethod
     def fit(cls, data, path, cfg, feature_file):
-        if feature_file is not None:
-            if cfg.gaze:
+        dom = data.train_domain
+        times = np.concatenate([np.arange(a, b, 0.01) for a, b in zip(np.asarray(dom.start), np.asarray(dom.end))]
+                               + [np.zeros(0)])
+        index, onset = frames_shown(data, times)
+        shown = np.unique(index[index >= 0])
+        if len(shown) < 2:
+            raise InputError(path, ("stimulus", "fewer than two movie frames are shown in the training split"))
+        if cfg.gaze:
+            if feature_file is not None:
                 raise InputError(feature_file, ("gaze", "cached features cannot be moved with the eye; use pixels"))
+            cfg.gaze.check(data, movie_frame_dataset(data).shape[1:3], path)
+            seen = np.unique(np.stack([index, onset], 1)[index >= 0], axis=0)     # each presentation once
+            fitted = cls(None, cfg.gaze, cfg.downsample)
+            sample = fitted.images(data, seen[:, 0].astype(np.int64), seen[:, 1])
+            fitted.pca = PCA(n_components=min(cfg.stim_components, len(shown) - 1, sample.shape[1]),
+                             random_state=0).fit(sample)
+            return fitted
+        if feature_file is not None:
             with h5py.File(feature_file, "r") as f:
                 frames = f["features"][()].reshape(len(f["features"]), -1)
         else:
             frames = _block_average(movie_frame_dataset(data), cfg.downsample)
-        dom = data.train_domain
-        times = np.concatenate([np.arange(a, b, 0.01) for a, b in zip(np.asarray(dom.start), np.asarray(dom.end))]
-                               + [np.zeros(0)])
-        shown = np.unique(frame_on_screen(data, times))
-        shown = shown[shown >= 0]
-        if len(shown) < 2:
-            raise InputError(path, ("stimulus", "fewer than two movie frames are shown in the training split"))
-        k = min(cfg.stim_components, len(shown) - 1, frames[0].size)
-        if cfg.gaze:                                          # the shifted frames of the training split
-            seen = times[frame_on_screen(data, times) >= 0]
-            x, y = (p / cfg.downsample for p in cfg.gaze.pixels(data, seen))
-            sample = eye_centred(frames[frame_on_screen(data, seen)], x, y).reshape(len(seen), -1)
-        else:
-            sample = frames[shown].reshape(len(shown), -1)
-        return cls(frames, PCA(n_components=k, random_state=0).fit(sample), cfg.gaze, cfg.downsample)
+            frames = frames.reshape(len(frames), -1)
+        k = min(cfg.stim_components, len(shown) - 1, frames.shape[1])
+        pca = PCA(n_components=k, random_state=0).fit(frames[shown])
+        return cls(pca, cfg.gaze, cfg.downsample, pca.transform(frames).astype(np.float32))
 
 
 def _block_average(source, d):

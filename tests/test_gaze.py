@@ -5,9 +5,9 @@ import pytest
 from scipy.ndimage import shift as scipy_shift
 
 from neuroformer.config import config_from_dict
-from neuroformer.data.gaze import Gaze, eye_centred
+from neuroformer.data.gaze import GREY, Gaze, eye_centred
 from neuroformer.data.objects import DatasetIndex
-from neuroformer.data.recording import behavior_at, frame_on_screen, movie_frame_dataset, open_recording
+from neuroformer.data.recording import behavior_at, frames_shown, movie_frame_dataset, open_recording
 from neuroformer.data.windows import RecordingSet, WindowDataset, WindowSpec
 from neuroformer.errors import InputError
 from neuroformer.glm import GLMConfig, StimulusPCs, _block_average
@@ -17,12 +17,12 @@ GAZE = Gaze("eye.phi", "eye.theta", 1.5)
 
 def test_eye_centred_is_scipys_bilinear_shift_by_minus_the_gaze():
     rng = np.random.default_rng(0)
-    frames = rng.random((3, 12, 20)).astype(np.float32)
+    frames = (255 * rng.random((3, 12, 20))).astype(np.float32)
     x, y = np.array([1.3, -2.6, 0.0]), np.array([0.4, 3.1, -1.7])
     out = eye_centred(frames, x, y)
     for f in range(3):
-        expected = scipy_shift(frames[f], (-y[f], -x[f]), order=1, mode="grid-constant", cval=frames[f].mean())
-        np.testing.assert_allclose(out[f], expected, atol=1e-5)
+        expected = scipy_shift(frames[f], (-y[f], -x[f]), order=1, mode="grid-constant", cval=GREY)
+        np.testing.assert_allclose(out[f], expected, atol=1e-3)
     assert eye_centred(frames[:1], [0.0], [0.0]).tolist() == frames[:1].tolist()
 
 
@@ -46,21 +46,22 @@ def test_loader_frames_are_shifted_by_the_gaze_at_their_onset(tiny_synthetic):
     np.testing.assert_array_equal(b["pixels"].numpy(), eye_centred(a["pixels"].numpy(), x, y))
 
 
-def test_glm_stimulus_components_follow_the_gaze(tiny_synthetic):
+def test_glm_stimulus_components_are_those_of_the_models_frames(tiny_synthetic):
+    """Each time's components: the stored frame shown, moved by the gaze at its onset (as the
+    loader moves it), block-averaged, projected."""
     data = open_recording(tiny_synthetic)
     cfg = GLMConfig(stim_components=4, gaze=GAZE)
     pcs = StimulusPCs.fit(data, tiny_synthetic, cfg, None)
     times = data.trials.start[0] - 0.05 + np.arange(0, 1.0, 0.007)     # from grey screen into a trial
-    frame = frame_on_screen(data, times)
-    small = _block_average(movie_frame_dataset(data), cfg.downsample)
+    index, onset = frames_shown(data, times)
     expected = np.zeros((len(times), 4), np.float32)
-    for t, (i, when) in enumerate(zip(frame, times)):
-        if i >= 0:
-            x, y = GAZE.pixels(data, np.array([when]))
-            moved = eye_centred(small[i][None], x / cfg.downsample, y / cfg.downsample)
-            expected[t] = pcs.pca.transform(moved.reshape(1, -1))[0]
-    assert (frame < 0).any() and (frame >= 0).any()
-    np.testing.assert_allclose(pcs.at(data, times), expected, rtol=1e-5, atol=1e-5)
+    for t in np.flatnonzero(index >= 0):
+        x, y = GAZE.pixels(data, onset[t:t + 1])
+        seen = eye_centred(movie_frame_dataset(data)[index[t]][None], x, y)
+        expected[t] = pcs.pca.transform(_block_average(seen, cfg.downsample).reshape(1, -1))[0]
+    assert (index < 0).any() and len(np.unique(onset[index >= 0])) > 10
+    np.testing.assert_allclose(pcs.at(data, times), expected, rtol=1e-4, atol=1e-4)
+    assert pcs.at(data, np.zeros(0)).shape == (0, 4)
     still = StimulusPCs.fit(data, tiny_synthetic, GLMConfig(stim_components=4), None)
     assert not np.allclose(still.at(data, times), expected, atol=1e-2)
 
@@ -79,7 +80,13 @@ def test_gaze_config_refusals(window, model, problem):
         config_from_dict(raw, "c.yaml")
 
 
-def test_a_gaze_variable_the_recording_lacks_is_named(tiny_synthetic):
-    spec = WindowSpec(frames=0.15, gaze=Gaze("eye.nope", "eye.theta"))
-    with pytest.raises(InputError, match=r"tiny.h5.*behavior.*eye.nope"):
+@pytest.mark.parametrize("gaze, targets, problem", [
+    (Gaze("eye.nope", "eye.theta"), (), r"window.gaze.x: behaviour variable 'eye.nope': not found"),
+    (Gaze("eye.phi", "eye.theta"), ("theta",), r"window.gaze.y: eye.theta is a decoded target"),
+    (Gaze("eye.phi", "", 20.0), (), r"window.gaze.pixels_per_unit: eye.phi up to .* pixels off a 112-pixel frame"),
+    (Gaze("", "running.speed", 100.0), (), r"window.gaze.pixels_per_unit: running.speed up to .* 64-pixel frame"),
+])
+def test_gaze_variables_are_checked_against_the_recording(tiny_synthetic, gaze, targets, problem):
+    spec = WindowSpec(frames=0.15, gaze=gaze, targets=targets, variables=targets)
+    with pytest.raises(InputError, match=r"tiny.h5: " + problem):
         WindowDataset(RecordingSet([tiny_synthetic]), spec)

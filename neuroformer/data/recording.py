@@ -288,15 +288,21 @@ def spike_counts(data, start, end, bin_size):
 
 def frame_on_screen(data, times):
     """Index into the stored movie frames of the frame shown at each time, -1 where none is."""
-    out = np.full(len(times), -1, dtype=np.int64)
+    return frames_shown(data, times)[0]
+
+
+def frames_shown(data, times):
+    """(index into the stored movie frames, onset time) of the frame shown at each time; -1 and
+    NaN where none is."""
+    index, onset = np.full(len(times), -1, dtype=np.int64), np.full(len(times), np.nan)
     if "stimulus" not in data.keys():
-        return out
+        return index, onset
     pres, table = data.stimulus, data.movie_table
     for s, e, m in zip(np.asarray(pres.start), np.asarray(pres.end), np.asarray(pres.movie_index)):
         on = (times >= s) & (times < e)
-        i = np.floor((times[on] - s) * table.frame_rate[m] + 1e-9).astype(np.int64)
-        out[on] = table.first_frame[m] + np.minimum(i, table.n_frames[m] - 1)
-    return out
+        i = np.minimum(np.floor((times[on] - s) * table.frame_rate[m] + 1e-9).astype(np.int64), table.n_frames[m] - 1)
+        index[on], onset[on] = table.first_frame[m] + i, s + i / table.frame_rate[m]
+    return index, onset
 
 
 def behavior_values(data, name):

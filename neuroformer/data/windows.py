@@ -32,7 +32,7 @@ from .objects import (
     pad,
 )
 from .gaze import Gaze, eye_centred
-from .recording import behavior_values, movie_frame_dataset, open_recording, resolve_variable
+from .recording import movie_frame_dataset, open_recording, resolve_variable
 from .validate import validate_file
 from .vocab import START, UnitVocab
 
@@ -124,12 +124,8 @@ class WindowDataset(torch.utils.data.Dataset):
                 raise InputError(path, ("units.id", err.args[0])) from None
             try:
                 self.variables[rid] = {v: resolve_variable(data, v) for v in spec.variables}
-                gaze = [resolve_variable(data, v) for v in (spec.gaze.variables() if spec.frames > 0 else ())]
             except KeyError as err:
                 raise InputError(path, ("behavior", err.args[0])) from None
-            for name in gaze:
-                if behavior_values(data, name).ndim != 1:
-                    raise InputError(path, (f"behavior.{name}", "a gaze variable must be one value per sample"))
             if spec.frames > 0:
                 if "movies" not in data.keys():
                     raise InputError(path, ("movies", "frames were requested (frames > 0) but the recording has no movie"))
@@ -138,6 +134,7 @@ class WindowDataset(torch.utils.data.Dataset):
                 if size != self.frame_size:
                     raise InputError(path, ("movies.frames", f"frame size {size} differs from {self.frame_size} of "
                                                              "the other recordings; batches need one size"))
+                spec.gaze.check(data, size, path, spec.targets)
 
     def __getitem__(self, index: DatasetIndex):
         spec = self.spec
