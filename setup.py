@@ -24,6 +24,7 @@ setup(
         "scipy",
         "scikit-learn>=1.8",            # LogisticRegression(l1_ratio=1.0) is L1 only from 1.8 (L2 before)
         "pyyaml",
+        "oasis-deconv>=0.3.2",          # calcium traces deconvolved into events (data/calcium.py)
         "tqdm",
     ],
     extras_require={"dev": ["pytest"]},

@@ -52,12 +52,20 @@ def device(text):
 
 
 def _prepare(args):
+    from .data.calcium import SPIKE_AMPLITUDE, CalciumModel
     from .data.importers import VideoSpec, prepare
     from .data.recording import parse_split
     from .data.synthetic import SyntheticConfig, write_synthetic, write_with_truth
 
     split = parse_split(args.split)
+    if args.spike_amplitude is not None and not args.events:
+        raise InputError("--spike-amplitude", ("spike amplitude", "applies to --events only"))
+    if args.calcium and not args.synthetic:
+        raise InputError("--calcium", ("calcium", "makes the synthetic recording a calcium one: needs --synthetic"))
+    events = (args.spike_amplitude or SPIKE_AMPLITUDE) if args.events else None
     if args.circuit:
+        if events is not None:
+            raise InputError("--events", ("events", "a circuit has spikes, no calcium traces to deconvolve"))
         from .data.circuits import HubCircuitConfig, hub_circuit
 
         kw = dict(n_neurons=args.neurons, seed=args.seed) | ({"duration": args.duration} if args.duration else {})
@@ -69,7 +77,9 @@ def _prepare(args):
                   n_movies=args.movies)
         cfg = (SyntheticConfig.for_duration(args.duration, **kw) if args.duration
                else SyntheticConfig(**kw, **({"n_trials": args.trials} if args.trials else {})))
-        paths = write_synthetic(args.output, cfg)
+        if events is not None and not args.calcium:
+            raise InputError("--events", ("events", "the synthetic recording has spikes; --calcium makes it traces"))
+        paths = write_synthetic(args.output, cfg, CalciumModel() if args.calcium else None, events)
     else:
         if not args.source:
             raise InputError("prepare", ("SOURCE", "missing: give a .nwb/.npz/.pkl/.mat file, a suite2p folder "
@@ -78,7 +88,8 @@ def _prepare(args):
                  if args.video else None)
         paths = [prepare(args.source, args.output, config=args.config, bin_size=args.bin_size,
                          behavior=args.behavior, frame_rate=args.frame_rate, video=video, split=split,
-                         seed=args.seed, allow_pickle=args.allow_pickle, imaging_rate=args.imaging_rate)]
+                         seed=args.seed, allow_pickle=args.allow_pickle, imaging_rate=args.imaging_rate,
+                         events=events)]
     for p in paths:
         print(f"wrote {p}")
 
@@ -205,6 +216,10 @@ def build_parser():
     p.add_argument("--frame-rate", type=positive_float, help="frame rate (Hz) of the array dictionary's `frames`")
     p.add_argument("--imaging-rate", type=positive_float,
                    help="imaging frame rate (Hz) of calcium traces: the array dictionary's `traces`, a suite2p folder")
+    p.add_argument("--events", action="store_true",
+                   help="deconvolve calcium traces into spike-like events (OASIS), stored as the spikes")
+    p.add_argument("--spike-amplitude", type=positive_float,
+                   help="deconvolved ΔF/F of one event (--events; default 0.07, see docs/import.md)")
     p.add_argument("--video", help="video file (mp4/avi) shown during the recording")
     p.add_argument("--video-fps", type=positive_float, help="video frame rate (Hz); default: the file's")
     p.add_argument("--video-start", type=finite_float, default=0.0, help="time (s) of the video's first frame")
@@ -223,6 +238,8 @@ def build_parser():
     g.add_argument("--trials", type=positive_int, help="trials of each training movie (default 10)")
     g.add_argument("--trial-length", type=positive_float, default=10.0, help="movie length (s)")
     g.add_argument("--sessions", type=positive_int, default=1, help="sessions drawn from one population")
+    g.add_argument("--calcium", action="store_true", help="calcium imaging instead: the spikes through an indicator "
+                                                          "model as 30 Hz ΔF/F traces (spikes in OUT.truth.npz)")
     g.add_argument("--circuit", choices=["hub"], help="a ground-truth circuit instead (spontaneous activity, "
                                                       "true coupling in OUT.truth.npz; --neurons, --duration)")
     p.set_defaults(func=_prepare)

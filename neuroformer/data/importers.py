@@ -495,9 +495,12 @@ def _nwb_movie(ts, path, domain):
 # ---------------------------------------------------------------- prepare
 
 def prepare(source, out, *, config=None, bin_size=None, behavior=(), frame_rate=None, video=None,
-            split=(0.7, 0.1, 0.2), seed=0, allow_pickle=False, imaging_rate=None):
+            split=(0.7, 0.1, 0.2), seed=0, allow_pickle=False, imaging_rate=None, events=None):
     """Import `source` (.nwb, .npz/.pkl/.mat, a suite2p plane folder; a pickle only with
-    `allow_pickle`), attach a video, set splits, validate, save."""
+    `allow_pickle`), attach a video, deconvolve calcium traces into events when `events` (a spike
+    amplitude) is given, set splits, validate, save."""
+    from .calcium import with_events
+
     source = Path(source)
     if imaging_rate is not None and source.suffix == ".nwb":
         raise InputError(source, ("--imaging-rate", "an NWB file states its own imaging rate"))
@@ -514,6 +517,8 @@ def prepare(source, out, *, config=None, bin_size=None, behavior=(), frame_rate=
                              allow_pickle)
     if video is not None:
         data = _with_video(data, video)
+    if events is not None:
+        data = with_events(data, events, seed, source)
     if "train_domain" not in data.keys():
         assign_splits(data, split, seed)
     require_valid(data, source)

@@ -32,7 +32,9 @@ def summarize(path):
             "domain_s": [start, end],
             "spike_span_s": [float(times[0]), float(times[-1])] if len(times) else None,
             "calcium": ({"rois": int(data.calcium.dff.shape[1]), "frames": int(data.calcium.dff.shape[0]),
-                         "rate_hz": float(data.calcium.sampling_rate)} if "calcium" in keys else None),
+                         "rate_hz": float(data.calcium.sampling_rate),
+                         "events": ({"spike_amplitude": float(np.asarray(data.deconvolution.spike_amplitude)[0])}
+                                    if "deconvolution" in keys else None)} if "calcium" in keys else None),
             "behavior": behavior_variables(data),
             "trials": int(len(data.trials)) if "trials" in keys else 0,
             "movies": ([{"id": str(i), "frames": int(n), "frame_rate": float(r)} for i, n, r in
@@ -65,7 +67,10 @@ def format_summary(s):
         lines.append("per unit  " + ", ".join(f"{u}: {c}" for u, c in s["spikes_per_unit"].items()))
     if s.get("calcium"):
         c = s["calcium"]
-        lines.append(f"calcium   ΔF/F of {c['rois']} ROIs, {c['frames']} frames at {c['rate_hz']:g} Hz")
+        lines.append(f"calcium   ΔF/F of {c['rois']} ROIs, {c['frames']} frames at {c['rate_hz']:g} Hz"
+                     + (f"; the spikes are its deconvolved events ({c['events']['spike_amplitude']:g} ΔF/F each)"
+                        if c.get("events") else "" if s["spikes"] else
+                        "; no spikes (`prepare --events` deconvolves the traces)"))
     lines.append(f"behaviour {', '.join(s['behavior']) or 'none'}")
     movies = ", ".join(f"{m['id']} ({m['frames']} frames at {m['frame_rate']:g} Hz)" for m in s["movies"])
     lines.append(f"stimulus  {movies or 'none'}; {s['presentations']} presentations")

@@ -1,0 +1,105 @@
+"""Calcium traces and events: the forward model against a direct sum, deconvolution finding
+known spikes, events that add up to the activity, the synthetic calcium recording's ground
+truth, and the prepare options' refusals."""
+import numpy as np
+import pytest
+
+from neuroformer.cli import main
+from neuroformer.data.calcium import (CalciumModel, calcium_from_spikes, deconvolve, traces_from_spikes,
+                                      with_events)
+from neuroformer.data.recording import open_recording
+from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
+from neuroformer.errors import InputError
+from tests.conftest import TINY, known_recording
+
+
+def test_calcium_is_the_sum_of_decaying_spikes_read_at_each_frames_end():
+    model = CalciumModel(rate=10.0, tau=0.5)
+    times, units = np.array([0.03, 0.26, 0.27, 0.5]), np.array([0, 1, 1, 0])
+    c = calcium_from_spikes(times, units, 2, 12, model, start=0.0)
+    ends = (np.arange(12) + 1) / model.rate
+    for u in (0, 1):
+        expected = [sum(np.exp(-(e - t) / model.tau) for t in times[units == u] if t < e) for e in ends]
+        np.testing.assert_allclose(c[:, u], expected, rtol=1e-12)
+
+
+def test_traces_saturate_and_carry_shot_noise_of_the_photon_count():
+    model = CalciumModel(amplitude=0.2, kd=2.0, photons=1e4)
+    silent = traces_from_spikes([], [], 1, 20000, model, np.random.default_rng(0))
+    assert abs(silent.std() - 1 / np.sqrt(model.photons)) < 2e-4 and abs(silent.mean()) < 1e-4
+    burst = np.full(50, 1.0)                                  # 50 spikes at once: c = 50 >> kd
+    clean = traces_from_spikes(burst, np.zeros(50, int), 1, 40, CalciumModel(amplitude=0.2, kd=2.0, photons=1e12),
+                               np.random.default_rng(0))
+    c = calcium_from_spikes(burst, np.zeros(50, int), 1, 40, model)[:, 0]
+    np.testing.assert_allclose(clean[:, 0], 0.2 * c / (1 + c / 2.0), atol=1e-5)
+    assert clean.max() < 0.2 * 2.0                            # bounded by amplitude x kd
+
+
+def test_deconvolution_finds_isolated_spikes_in_a_clean_trace():
+    model = CalciumModel(photons=1e6)
+    spikes = np.arange(20) * 4.013 + 1.01
+    traces = traces_from_spikes(spikes, np.zeros(20, int), 1, 2500, model, np.random.default_rng(1))
+    activity, _, fits = deconvolve(traces)
+    assert abs(fits["decay"][0] - np.exp(-1 / (model.rate * model.tau))) < 0.005
+    amplitude = activity.sum() / 20                           # one spike's share of the activity
+    _, events, _ = deconvolve(traces, amplitude)
+    np.testing.assert_array_equal(np.flatnonzero(events[:, 0]), np.floor(spikes * model.rate).astype(int))
+    assert events.sum() == 20
+    passed = np.cumsum(events[:, 0])                          # the events add up to the activity
+    assert np.abs(passed - np.cumsum(activity[:, 0]) / amplitude).max() <= 0.5 + 1e-9
+
+
+def test_synthetic_calcium_keeps_the_spikes_as_truth(tmp_path):
+    cfg = SyntheticConfig(**TINY)
+    plain = open_recording(write_synthetic(tmp_path / "plain.h5", cfg)[0])
+    path = write_synthetic(tmp_path / "ca.h5", cfg, CalciumModel(), events=0.07)[0]
+    data, truth = open_recording(path), np.load(tmp_path / "ca.truth.npz")
+    np.testing.assert_array_equal(truth["spike_times"], plain.spikes.timestamps[:])
+    np.testing.assert_array_equal(truth["spike_units"], plain.spikes.unit_index[:])
+    duration = float(data.domain.end[-1] - data.domain.start[0])
+    assert data.calcium.dff.shape == (int(duration * 30), TINY["n_neurons"])
+    events = np.asarray(data.spikes.timestamps)
+    assert 0.5 < len(events) / len(truth["spike_times"]) < 2.0
+    assert np.asarray(data.deconvolution.spike_amplitude).tolist() == [0.07] * TINY["n_neurons"]
+    frames = np.floor(events * 30).astype(int)                # events sit inside frames with activity
+    assert (np.abs(events * 30 - frames - 0.5) <= 0.49 + 1e-9).all()
+
+
+def test_events_need_traces_and_a_positive_amplitude():
+    with pytest.raises(InputError, match="no calcium traces"):
+        with_events(known_recording(), 0.07, source="k.h5")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--synthetic", "--spike-amplitude", "0.1"], "applies to --events only"),
+    (["--synthetic", "--events"], "--calcium makes it traces"),
+    (["--circuit", "hub", "--events"], "no calcium traces to deconvolve"),
+    (["--calcium", "--circuit", "hub"], "needs --synthetic"),
+    (["--synthetic", "--calcium", "--events", "--spike-amplitude", "nan"], "--spike-amplitude"),
+    (["--synthetic", "--calcium", "--events", "--spike-amplitude", "-1"], "--spike-amplitude"),
+])
+def test_prepare_calcium_options_refusals(args, expected, tmp_path, capsys):
+    try:
+        code = main(["prepare", *args, "-o", str(tmp_path / "x.h5")])
+    except SystemExit as exit_:                               # argparse's own refusals
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_imported_traces_become_events(tmp_path):
+    model = CalciumModel(photons=1e5)
+    rng = np.random.default_rng(3)
+    times = np.sort(rng.uniform(0, 60, 120))
+    units = rng.integers(0, 3, 120)
+    traces = traces_from_spikes(times, units, 3, 1800, model, rng)
+    np.savez(tmp_path / "arrays.npz", traces=traces.T)
+    out = tmp_path / "ev.h5"
+    assert main(["prepare", str(tmp_path / "arrays.npz"), "--imaging-rate", "30", "--events",
+                 "--spike-amplitude", "0.15", "-o", str(out)]) == 0
+    data = open_recording(out)
+    got = np.asarray(data.spikes.unit_index)
+    assert abs(len(got) - 120) <= 20
+    assert [int((got == u).sum()) > 0.7 * int((units == u).sum()) for u in range(3)] == [True] * 3
+    assert main(["info", str(out)]) == 0
