@@ -1,5 +1,7 @@
 """Held-out bits/spike of the model against the library GLM, 3 seeds, on the synthetic recording
-(trials of training movies and of held-out movies) and on the hub circuit.
+(trials of training movies and of held-out movies) and on the hub circuit; with `--recordings
+calcium`, on the synthetic recording seen through calcium imaging (`prepare --synthetic
+--calcium --events`: its deconvolved events, model and GLM on the same events).
 
 For each recording and seed: train its config (bench/configs/likelihood_{synthetic,circuit}.yaml:
 the point-process model, its GLM fitted first with a ridge chosen on validation NLL; `neuroformer
@@ -23,13 +25,14 @@ from neuroformer.cli import positive_int
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORDINGS = {"synthetic": (["--synthetic"], "likelihood_synthetic.yaml"), "hub": (["--circuit", "hub"], "likelihood_circuit.yaml")}
+RECORDINGS = {"synthetic": (["--synthetic"], "likelihood_synthetic.yaml"), "hub": (["--circuit", "hub"], "likelihood_circuit.yaml"),
+              "calcium": (["--synthetic", "--calcium", "--events"], "likelihood_synthetic.yaml")}
 
 
 def prepare(name, workdir, quick):
     path = workdir / f"{name}.h5"
     if not path.exists():
-        extra = (list(QUICK_SYNTHETIC) if name == "synthetic" else
+        extra = (list(QUICK_SYNTHETIC) if name in ("synthetic", "calcium") else
                  ["--neurons", "20", "--duration", "60"]) if quick else []
         neuroformer("prepare", *RECORDINGS[name][0], *extra, "-o", path)
     return path

@@ -1,4 +1,5 @@
-"""Baseline behaviour decoders on binned spike counts (docs/design.md §5.2).
+"""Baseline behaviour decoders on binned spike counts, or on binned ΔF/F when the recording
+holds calcium traces (what one would decode from without a deconvolution; docs/design.md §5.2).
 
 - ridge: a Wiener filter, ridge regression on the counts of every unit at lags -L..L bins;
 - lasso: the same design with an L1 penalty;
@@ -24,6 +25,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from .data.imaging import binned_traces
 from .data.recording import spike_counts
 
 BASELINES = ("ridge", "lasso", "glm", "mlp", "gru")
@@ -32,29 +34,42 @@ GRU_STEPS = 400
 
 @dataclass
 class BinnedSplit:
-    """Counts (n_bins, n_units) of each interval of a split, and for every behaviour sample to
-    decode its interval, its bin and its values (n, n_targets)."""
-    counts: list
+    """Binned activity (n_bins, n_units) of each interval of a split (spike counts, or mean ΔF/F
+    for `kind` "calcium"), and for every behaviour sample to decode its interval, its bin and its
+    values (n, n_targets)."""
+    binned: list
     interval: np.ndarray
     bin: np.ndarray
     y: np.ndarray
+    kind: str = "counts"
+
+    def compressed(self):
+        """The binned activity on a scale for the GRU: log1p of counts, ΔF/F as it is."""
+        return [np.log1p(b) if self.kind == "counts" else b for b in self.binned]
 
     @classmethod
     def of(cls, data, samples, bin_size):
-        counts = [spike_counts(data, a, b, bin_size) for a, b in zip(samples.starts, samples.ends)]
+        kind = baseline_input(data)
+        reader = binned_traces if kind == "calcium" else spike_counts
+        binned = [reader(data, a, b, bin_size) for a, b in zip(samples.starts, samples.ends)]
         bins = np.floor((samples.times - samples.starts[samples.interval]) / bin_size + 1e-9).astype(int)
-        bins = np.minimum(bins, np.array([len(c) - 1 for c in counts])[samples.interval])
-        return cls(counts, samples.interval, bins, samples.values)
+        bins = np.minimum(bins, np.array([len(b) - 1 for b in binned])[samples.interval])
+        return cls(binned, samples.interval, bins, samples.values, kind)
 
     def lagged(self, lags):
-        """(n, n_units * (2 lags + 1)) counts at bins b-lags .. b+lags of each sample's interval."""
-        out = np.zeros((len(self.bin), 2 * lags + 1, self.counts[0].shape[1]), dtype=np.float32)
-        for k, counts in enumerate(self.counts):
+        """(n, n_units * (2 lags + 1)) binned activity at bins b-lags .. b+lags of each sample's interval."""
+        out = np.zeros((len(self.bin), 2 * lags + 1, self.binned[0].shape[1]), dtype=np.float32)
+        for k, binned in enumerate(self.binned):
             rows = np.flatnonzero(self.interval == k)
-            padded = np.pad(counts, ((lags, lags), (0, 0)))
+            padded = np.pad(binned, ((lags, lags), (0, 0)))
             for j in range(2 * lags + 1):
                 out[rows, j] = padded[self.bin[rows] + j]
         return out.reshape(len(out), -1)
+
+
+def baseline_input(data):
+    """What the baselines read: "calcium" (binned ΔF/F) when the recording has traces, else "counts"."""
+    return "calcium" if "calcium" in data.keys() else "counts"
 
 
 def baseline_grid(name, train, seed=0, classes=None):
@@ -162,11 +177,12 @@ class _BiGRU(nn.Module):
 
 
 def _padded(split, scale):
-    """Counts of every interval, log1p-scaled and padded into (n_intervals, max_bins, n_units)."""
-    n = max(len(c) for c in split.counts)
-    x = np.zeros((len(split.counts), n, split.counts[0].shape[1]), dtype=np.float32)
-    for k, c in enumerate(split.counts):
-        x[k, :len(c)] = np.log1p(c) / scale
+    """Binned activity of every interval, compressed, scaled and padded into (n_intervals, max_bins, n_units)."""
+    compressed = split.compressed()
+    n = max(len(c) for c in compressed)
+    x = np.zeros((len(compressed), n, compressed[0].shape[1]), dtype=np.float32)
+    for k, c in enumerate(compressed):
+        x[k, :len(c)] = c / scale
     return torch.from_numpy(x), n
 
 
@@ -175,13 +191,13 @@ def _fit_gru(train, z, classes, hidden, seed, crop=64, batch=16):
     prediction afterwards); z: standardised values or class labels per target."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    scale = np.log1p(np.concatenate(train.counts)).std(0) + 1e-3
-    net = _BiGRU(train.counts[0].shape[1], hidden, classes)
+    scale = np.concatenate(train.compressed()).std(0) + 1e-3
+    net = _BiGRU(train.binned[0].shape[1], hidden, classes)
     net.scale = scale
     x, n = _padded(train, scale)
-    target = torch.full((len(train.counts), n, z.shape[1]), float("nan"))
+    target = torch.full((len(train.binned), n, z.shape[1]), float("nan"))
     target[train.interval, train.bin] = torch.as_tensor(z, dtype=torch.float32)   # last sample of a bin
-    lengths = torch.tensor([len(c) for c in train.counts])
+    lengths = torch.tensor([len(b) for b in train.binned])
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(GRU_STEPS):
         k = torch.randint(len(lengths), (batch,), generator=gen)

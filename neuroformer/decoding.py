@@ -33,7 +33,7 @@ from .config import Modality, Variable
 from .data.objects import DatasetIndex, Interval
 from .data.recording import behavior_values, class_count, first_fraction, open_recording
 from .data.windows import collate_windows
-from .decoders import BASELINES, BinnedSplit, baseline_grid
+from .decoders import BASELINES, BinnedSplit, baseline_grid, baseline_input
 from .errors import InputError
 from .io import atomic_path
 from .model import _masked_mean
@@ -435,6 +435,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
                 results[t].update(by_stimulus(results[t], samples["test"], k, novel))
     report = {"recording": str(data_path), "targets": targets, "mode": mode, "run": str(run) if run else None,
               "label_fraction": label_fraction, "trainable": trainable, "seed": seed, "bin_s": bin_size,
+              "baseline_input": baseline_input(data),
               "samples": {s: int(len(samples[s].times)) for s in ("train", "valid", "test")},
               "test_samples_of_novel_stimuli": None if novel is None else int(novel.sum()),
               "results": {t: {m: _public(table[m][t]) for m in table} for t in targets}}

@@ -7,7 +7,10 @@ import pytest
 from neuroformer.cli import main
 from neuroformer.data.calcium import (CalciumModel, calcium_from_spikes, deconvolve, traces_from_spikes,
                                       with_events)
+from neuroformer.data.imaging import binned_traces
 from neuroformer.data.recording import open_recording
+from neuroformer.decoders import BinnedSplit
+from neuroformer.decoding import Samples
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.errors import InputError
 from tests.conftest import TINY, known_recording
@@ -103,3 +106,21 @@ def test_imported_traces_become_events(tmp_path):
     assert abs(len(got) - 120) <= 20
     assert [int((got == u).sum()) > 0.7 * int((units == u).sum()) for u in range(3)] == [True] * 3
     assert main(["info", str(out)]) == 0
+
+
+def test_binned_traces_average_the_frames_of_each_bin(tmp_path):
+    cfg = SyntheticConfig(**TINY)
+    data = open_recording(write_synthetic(tmp_path / "ca.h5", cfg, CalciumModel(), events=0.07)[0])
+    dff, t = np.asarray(data.calcium.dff, dtype=float), np.arange(len(data.calcium.dff)) / 30.0
+    wide = binned_traces(data, 1.0, 2.0, 0.1)                 # 3 frames a bin
+    for k in range(10):
+        inside = (t >= 1.0 + 0.1 * k - 1e-9) & (t < 1.1 + 0.1 * k - 1e-9)
+        np.testing.assert_allclose(wide[k], dff[inside].mean(0), rtol=1e-6)
+    narrow = binned_traces(data, 1.0, 1.2, 0.01)              # most bins hold no frame
+    centres = 1.0 + (np.arange(20) + 0.5) * 0.01
+    empty = [k for k in range(20) if not ((t >= 1.0 + 0.01 * k - 1e-9) & (t < 1.01 + 0.01 * k - 1e-9)).any()]
+    np.testing.assert_allclose(narrow[empty, 3], np.interp(centres[empty], t, dff[:, 3]), rtol=1e-6)
+    samples = Samples(times=np.array([1.05, 1.55]), values=np.zeros((2, 1)), interval=np.zeros(2, int),
+                      starts=np.array([1.0]), ends=np.array([2.0]))
+    split = BinnedSplit.of(data, samples, 0.1)                # the baselines read these, not the events
+    assert split.kind == "calcium" and np.allclose(split.binned[0], wide)

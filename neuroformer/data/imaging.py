@@ -68,6 +68,25 @@ def calcium_series(traces, rate, start=0.0):
                              domain_start=float(start))
 
 
+def binned_traces(data, start, end, bin_size):
+    """(n_bins, n_units) mean ΔF/F of the imaging frames whose times fall in each bin of
+    [start, end); a bin narrower than a frame takes the traces interpolated at its centre."""
+    series = data.calcium
+    dff = np.asarray(series.dff, dtype=np.float64)
+    times = float(series.domain.start[0]) + np.arange(len(dff)) / float(series.sampling_rate)
+    n_bins = int(round((end - start) / bin_size))
+    inside = np.flatnonzero((times >= start) & (times < start + n_bins * bin_size))
+    k = np.minimum(np.floor((times[inside] - start) / bin_size + 1e-9).astype(np.int64), n_bins - 1)
+    sums, counts = np.zeros((n_bins, dff.shape[1])), np.bincount(k, minlength=n_bins)
+    np.add.at(sums, k, dff[inside])
+    out = sums / np.maximum(counts, 1)[:, None]
+    empty = np.flatnonzero(counts == 0)
+    centres = start + (empty + 0.5) * bin_size
+    for u in range(dff.shape[1]):
+        out[empty, u] = np.interp(centres, times, dff[:, u])
+    return out
+
+
 def imaging_parts(traces, rate, roi_ids, session):
     """`make_recording` arguments of ΔF/F `traces` (T, N) from 0 s, without spikes: ROIs are the units."""
     return dict(spike_times=np.zeros(0), spike_units=np.zeros(0, dtype=np.int64), session_id=session,
