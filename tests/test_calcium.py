@@ -1,6 +1,8 @@
 """Calcium traces and events: the forward model against a direct sum, deconvolution finding
 known spikes, events that add up to the activity, the synthetic calcium recording's ground
 truth, and the prepare options' refusals."""
+import json
+
 import numpy as np
 import pytest
 
@@ -124,3 +126,59 @@ def test_binned_traces_average_the_frames_of_each_bin(tmp_path):
                       starts=np.array([1.0]), ends=np.array([2.0]))
     split = BinnedSplit.of(data, samples, 0.1)                # the baselines read these, not the events
     assert split.kind == "calcium" and np.allclose(split.binned[0], wide)
+
+
+def test_nwb_ophys_with_trials_and_a_class_series_is_decoded_without_a_config(tmp_path):
+    """An imaging session as a lab would have it: ΔF/F of tuned ROIs, a trials table, running
+    speed and the grating direction (a class label on each imaging frame); `prepare --events`
+    then `decode` with the derived config scores Neuroformer and ridge (on the ΔF/F) alike."""
+    from datetime import datetime, timezone
+
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.behavior import BehavioralTimeSeries
+    from pynwb.ophys import DfOverF, ImageSegmentation, OpticalChannel, RoiResponseSeries
+
+    rng, rate, seconds, n_rois = np.random.default_rng(5), 30.0, 90.0, 8
+    frames = int(seconds * rate)
+    direction = np.repeat(rng.integers(0, 4, int(seconds / 3)), int(3 * rate))[:frames]
+    preferred = np.arange(n_rois) % 4
+    t = np.arange(frames) / rate
+    times, units = [], []
+    for u in range(n_rois):                                   # 6 Hz at the preferred direction, 1 Hz else
+        lam = np.where(direction == preferred[u], 6.0, 1.0) / rate
+        k = np.repeat(np.arange(frames), rng.poisson(lam))
+        times.append(t[k] + rng.uniform(0, 1 / rate, len(k)))
+        units.append(np.full(len(k), u))
+    dff = traces_from_spikes(np.concatenate(times), np.concatenate(units), n_rois, frames, CalciumModel(), rng)
+
+    nwb = NWBFile(session_description="gratings", identifier="ca1",
+                  session_start_time=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    plane = nwb.create_imaging_plane(name="plane", optical_channel=OpticalChannel(name="g", description="g",
+                                                                                emission_lambda=520.0),
+                                     imaging_rate=rate, description="V1", device=nwb.create_device(name="scope"),
+                                     excitation_lambda=920.0, indicator="GCaMP6s", location="V1")
+    rois = ImageSegmentation().create_plane_segmentation(name="rois", description="r", imaging_plane=plane)
+    for _ in range(n_rois):
+        rois.add_roi(image_mask=np.ones((4, 4)))
+    ophys = nwb.create_processing_module(name="ophys", description="ophys")
+    ophys.add(rois.parent)
+    region = rois.create_roi_table_region(region=list(range(n_rois)), description="all")
+    ophys.add(DfOverF(roi_response_series=RoiResponseSeries(name="dff", data=dff, rois=region, unit="1", rate=rate)))
+    behaviour = BehavioralTimeSeries(name="task")
+    behaviour.create_timeseries(name="direction", data=direction.astype(np.int64), unit="class", rate=rate)
+    behaviour.create_timeseries(name="speed", data=np.abs(rng.normal(5, 2, frames)), unit="cm/s", rate=rate)
+    nwb.create_processing_module(name="behavior", description="behaviour").add(behaviour)
+    for start in np.arange(0.0, seconds, 3.0):
+        nwb.add_trial(start_time=start, stop_time=start + 3.0)
+    with NWBHDF5IO(str(tmp_path / "ca.nwb"), "w") as io:
+        io.write(nwb)
+
+    rec, out = tmp_path / "ca.h5", tmp_path / "decode.json"
+    assert main(["prepare", str(tmp_path / "ca.nwb"), "--events", "-o", str(rec)]) == 0
+    assert main(["decode", "--data", str(rec), "--target", "direction", "--baselines", "ridge",
+                 "--steps", "3", "-o", str(out)]) == 0
+    report = json.loads(out.read_text())
+    cells = report["results"]["direction.direction"]
+    assert report["baseline_input"] == "calcium" and {"neuroformer", "ridge"} <= set(cells)
+    assert all("test_balanced_accuracy" in c for c in cells.values())
+    assert cells["ridge"]["test_accuracy"] > cells["ridge"]["majority_class_rate"] + 0.2
