@@ -199,7 +199,7 @@ def _int_list(text, flag):
 def _demo(args):
     from .demo import run_demo
 
-    run_demo(args.output, seed=args.seed, max_steps=args.max_steps, repeats=args.repeats)
+    run_demo(args.output, seed=args.seed, max_steps=args.max_steps, repeats=args.repeats, calcium=args.calcium)
 
 
 def build_parser():
@@ -355,6 +355,8 @@ def build_parser():
     p.add_argument("--seed", type=count, default=0)
     p.add_argument("--max-steps", type=positive_int, help="training steps (default: the demo config's 600)")
     p.add_argument("--repeats", type=positive_int, default=2, help="closed-loop rollouts per test trial")
+    p.add_argument("--calcium", action="store_true", help="the recording seen through calcium imaging: every "
+                                                          "stage on the events deconvolved from its ΔF/F traces")
     p.set_defaults(func=_demo)
     return parser
 
