@@ -62,10 +62,10 @@ def _prepare(args):
         raise InputError("--spike-amplitude", ("spike amplitude", "applies to --events only"))
     if args.calcium and not args.synthetic:
         raise InputError("--calcium", ("calcium", "makes the synthetic recording a calcium one: needs --synthetic"))
-    events = (args.spike_amplitude or SPIKE_AMPLITUDE) if args.events else None
+    amplitude = (args.spike_amplitude or SPIKE_AMPLITUDE) if args.events else None
     if args.circuit:
-        if events is not None:
-            raise InputError("--events", ("events", "a circuit has spikes, no calcium traces to deconvolve"))
+        if amplitude is not None or args.calcium:
+            raise InputError("--circuit", ("circuit", "a circuit has spikes: no calcium traces (--calcium, --events)"))
         from .data.circuits import HubCircuitConfig, hub_circuit
 
         kw = dict(n_neurons=args.neurons, seed=args.seed) | ({"duration": args.duration} if args.duration else {})
@@ -77,9 +77,9 @@ def _prepare(args):
                   n_movies=args.movies)
         cfg = (SyntheticConfig.for_duration(args.duration, **kw) if args.duration
                else SyntheticConfig(**kw, **({"n_trials": args.trials} if args.trials else {})))
-        if events is not None and not args.calcium:
+        if amplitude is not None and not args.calcium:
             raise InputError("--events", ("events", "the synthetic recording has spikes; --calcium makes it traces"))
-        paths = write_synthetic(args.output, cfg, CalciumModel() if args.calcium else None, events)
+        paths = write_synthetic(args.output, cfg, CalciumModel() if args.calcium else None, amplitude)
     else:
         if not args.source:
             raise InputError("prepare", ("SOURCE", "missing: give a .nwb/.npz/.pkl/.mat file, a suite2p folder "
@@ -89,7 +89,7 @@ def _prepare(args):
         paths = [prepare(args.source, args.output, config=args.config, bin_size=args.bin_size,
                          behavior=args.behavior, frame_rate=args.frame_rate, video=video, split=split,
                          seed=args.seed, allow_pickle=args.allow_pickle, imaging_rate=args.imaging_rate,
-                         events=events)]
+                         spike_amplitude=amplitude)]
     for p in paths:
         print(f"wrote {p}")
 
@@ -339,7 +339,7 @@ def build_parser():
                    help="train everything, only the unit embeddings (adapting to a new session), or only "
                         "the behaviour heads on a frozen body (few labels)")
     p.add_argument("--steps", type=positive_int, help="training steps (default: the config's)")
-    p.add_argument("--bin", type=positive_float, default=0.05, help="bin width (s) of the baselines' spike counts")
+    p.add_argument("--bin", type=positive_float, default=0.05, help="bin width (s) of the baselines' spike counts (ΔF/F of a recording of calcium events)")
     p.add_argument("--seed", type=count, default=0)
     p.add_argument("--device", default="cpu", type=device)
     p.add_argument("-o", "--output", required=True, type=Path, help="report (.json); figure and runs beside it")

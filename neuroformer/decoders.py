@@ -1,5 +1,6 @@
-"""Baseline behaviour decoders on binned spike counts, or on binned ΔF/F when the recording
-holds calcium traces (what one would decode from without a deconvolution; docs/design.md §5.2).
+"""Baseline behaviour decoders on binned spike counts, or on binned ΔF/F when the spikes are
+events deconvolved from calcium traces (what one would decode from without a deconvolution;
+docs/design.md §5.2).
 
 - ridge: a Wiener filter, ridge regression on the counts of every unit at lags -L..L bins;
 - lasso: the same design with an L1 penalty;
@@ -68,8 +69,9 @@ class BinnedSplit:
 
 
 def baseline_input(data):
-    """What the baselines read: "calcium" (binned ΔF/F) when the recording has traces, else "counts"."""
-    return "calcium" if "calcium" in data.keys() else "counts"
+    """What the baselines read: "calcium" (binned ΔF/F) when the spikes are events deconvolved
+    from the recording's traces, else "counts"."""
+    return "calcium" if "deconvolution" in data.keys() else "counts"
 
 
 def baseline_grid(name, train, seed=0, classes=None):

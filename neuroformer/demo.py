@@ -44,7 +44,7 @@ def run_demo(out_dir, seed=0, max_steps=None, repeats=2, synthetic=None, calcium
     out_dir.mkdir(parents=True, exist_ok=True)
     report, clock = {"stages_s": {}}, time.perf_counter()
 
-    imaging = dict(calcium=CalciumModel(), events=SPIKE_AMPLITUDE) if calcium else {}
+    imaging = dict(calcium=CalciumModel(), spike_amplitude=SPIKE_AMPLITUDE) if calcium else {}
     recording = write_synthetic(out_dir / "synthetic.h5", synthetic or SyntheticConfig(seed=seed), **imaging)[0]
     report["recording"] = summarize(recording)
     print(format_summary(report["recording"]))

@@ -9,8 +9,8 @@ import pytest
 from neuroformer.cli import main
 from neuroformer.data.calcium import (CalciumModel, calcium_from_spikes, deconvolve, traces_from_spikes,
                                       with_events)
-from neuroformer.data.imaging import binned_traces
-from neuroformer.data.recording import open_recording
+from neuroformer.data.imaging import binned_traces, calcium_series, imaging_parts
+from neuroformer.data.recording import assign_splits, make_recording, open_recording
 from neuroformer.decoders import BinnedSplit
 from neuroformer.decoding import Samples
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
@@ -57,7 +57,7 @@ def test_deconvolution_finds_isolated_spikes_in_a_clean_trace():
 def test_synthetic_calcium_keeps_the_spikes_as_truth(tmp_path):
     cfg = SyntheticConfig(**TINY)
     plain = open_recording(write_synthetic(tmp_path / "plain.h5", cfg)[0])
-    path = write_synthetic(tmp_path / "ca.h5", cfg, CalciumModel(), events=0.07)[0]
+    path = write_synthetic(tmp_path / "ca.h5", cfg, CalciumModel(), spike_amplitude=0.07)[0]
     data, truth = open_recording(path), np.load(tmp_path / "ca.truth.npz")
     np.testing.assert_array_equal(truth["spike_times"], plain.spikes.timestamps[:])
     np.testing.assert_array_equal(truth["spike_units"], plain.spikes.unit_index[:])
@@ -70,16 +70,49 @@ def test_synthetic_calcium_keeps_the_spikes_as_truth(tmp_path):
     assert (np.abs(events * 30 - frames - 0.5) <= 0.49 + 1e-9).all()
 
 
-def test_events_need_traces_and_a_positive_amplitude():
-    with pytest.raises(InputError, match="no calcium traces"):
-        with_events(known_recording(), 0.07, source="k.h5")
+def _traces_only(n_frames=900, constant=False, start=0.0):
+    """A recording of two ROIs' traces beginning `start` s after the recording does."""
+    model, rng = CalciumModel(photons=1e4), np.random.default_rng(2)
+    times = np.sort(rng.uniform(0, n_frames / 30, 40))
+    traces = traces_from_spikes(times, np.arange(40) % 2, 2, n_frames, model, rng)
+    if constant:
+        traces[:, 1] = 0.5
+    parts = imaging_parts(traces, 30.0, ["a", "b"], "s")
+    return make_recording(**parts | {"calcium": calcium_series(traces, 30.0, start),
+                                     "domain": (0.0, start + n_frames / 30.0)})
+
+
+@pytest.mark.parametrize("data, amplitude, problem", [
+    (known_recording(), 0.07, "k.h5: calcium: no calcium traces"),
+    (known_recording(calcium=calcium_series(np.random.default_rng(0).normal(size=(1000, 3)), 30.0)), 0.07,
+     "k.h5: spikes: the recording has 7 spikes already"),
+    (_traces_only(constant=True), 0.07, r"k.h5: calcium.dff: 1 ROI\(s\) without variance"),
+    (_traces_only(50), 0.07, "k.h5: calcium.dff: 50 frames: deconvolution needs at least 100"),
+    (_traces_only(), 1e-9, "--spike-amplitude: spike amplitude: 1e-09 ΔF/F puts up to"),
+    (_traces_only(), 1e6, "--spike-amplitude: spike amplitude: 1e.06 ΔF/F gives no event"),
+    (_traces_only(), float("nan"), "must be a positive ΔF/F"),
+])
+def test_events_refusals(data, amplitude, problem):
+    with pytest.raises(InputError, match=problem):
+        with_events(data, amplitude, source="k.h5")
+
+
+def test_events_are_deterministic_and_splits_lie_inside_the_traces():
+    a = with_events(_traces_only(start=5.0), 0.07)
+    assign_splits(a)
+    assert a.train_domain.start[0] >= 5.0 and a.spikes.domain.start[0] == 5.0
+    b = with_events(_traces_only(), 0.07)
+    np.testing.assert_allclose(np.asarray(a.spikes.timestamps) - 5.0, np.asarray(b.spikes.timestamps), atol=1e-12)
+    again = with_events(_traces_only(start=5.0), 0.07)
+    np.testing.assert_array_equal(np.asarray(again.spikes.timestamps), np.asarray(a.spikes.timestamps))
 
 
 @pytest.mark.parametrize("args, expected", [
     (["--synthetic", "--spike-amplitude", "0.1"], "applies to --events only"),
     (["--synthetic", "--events"], "--calcium makes it traces"),
-    (["--circuit", "hub", "--events"], "no calcium traces to deconvolve"),
+    (["--circuit", "hub", "--events"], "a circuit has spikes"),
     (["--calcium", "--circuit", "hub"], "needs --synthetic"),
+    (["--synthetic", "--calcium", "--circuit", "hub"], "a circuit has spikes"),
     (["--synthetic", "--calcium", "--events", "--spike-amplitude", "nan"], "--spike-amplitude"),
     (["--synthetic", "--calcium", "--events", "--spike-amplitude", "-1"], "--spike-amplitude"),
 ])
@@ -112,7 +145,7 @@ def test_imported_traces_become_events(tmp_path):
 
 def test_binned_traces_average_the_frames_of_each_bin(tmp_path):
     cfg = SyntheticConfig(**TINY)
-    data = open_recording(write_synthetic(tmp_path / "ca.h5", cfg, CalciumModel(), events=0.07)[0])
+    data = open_recording(write_synthetic(tmp_path / "ca.h5", cfg, CalciumModel(), spike_amplitude=0.07)[0])
     dff, t = np.asarray(data.calcium.dff, dtype=float), np.arange(len(data.calcium.dff)) / 30.0
     wide = binned_traces(data, 1.0, 2.0, 0.1)                 # 3 frames a bin
     for k in range(10):
@@ -121,7 +154,8 @@ def test_binned_traces_average_the_frames_of_each_bin(tmp_path):
     narrow = binned_traces(data, 1.0, 1.2, 0.01)              # most bins hold no frame
     centres = 1.0 + (np.arange(20) + 0.5) * 0.01
     empty = [k for k in range(20) if not ((t >= 1.0 + 0.01 * k - 1e-9) & (t < 1.01 + 0.01 * k - 1e-9)).any()]
-    np.testing.assert_allclose(narrow[empty, 3], np.interp(centres[empty], t, dff[:, 3]), rtol=1e-6)
+    shown = np.floor(centres[empty] * 30.0 + 1e-9).astype(int)   # the frame on screen at the bin's centre
+    np.testing.assert_allclose(narrow[empty, 3], dff[shown, 3], rtol=1e-6)
     samples = Samples(times=np.array([1.05, 1.55]), values=np.zeros((2, 1)), interval=np.zeros(2, int),
                       starts=np.array([1.0]), ends=np.array([2.0]))
     split = BinnedSplit.of(data, samples, 0.1)                # the baselines read these, not the events

@@ -8,7 +8,8 @@ import yaml
 from scipy.io import savemat
 
 from neuroformer.cli import main
-from neuroformer.data.importers import VideoSpec, counts_to_spikes, prepare, read_video, write_video
+from neuroformer.data.importers import VideoSpec, prepare, read_video, write_video
+from neuroformer.data.recording import counts_to_spikes
 from neuroformer.data.info import summarize
 from neuroformer.data.recording import open_recording
 

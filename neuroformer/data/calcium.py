@@ -10,12 +10,14 @@ a frame's photons are Poisson with mean photons·(1 + ΔF/F).
 
 Events (`deconvolve`): each trace is deconvolved by OASIS (Friedrich, Zhou & Paninski 2017,
 PyPI `oasis-deconv`: the first-order model above; decay, baseline and noise fitted per ROI,
-the decay refined on isolated events; L1 sparsity under the noise constraint), giving a non-negative activity per frame in ΔF/F.
-Divided by the ΔF/F of one spike (`spike_amplitude`, a property of the indicator), it becomes
-whole events by error diffusion (a running sum emits an event each time it passes the next
-integer, so the events add up to the activity and fall in the frames that carry it); a frame's
-events are placed inside it by the rule of binned counts (`importers.counts_to_spikes`).
+the decay refined on isolated events; L1 sparsity under the noise constraint), giving a
+non-negative activity per frame in ΔF/F. Divided by the activity of one event
+(`spike_amplitude`), it becomes whole events by error diffusion (the running sum, rounded, emits
+an event each time it reaches the next integer, so the events add up to the activity and fall in
+the frames that carry it); a frame's events are placed inside it by the rule of binned counts
+(`recording.counts_to_spikes`).
 """
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -24,13 +26,15 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from .imaging import calcium_series
-from .importers import counts_to_spikes
-from .objects import ArrayDict, IrregularTimeSeries
+from .objects import ArrayDict, Interval, IrregularTimeSeries
+from .recording import counts_to_spikes
+from .validate import check_calcium
 
 OPTIMIZE_G = 5            # OASIS refines each ROI's decay on its 5 largest isolated events (the autocovariance
                           # estimate alone is biased on sparse traces: 0.914 for a true 0.954 per frame)
-SPIKE_AMPLITUDE = 0.07    # default OASIS activity (ΔF/F) of one event: L1 deconvolution shrinks a spike's
-                          # jump; 0.07 gives one event per true spike on the synthetic calcium recording
+MIN_FRAMES = 100          # shortest trace deconvolved (OASIS estimates the noise from its spectrum)
+SPIKE_AMPLITUDE = 0.07    # default OASIS activity (ΔF/F) of one event: saturation at steady firing and the L1
+                          # penalty shrink a spike's jump; 1.16 events per true spike on the synthetic recording
 
 
 @dataclass
@@ -77,34 +81,68 @@ def with_calcium(data, truth, model, seed=0):
 
 def deconvolve(traces, spike_amplitude=SPIKE_AMPLITUDE, progress=False):
     """OASIS activity (frames, ROIs) of ΔF/F `traces`, whole events per frame (error diffusion of
-    activity / `spike_amplitude`), and each ROI's fit: decay per frame, baseline, noise s.d."""
+    activity / `spike_amplitude`, rounded), and each ROI's fit: decay per frame, baseline, noise
+    s.d. Deterministic: OASIS's occasional random draws come from a fixed seed."""
     from oasis.functions import deconvolve as oasis
 
     traces = np.asarray(traces, dtype=np.float64)
     activity = np.zeros(traces.shape)
     fits = {"decay": [], "baseline": [], "noise": []}
-    for i in tqdm(range(traces.shape[1]), desc="deconvolving", unit="ROI", disable=not progress):
-        fit = oasis(traces[:, i], penalty=1, optimize_g=OPTIMIZE_G)
-        activity[:, i] = fit[1]
-        fits["decay"].append(float(np.ravel(fit[3])[0]))
-        fits["baseline"].append(float(fit[2]))
-        fits["noise"].append(float(np.std(traces[:, i] - fit[0] - fit[2])))
+    state = np.random.get_state()
+    np.random.seed(0)                  # OASIS redraws an implausible decay from numpy's global generator
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            for i in tqdm(range(traces.shape[1]), desc="deconvolving", unit="ROI", disable=not progress):
+                fit = oasis(traces[:, i], penalty=1, optimize_g=OPTIMIZE_G)
+                activity[:, i] = np.maximum(fit[1], 0.0)
+                fits["decay"].append(float(np.ravel(fit[3])[0]))
+                fits["baseline"].append(float(fit[2]))
+                fits["noise"].append(float(np.std(traces[:, i] - fit[0] - fit[2])))
+    finally:
+        np.random.set_state(state)
     passed = np.floor(np.cumsum(activity / spike_amplitude, axis=0) + 0.5)
-    events = np.diff(passed, axis=0, prepend=0.0).astype(np.int64)
+    events = np.diff(passed, axis=0, prepend=0.0)
     return activity, events, {k: np.asarray(v) for k, v in fits.items()}
 
 
 def with_events(data, spike_amplitude=SPIKE_AMPLITUDE, seed=0, source="recording"):
-    """A calcium recording whose spikes are its deconvolved events (`deconvolve`); the traces
-    stay, and `deconvolution` holds each ROI's fit and the spike amplitude used."""
+    """A calcium recording whose spikes are its deconvolved events (`deconvolve`), over the span
+    of its traces; the traces stay, and `deconvolution` holds each ROI's fit and the amplitude."""
     if "calcium" not in data.keys():
         raise InputError(source, ("calcium", "no calcium traces to deconvolve into events"))
+    if len(data.spikes.timestamps):
+        raise InputError(source, ("spikes", f"the recording has {len(data.spikes.timestamps)} spikes already; "
+                                            "events would replace them"))
     if not (isinstance(spike_amplitude, (int, float)) and 0 < spike_amplitude < np.inf):
         raise InputError("--spike-amplitude", ("spike amplitude", f"must be a positive ΔF/F, got {spike_amplitude!r}"))
     series = data.calcium
     traces, rate = np.asarray(series.dff), float(series.sampling_rate)
-    _, events, fits = deconvolve(traces, spike_amplitude, progress=traces.shape[1] * len(traces) > 1e7)
-    times, units = counts_to_spikes(events.T, 1.0 / rate, seed=seed, t_start=float(series.domain.start[0]))
-    data.spikes = IrregularTimeSeries(timestamps=times, unit_index=units, domain=data.spikes.domain)
+    problems = []
+    check_calcium(series, data.units.id, float(data.domain.start[0]), float(data.domain.end[-1]), problems)
+    if len(traces) < MIN_FRAMES:
+        problems.append(("calcium.dff", f"{len(traces)} frames: deconvolution needs at least {MIN_FRAMES}"))
+    if problems:
+        raise InputError(source, problems[0])
+    activity, events, fits = deconvolve(traces, spike_amplitude, progress=traces.shape[1] * len(traces) > 1e7)
+    bad = np.flatnonzero(~np.isfinite(activity).all(0))
+    if len(bad):
+        raise InputError(source, ("calcium.dff", f"deconvolution failed for ROI(s) {bad[:5].tolist()}"))
+    if events.max() > rate_limit(rate):
+        raise InputError("--spike-amplitude", ("spike amplitude", f"{spike_amplitude:g} ΔF/F puts up to "
+                                               f"{int(events.max())} events in one {1000 / rate:.3g} ms frame: "
+                                               "far too small for this activity"))
+    if events.sum() == 0:
+        raise InputError("--spike-amplitude", ("spike amplitude", f"{spike_amplitude:g} ΔF/F gives no event (the "
+                                               f"largest activity in a frame is {activity.max():.3g} ΔF/F)"))
+    start = float(series.domain.start[0])
+    span = Interval(start, start + len(traces) / rate)
+    times, units = counts_to_spikes(events.T.astype(np.int64), 1.0 / rate, seed=seed, t_start=start)
+    data.spikes = IrregularTimeSeries(timestamps=times, unit_index=units, domain=span)
     data.deconvolution = ArrayDict(**fits, spike_amplitude=np.full(traces.shape[1], float(spike_amplitude)))
     return data
+
+
+def rate_limit(rate):
+    """Most events one imaging frame may hold: one per millisecond."""
+    return max(1, int(1000 / rate))

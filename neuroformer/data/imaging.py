@@ -70,7 +70,7 @@ def calcium_series(traces, rate, start=0.0):
 
 def binned_traces(data, start, end, bin_size):
     """(n_bins, n_units) mean ΔF/F of the imaging frames whose times fall in each bin of
-    [start, end); a bin narrower than a frame takes the traces interpolated at its centre."""
+    [start, end); a bin that holds no frame's start takes the frame shown at its centre."""
     series = data.calcium
     dff = np.asarray(series.dff, dtype=np.float64)
     times = float(series.domain.start[0]) + np.arange(len(dff)) / float(series.sampling_rate)
@@ -81,9 +81,8 @@ def binned_traces(data, start, end, bin_size):
     np.add.at(sums, k, dff[inside])
     out = sums / np.maximum(counts, 1)[:, None]
     empty = np.flatnonzero(counts == 0)
-    centres = start + (empty + 0.5) * bin_size
-    for u in range(dff.shape[1]):
-        out[empty, u] = np.interp(centres, times, dff[:, u])
+    frame = np.floor((start + (empty + 0.5) * bin_size - times[0]) * float(series.sampling_rate) + 1e-9)
+    out[empty] = dff[np.clip(frame.astype(np.int64), 0, len(dff) - 1)]
     return out
 
 

@@ -3,9 +3,7 @@
 Each returns a recording `Data` object (see recording.py); `prepare` validates it, assigns
 splits when the source has none, and writes it atomically.
 
-Binned counts become spike times by one documented rule (`counts_to_spikes`): the c spikes of
-a bin [k*dt, (k+1)*dt) are placed independently and uniformly in [(k+0.01)*dt, (k+0.99)*dt),
-drawn from a seeded generator, so re-binning at dt returns the counts exactly.
+Binned counts become spike times by one documented rule (`recording.counts_to_spikes`).
 """
 import pickle
 import re
@@ -19,25 +17,10 @@ from ..config import read_yaml
 from ..errors import InputError
 from .imaging import calcium_series, checked_rate, imaging_parts, import_suite2p, nwb_traces, real_matrix
 from .objects import IrregularTimeSeries, RegularTimeSeries
-from .recording import assign_splits, make_recording, save_recording, union
+from .recording import assign_splits, counts_to_spikes, make_recording, save_recording, union
 from .validate import require_finite, require_valid
 
-BIN_MARGIN = 0.01
-
-
 # ---------------------------------------------------------------- shared helpers
-
-def counts_to_spikes(counts, bin_size, seed=0, t_start=0.0):
-    """(n_units, n_bins) counts -> sorted (times, unit_index) by the rule in the module doc."""
-    counts = np.asarray(counts)
-    units, bins = np.nonzero(counts)
-    reps = counts[units, bins].astype(np.int64)
-    units, bins = np.repeat(units, reps), np.repeat(bins, reps)
-    u = np.random.default_rng(seed).uniform(BIN_MARGIN, 1 - BIN_MARGIN, len(bins))
-    times = t_start + (bins + u) * bin_size
-    order = np.argsort(times, kind="stable")
-    return times[order], units[order]
-
 
 def _name(text):
     return re.sub(r"[^0-9A-Za-z_]+", "_", str(text)).strip("_") or "series"
@@ -495,10 +478,10 @@ def _nwb_movie(ts, path, domain):
 # ---------------------------------------------------------------- prepare
 
 def prepare(source, out, *, config=None, bin_size=None, behavior=(), frame_rate=None, video=None,
-            split=(0.7, 0.1, 0.2), seed=0, allow_pickle=False, imaging_rate=None, events=None):
+            split=(0.7, 0.1, 0.2), seed=0, allow_pickle=False, imaging_rate=None, spike_amplitude=None):
     """Import `source` (.nwb, .npz/.pkl/.mat, a suite2p plane folder; a pickle only with
-    `allow_pickle`), attach a video, deconvolve calcium traces into events when `events` (a spike
-    amplitude) is given, set splits, validate, save."""
+    `allow_pickle`), attach a video, deconvolve calcium traces into events when `spike_amplitude`
+    is given, set splits, validate, save."""
     from .calcium import with_events
 
     source = Path(source)
@@ -517,8 +500,8 @@ def prepare(source, out, *, config=None, bin_size=None, behavior=(), frame_rate=
                              allow_pickle)
     if video is not None:
         data = _with_video(data, video)
-    if events is not None:
-        data = with_events(data, events, seed, source)
+    if spike_amplitude is not None:
+        data = with_events(data, spike_amplitude, seed, source)
     if "train_domain" not in data.keys():
         assign_splits(data, split, seed)
     require_valid(data, source)

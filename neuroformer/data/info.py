@@ -33,8 +33,9 @@ def summarize(path):
             "spike_span_s": [float(times[0]), float(times[-1])] if len(times) else None,
             "calcium": ({"rois": int(data.calcium.dff.shape[1]), "frames": int(data.calcium.dff.shape[0]),
                          "rate_hz": float(data.calcium.sampling_rate),
-                         "events": ({"spike_amplitude": float(np.asarray(data.deconvolution.spike_amplitude)[0])}
-                                    if "deconvolution" in keys else None)} if "calcium" in keys else None),
+                         "events": ({"spike_amplitude": float(np.max(data.deconvolution.spike_amplitude))}
+                                    if "deconvolution" in keys and len(data.deconvolution.spike_amplitude)
+                                    else None)} if "calcium" in keys else None),
             "behavior": behavior_variables(data),
             "trials": int(len(data.trials)) if "trials" in keys else 0,
             "movies": ([{"id": str(i), "frames": int(n), "frame_rate": float(r)} for i, n, r in

@@ -184,11 +184,14 @@ def _fill_empty_splits(assignment, fractions, movable, rng):
 
 
 def assign_splits(data, fractions=(0.7, 0.1, 0.2), seed=0, test_only_stimuli=()):
-    """Set train/valid/test domains: by trial when trials exist, else by contiguous time blocks."""
+    """Set train/valid/test domains: by trial when trials exist, else by contiguous time blocks;
+    inside the span of the spikes when they are events deconvolved from traces (imaging may
+    start after the recording does: no event there is no data, not silence)."""
+    span = data.spikes.domain if "deconvolution" in data.keys() else data.domain
     if "trials" in data.keys() and len(data.trials) > 0:
-        splits = split_by_trials(data.trials, fractions, seed, test_only_stimuli)
+        splits = {k: v & span for k, v in split_by_trials(data.trials, fractions, seed, test_only_stimuli).items()}
     else:
-        splits = split_by_time(data.domain.start[0], data.domain.end[-1], fractions)
+        splits = split_by_time(span.start[0], span.end[-1], fractions)
     for name, interval in splits.items():
         setattr(data, f"{name}_domain", interval)
     return data
@@ -284,6 +287,23 @@ def spike_counts(data, start, end, bin_size):
     counts = np.zeros((k1 - k0, len(data.units.id)), dtype=np.int64)
     np.add.at(counts, (k[keep], np.asarray(window.unit_index)[keep]), 1)
     return counts
+
+
+BIN_MARGIN = 0.01
+
+
+def counts_to_spikes(counts, bin_size, seed=0, t_start=0.0):
+    """(n_units, n_bins) counts -> sorted (times, unit_index): the c spikes of a bin
+    [k*dt, (k+1)*dt) are placed independently and uniformly in [(k+0.01)*dt, (k+0.99)*dt), drawn
+    from a generator seeded by `seed`, so re-binning at dt returns the counts exactly."""
+    counts = np.asarray(counts)
+    units, bins = np.nonzero(counts)
+    reps = counts[units, bins].astype(np.int64)
+    units, bins = np.repeat(units, reps), np.repeat(bins, reps)
+    u = np.random.default_rng(seed).uniform(BIN_MARGIN, 1 - BIN_MARGIN, len(bins))
+    times = t_start + (bins + u) * bin_size
+    order = np.argsort(times, kind="stable")
+    return times[order], units[order]
 
 
 def frame_on_screen(data, times):

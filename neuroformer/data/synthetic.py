@@ -336,12 +336,12 @@ def _session(rng, cfg, movies, pop, members, session_id, split_seed):
 
 
 
-def write_synthetic(out, cfg=SyntheticConfig(), calcium=None, events=None):
+def write_synthetic(out, cfg=SyntheticConfig(), calcium=None, spike_amplitude=None):
     """Write the recording(s) and ground truth; returns the recording paths.
 
     One session: OUT.h5 and OUT.truth.npz. K sessions: OUT_s0.h5 ... with their truth files.
     `calcium` (a CalciumModel): the spikes become ΔF/F traces (the spikes go to the truth);
-    `events` (a spike amplitude): the traces are then deconvolved into events (data/calcium.py).
+    `spike_amplitude` given: the traces are then deconvolved into events (data/calcium.py).
     """
     out = Path(out)
     if cfg.n_movies * cfg.n_trials < 2:
@@ -351,7 +351,7 @@ def write_synthetic(out, cfg=SyntheticConfig(), calcium=None, events=None):
     for k, (data, truth) in enumerate(generate(cfg)):
         if calcium is not None:
             data, truth = with_calcium(data, truth, calcium, seed=cfg.seed + k)
-            data = with_events(data, events, seed=cfg.seed + k) if events is not None else data
+            data = with_events(data, spike_amplitude, seed=cfg.seed + k) if spike_amplitude is not None else data
         path = out if cfg.sessions == 1 else out.with_name(f"{out.stem}_s{k}{out.suffix or '.h5'}")
         paths.append(write_with_truth(path, data, truth))
     return paths

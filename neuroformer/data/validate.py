@@ -114,7 +114,7 @@ def check(data):
             problems.append(("stimulus.movie_index", f"values outside [0, {n_movies}) (movies stored: {n_movies})"))
 
     if "calcium" in keys:
-        _check_calcium(data.calcium, data.units.id if "units" in keys else [], lo, hi, problems)
+        check_calcium(data.calcium, data.units.id if "units" in keys else [], lo, hi, problems)
 
     if "behavior" in keys:
         for group in data.behavior.keys():
@@ -220,7 +220,7 @@ def _check_series(field, series, lo, hi, problems):
                                 f"(expected {expected} samples from {lo:g} s)"))
 
 
-def _check_calcium(series, unit_ids, lo, hi, problems):
+def check_calcium(series, unit_ids, lo, hi, problems):
     """ΔF/F traces: one column per unit, finite, each ROI varying, inside the recording."""
     if not isinstance(series, RegularTimeSeries) or "dff" not in series.keys():
         problems.append(("calcium", "expected a regular time series with field dff (frames, units)"))
