@@ -25,6 +25,7 @@ from scipy.special import gammaln
 from scipy.stats import ks_2samp
 
 from .checkpoints import load_run
+from .data.calcium import traces_from_events
 from .data.gaze import Gaze
 from .data.objects import DatasetIndex
 from .data.recording import behavior_variables, open_recording, spike_counts
@@ -61,6 +62,11 @@ def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, 
                "noise_ceiling": _noise_ceiling(rec, sim.trials, trials, psth_bin, len(sim.unit_ids))}
         for name, s in models.items():
             row[name], per_neuron[(group, name)] = _compare(rec, s, sim.trials, trials, psth_bin)
+        if "deconvolution" in data.keys():          # calcium events: also as the traces they would give
+            traces = _traces(data, models, sim.trials, trials, seed)
+            for name in models:
+                row[name].update(_trace_scores(traces["recorded"], traces[name]))
+            trace_example = trace_example if rows else traces     # the first row's, for the figure
         if loaded or glm:
             scores = _likelihoods(data, sim.trials, trials, loaded, glm)
             for name, value in scores.items():
@@ -70,6 +76,11 @@ def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     figures = _figures(data, models, sim, per_neuron, psth_bin, out_path.with_suffix(""))
+    if "deconvolution" in data.keys():
+        units = np.argsort(-trace_example["recorded"].std(0))[:6]
+        figures.append(example_psths(trace_example, units, 1.0 / float(data.calcium.sampling_rate),
+                                     "ΔF/F averaged over trials (simulated events through each ROI's fitted indicator)",
+                                     f"{out_path.with_suffix('')}_traces.png", unit_label="ΔF/F"))
     report = {"recording": str(data_path), "simulated": str(sim_path), "run": str(run) if run else None,
               "psth_bin": psth_bin, "repeats": sim.repeats, "rows": rows, "summary": _summary(rows),
               "glm": {"penalty": glm.penalty, "config": glm.cfg.__dict__} if glm else None,
@@ -267,6 +278,45 @@ def _figures(data, models, sim, per_neuron, psth_bin, stem):
             correlation_scatter(per_neuron, f"{stem}_psth_r.png")]
 
 
+# ---------------------------------------------------------------------- calcium traces
+
+CALCIUM_LEAD = 5.0          # s of recorded events before a trial that set its calcium at the trial's start
+
+
+def _traces(data, models, trials, positions, seed):
+    """Trial-averaged ΔF/F (frames, ROIs) per movie, concatenated over movies: recorded, and for
+    each model its simulated events (after the recorded ones of the CALCIUM_LEAD s before the
+    trial) made traces by each ROI's fitted indicator (`calcium.traces_from_events`)."""
+    series, fits = data.calcium, data.deconvolution
+    rate, t0 = float(series.sampling_rate), float(series.domain.start[0])
+    lead, rng = int(round(CALCIUM_LEAD * rate)), np.random.default_rng(seed)
+    out = {name: [] for name in ("recorded", *models)}
+    for _, idx in _by_movie(trials, positions).items():
+        spans = [(int(np.ceil((trials["start"][i] - t0) * rate - 1e-9)),
+                  int(np.floor((trials["end"][i] - t0) * rate + 1e-9))) for i in idx]
+        n = min(b - a for a, b in spans)
+        out["recorded"].append(np.mean([np.asarray(series.dff[a:a + n]) for a, _ in spans], 0))
+        for name, sim in models.items():
+            runs = []
+            for i, (a, _) in zip(idx, spans):
+                s = float(trials["start"][i])
+                before = data.spikes.slice(t0 + (a - lead) / rate, s, reset_origin=False)
+                for r in range(sim.repeats):
+                    t, u = _simulated(sim, trials, i, r)
+                    times = np.concatenate([np.asarray(before.timestamps), t + s])
+                    units = np.concatenate([np.asarray(before.unit_index), u])
+                    runs.append(traces_from_events(times, units, fits, rate, t0 + (a - lead) / rate, lead + n, rng)[lead:])
+            out[name].append(np.mean(runs, 0))
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+def _trace_scores(recorded, simulated):
+    """Median over ROIs of the correlation of trial-averaged traces, and of the KS distance
+    between their ΔF/F values."""
+    ks = [ks_2samp(a, b).statistic for a, b in zip(recorded.T, simulated.T)]
+    return {"trace_r_median": _median(_rowwise_r(recorded, simulated)), "trace_ks_median": _median(ks)}
+
+
 # ---------------------------------------------------------------------- likelihoods
 
 def _feature_file(loaded, data_path):
@@ -321,7 +371,8 @@ def _log_factorial(counts):
 
 
 def _summary(rows):
-    keys = ("psth_r_median", "rate_ratio", "isi_ks_median", "pairwise_similarity", "window_f1", "bits_per_spike")
+    keys = ("psth_r_median", "rate_ratio", "isi_ks_median", "pairwise_similarity", "window_f1", "bits_per_spike",
+            "trace_r_median", "trace_ks_median")
     out = {}
     for group, row in rows.items():
         out[group] = {name: {k: row[name].get(k) for k in keys if k in row[name]}

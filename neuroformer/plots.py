@@ -103,14 +103,14 @@ def rasters(panels, n_units, out_png):
     return out_png
 
 
-def example_psths(psths, units, bin_size, title, out_png):
-    """PSTHs (Hz) of example units: psths {model: (bins, N)}."""
+def example_psths(psths, units, bin_size, title, out_png, unit_label="Hz"):
+    """PSTHs (Hz, or any trial-averaged signal in `unit_label`) of example units: psths {model: (bins, N)}."""
     fig, axes = subplots(len(units), 1, figsize=(8, 1.3 * len(units) + 0.5), sharex=True, squeeze=False)
     for ax, u in zip(axes[:, 0], units):
         for j, (name, p) in enumerate(psths.items()):
             ax.plot(np.arange(len(p)) * bin_size, p[:, u], lw=1.2 if j == 0 else 1,
                     color="k" if j == 0 else f"C{j - 1}", label=name)
-        ax.set_ylabel(f"unit {u}\nHz", fontsize=8)
+        ax.set_ylabel(f"unit {u}\n{unit_label}", fontsize=8)
     axes[0, 0].legend(fontsize=7, ncol=len(psths))
     axes[0, 0].set_title(title, fontsize=9)
     axes[-1, 0].set_xlabel("time from trial start (s)")

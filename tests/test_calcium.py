@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from neuroformer.cli import main
-from neuroformer.data.calcium import (CalciumModel, calcium_from_spikes, deconvolve, traces_from_spikes,
-                                      with_events)
+from neuroformer.data.calcium import (CalciumModel, calcium_from_spikes, deconvolve, traces_from_events,
+                                      traces_from_spikes, with_events)
+from neuroformer.data.objects import ArrayDict
 from neuroformer.data.imaging import binned_traces, calcium_series, imaging_parts
 from neuroformer.data.recording import assign_splits, make_recording, open_recording
 from neuroformer.decoders import BinnedSplit
@@ -216,3 +217,13 @@ def test_nwb_ophys_with_trials_and_a_class_series_is_decoded_without_a_config(tm
     assert report["baseline_input"] == "calcium" and {"neuroformer", "ridge"} <= set(cells)
     assert all("test_balanced_accuracy" in c for c in cells.values())
     assert cells["ridge"]["test_accuracy"] > cells["ridge"]["majority_class_rate"] + 0.2
+
+
+def test_events_become_traces_through_each_rois_fitted_indicator():
+    fits = ArrayDict(decay=np.array([0.9, 0.5]), baseline=np.array([0.1, -0.05]), noise=np.zeros(2),
+                     spike_amplitude=np.array([0.2, 0.07]))
+    times, units = np.array([1.0 + 3.5 / 30, 1.0 + 3.7 / 30, 1.0 + 10.2 / 30]), np.array([0, 0, 1])
+    traces = traces_from_events(times, units, fits, 30.0, 1.0, 20, np.random.default_rng(0))
+    k = np.arange(20)
+    np.testing.assert_allclose(traces[:, 0], 0.1 + np.where(k >= 3, 2 * 0.2 * 0.9 ** (k - 3), 0.0), atol=1e-6)
+    np.testing.assert_allclose(traces[:, 1], -0.05 + np.where(k >= 10, 0.07 * 0.5 ** (k - 10), 0.0), atol=1e-6)

@@ -81,3 +81,6 @@ def test_demo_on_calcium_events(tmp_path):
     assert report["recording"]["calcium"]["events"]["spike_amplitude"] == 0.07
     assert report["recording"]["spikes"] > 0 and "glm" in report["simulation"]["training_movies"]
     assert np.load(tmp_path / "synthetic.truth.npz")["spike_times"].size > 0 and "pearson" in report["connectivity"]
+    for row in report["simulation"].values():                 # simulated events seen as traces, too
+        assert all(-1 <= row[m]["trace_r_median"] <= 1 and 0 <= row[m]["trace_ks_median"] <= 1 for m in ("neuroformer", "glm"))
+    assert (tmp_path / "simulation_report_traces.png").exists()

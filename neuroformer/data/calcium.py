@@ -79,6 +79,21 @@ def with_calcium(data, truth, model, seed=0):
                   "calcium_model": np.asarray(str(asdict(model)))}
 
 
+def traces_from_events(times, units, fits, rate, start, n_frames, rng):
+    """ΔF/F (n_frames, ROIs) that events at `times` of `units` would give through each ROI's
+    fitted indicator (`deconvolution`: decay per frame g, baseline b, noise s.d., event
+    amplitude A): the model OASIS inverts, y_k = b + c_k + noise, c_k = g·c_{k−1} + A·(events
+    in frame k), frames of 1/rate s from `start`."""
+    decay, amplitude = np.asarray(fits.decay), np.asarray(fits.spike_amplitude)
+    frame = np.floor((np.asarray(times) - start) * rate + 1e-9).astype(np.int64)
+    keep = (frame >= 0) & (frame < n_frames)
+    events = np.zeros((n_frames, len(decay)))
+    np.add.at(events, (frame[keep], np.asarray(units)[keep]), 1.0)
+    calcium = np.stack([lfilter([a], [1.0, -g], events[:, i]) for i, (g, a) in enumerate(zip(decay, amplitude))], 1)
+    noise = rng.standard_normal(calcium.shape) * np.asarray(fits.noise)
+    return (np.asarray(fits.baseline) + calcium + noise).astype(np.float32)
+
+
 def deconvolve(traces, spike_amplitude=SPIKE_AMPLITUDE, progress=False):
     """OASIS activity (frames, ROIs) of ΔF/F `traces`, whole events per frame (error diffusion of
     activity / `spike_amplitude`, rounded), and each ROI's fit: decay per frame, baseline, noise
