@@ -14,6 +14,7 @@ variable, and whether Neuroformer reaches it. Writes one JSON and prints the tab
     python bench/joint_decoding.py -o runs/joint          # ~80 min on 2 cores (3 seeds, 3,000 steps)
     python bench/joint_decoding.py --recording velocity -o runs/joint_velocity
     python bench/joint_decoding.py --quick -o /tmp/joint  # what the test runs
+    python bench/joint_decoding.py --recording velocity --config bench/configs/decoding_wide.yaml -o W  # another config
 """
 import argparse
 import json
@@ -43,12 +44,14 @@ def velocity_recording(path, quick):
     return path
 
 
-def decode(data, recording, seed, steps, baselines, workdir):
-    """One seed's decode report (trained and scored unless its report is there)."""
+def decode(data, recording, seed, steps, baselines, workdir, config=None):
+    """One seed's decode report (trained and scored unless its report is there); `config`
+    replaces the recording's."""
     out, spec = workdir / f"joint_s{seed}.json", RECORDINGS[recording]
+    config = config or spec["config"]
     if not out.exists():
         neuroformer("decode", "--data", data, *[a for t in spec["targets"] for a in ("--target", t)],
-                    *(["--config", spec["config"]] if spec["config"] else []), *(["--steps", steps] if steps else []),
+                    *(["--config", config] if config else []), *(["--steps", steps] if steps else []),
                     "--seed", seed, "--baselines", baselines, "-o", out)
     return json.loads(out.read_text())
 
@@ -76,6 +79,7 @@ def main():
     parser.add_argument("--steps", type=positive_int, help="training steps of each joint run (default: the recording's)")
     parser.add_argument("--trials", type=positive_int, default=40, help="trials per training movie (synthetic)")
     parser.add_argument("--baselines", help="decode's --baselines (default: the recording's)")
+    parser.add_argument("--config", type=Path, help="model config instead of the recording's")
     parser.add_argument("--quick", action="store_true", help="a tiny recording, 3 steps, ridge only")
     args = parser.parse_args()
     seeds = args.seeds
@@ -86,7 +90,7 @@ def main():
     else:
         data = velocity_recording(args.workdir / "recording.h5", args.quick)
     steps, baselines = (3, "ridge") if args.quick else (args.steps or spec["steps"], args.baselines or spec["baselines"])
-    table = summarise([decode(data, args.recording, seed, steps, baselines, args.workdir) for seed in seeds])
+    table = summarise([decode(data, args.recording, seed, steps, baselines, args.workdir, args.config) for seed in seeds])
     for variable, row in table.items():
         for model, scores in row["models"].items():
             print(f"{variable:<14} {model:<22} test r {scores['test_r']['mean']:.3f} ± {scores['test_r']['sd']:.3f}")
