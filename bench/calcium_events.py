@@ -29,7 +29,7 @@ BIN = 0.1
 
 
 def binned(times, units, n_units, edges):
-    """Counts (n_units, bins) of events at `times` of `units`, or weights per frame when given."""
+    """Counts (n_units, bins) of events at `times` of `units` in the bins of `edges`."""
     return np.stack([np.histogram(times[units == u], edges)[0] for u in range(n_units)])
 
 

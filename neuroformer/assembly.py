@@ -3,6 +3,8 @@
 Shared by training and by loading a trained model from its checkpoint (`checkpoints`), so
 neither has to import the other.
 """
+import dataclasses
+
 import numpy as np
 
 from .data.recording import first_fraction, resolve_variable
@@ -27,8 +29,7 @@ def window_spec(cfg):
 
 def gaze(cfg):
     """The config's gaze as the data layer's `Gaze` (false when frames are not shifted)."""
-    g = cfg.window.gaze
-    return Gaze(g.x, g.y, g.pixels_per_unit)
+    return Gaze(**dataclasses.asdict(cfg.window.gaze))
 
 
 def behavior_stats(recordings, names, fraction=1.0):

@@ -219,7 +219,7 @@ def build_parser():
     p.add_argument("--events", action="store_true",
                    help="deconvolve calcium traces into spike-like events (OASIS), stored as the spikes")
     p.add_argument("--spike-amplitude", type=positive_float,
-                   help="deconvolved ΔF/F of one event (--events; default 0.07, see docs/import.md)")
+                   help="deconvolved ΔF/F of one event (--events; default 0.07: see docs/import.md)")
     p.add_argument("--video", help="video file (mp4/avi) shown during the recording")
     p.add_argument("--video-fps", type=positive_float, help="video frame rate (Hz); default: the file's")
     p.add_argument("--video-start", type=finite_float, default=0.0, help="time (s) of the video's first frame")

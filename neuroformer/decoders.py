@@ -2,16 +2,16 @@
 events deconvolved from calcium traces (what one would decode from without a deconvolution;
 docs/design.md §5.2).
 
-- ridge: a Wiener filter, ridge regression on the counts of every unit at lags -L..L bins;
+- ridge: a Wiener filter, ridge regression on the binned activity of every unit at lags -L..L bins;
 - lasso: the same design with an L1 penalty;
 - glm: a generalised linear model of the sample's own bin (no lags), Poisson with a log link
   for non-negative targets (e.g. speed), Gaussian otherwise;
-- mlp: a one-hidden-layer network on the lagged counts;
+- mlp: a one-hidden-layer network on the lagged binned activity;
 - gru: a bidirectional GRU over each interval's sequence of bins.
 A classification target (a variable of integer class labels) gets the same designs as
 classifiers: logistic regression (ridge, glm), L1-penalised logistic regression, one class against the rest (lasso), an
 MLP classifier, and the GRU with a cross-entropy head.
-Counts are read from the sample's own split interval only (zero beyond it), so no baseline
+Activity is read from the sample's own split interval only (zero beyond it), so no baseline
 reads another split. Every setting of a model's grid is fitted on the training samples; which
 one is kept is decided on validation (see `decode.choose`). Targets are standardised on train.
 """
@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from .data.imaging import binned_traces
-from .data.recording import spike_counts
+from .data.recording import has_events, spike_counts
 
 BASELINES = ("ridge", "lasso", "glm", "mlp", "gru")
 GRU_STEPS = 400
@@ -71,7 +71,7 @@ class BinnedSplit:
 def baseline_input(data):
     """What the baselines read: "calcium" (binned ΔF/F) when the spikes are events deconvolved
     from the recording's traces, else "counts"."""
-    return "calcium" if "deconvolution" in data.keys() else "counts"
+    return "calcium" if has_events(data) else "counts"
 
 
 def baseline_grid(name, train, seed=0, classes=None):

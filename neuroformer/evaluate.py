@@ -18,6 +18,7 @@ Spearman-Brown extension to all trials, and sqrt of that, the expected correlati
 model's PSTH with the recorded one; and the window F1 between recorded trials of one movie.
 """
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,8 @@ from scipy.stats import ks_2samp
 
 from .checkpoints import load_run
 from .data.calcium import traces_from_events
-from .data.gaze import Gaze
 from .data.objects import DatasetIndex
-from .data.recording import behavior_variables, open_recording, spike_counts
+from .data.recording import behavior_variables, has_events, open_recording, spike_counts
 from .errors import InputError
 from .glm import GLMConfig, PoissonGLM
 from .plots import correlation_scatter, example_psths, rasters
@@ -50,23 +50,24 @@ def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, 
     if baseline == "glm":
         inputs = loaded[0].variables(False) if loaded else behavior_variables(data)
         longest = float(np.max(np.asarray(sim.trials["end"]) - np.asarray(sim.trials["start"])))
-        glm_cfg = GLMConfig(gaze=loaded[2].spec.gaze if loaded else Gaze())     # the frames the model saw
+        glm_cfg = GLMConfig(gaze=loaded[2].spec.gaze) if loaded else GLMConfig()     # the frames the model saw
         glm = PoissonGLM.fit(data_path, glm_cfg, behavior=inputs, feature_file=_feature_file(loaded, data_path),
                              progress=progress, stable_seconds=longest)
         models["glm"] = glm.simulate(data, sim.trials, sim.repeats, seed, progress=progress)
 
     rows, per_neuron = {}, {}
+    events, trace_example = has_events(data), None
     for group, trials in stimulus_groups(data, sim.trials).items():
         rec = _recorded(data, sim.trials, trials)
         row = {"trials": len(trials), "movies": sorted({int(sim.trials["stimulus_id"][i]) for i in trials}),
                "noise_ceiling": _noise_ceiling(rec, sim.trials, trials, psth_bin, len(sim.unit_ids))}
         for name, s in models.items():
             row[name], per_neuron[(group, name)] = _compare(rec, s, sim.trials, trials, psth_bin)
-        if "deconvolution" in data.keys():          # calcium events: also as the traces they would give
+        if events:                                  # calcium events: also as the traces they would give
             traces = _traces(data, models, sim.trials, trials, seed)
             for name in models:
                 row[name].update(_trace_scores(traces["recorded"], traces[name]))
-            trace_example = trace_example if rows else traces     # the first row's, for the figure
+            trace_example = traces if trace_example is None else trace_example   # the first row's, for the figure
         if loaded or glm:
             scores = _likelihoods(data, sim.trials, trials, loaded, glm)
             for name, value in scores.items():
@@ -76,14 +77,14 @@ def evaluate_simulation(data_path, sim_path, out_path, run=None, baseline=None, 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     figures = _figures(data, models, sim, per_neuron, psth_bin, out_path.with_suffix(""))
-    if "deconvolution" in data.keys():
+    if events:
         units = np.argsort(-trace_example["recorded"].std(0))[:6]
         figures.append(example_psths(trace_example, units, 1.0 / float(data.calcium.sampling_rate),
                                      "ΔF/F averaged over trials (simulated events through each ROI's fitted indicator)",
                                      f"{out_path.with_suffix('')}_traces.png", unit_label="ΔF/F"))
     report = {"recording": str(data_path), "simulated": str(sim_path), "run": str(run) if run else None,
               "psth_bin": psth_bin, "repeats": sim.repeats, "rows": rows, "summary": _summary(rows),
-              "glm": {"penalty": glm.penalty, "config": glm.cfg.__dict__} if glm else None,
+              "glm": {"penalty": glm.penalty, "config": asdict(glm.cfg)} if glm else None,
               "figures": [str(f) for f in figures]}
     return write_result(out_path, report, loaded[0] if loaded else None, seed)
 
@@ -286,7 +287,8 @@ CALCIUM_LEAD = 5.0          # s of recorded events before a trial that set its c
 def _traces(data, models, trials, positions, seed):
     """Trial-averaged ΔF/F (frames, ROIs) per movie, concatenated over movies: recorded, and for
     each model its simulated events (after the recorded ones of the CALCIUM_LEAD s before the
-    trial) made traces by each ROI's fitted indicator (`calcium.traces_from_events`)."""
+    trial) made traces by each ROI's fitted indicator (`calcium.traces_from_events`), averaged
+    without noise and given the noise of an average of as many trials as were recorded."""
     series, fits = data.calcium, data.deconvolution
     rate, t0 = float(series.sampling_rate), float(series.domain.start[0])
     lead, rng = int(round(CALCIUM_LEAD * rate)), np.random.default_rng(seed)
@@ -296,17 +298,18 @@ def _traces(data, models, trials, positions, seed):
                   int(np.floor((trials["end"][i] - t0) * rate + 1e-9))) for i in idx]
         n = min(b - a for a, b in spans)
         out["recorded"].append(np.mean([np.asarray(series.dff[a:a + n]) for a, _ in spans], 0))
+        before = [data.spikes.slice(t0 + (a - lead) / rate, float(trials["start"][i]), reset_origin=False)
+                  for i, (a, _) in zip(idx, spans)]
         for name, sim in models.items():
             runs = []
-            for i, (a, _) in zip(idx, spans):
-                s = float(trials["start"][i])
-                before = data.spikes.slice(t0 + (a - lead) / rate, s, reset_origin=False)
+            for i, (a, _), prior in zip(idx, spans, before):
                 for r in range(sim.repeats):
                     t, u = _simulated(sim, trials, i, r)
-                    times = np.concatenate([np.asarray(before.timestamps), t + s])
-                    units = np.concatenate([np.asarray(before.unit_index), u])
-                    runs.append(traces_from_events(times, units, fits, rate, t0 + (a - lead) / rate, lead + n, rng)[lead:])
-            out[name].append(np.mean(runs, 0))
+                    times = np.concatenate([np.asarray(prior.timestamps), t + float(trials["start"][i])])
+                    units = np.concatenate([np.asarray(prior.unit_index), u])
+                    runs.append(traces_from_events(times, units, fits, rate, t0 + (a - lead) / rate, lead + n)[lead:])
+            noise = rng.standard_normal(runs[0].shape) * np.asarray(fits.noise) / np.sqrt(len(idx))
+            out[name].append(np.mean(runs, 0) + noise)
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 

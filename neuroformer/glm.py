@@ -253,6 +253,7 @@ class StimulusPCs:
     def __init__(self, pca, gaze, downsample, table=None):
         self.pca, self.gaze, self.downsample = pca, gaze, downsample
         self.table = table                  # (stored frames, K) without gaze
+        self.seen = {}                      # with gaze: (frame, onset) -> components, each computed once
 
     def at(self, data, times):
         """(T, K) components of the frame seen at each time; 0 where no frame is shown."""
@@ -267,9 +268,14 @@ class StimulusPCs:
         change = np.r_[True, (np.diff(index) != 0) | (np.diff(key) != 0)]
         first = np.flatnonzero(change)                      # one image per presentation of a frame
         shown = index[first] >= 0
+        keys = [(int(i), float(t)) for i, t in zip(index[first[shown]], onset[first[shown]])]
+        new = sorted({k for k in keys if k not in self.seen})
+        if new:
+            frames, onsets = np.array([k[0] for k in new]), np.array([k[1] for k in new])
+            self.seen.update(zip(new, self.pca.transform(self.images(data, frames, onsets)).astype(np.float32)))
         per_run = np.zeros((len(first), out.shape[1]), np.float32)
-        if shown.any():
-            per_run[shown] = self.pca.transform(self.images(data, index[first[shown]], onset[first[shown]]))
+        if keys:
+            per_run[shown] = np.stack([self.seen[k] for k in keys])
         return per_run[np.cumsum(change) - 1]
 
     def images(self, data, index, onset):

@@ -48,13 +48,22 @@ class CalciumModel:
 
 def calcium_from_spikes(times, units, n_units, n_frames, model, start=0.0):
     """Noise-free calcium (n_frames, n_units), in spikes' worth, of spikes at `times` of `units`."""
-    times, units = np.asarray(times, dtype=np.float64), np.asarray(units, dtype=np.int64)
-    frame = np.floor((times - start) * model.rate).astype(np.int64)
-    keep = (frame >= 0) & (frame < n_frames)
-    influx = np.zeros((n_frames, n_units))
-    np.add.at(influx, (frame[keep], units[keep]),
-              np.exp(-(start + (frame[keep] + 1) / model.rate - times[keep]) / model.tau))
+    times = np.asarray(times, dtype=np.float64)
+    frame = np.floor((times - start) * model.rate + 1e-9).astype(np.int64)
+    influx = per_frame(times, units, n_units, n_frames, model.rate, start,
+                       np.exp(-(start + (frame + 1) / model.rate - times) / model.tau))
     return lfilter([1.0], [1.0, -np.exp(-1.0 / (model.rate * model.tau))], influx, axis=0)
+
+
+def per_frame(times, units, n_units, n_frames, rate, start, weights=None):
+    """(n_frames, n_units) sums of `weights` (default 1) of events at `times` of `units` over the
+    frames of 1/rate s from `start`; events outside them are left out."""
+    times, units = np.asarray(times, dtype=np.float64), np.asarray(units, dtype=np.int64)
+    frame = np.floor((times - start) * rate + 1e-9).astype(np.int64)
+    keep = (frame >= 0) & (frame < n_frames)
+    out = np.zeros((n_frames, n_units))
+    np.add.at(out, (frame[keep], units[keep]), 1.0 if weights is None else np.asarray(weights)[keep])
+    return out
 
 
 def traces_from_spikes(times, units, n_units, n_frames, model, rng, start=0.0):
@@ -79,18 +88,15 @@ def with_calcium(data, truth, model, seed=0):
                   "calcium_model": np.asarray(str(asdict(model)))}
 
 
-def traces_from_events(times, units, fits, rate, start, n_frames, rng):
+def traces_from_events(times, units, fits, rate, start, n_frames, rng=None):
     """ΔF/F (n_frames, ROIs) that events at `times` of `units` would give through each ROI's
     fitted indicator (`deconvolution`: decay per frame g, baseline b, noise s.d., event
     amplitude A): the model OASIS inverts, y_k = b + c_k + noise, c_k = g·c_{k−1} + A·(events
-    in frame k), frames of 1/rate s from `start`."""
+    in frame k), frames of 1/rate s from `start`; without `rng`, no noise."""
     decay, amplitude = np.asarray(fits.decay), np.asarray(fits.spike_amplitude)
-    frame = np.floor((np.asarray(times) - start) * rate + 1e-9).astype(np.int64)
-    keep = (frame >= 0) & (frame < n_frames)
-    events = np.zeros((n_frames, len(decay)))
-    np.add.at(events, (frame[keep], np.asarray(units)[keep]), 1.0)
+    events = per_frame(times, units, len(decay), n_frames, rate, start)
     calcium = np.stack([lfilter([a], [1.0, -g], events[:, i]) for i, (g, a) in enumerate(zip(decay, amplitude))], 1)
-    noise = rng.standard_normal(calcium.shape) * np.asarray(fits.noise)
+    noise = 0.0 if rng is None else rng.standard_normal(calcium.shape) * np.asarray(fits.noise)
     return (np.asarray(fits.baseline) + calcium + noise).astype(np.float32)
 
 
@@ -143,7 +149,7 @@ def with_events(data, spike_amplitude=SPIKE_AMPLITUDE, seed=0, source="recording
     bad = np.flatnonzero(~np.isfinite(activity).all(0))
     if len(bad):
         raise InputError(source, ("calcium.dff", f"deconvolution failed for ROI(s) {bad[:5].tolist()}"))
-    if events.max() > rate_limit(rate):
+    if events.max() > max(1, int(1000 / rate)):             # more than one event per millisecond
         raise InputError("--spike-amplitude", ("spike amplitude", f"{spike_amplitude:g} ΔF/F puts up to "
                                                f"{int(events.max())} events in one {1000 / rate:.3g} ms frame: "
                                                "far too small for this activity"))
@@ -156,8 +162,3 @@ def with_events(data, spike_amplitude=SPIKE_AMPLITUDE, seed=0, source="recording
     data.spikes = IrregularTimeSeries(timestamps=times, unit_index=units, domain=span)
     data.deconvolution = ArrayDict(**fits, spike_amplitude=np.full(traces.shape[1], float(spike_amplitude)))
     return data
-
-
-def rate_limit(rate):
-    """Most events one imaging frame may hold: one per millisecond."""
-    return max(1, int(1000 / rate))

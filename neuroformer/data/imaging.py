@@ -72,16 +72,19 @@ def binned_traces(data, start, end, bin_size):
     """(n_bins, n_units) mean ΔF/F of the imaging frames whose times fall in each bin of
     [start, end); a bin that holds no frame's start takes the frame shown at its centre."""
     series = data.calcium
-    dff = np.asarray(series.dff, dtype=np.float64)
-    times = float(series.domain.start[0]) + np.arange(len(dff)) / float(series.sampling_rate)
+    rate, first = float(series.sampling_rate), float(series.domain.start[0])
     n_bins = int(round((end - start) / bin_size))
+    i0 = max(0, int(np.floor((start - first) * rate)) - 1)              # the frames this span can use
+    i1 = min(len(series.dff), int(np.ceil((start + n_bins * bin_size - first) * rate)) + 1)
+    dff = np.asarray(series.dff[i0:max(i1, i0 + 1)], dtype=np.float64)
+    times = first + (i0 + np.arange(len(dff))) / rate
     inside = np.flatnonzero((times >= start) & (times < start + n_bins * bin_size))
     k = np.minimum(np.floor((times[inside] - start) / bin_size + 1e-9).astype(np.int64), n_bins - 1)
     sums, counts = np.zeros((n_bins, dff.shape[1])), np.bincount(k, minlength=n_bins)
     np.add.at(sums, k, dff[inside])
     out = sums / np.maximum(counts, 1)[:, None]
     empty = np.flatnonzero(counts == 0)
-    frame = np.floor((start + (empty + 0.5) * bin_size - times[0]) * float(series.sampling_rate) + 1e-9)
+    frame = np.floor((start + (empty + 0.5) * bin_size - times[0]) * rate + 1e-9)
     out[empty] = dff[np.clip(frame.astype(np.int64), 0, len(dff) - 1)]
     return out
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..config import read_yaml
 from ..errors import InputError
+from .calcium import with_events
 from .imaging import calcium_series, checked_rate, imaging_parts, import_suite2p, nwb_traces, real_matrix
 from .objects import IrregularTimeSeries, RegularTimeSeries
 from .recording import assign_splits, counts_to_spikes, make_recording, save_recording, union
@@ -482,7 +483,6 @@ def prepare(source, out, *, config=None, bin_size=None, behavior=(), frame_rate=
     """Import `source` (.nwb, .npz/.pkl/.mat, a suite2p plane folder; a pickle only with
     `allow_pickle`), attach a video, deconvolve calcium traces into events when `spike_amplitude`
     is given, set splits, validate, save."""
-    from .calcium import with_events
 
     source = Path(source)
     if imaging_rate is not None and source.suffix == ".nwb":

@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..errors import InputError
-from .recording import SPLITS, behavior_variables, open_recording
+from .recording import SPLITS, behavior_variables, has_events, open_recording
 from .validate import check
 
 
@@ -34,7 +34,7 @@ def summarize(path):
             "calcium": ({"rois": int(data.calcium.dff.shape[1]), "frames": int(data.calcium.dff.shape[0]),
                          "rate_hz": float(data.calcium.sampling_rate),
                          "events": ({"spike_amplitude": float(np.max(data.deconvolution.spike_amplitude))}
-                                    if "deconvolution" in keys and len(data.deconvolution.spike_amplitude)
+                                    if has_events(data) and len(data.deconvolution.spike_amplitude)
                                     else None)} if "calcium" in keys else None),
             "behavior": behavior_variables(data),
             "trials": int(len(data.trials)) if "trials" in keys else 0,

@@ -183,11 +183,16 @@ def _fill_empty_splits(assignment, fractions, movable, rng):
             assignment[rng.choice(np.flatnonzero((assignment == donor) & movable))] = name
 
 
+def has_events(data):
+    """Whether a recording's spikes are events deconvolved from its calcium traces (data/calcium.py)."""
+    return "deconvolution" in data.keys()
+
+
 def assign_splits(data, fractions=(0.7, 0.1, 0.2), seed=0, test_only_stimuli=()):
     """Set train/valid/test domains: by trial when trials exist, else by contiguous time blocks;
     inside the span of the spikes when they are events deconvolved from traces (imaging may
     start after the recording does: no event there is no data, not silence)."""
-    span = data.spikes.domain if "deconvolution" in data.keys() else data.domain
+    span = data.spikes.domain if has_events(data) else data.domain
     if "trials" in data.keys() and len(data.trials) > 0:
         splits = {k: v & span for k, v in split_by_trials(data.trials, fractions, seed, test_only_stimuli).items()}
     else:
@@ -304,11 +309,6 @@ def counts_to_spikes(counts, bin_size, seed=0, t_start=0.0):
     times = t_start + (bins + u) * bin_size
     order = np.argsort(times, kind="stable")
     return times[order], units[order]
-
-
-def frame_on_screen(data, times):
-    """Index into the stored movie frames of the frame shown at each time, -1 where none is."""
-    return frames_shown(data, times)[0]
 
 
 def frames_shown(data, times):
