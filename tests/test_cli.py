@@ -76,7 +76,7 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_demo_on_calcium_events(tmp_path):
     """`demo --calcium`: every stage on the events deconvolved from the recording's ΔF/F."""
-    small = SyntheticConfig(n_neurons=16, trial_length=3.0, n_movies=2, n_trials=3, heldout_trials=1)
+    small = SyntheticConfig(n_neurons=12, trial_length=2.0, n_movies=2, n_trials=3, heldout_trials=1)
     report = run_demo(tmp_path, seed=0, max_steps=4, repeats=1, synthetic=small, calcium=True)
     assert report["recording"]["calcium"]["events"]["spike_amplitude"] == 0.07
     assert report["recording"]["spikes"] > 0 and "glm" in report["simulation"]["training_movies"]
