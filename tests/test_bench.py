@@ -207,11 +207,11 @@ def test_likelihood_bench_trains_the_config_it_is_given(tmp_path):
     assert yaml.safe_load(config_file(source, tmp_path / "short.yaml", 3).read_text())["train"]["glm_steps"] == 2
     assert yaml.safe_load(config_file(source, tmp_path / "same.yaml").read_text()) == yaml.safe_load(source.read_text())
     from neuroformer.config import load_config
-    for path in sorted((SCRIPT.parent / "configs").glob("*.yaml")):           # the benchmark's own configs load
-        assert load_config(path).model.point_process
+    for path in sorted((SCRIPT.parent / "configs").glob("*.yaml")):           # the benchmarks' own configs load,
+        assert load_config(path).model.point_process == path.name.startswith("likelihood")   # the likelihood ones point processes
     bad = subprocess.run([sys.executable, str(SCRIPT.parent / "likelihood.py"), "-o", str(tmp_path), "--config",
                           "retina=x.yaml"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--config: NAME=PATH with NAME one of synthetic, hub" in bad.stderr
+    assert bad.returncode == 2 and "--config: NAME=PATH with NAME one of synthetic, hub, calcium" in bad.stderr
 
 
 def test_probe_inputs_report_records_its_provenance(tmp_path):
