@@ -306,6 +306,8 @@ class StimulusPCs:
             sample = fitted.images(data, seen[:, 0].astype(np.int64), seen[:, 1])
             fitted.pca = PCA(n_components=min(cfg.stim_components, len(shown) - 1, sample.shape[1]),
                              random_state=0).fit(sample)
+            fitted.seen = dict(zip([(int(i), float(t)) for i, t in seen],        # the training split's, kept
+                                   fitted.pca.transform(sample).astype(np.float32)))
             return fitted
         if feature_file is not None:
             with h5py.File(feature_file, "r") as f:
