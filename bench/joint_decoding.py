@@ -4,7 +4,11 @@ baselines of `neuroformer decode` on the same test samples, on one of two record
   training movie, configs/decoding.yaml, 3,000 steps, against ridge (Wiener filter) and the MLP;
 - `velocity`: hand velocity (x, y) of simulate/velocity_population.py's 180 units in 50 ms bins,
   imported as arrays, with the config `decode` derives from the recording (the decoding
-  template; latent history at that density) at its 1,500 steps, against ridge and the GRU.
+  template; latent history at that density) at its 1,500 steps, against ridge and the GRU;
+- `calcium`: the synthetic recording seen through calcium imaging (`prepare --synthetic
+  --calcium --events`): Neuroformer on its deconvolved events, ridge and the MLP on its binned
+  dF/F traces (decode's baseline input for an events recording), same config and steps as
+  `synthetic`.
 
 For each seed, one `neuroformer decode` run (its report reused when present, its training
 resumed when interrupted); then the mean and s.d. over seeds of every model's test r per
@@ -13,6 +17,7 @@ variable, and whether Neuroformer reaches it. Writes one JSON and prints the tab
 
     python bench/joint_decoding.py -o runs/joint          # ~80 min on 2 cores (3 seeds, 3,000 steps)
     python bench/joint_decoding.py --recording velocity -o runs/joint_velocity
+    python bench/joint_decoding.py --recording calcium -o runs/joint_calcium  # ~80 min
     python bench/joint_decoding.py --quick -o /tmp/joint  # what the test runs
     python bench/joint_decoding.py --recording velocity --config bench/configs/decoding_wide.yaml -o W  # another config
 """
@@ -22,13 +27,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import seed_list, neuroformer, over_seeds, synthetic_recording
+from _common import QUICK_SYNTHETIC, seed_list, neuroformer, over_seeds, synthetic_recording
 from neuroformer.cli import positive_int
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDINGS = {"synthetic": dict(targets=("speed", "phi", "theta"), steps=3000, baselines="ridge,mlp",
                                  config=ROOT / "configs" / "decoding.yaml"),
+              "calcium": dict(targets=("speed", "phi", "theta"), steps=3000, baselines="ridge,mlp",
+                              config=ROOT / "configs" / "decoding.yaml"),
               "velocity": dict(targets=("hand_vx", "hand_vy"), steps=None, baselines="ridge,gru", config=None)}
 SCORES = ("test_r", "test_r_seen_stimuli", "test_r_novel_stimuli")
 
@@ -85,8 +92,10 @@ def main():
     seeds = args.seeds
     args.workdir.mkdir(parents=True, exist_ok=True)
     spec = RECORDINGS[args.recording]
-    if args.recording == "synthetic":
-        data = synthetic_recording(args.workdir / "recording.h5", args.quick, "--trials", args.trials)
+    if args.recording in ("synthetic", "calcium"):
+        imaging = ["--calcium", "--events"] if args.recording == "calcium" else []
+        size = QUICK_SYNTHETIC if args.quick else ("--trials", args.trials)
+        data = synthetic_recording(args.workdir / "recording.h5", False, *size, *imaging)
     else:
         data = velocity_recording(args.workdir / "recording.h5", args.quick)
     steps, baselines = (3, "ridge") if args.quick else (args.steps or spec["steps"], args.baselines or spec["baselines"])

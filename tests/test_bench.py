@@ -284,6 +284,7 @@ def test_closed_loop_quick_runs_resumes_and_records_its_provenance(tmp_path):
 
 
 @pytest.mark.parametrize("recording, variables", [("synthetic", {"running.speed", "eye.phi", "eye.theta"}),
+                                                  ("calcium", {"running.speed", "eye.phi", "eye.theta"}),
                                                   ("velocity", {"hand_vx.hand_vx", "hand_vy.hand_vy"})])
 def test_joint_decoding_quick_runs_and_records_its_provenance(tmp_path, recording, variables):
     args = ["--quick", "-o", tmp_path, "--seeds", "0", "--recording", recording]
@@ -291,7 +292,9 @@ def test_joint_decoding_quick_runs_and_records_its_provenance(tmp_path, recordin
     result = json.loads((tmp_path / "joint_decoding.json").read_text())
     check_provenance(tmp_path / "joint_decoding.json", [0], {"quick": True, "recording": recording},
                      ["joint_decoding.py", *args])
-    seed0 = json.loads((tmp_path / "joint_s0.json").read_text())["results"]
+    report = json.loads((tmp_path / "joint_s0.json").read_text())
+    seed0 = report["results"]
+    assert report["baseline_input"] == ("calcium" if recording == "calcium" else "counts")
     assert set(result["table"]) == variables and result["recording"] == recording
     for variable, row in result["table"].items():
         assert set(row["models"]) == {"neuroformer", "neuroformer, best.pt", "ridge"}
