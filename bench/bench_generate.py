@@ -48,10 +48,11 @@ def frequency_initialise(model, dataset, recordings):
         model.unit_drive_out.weight.zero_()
 
 
-def measure(config, recording, duration, batch, cache, repeats):
+def prepared(config, recording):
+    """(cfg, model, dataset, recording data, recording id) of `config` on `recording`, the model
+    untrained but frequency-initialised, in eval mode."""
     from neuroformer.assembly import build
     from neuroformer.config import load_config
-    from neuroformer.rollouts import SimulationOptions, rollout
 
     torch.manual_seed(0)
     cfg = load_config(config)
@@ -59,13 +60,32 @@ def measure(config, recording, duration, batch, cache, repeats):
     model.eval()
     frequency_initialise(model, dataset, recordings)
     rid = recordings.recording_ids[0]
-    data = recordings.get_recording(rid)
+    return cfg, model, dataset, recordings.get_recording(rid), rid
+
+
+def first_trial(data, duration):
+    """The first `duration` seconds of the recording's first trial, as a trial table."""
     start = float(data.trials.start[0])
-    trials = {"index": np.array([0]), "start": np.array([start]), "end": np.array([start + duration]),
-              "stimulus_id": np.array([0])}
+    return {"index": np.array([0]), "start": np.array([start]), "end": np.array([start + duration]),
+            "stimulus_id": np.array([0])}
+
+
+def warm_up(model, dataset, rid, trials, cache):
+    """One 0.1 s rollout, so lazy initialisation is not timed."""
+    from neuroformer.rollouts import SimulationOptions, rollout
+
+    rollout(model, dataset, rid, {**trials, "end": trials["start"] + 0.1},
+            SimulationOptions(repeats=1, batch=1, cache=cache, progress=False))
+
+
+def measure(config, recording, duration, batch, cache, repeats):
+    from neuroformer.rollouts import SimulationOptions, rollout
+
+    cfg, model, dataset, data, rid = prepared(config, recording)
+    trials = first_trial(data, duration)
+    start = float(trials["start"][0])
     opts = SimulationOptions(repeats=repeats, batch=batch, cache=cache, progress=False)
-    rollout(model, dataset, rid, {k: v.copy() for k, v in trials.items()} | {"end": np.array([start + 0.1])},
-            SimulationOptions(repeats=1, batch=1, cache=cache, progress=False))          # warm-up
+    warm_up(model, dataset, rid, trials, cache)
     clock = time.perf_counter()
     sim = rollout(model, dataset, rid, trials, opts)
     wall = time.perf_counter() - clock
@@ -79,30 +99,39 @@ def measure(config, recording, duration, batch, cache, repeats):
                 recorded_rate_hz=len(w.timestamps) / (duration * n_units), peak_rss_mb=peak_rss_mb())
 
 
+def synthetic_recording(workdir, quick=False):
+    """The benchmark's recording in `workdir` (made unless there): 32 s trials of 100 neurons, or
+    a tiny one with `quick`."""
+    from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
+
+    if quick:
+        path = workdir / "generate_quick.h5"
+        syn = SyntheticConfig(n_neurons=20, trial_length=2, n_movies=1, n_trials=4, n_heldout_movies=1, heldout_trials=1)
+    else:
+        path = workdir / "generate_32s.h5"
+        syn = SyntheticConfig(trial_length=32.0, n_movies=1, n_trials=6, n_heldout_movies=1, heldout_trials=2)
+    if not path.exists():
+        write_synthetic(path, syn)
+    return path
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/neuroformer-bench"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generate.json")
     args = parser.parse_args()
-    from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
-
     args.workdir.mkdir(parents=True, exist_ok=True)
+    recording = synthetic_recording(args.workdir, args.quick)
     if args.quick:
-        recording = args.workdir / "generate_quick.h5"
-        syn = SyntheticConfig(n_neurons=20, trial_length=2, n_movies=1, n_trials=4, n_heldout_movies=1, heldout_trials=1)
         configs = [ROOT / "configs" / "demo.yaml"]
         # (duration s, batch, cache, repeats)
         plan = {"demo.yaml": [(0.2, 1, True, 1), (0.2, 1, False, 1), (0.2, 2, True, 2)]}
     else:
-        recording = args.workdir / "generate_32s.h5"
-        syn = SyntheticConfig(trial_length=32.0, n_movies=1, n_trials=6, n_heldout_movies=1, heldout_trials=2)
         configs = [ROOT / "configs" / "demo.yaml", ROOT / "configs" / "published.yaml"]
         plan = {"demo.yaml": [(8.0, 1, True, 1), (1.0, 1, False, 1), (32.0, 16, True, 16), (0.5, 16, False, 16)],
                 "published.yaml": [(4.0, 1, True, 1), (0.5, 1, False, 1), (32.0, 16, True, 16),
                                    (0.25, 16, False, 16)]}
-    if not recording.exists():
-        write_synthetic(recording, syn)
     rows = []
     for config in configs:
         for duration, batch, cache, repeats in plan[config.name]:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from .bases import raised_cosines
 from .data.gaze import Gaze, eye_centred
 from .data.recording import behavior_at, frames_shown, movie_frame_dataset, open_recording, spike_counts
+from .draws import Draws
 from .errors import InputError
 from .simulations import Simulation, trial_seed
 
@@ -161,12 +162,12 @@ class PoissonGLM:
 
     def simulate(self, data, trials, repeats, seed, progress=True):
         """Closed-loop Poisson rollouts of `trials` (dict index/start/end/stimulus_id), each
-        (trial, repeat) with its own generator seeded like the model's."""
+        (trial, repeat) with its own counter-based draws keyed like the model's."""
         b, n = self.cfg.bin, len(self.unit_ids)
         items = [(i, r) for i in range(len(trials["index"])) for r in range(repeats)]
         kernel = torch.as_tensor(self.hist_kernel[:, ::-1].copy(), dtype=torch.float32)[:, :-1]   # (nb, L-1)
         L = kernel.shape[1]
-        drives, buffers, rngs, lengths = [], [], [], []
+        drives, buffers, lengths = [], [], []
         n_ext = self.weight.shape[0] - self.n_history_features
         for i, r in items:
             s, e = float(trials["start"][i]), float(trials["end"][i])
@@ -174,20 +175,20 @@ class PoissonGLM:
             with torch.no_grad():
                 drives.append((ext - self.mean[:n_ext]) / self.std[:n_ext] @ self.weight[:n_ext] + self.bias)
             buffers.append(torch.as_tensor(spike_counts(data, s - L * b, s, b), dtype=torch.float32))
-            rngs.append(np.random.default_rng(trial_seed(seed, int(trials["index"][i]), r)))
             lengths.append(len(ext))
         T = max(lengths)
         drive = torch.stack([F.pad(d, (0, 0, 0, T - len(d))) for d in drives])                # (B, T, N)
         buffer = torch.stack(buffers)                                                         # (B, L, N)
         h_mean, h_std = self.mean[n_ext:].view(n, -1), self.std[n_ext:].view(n, -1)
         w_hist = self.weight[n_ext:]
+        draws = Draws([trial_seed(seed, int(trials["index"][i]), r) for i, r in items])
+        running = np.arange(T)[:, None] < np.asarray(lengths)                                   # (T, B)
         out = np.zeros((len(items), T, n), dtype=np.int64)
         for t in tqdm(range(T), desc="simulating GLM", unit="bin", disable=not progress, mininterval=1):
             with torch.no_grad():
                 h = (torch.einsum("kl,bln->bnk", kernel, buffer) - h_mean) / h_std
                 rate = (drive[:, t] + h.reshape(len(items), -1) @ w_hist).exp().clamp(max=self.cfg.max_count).numpy()
-            counts = np.stack([np.minimum(g.poisson(lam), self.cfg.max_count) if t < m else np.zeros(n, np.int64)
-                               for g, lam, m in zip(rngs, rate, lengths)])
+            counts = draws.poisson(rate, self.cfg.max_count) * running[t][:, None]
             out[:, t] = counts
             buffer = torch.cat([buffer[:, 1:], torch.as_tensor(counts, dtype=torch.float32)[:, None]], 1)
         rows = []

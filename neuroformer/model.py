@@ -12,9 +12,12 @@ have no probability.
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from .backbones import make_backbone
 from .bases import raised_cosines
@@ -134,49 +137,54 @@ class Neuroformer(nn.Module):
 
     # ------------------------------------------------------------------ context
 
-    def context_parts(self, batch):
+    def context_parts(self, batch, same=None):
         """Encoded context by kind ("history", "visual", "behavior"): (tokens, times, mask) each,
-        and the pooled visual features (None without frames)."""
-        B = batch["current"]["unit"].shape[0]
-        parts, pooled_visual = {}, None
-        parts["history"] = self.encode_history(batch["history"])
-
+        and the pooled visual features (None without frames). `same` (B,) long: row b's frames
+        and behaviour are those of row same[b] (repeats of one trial window in a rollout), so
+        they are encoded once per distinct row."""
+        parts = {"history": self.encode_history(batch["history"])}
+        rows, spread = (slice(None), slice(None)) if same is None else same.unique(return_inverse=True)
         if self.uses_frames:
-            fr = batch["frames"]
-            if "features" in fr:
-                feats = fr["features"]                                                      # (B, F, P, C)
-            elif fr["pixels"].shape[1]:
-                feats = self.backbone(fr["pixels"])
-            else:                                                  # no window of the batch shows a frame
-                feats = fr["pixels"].new_zeros(B, 0, self.visual_pos.shape[0], self.backbone.channels)
-            feats = feats.to(self.visual_in.weight.dtype)
-            _, F_, P, _ = feats.shape
-            v = self.visual_in(feats) + self.visual_grid_code + self.visual_pos + self.type_emb.weight[VISUAL]
-            v = v.reshape(B, F_ * P, v.shape[-1])
-            v_time = fr["time"].repeat_interleave(P, dim=1)
-            v_mask = fr["mask"].repeat_interleave(P, dim=1)
-            v = run_stack(self.visual, v, v_time, v_mask)
+            v, v_time, v_mask = (p[spread] for p in self.encode_frames({k: f[rows] for k, f in batch["frames"].items()}))
             parts["visual"] = (v, v_time, v_mask)
-            pooled_visual = _masked_mean(v, v_mask)
-
         if self.inputs:
-            toks, times, masks = [], [], []
-            for name in self.inputs:
-                b, z = batch[f"behavior.{name}"], self.standardised(batch, name)
-                tok = self.value_in(z.unsqueeze(-1)) + self.var_emb.weight[self.var_index[name]] + self.type_emb.weight[BEHAVIOR]
-                time, mask = b["time"], b["mask"]
-                if name in self.channel_offset:            # (B, n, C, W): a token per sample and channel
-                    C = z.shape[-1]
-                    tok = (tok + self.channel_emb.weight[self.channel_offset[name]:][:C]).flatten(1, 2)
-                    time, mask = time.repeat_interleave(C, 1), mask.repeat_interleave(C, 1)
-                toks.append(tok)
-                times.append(time)
-                masks.append(mask)
-            x, t, mk = torch.cat(toks, 1), torch.cat(times, 1), torch.cat(masks, 1)
-            x = self.behavior_norm(run_stack(self.behavior, x, t, mk))
-            parts["behavior"] = (x, t, mk)
+            inputs = {f"behavior.{n}": {k: b[rows] for k, b in batch[f"behavior.{n}"].items()} for n in self.inputs}
+            parts["behavior"] = tuple(p[spread] for p in self.encode_behavior(inputs))
+        return parts, (_masked_mean(v, v_mask) if self.uses_frames else None)
 
-        return parts, pooled_visual
+    def encode_frames(self, fr):
+        """Visual tokens (tokens, times, mask) of the window's frames {pixels or features, time, mask}."""
+        B = len(fr["mask"])
+        if "features" in fr:
+            feats = fr["features"]                                                      # (B, F, P, C)
+        elif fr["pixels"].shape[1]:
+            feats = self.backbone(fr["pixels"])
+        else:                                                  # no window of the batch shows a frame
+            feats = fr["pixels"].new_zeros(B, 0, self.visual_pos.shape[0], self.backbone.channels)
+        feats = feats.to(self.visual_in.weight.dtype)
+        _, F_, P, _ = feats.shape
+        v = self.visual_in(feats) + self.visual_grid_code + self.visual_pos + self.type_emb.weight[VISUAL]
+        v = v.reshape(B, F_ * P, v.shape[-1])
+        v_time = fr["time"].repeat_interleave(P, dim=1)
+        v_mask = fr["mask"].repeat_interleave(P, dim=1)
+        return run_stack(self.visual, v, v_time, v_mask), v_time, v_mask
+
+    def encode_behavior(self, batch):
+        """Behaviour tokens (tokens, times, mask) of the input variables' samples in the window."""
+        toks, times, masks = [], [], []
+        for name in self.inputs:
+            b, z = batch[f"behavior.{name}"], self.standardised(batch, name)
+            tok = self.value_in(z.unsqueeze(-1)) + self.var_emb.weight[self.var_index[name]] + self.type_emb.weight[BEHAVIOR]
+            time, mask = b["time"], b["mask"]
+            if name in self.channel_offset:            # (B, n, C, W): a token per sample and channel
+                C = z.shape[-1]
+                tok = (tok + self.channel_emb.weight[self.channel_offset[name]:][:C]).flatten(1, 2)
+                time, mask = time.repeat_interleave(C, 1), mask.repeat_interleave(C, 1)
+            toks.append(tok)
+            times.append(time)
+            masks.append(mask)
+        x, t, mk = torch.cat(toks, 1), torch.cat(times, 1), torch.cat(masks, 1)
+        return self.behavior_norm(run_stack(self.behavior, x, t, mk)), t, mk
 
     def standardised(self, batch, name):
         """Samples of behaviour variable `name` in the window, z-scored by the training statistics:
@@ -205,7 +213,7 @@ class Neuroformer(nn.Module):
         """Memory (tokens, times, mask) of history, frames and input behaviour, plus pooled visual;
         from `context_parts(batch)`, or its result when given."""
         parts, pooled_visual = parts or self.context_parts(batch)
-        B = batch["current"]["unit"].shape[0]
+        B = len(batch["history"]["unit"])
         null = (self.null + self.type_emb.weight[NULL]).expand(B, 1, -1)          # never an empty memory
         zeros = torch.zeros(B, 1, device=null.device)
         parts = [*parts.values(), (null, zeros, torch.ones(B, 1, dtype=torch.bool, device=null.device))]
@@ -503,50 +511,81 @@ class Neuroformer(nn.Module):
     # ------------------------------------------------------------------ generation
 
     @torch.inference_mode()
-    def generate(self, batch, generators, allowed_units, sampling=None, cache=True):
-        """Sample each batch element's current window, one spike at a time.
+    def generate(self, batch, draws, active, allowed_units, sampling=None, cache=True, same=None):
+        """Sample each batch row's current window, one spike at a time.
 
         `batch` is a collated window whose context (history, frames, behaviour) is filled in and
-        whose current sequence is ignored; `generators` holds one torch.Generator per element
-        (None: nothing to sample). Gaps that would leave the window and units outside
-        `allowed_units` (bool, vocabulary size) get no probability. With `cache` the context is
-        encoded once and the decoder keeps keys and values; without it every spike re-runs the
-        whole model (the naive reference). Returns per element a list of (bin, unit token), bins
+        whose current sequence is ignored; `draws` (a `Draws`) gives each row's uniform draws;
+        rows not `active` (bool, B) sample nothing. Gaps that would leave the window and units
+        outside `allowed_units` (bool, vocabulary size) get no probability. With `cache` the
+        context is encoded once (frames and behaviour once per distinct row of `same`, see
+        `context_parts`) and the decoder keeps keys and values; without it every spike re-runs
+        the whole model (the naive reference). Returns per row a list of (bin, unit token), bins
         of dt_res counted from t0, and whether a window hit `sampling.max_spikes`.
         """
         sampling = sampling or Sampling()
-        B, device = len(generators), self.unit_emb.weight.device
+        device = self.unit_emb.weight.device
         n_bins, dt_res = self.n_dt - 1, self.cfg.window.dt_res
-        gaps = torch.arange(self.n_dt + 1, device=device)
-        done = torch.tensor([g is None for g in generators], device=device)
-        units = torch.full((B, 1), START, device=device)
-        bins = torch.zeros(B, 1, dtype=torch.long, device=device)
-        new = slice(None)                           # positions the decoder has not seen yet
+        too_many = torch.arange(self.n_dt + 1, device=device) < self.end_class     # what a full window may not draw
+        rows = np.flatnonzero(np.asarray(active, dtype=bool))        # the rows still sampling; a row leaves at END
+        out, truncated = [[] for _ in range(len(draws))], False
+        index = torch.as_tensor(rows, device=device)
+        batch = _take(batch, index)
+        same = torch.searchsorted(index, same[index]) if same is not None and cache else None
+        n_spikes = torch.zeros(len(rows), dtype=torch.long, device=device)
+        units = torch.full((len(rows), 1), START, device=device)
+        bins = torch.zeros(len(rows), 1, dtype=torch.long, device=device)
         caches = new_caches(self.decoder) if cache else None
-        memory, out, truncated = None, [[] for _ in range(B)], False
-        while not done.all():
+        memory = None
+
+        def uniforms(skip):
+            u = np.zeros(len(rows))
+            u[~skip.cpu().numpy()] = draws.uniform(rows[~skip.cpu().numpy()])
+            return torch.from_numpy(u).to(device)
+
+        while len(rows):
             if memory is None or not cache:
-                memory, _ = self.encode_context(batch)
-                drive = self.unit_drive(memory)
-            current = {"unit": units[:, new], "time": (bins[:, new].double() * dt_res).float(),
-                       "mask": torch.ones_like(units[:, new], dtype=torch.bool)}
-            x = self.decode(current, memory, caches)[:, -1:]
-            so_far = {"unit": units, "time": (bins.double() * dt_res).float(), "mask": torch.ones_like(units, dtype=torch.bool)}
-            bias = self.unit_bias(batch, so_far, memory, drive)
-            last = bins[:, -1:]
-            full = torch.tensor([len(o) >= sampling.max_spikes for o in out], device=device)[:, None]
-            truncated |= bool((full & ~done[:, None]).any())
-            gap_log_p = self.gap_log_probs(x, bias, last, units[:, -1:])[:, 0].masked_fill(full & (gaps < self.end_class), float("-inf"))
-            dt = sample_classes(gap_log_p, generators, done, sampling, fill=self.end_class)
-            ended = done | (dt == self.end_class)
-            unit_logits = self.unit_logits(x, bias, dt[:, None], last, units[:, -1:])[:, 0].masked_fill(~allowed_units, float("-inf"))
-            unit = sample_classes(unit_logits, generators, ended, sampling, fill=START)
-            for b in torch.nonzero(~ended)[:, 0].tolist():
-                out[b].append((int(last[b, 0] + dt[b]), int(unit[b])))
-            done = ended
-            units = torch.cat([units, unit[:, None]], 1)
-            bins = torch.cat([bins, (last[:, 0] + dt.clamp(max=n_bins - 1) * ~ended)[:, None]], 1)
-            new = slice(-1, None) if cache else slice(None)
+                with record_function("context"):
+                    memory, _ = self.encode_context(batch, self.context_parts(batch, same))
+                    drive = self.unit_drive(memory)
+            with record_function("decoder"):
+                new = slice(-1, None) if cache else slice(None)     # positions the decoder has not seen
+                current = {"unit": units[:, new], "time": (bins[:, new].double() * dt_res).float(),
+                           "mask": torch.ones_like(units[:, new], dtype=torch.bool)}
+                x = self.decode(current, memory, caches)[:, -1:]
+            with record_function("heads"):
+                if self.point_process:
+                    so_far = {"unit": units, "time": (bins.double() * dt_res).float(), "mask": torch.ones_like(units, dtype=torch.bool)}
+                    bias = self.unit_bias(batch, so_far, memory, drive)
+                else:
+                    bias = drive
+                last = bins[:, -1:]
+                full = (n_spikes >= sampling.max_spikes)[:, None]
+                truncated |= bool(full.any())
+                gap_log_p = self.gap_log_probs(x, bias, last, units[:, -1:])[:, 0].masked_fill(full & too_many, float("-inf"))
+            with record_function("sampling"):
+                no_draw = torch.zeros(len(rows), dtype=torch.bool, device=device)
+                dt = sample_classes(gap_log_p, uniforms(no_draw), no_draw, sampling, fill=self.end_class)
+                ended = dt == self.end_class
+            with record_function("heads"):
+                unit_logits = self.unit_logits(x, bias, dt[:, None], last, units[:, -1:])[:, 0]
+            with record_function("sampling"):
+                unit = sample_classes(unit_logits.masked_fill(~allowed_units, float("-inf")), uniforms(ended), ended,
+                                      sampling, fill=START)
+            with record_function("bookkeeping"):
+                n_spikes += 1
+                units = torch.cat([units, unit[:, None]], 1)
+                bins = torch.cat([bins, last + dt.clamp(max=n_bins - 1)[:, None]], 1)
+                if ended.any():                         # rows that ended leave the batch, with their spikes
+                    for j in torch.nonzero(ended)[:, 0].tolist():
+                        out[rows[j]] = list(zip(bins[j, 1:-1].tolist(), units[j, 1:-1].tolist()))
+                    keep = torch.nonzero(~ended)[:, 0]
+                    rows, units, bins, n_spikes = rows[keep.cpu().numpy()], units[keep], bins[keep], n_spikes[keep]
+                    memory, drive = tuple(m[keep] for m in memory), drive[keep]
+                    batch = _take(batch, keep) if self.point_process or not cache else batch
+                    for pair in caches or ():
+                        for c in pair:
+                            c.select(keep)
         return out, truncated
 
 
@@ -560,9 +599,9 @@ class Sampling:
     max_spikes: int = 1000
 
 
-def sample_classes(logits, generators, skip, sampling, fill):
-    """One class per row by inverse CDF, each row with its own generator, so a row's draw does
-    not depend on the other rows. Rows in `skip` draw nothing and get `fill`."""
+def sample_classes(logits, u, skip, sampling, fill):
+    """One class per row by inverse CDF of its uniform draw u (B,) (a row's own counter-based
+    draw, so its class does not depend on the other rows). Rows in `skip` get `fill`."""
     logits = logits.double() / sampling.temperature
     if sampling.top_k:
         kth = logits.topk(min(sampling.top_k, logits.shape[-1]), -1).values[:, -1:]
@@ -573,8 +612,6 @@ def sample_classes(logits, generators, skip, sampling, fill):
         beyond = (p_sorted.cumsum(-1) - p_sorted) >= sampling.top_p     # keep the smallest set reaching top_p
         probs = probs.masked_fill(torch.zeros_like(beyond).scatter(-1, order, beyond), 0.0)
     cdf = probs.cumsum(-1)
-    u = torch.tensor([0.0 if s else float(torch.rand((), generator=g, dtype=torch.float64))
-                      for g, s in zip(generators, skip.tolist())], dtype=torch.float64, device=cdf.device)
     drawn = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], side="right")[:, 0].clamp(max=cdf.shape[-1] - 1)
     return drawn.masked_fill(skip, fill)
 
@@ -606,6 +643,11 @@ def _grid_code(grid, width):
         return torch.cat([torch.sin(pos * freq), torch.cos(pos * freq)], 1)[:, :dims]
     rows, cols = code(grid[0], width // 2), code(grid[1], width - width // 2)
     return torch.cat([rows[:, None].expand(-1, grid[1], -1), cols[None].expand(grid[0], -1, -1)], -1).reshape(-1, width)
+
+
+def _take(tree, rows):
+    """Rows `rows` of every tensor of a (nested) batch dict."""
+    return {k: _take(v, rows) if isinstance(v, dict) else v[rows] for k, v in tree.items()}
 
 
 def _masked_mean(x, mask):

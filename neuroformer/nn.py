@@ -64,6 +64,12 @@ class KVCache:
     def fixed(self):
         return self.k is not None and not self.grow
 
+    def select(self, rows):
+        """Keep the batch rows `rows` (rows that finished leave a generating batch)."""
+        self.k, self.v = self.k[rows], self.v[rows]
+        self.key_mask = None if self.key_mask is None else self.key_mask[rows]
+        self.attn_mask = None if self.attn_mask is None else self.attn_mask[rows]
+
     def update(self, k, v, key_mask):
         if self.k is not None:
             k, v = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2)

@@ -9,21 +9,24 @@ the trial's start, where nothing was generated, it holds the recorded activity (
 trial starts from; no spike inside a simulated trial is ever read). `history="recorded"` reads
 every window's history from the recording (open loop, the original implementation's rollout).
 
-Trials and repeats are generated together in batches; each (seed, trial, repeat) has its own
-random generator, so spikes do not depend on the batch size. Generated spikes sit at the centre
-of their dt_res bin.
+Trials and repeats are generated together in batches; each (seed, trial, repeat) draws its own
+counter-based random numbers (`draws`), so spikes do not depend on the batch size. Repeats of a
+trial share each window's recorded data, and the model encodes its frames and behaviour once.
+Generated spikes sit at the centre of their dt_res bin.
 """
 import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from .checkpoints import checkpoint_file, load_model
 from .data.objects import DatasetIndex, pad
 from .data.recording import check_split
 from .data.windows import collate_windows
+from .draws import Draws
 from .errors import InputError
 from .model import Sampling
 from .provenance import as_text
@@ -134,20 +137,26 @@ def _rollout(model, dataset, rid, trials, chunk, opts, allowed, bar):
     k_start = [int(round(trials["start"][i] / spec.dt_res)) for i, _ in chunk]
     k_end = [int(round(trials["end"][i] / spec.dt_res)) for i, _ in chunk]
     n_windows = [-(-(e - s) // n_cur) for s, e in zip(k_start, k_end)]
-    generators = [torch.Generator().manual_seed(trial_seed(opts.seed, int(trials["index"][i]), r)) for i, r in chunk]
+    draws = Draws([trial_seed(opts.seed, int(trials["index"][i]), r) for i, r in chunk])
     bins, units = [[] for _ in chunk], [[] for _ in chunk]      # per item: generated arrays, window by window
     truncated = 0
     for w in range(max(n_windows)):
-        samples = []
-        for j in range(len(chunk)):
-            k0 = k_start[j] + min(w, n_windows[j] - 1) * n_cur
-            sample = dataset[DatasetIndex(rid, k0 * spec.dt_res - spec.before, (k0 + n_cur) * spec.dt_res)]
-            if opts.history == "generated":
-                sample["history"] = _closed_loop_history(sample["history"], bins[j], units[j], k0, k_start[j], spec)
-            samples.append(sample)
-        active = [g if w < n else None for g, n in zip(generators, n_windows)]
-        out, hit = model.generate(to_device(collate_windows(samples), opts.device), active, allowed,
-                                  opts.sampling, cache=opts.cache)
+        with record_function("window data"):
+            loaded, samples, same = {}, [], []          # repeats of a trial share its window's recorded data
+            for j, (i, _) in enumerate(chunk):
+                k0 = k_start[j] + min(w, n_windows[j] - 1) * n_cur
+                if (i, k0) not in loaded:
+                    loaded[i, k0] = j, dataset[DatasetIndex(rid, k0 * spec.dt_res - spec.before, (k0 + n_cur) * spec.dt_res)]
+                first, sample = loaded[i, k0]
+                if opts.history == "generated":
+                    sample = {**sample, "history": _closed_loop_history(sample["history"], bins[j], units[j], k0,
+                                                                        k_start[j], spec)}
+                samples.append(sample)
+                same.append(first)
+            batch = to_device(collate_windows(samples), opts.device)
+        active = [w < n for n in n_windows]
+        out, hit = model.generate(batch, draws, active, allowed, opts.sampling, cache=opts.cache,
+                                  same=torch.tensor(same, device=opts.device))
         truncated += int(hit)
         for j, spikes in enumerate(out):
             if spikes:

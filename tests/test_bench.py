@@ -321,3 +321,16 @@ def test_velocity_population_is_cosine_tuned_with_its_lead_and_imports(tmp_path)
     from neuroformer.cli import main
     assert main(["prepare", str(out), "--bin-size", "0.05", "--behavior", "hand_vx=0.05", "--behavior", "hand_vy=0.05",
                  "-o", str(tmp_path / "vel.h5")]) == 0
+
+
+def test_profile_generate_splits_the_timed_rollout_into_its_parts(tmp_path):
+    out = tmp_path / "profile.json"
+    args = ["--quick", "--workdir", tmp_path, "--batch", "2", "-o", out]
+    _run("bench/profile_generate.py", *args)
+    check_provenance(out, 0, {"quick": True, "batch": 2}, ["profile_generate.py", *args])
+    result = json.loads(out.read_text())
+    parts = result["parts"]
+    assert set(parts) == {"window data", "context", "decoder", "heads", "sampling", "bookkeeping"}
+    assert abs(sum(p["share"] for p in parts.values()) - 1) < 1e-6 and parts["decoder"]["share"] > 0.05
+    assert abs(sum(p["ms_per_spike"] for p in parts.values()) - result["ms_per_spike"]) < 1e-6 * result["ms_per_spike"]
+    assert result["decoder_steps"] >= result["spikes"] / 2 and result["decoder_matmul_floor_ms_per_step"] > 0

@@ -15,6 +15,7 @@ from neuroformer.config import config_from_dict
 from neuroformer.data.objects import pad
 from neuroformer.data.vocab import SPECIALS
 from neuroformer.data.windows import LoaderOptions, collate_windows, make_loader
+from neuroformer.draws import Draws
 from neuroformer.errors import InputError
 from neuroformer.model import Neuroformer, Sampling, sample_classes
 from neuroformer.nn import new_caches
@@ -43,6 +44,11 @@ def tiny_run(tiny_synthetic, tmp_path_factory):
     subprocess.run([sys.executable, "-m", "neuroformer.cli", "train", "--config", str(out / "tiny.yaml"),
                     "--data", str(tiny_synthetic), "-o", str(out / "run")], check=True, capture_output=True)
     return out / "run"
+
+
+def _rows(tree, rows):
+    """The batch rows `rows` of a collated window (nested dicts of tensors)."""
+    return {k: _rows(v, rows) for k, v in tree.items()} if isinstance(tree, dict) else tree[rows]
 
 
 def _allowed(model, dataset):
@@ -74,21 +80,22 @@ def test_cached_and_naive_generation_give_identical_spikes_in_float64(setup):
     model64 = Neuroformer(model.cfg, model.unit_emb.num_embeddings, frame_shape=(64, 112)).double().eval()
     model64.load_state_dict(model.state_dict())
     allowed = _allowed(model64, dataset)
-    runs = []
-    for cache in (True, False):
-        generators = [torch.Generator().manual_seed(10 + b) for b in range(len(batch["t0"]))]
-        runs.append(model64.generate(batch, generators, allowed, cache=cache)[0])
+    rows = len(batch["t0"])
+    runs = [model64.generate(batch, Draws(10 + np.arange(rows)), [True] * rows, allowed, cache=cache)[0]
+            for cache in (True, False)]
     assert runs[0] == runs[1]
     assert sum(len(o) for o in runs[0]) > 20
+    alone = [model64.generate({k: _rows(v, [b]) for k, v in batch.items()}, Draws([10 + b]), [True], allowed)[0][0]
+             for b in range(rows)]
+    assert alone == runs[0]                                    # every row as its own batch of one
 
 
 def test_generated_windows_are_ordered_inside_the_window_and_use_allowed_units(setup):
     model, batch, dataset = setup
     allowed = _allowed(model, dataset)
     allowed[5:9] = False
-    generators = [torch.Generator().manual_seed(b) for b in range(len(batch["t0"]))]
-    generators[2] = None                                            # nothing sampled for this element
-    out, truncated = model.generate(batch, generators, allowed, Sampling(max_spikes=2))
+    active = [b != 2 for b in range(len(batch["t0"]))]               # nothing sampled for row 2
+    out, truncated = model.generate(batch, Draws(range(len(active))), active, allowed, Sampling(max_spikes=2))
     assert out[2] == [] and truncated
     for spikes in out:
         bins = [q for q, _ in spikes]
@@ -96,16 +103,16 @@ def test_generated_windows_are_ordered_inside_the_window_and_use_allowed_units(s
         assert all(bool(allowed[u]) for _, u in spikes) and len(spikes) <= 2
 
 
-def test_sampling_draws_each_row_from_its_own_generator():
-    logits = torch.randn(4, 7)
+def test_sampling_takes_the_inverse_cdf_of_each_rows_draw():
+    logits = torch.randn(4, 7, dtype=torch.float64)
     skip = torch.tensor([False, True, False, False])
-    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2, 3, 4)]     # noqa: E731
-    together = sample_classes(logits, gens(), skip, Sampling(), fill=-1)
-    alone = [int(sample_classes(logits[i:i + 1], [gens()[i]], skip[i:i + 1], Sampling(), fill=-1)) for i in range(4)]
-    assert together.tolist() == alone and together[1] == -1
-    top1 = sample_classes(logits, gens(), torch.zeros(4, dtype=torch.bool), Sampling(top_k=1), fill=-1)
+    u = torch.tensor([0.0, 0.5, 0.999, 0.3], dtype=torch.float64)
+    drawn = sample_classes(logits, u, skip, Sampling(), fill=-1)
+    cdf = logits.softmax(-1).cumsum(-1)
+    assert drawn.tolist() == [0, -1, int((cdf[2] <= 0.999).sum()), int((cdf[3] <= 0.3).sum())]
+    top1 = sample_classes(logits, u, torch.zeros(4, dtype=torch.bool), Sampling(top_k=1), fill=-1)
     assert top1.tolist() == logits.argmax(-1).tolist()
-    nucleus = sample_classes(logits, gens(), torch.zeros(4, dtype=torch.bool), Sampling(top_p=1e-6), fill=-1)
+    nucleus = sample_classes(logits, u, torch.zeros(4, dtype=torch.bool), Sampling(top_p=1e-6), fill=-1)
     assert nucleus.tolist() == logits.argmax(-1).tolist()
 
 

@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from neuroformer.connectivity import glm_coupling
 from neuroformer.data.circuits import HubCircuitConfig, hub_circuit
+from neuroformer.data.recording import open_recording
 from neuroformer.data.synthetic import write_with_truth
 from neuroformer.glm import ConvergenceWarning, GLMConfig, PoissonGLM, _lbfgs
 
@@ -97,3 +98,11 @@ def test_fitted_coupling_follows_a_known_circuit(tmp_path):
                          .numpy().reshape(len(true), -1, len(true)), glm.hist_kernel[:, 1:6].sum(1))
     np.fill_diagonal(expected, 0.0)
     np.testing.assert_allclose(early, expected, rtol=1e-6)
+    trials = {"index": np.array([0, 1]), "start": np.array([10.0, 20.0]), "end": np.array([12.0, 21.0]),
+              "stimulus_id": np.array([-1, -1])}
+    with open_recording(path) as data:                  # closed loop: a (trial, repeat)'s spikes are its own
+        together = glm.simulate(data, trials, 2, seed=3, progress=False)
+        alone = glm.simulate(data, {k: v[1:] for k, v in trials.items()}, 2, seed=3, progress=False)
+    assert len(alone.timestamps) > 10 and alone.timestamps.max() < 21.0
+    for r in (0, 1):
+        assert np.array_equal(together.spikes_of(1, r)[0], alone.spikes_of(1, r)[0])

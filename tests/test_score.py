@@ -14,6 +14,7 @@ import yaml
 from neuroformer.config import config_from_dict
 from neuroformer.data.vocab import SPECIALS
 from neuroformer.data.windows import IGNORE, LoaderOptions, make_loader
+from neuroformer.draws import Draws
 from neuroformer.model import Neuroformer, Sampling
 from neuroformer.scoring import bits_per_spike, poisson_log_likelihood, window_log_likelihood
 from neuroformer.assembly import window_spec
@@ -172,8 +173,8 @@ def test_point_process_generation_is_the_same_with_and_without_the_cache(tiny_sy
     allowed[len(SPECIALS):] = True
     runs = []
     for cache in (True, False):
-        gens = [torch.Generator().manual_seed(s) for s in range(len(batch["t0"]))]
-        runs.append(model.generate(batch, gens, allowed, Sampling(), cache=cache)[0])
+        rows = len(batch["t0"])
+        runs.append(model.generate(batch, Draws(range(rows)), [True] * rows, allowed, Sampling(), cache=cache)[0])
     assert runs[0] == runs[1] and sum(map(len, runs[0])) > 0
 
 
