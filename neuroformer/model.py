@@ -231,6 +231,15 @@ class Neuroformer(nn.Module):
             x = blk(x, t, current["mask"], causal=True, memory=memory, cache=cache)
         return self.norm(x)
 
+    def decode_step(self, unit, rotation, caches):
+        """Decoder state (B, W) of one new token per row, unit (B,) at the time whose rotary
+        embedding is `rotation` (B, D, D; `RotaryTime.matrix`), after the tokens and memory that
+        `decode` put in `caches`: its last position, in fewer operations (generation)."""
+        x = F.embedding(unit, self.unit_emb.weight)
+        for blk, cache in zip(self.decoder, caches):
+            x = blk.step(x, rotation, cache)
+        return self.norm(x)
+
     def unit_drive(self, memory):
         """Each unit's drive (B, 1 or 2, V): its own output query reads the memory once per window
         (point process: level and slope over the window)."""
@@ -527,32 +536,37 @@ class Neuroformer(nn.Module):
         device = self.unit_emb.weight.device
         n_bins, dt_res = self.n_dt - 1, self.cfg.window.dt_res
         too_many = torch.arange(self.n_dt + 1, device=device) < self.end_class     # what a full window may not draw
-        rows = np.flatnonzero(np.asarray(active, dtype=bool))        # the rows still sampling; a row leaves at END
+        rows = np.flatnonzero(np.asarray(active, dtype=bool))        # the batch's rows (in `draws`)
         out, truncated = [[] for _ in range(len(draws))], False
         index = torch.as_tensor(rows, device=device)
-        batch = _take(batch, index)
+        batch = _take(batch, index) if len(rows) < len(draws) else batch
         same = torch.searchsorted(index, same[index]) if same is not None and cache else None
         n_spikes = torch.zeros(len(rows), dtype=torch.long, device=device)
+        done = torch.zeros(len(rows), dtype=torch.bool, device=device)        # rows whose window ended
         units = torch.full((len(rows), 1), START, device=device)
         bins = torch.zeros(len(rows), 1, dtype=torch.long, device=device)
         caches = new_caches(self.decoder) if cache else None
         memory = None
+        bin_rotation = self.decoder[0].rotary.matrix((torch.arange(self.n_dt, device=device).double() * dt_res).float()
+                                                     ).to(self.unit_emb.weight.dtype)   # of every bin a token can be in
 
         def uniforms(skip):
-            u = np.zeros(len(rows))
-            u[~skip.cpu().numpy()] = draws.uniform(rows[~skip.cpu().numpy()])
+            u, draw = np.zeros(len(rows)), ~skip.cpu().numpy()
+            u[draw] = draws.uniform(rows[draw])
             return torch.from_numpy(u).to(device)
 
-        while len(rows):
+        while len(rows):                                # returns when every row's window ended
             if memory is None or not cache:
                 with record_function("context"):
                     memory, _ = self.encode_context(batch, self.context_parts(batch, same))
                     drive = self.unit_drive(memory)
             with record_function("decoder"):
-                new = slice(-1, None) if cache else slice(None)     # positions the decoder has not seen
-                current = {"unit": units[:, new], "time": (bins[:, new].double() * dt_res).float(),
-                           "mask": torch.ones_like(units[:, new], dtype=torch.bool)}
-                x = self.decode(current, memory, caches)[:, -1:]
+                if cache and caches[0][0].n:                        # START is in the caches: one token a step
+                    x = self.decode_step(units[:, -1], bin_rotation[bins[:, -1]], caches)[:, None]
+                else:
+                    current = {"unit": units, "time": (bins.double() * dt_res).float(),
+                               "mask": torch.ones_like(units, dtype=torch.bool)}
+                    x = self.decode(current, memory, caches)[:, -1:]
             with record_function("heads"):
                 if self.point_process:
                     so_far = {"unit": units, "time": (bins.double() * dt_res).float(), "mask": torch.ones_like(units, dtype=torch.bool)}
@@ -560,27 +574,30 @@ class Neuroformer(nn.Module):
                 else:
                     bias = drive
                 last = bins[:, -1:]
-                full = (n_spikes >= sampling.max_spikes)[:, None]
-                truncated |= bool(full.any())
-                gap_log_p = self.gap_log_probs(x, bias, last, units[:, -1:])[:, 0].masked_fill(full & too_many, float("-inf"))
+                gap_log_p = self.gap_log_probs(x, bias, last, units[:, -1:])[:, 0]
+                full = (n_spikes >= sampling.max_spikes)[:, None] & ~done[:, None]
+                if full.any():
+                    truncated, gap_log_p = True, gap_log_p.masked_fill(full & too_many, float("-inf"))
             with record_function("sampling"):
-                no_draw = torch.zeros(len(rows), dtype=torch.bool, device=device)
-                dt = sample_classes(gap_log_p, uniforms(no_draw), no_draw, sampling, fill=self.end_class)
-                ended = dt == self.end_class
+                dt = sample_classes(gap_log_p, uniforms(done), done, sampling, fill=self.end_class)
+                ended = done | (dt == self.end_class)
             with record_function("heads"):
                 unit_logits = self.unit_logits(x, bias, dt[:, None], last, units[:, -1:])[:, 0]
             with record_function("sampling"):
                 unit = sample_classes(unit_logits.masked_fill(~allowed_units, float("-inf")), uniforms(ended), ended,
                                       sampling, fill=START)
             with record_function("bookkeeping"):
-                n_spikes += 1
+                for j in torch.nonzero(ended & ~done)[:, 0].tolist():        # rows whose window ended: their spikes
+                    out[rows[j]] = list(zip(bins[j, 1:].tolist(), units[j, 1:].tolist()))
+                if ended.all():
+                    return out, truncated
+                n_spikes += ~ended
+                done = ended
                 units = torch.cat([units, unit[:, None]], 1)
-                bins = torch.cat([bins, last + dt.clamp(max=n_bins - 1)[:, None]], 1)
-                if ended.any():                         # rows that ended leave the batch, with their spikes
-                    for j in torch.nonzero(ended)[:, 0].tolist():
-                        out[rows[j]] = list(zip(bins[j, 1:-1].tolist(), units[j, 1:-1].tolist()))
-                    keep = torch.nonzero(~ended)[:, 0]
-                    rows, units, bins, n_spikes = rows[keep.cpu().numpy()], units[keep], bins[keep], n_spikes[keep]
+                bins = torch.cat([bins, last + (dt.clamp(max=n_bins - 1) * ~ended)[:, None]], 1)
+                if 2 * int(done.sum()) >= len(rows):    # once half the rows are done they leave the batch
+                    keep = torch.nonzero(~done)[:, 0]
+                    rows, units, bins, n_spikes, done = rows[keep.cpu().numpy()], units[keep], bins[keep], n_spikes[keep], done[keep]
                     memory, drive = tuple(m[keep] for m in memory), drive[keep]
                     batch = _take(batch, keep) if self.point_process or not cache else batch
                     for pair in caches or ():
@@ -602,7 +619,7 @@ class Sampling:
 def sample_classes(logits, u, skip, sampling, fill):
     """One class per row by inverse CDF of its uniform draw u (B,) (a row's own counter-based
     draw, so its class does not depend on the other rows). Rows in `skip` get `fill`."""
-    logits = logits.double() / sampling.temperature
+    logits = logits.double() if sampling.temperature == 1 else logits.double() / sampling.temperature
     if sampling.top_k:
         kth = logits.topk(min(sampling.top_k, logits.shape[-1]), -1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -34,7 +34,7 @@ class RotaryTime(nn.Module):
 
     def __init__(self, head_dim, t_min=1e-4, t_max=2.0):
         super().__init__()
-        n = head_dim // 4
+        n, self.head_dim = head_dim // 4, head_dim
         periods = torch.logspace(math.log10(t_min), math.log10(t_max), n, dtype=torch.float64)
         self.register_buffer("omega", (2 * math.pi / periods).float(), persistent=False)
 
@@ -42,6 +42,17 @@ class RotaryTime(nn.Module):
         """cos and sin (B, 1, N, head_dim / 4) of times t (B, N), computed once for all layers of a stack."""
         angle = t.float()[:, None, :, None] * self.omega
         return angle.cos(), angle.sin()
+
+    def matrix(self, t):
+        """The rotation of times t (B,) as matrices (B, D, D) acting on a head's vectors from the
+        right (x @ matrix is `forward` of a single time): one product per use instead of eight
+        elementwise operations, for generation's one token per row."""
+        n, D = self.omega.numel(), self.head_dim
+        cos, sin = (a[:, 0, 0] for a in self.angles(t[:, None]))                     # (B, n)
+        m = torch.eye(D, dtype=cos.dtype, device=t.device).repeat(len(t), 1, 1)
+        i = torch.arange(n, device=t.device)
+        m[:, i, i], m[:, n + i, n + i], m[:, n + i, i], m[:, i, n + i] = cos, cos, -sin, sin
+        return m
 
     def forward(self, x, t):
         """x (B, H, N, D); t (B, N) seconds, or their `angles`."""
@@ -53,12 +64,13 @@ class RotaryTime(nn.Module):
 
 
 class KVCache:
-    """Rotated keys and values kept between decoding steps. `grow=True` (self-attention) appends
-    each step's keys; otherwise (cross-attention to a fixed memory) the first keys, values and
-    attention mask are reused."""
+    """Rotated keys and values kept between decoding steps. `grow=True` (self-attention): each
+    step's keys are written in place into buffers that double when full; otherwise
+    (cross-attention to a fixed memory) the first keys, values and attention mask are reused."""
 
     def __init__(self, grow):
-        self.grow, self.k, self.v, self.key_mask, self.attn_mask = grow, None, None, None, None
+        self.grow, self.n = grow, 0
+        self.k = self.v = self.key_mask = self.attn_mask = self.attn_bias = None
 
     @property
     def fixed(self):
@@ -66,16 +78,29 @@ class KVCache:
 
     def select(self, rows):
         """Keep the batch rows `rows` (rows that finished leave a generating batch)."""
-        self.k, self.v = self.k[rows], self.v[rows]
-        self.key_mask = None if self.key_mask is None else self.key_mask[rows]
-        self.attn_mask = None if self.attn_mask is None else self.attn_mask[rows]
+        for name in ("k", "v", "key_mask", "attn_mask", "attn_bias"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name)[rows])
 
-    def update(self, k, v, key_mask):
-        if self.k is not None:
-            k, v = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2)
-            key_mask = torch.cat([self.key_mask, key_mask], 1)
-        self.k, self.v, self.key_mask = k, v, key_mask
-        return k, v, key_mask
+    def update(self, k, v, key_mask=None):
+        """Store new keys and values (B, H, n, D) with their mask (B, n; None: all real); returns
+        all so far."""
+        if not self.grow:
+            self.k, self.v, self.key_mask = k, v, key_mask
+            return k, v, key_mask
+        end = self.n + k.shape[2]
+        if self.k is None or end > self.k.shape[2]:
+            size = max(64, 2 * end)
+            grown = [x.new_empty(*x.shape[:2], size, x.shape[3]) for x in (k, v)]
+            grown.append(torch.empty(len(k), size, dtype=torch.bool, device=k.device))
+            if self.k is not None:
+                grown[0][:, :, :self.n], grown[1][:, :, :self.n], grown[2][:, :self.n] = \
+                    self.k[:, :, :self.n], self.v[:, :, :self.n], self.key_mask[:, :self.n]
+            self.k, self.v, self.key_mask = grown
+        self.k[:, :, self.n:end], self.v[:, :, self.n:end] = k, v
+        self.key_mask[:, self.n:end] = True if key_mask is None else key_mask
+        self.n = end
+        return self.k[:, :, :end], self.v[:, :, :end], self.key_mask[:, :end]
 
 
 class Attention(nn.Module):
@@ -126,6 +151,27 @@ class Attention(nn.Module):
             y = weights @ v
         return self.out(y.transpose(1, 2).reshape(B, Nq, W))
 
+    def step_self(self, x, rotation, cache):
+        """Causal self-attention of one new token per row, x (B, W) at the time of `rotation`
+        (`RotaryTime.matrix`), to itself and the tokens in `cache` (all real in generation)."""
+        B, W = x.shape
+        q = F.linear(x, self.q.weight, self.q.bias).view(B, self.heads, -1)
+        k, v = F.linear(x, self.kv.weight, self.kv.bias).view(B, 2, self.heads, -1).unbind(1)
+        q, k = (torch.cat([q, k], 1) @ rotation).split(self.heads, 1)                      # (B, H, D) each
+        k, v, _ = cache.update(k[:, :, None], v[:, :, None])
+        y = F.scaled_dot_product_attention(q[:, :, None], k, v)
+        return F.linear(y.reshape(B, W), self.out.weight, self.out.bias)
+
+    def step_cross(self, x, rotation, cache):
+        """Cross-attention of one new token per row, x (B, W), to the memory held by a filled `cache`."""
+        B, W = x.shape
+        if cache.attn_bias is None:                     # the mask as an additive bias, made once
+            cache.attn_bias = torch.zeros(cache.attn_mask.shape, dtype=x.dtype, device=x.device).masked_fill(
+                ~cache.attn_mask, float("-inf"))
+        q = (F.linear(x, self.q.weight, self.q.bias).view(B, self.heads, -1) @ rotation)[:, :, None]
+        y = F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=cache.attn_bias)
+        return F.linear(y.reshape(B, W), self.out.weight, self.out.bias)
+
 
 class Block(nn.Module):
     """Pre-norm transformer block: self-attention (optional), cross-attention to a memory
@@ -165,6 +211,18 @@ class Block(nn.Module):
             x = x + self.drop(self.cross(self.norm2(x), t, m, m_time, m_mask, cache=cross_cache,
                                          context_rows=rows[0] if rows else None))
         return x + self.mlp(self.norm3(x))
+
+    def step(self, x, rotation, cache):
+        """`forward` of one new token per row, x (B, W), with filled (self, cross) caches, in
+        fewer operations (generation; no dropout)."""
+        def norm(layer, h):
+            return F.layer_norm(h, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
+        if self.attn is not None:
+            x = x + self.attn.step_self(norm(self.norm1, x), rotation, cache[0])
+        if self.cross is not None:
+            x = x + self.cross.step_cross(norm(self.norm2, x), rotation, cache[1])
+        up, down = self.mlp[0], self.mlp[2]
+        return x + F.linear(F.gelu(F.linear(norm(self.norm3, x), up.weight, up.bias)), down.weight, down.bias)
 
 
 def run_stack(blocks, x, t, mask, **kwargs):

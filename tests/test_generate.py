@@ -75,6 +75,27 @@ def test_cached_and_full_decoding_give_the_same_logits_under_teacher_forcing(set
             assert torch.allclose(a[real], b[real], atol=1e-5)
 
 
+def test_the_single_token_step_is_the_decoders_last_position(setup):
+    model, batch, _ = setup
+    model64 = Neuroformer(model.cfg, model.unit_emb.num_embeddings, frame_shape=(64, 112)).double().eval()
+    model64.load_state_dict(model.state_dict())
+    cur = batch["current"]
+    rotary, t = model64.decoder[0].rotary, torch.rand(5, dtype=torch.float64) * 0.05
+    x = torch.randn(5, 3, 1, rotary.head_dim, dtype=torch.float64)
+    torch.testing.assert_close(x @ rotary.matrix(t)[:, None], rotary(x, t[:, None]), rtol=0, atol=1e-12)
+    with torch.no_grad():
+        memory, _ = model64.encode_context(batch)
+        full = model64.decode(cur, memory)
+        caches = new_caches(model64.decoder)
+        first = model64.decode({k: cur[k][:, :1] for k in ("unit", "time", "mask")}, memory, caches)
+        steps = [model64.decode_step(cur["unit"][:, i], rotary.matrix(cur["time"][:, i]), caches)
+                 for i in range(1, cur["unit"].shape[1])]
+    stepped = torch.cat([first, torch.stack(steps, 1)], 1)
+    real = cur["mask"]                                   # padding is at the end: a real token sees only real ones
+    assert real.sum() > 2 * len(real) and caches[0][0].n == cur["unit"].shape[1]
+    torch.testing.assert_close(stepped[real], full[real], rtol=0, atol=1e-10)
+
+
 def test_cached_and_naive_generation_give_identical_spikes_in_float64(setup):
     model, batch, dataset = setup
     model64 = Neuroformer(model.cfg, model.unit_emb.num_embeddings, frame_shape=(64, 112)).double().eval()
@@ -240,3 +261,14 @@ def test_cli_simulate_and_evaluate_with_glm(tiny_run, tiny_synthetic, tmp_path):
     bad = subprocess.run(cli + ["evaluate", "--data", str(tiny_synthetic), "--simulated", str(tiny_synthetic),
                                 "-o", str(tmp_path / "x.json")], capture_output=True, text=True)
     assert bad.returncode == 2 and "format: not a simulated-spikes file" in bad.stderr
+
+
+def test_a_growing_cache_keeps_every_token_across_its_reallocations_and_row_selection():
+    from neuroformer.nn import KVCache
+    cache, ks, vs = KVCache(grow=True), torch.randn(3, 2, 150, 4), torch.randn(3, 2, 150, 4)
+    for i in range(150):
+        k, v, mask = cache.update(ks[:, :, i:i + 1], vs[:, :, i:i + 1], torch.ones(3, 1, dtype=torch.bool))
+    assert torch.equal(k, ks) and torch.equal(v, vs) and mask.all() and cache.n == 150
+    cache.select(torch.tensor([2, 0]))
+    k, v, _ = cache.update(ks[[2, 0], :, :1], vs[[2, 0], :, :1], torch.zeros(2, 1, dtype=torch.bool))
+    assert torch.equal(k[:, :, :150], ks[[2, 0]]) and torch.equal(v[:, :, 150], vs[[2, 0], :, 0]) and k.shape[2] == 151
