@@ -44,6 +44,9 @@ class Draws:
         the tail's probability), by inverse CDF of one uniform per element; each row's draws
         advance its counter by N."""
         rates = np.asarray(rates, dtype=np.float64)
+        if np.isnan(rates).any() or (rates < 0).any():
+            raise ValueError("Poisson rates must be >= 0 (got NaN or a negative rate)")
+        rates = np.minimum(rates, 1e300)                                       # an infinite rate draws the cap
         B, N = rates.shape
         bits = splitmix64(self.keys[:, None], self.counts[:, None] + np.arange(N, dtype=np.uint64)) >> np.uint64(11)
         self.counts += np.uint64(N)

@@ -44,6 +44,9 @@ class ConvergenceWarning(UserWarning):
     """L-BFGS stopped before the GLM's loss reached a minimum."""
 
 
+GLM_STREAM = 0x9E6C63D0676A9A99     # mixed into the GLM's draw keys: its draws are not the model's of the same seed
+
+
 @dataclass
 class GLMConfig:
     bin: float = 0.001
@@ -181,7 +184,7 @@ class PoissonGLM:
         buffer = torch.stack(buffers)                                                         # (B, L, N)
         h_mean, h_std = self.mean[n_ext:].view(n, -1), self.std[n_ext:].view(n, -1)
         w_hist = self.weight[n_ext:]
-        draws = Draws([trial_seed(seed, int(trials["index"][i]), r) for i, r in items])
+        draws = Draws([trial_seed(seed, int(trials["index"][i]), r) ^ GLM_STREAM for i, r in items])
         running = np.arange(T)[:, None] < np.asarray(lengths)                                   # (T, B)
         out = np.zeros((len(items), T, n), dtype=np.int64)
         for t in tqdm(range(T), desc="simulating GLM", unit="bin", disable=not progress, mininterval=1):

@@ -532,6 +532,8 @@ class Neuroformer(nn.Module):
         the whole model (the naive reference). Returns per row a list of (bin, unit token), bins
         of dt_res counted from t0, and whether a window hit `sampling.max_spikes`.
         """
+        if self.training:
+            raise RuntimeError("generate needs the model in eval mode (its single-token step has no dropout)")
         sampling = sampling or Sampling()
         device = self.unit_emb.weight.device
         n_bins, dt_res = self.n_dt - 1, self.cfg.window.dt_res
@@ -540,7 +542,12 @@ class Neuroformer(nn.Module):
         out, truncated = [[] for _ in range(len(draws))], False
         index = torch.as_tensor(rows, device=device)
         batch = _take(batch, index) if len(rows) < len(draws) else batch
-        same = torch.searchsorted(index, same[index]) if same is not None and cache else None
+        if same is not None and cache and len(rows):    # each group's rows point at its first row still active
+            _, group = same[index].unique(return_inverse=True)
+            positions = torch.arange(len(rows), device=device)
+            same = torch.full((int(group.max()) + 1,), len(rows), device=device).scatter_reduce(0, group, positions, "amin")[group]
+        else:
+            same = None
         n_spikes = torch.zeros(len(rows), dtype=torch.long, device=device)
         done = torch.zeros(len(rows), dtype=torch.bool, device=device)        # rows whose window ended
         units = torch.full((len(rows), 1), START, device=device)

@@ -64,8 +64,8 @@ class RotaryTime(nn.Module):
 
 
 class KVCache:
-    """Rotated keys and values kept between decoding steps. `grow=True` (self-attention): each
-    step's keys are written in place into buffers that double when full; otherwise
+    """Rotated keys and values kept between decoding steps (inference only: keys are written in
+    place). `grow=True` (self-attention): each step's keys go into buffers that double when full; otherwise
     (cross-attention to a fixed memory) the first keys, values and attention mask are reused."""
 
     def __init__(self, grow):

@@ -38,3 +38,10 @@ def test_uniform_and_poisson_draws_have_their_distributions():
         keep = expected * len(counts) > 5
         chi2 = stats.chisquare(observed[keep], expected[keep] / expected[keep].sum() * observed[keep].sum())
         assert chi2.pvalue > 1e-3
+
+
+def test_poisson_refuses_nan_rates_and_gives_the_cap_for_infinite_ones():
+    import pytest
+    assert Draws([1, 2]).poisson(np.array([[np.inf, 0.0], [1e300, 0.0]]), cap=3).tolist() == [[3, 0], [3, 0]]
+    with pytest.raises(ValueError, match="NaN"):
+        Draws([1]).poisson(np.array([[np.nan]]), cap=1)

@@ -111,6 +111,18 @@ def test_cached_and_naive_generation_give_identical_spikes_in_float64(setup):
     assert alone == runs[0]                                    # every row as its own batch of one
 
 
+def test_rows_sharing_a_stimulus_are_encoded_once_even_when_the_first_is_inactive(setup):
+    model, batch, dataset = setup
+    model64 = Neuroformer(model.cfg, model.unit_emb.num_embeddings, frame_shape=(64, 112)).double().eval()
+    model64.load_state_dict(model.state_dict())
+    batch = {k: _rows(v, [0, 1, 0, 3, 4, 5]) if k in ("frames", "t0") or k.startswith("behavior") else v
+             for k, v in batch.items()}                     # rows 0 and 2: the same frames and behaviour
+    active, allowed = [False, True, True, True, True, True], _allowed(model64, dataset)
+    shared = model64.generate(batch, Draws(range(6)), active, allowed, same=torch.tensor([0, 1, 0, 3, 4, 5]))[0]
+    alone = model64.generate(batch, Draws(range(6)), active, allowed)[0]
+    assert shared == alone and shared[0] == [] and len(shared[2]) > 0
+
+
 def test_generated_windows_are_ordered_inside_the_window_and_use_allowed_units(setup):
     model, batch, dataset = setup
     allowed = _allowed(model, dataset)
