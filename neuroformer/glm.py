@@ -165,7 +165,7 @@ class PoissonGLM:
 
     def simulate(self, data, trials, repeats, seed, progress=True):
         """Closed-loop Poisson rollouts of `trials` (dict index/start/end/stimulus_id), each
-        (trial, repeat) with its own counter-based draws keyed like the model's."""
+        (trial, repeat) with its own counter-based draws, keyed like the model's and salted apart (`GLM_STREAM`)."""
         b, n = self.cfg.bin, len(self.unit_ids)
         items = [(i, r) for i in range(len(trials["index"])) for r in range(repeats)]
         kernel = torch.as_tensor(self.hist_kernel[:, ::-1].copy(), dtype=torch.float32)[:, :-1]   # (nb, L-1)

@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import nn
