@@ -8,7 +8,8 @@ baselines of `neuroformer decode` on the same test samples, on one of two record
 - `calcium`: the synthetic recording seen through calcium imaging (`prepare --synthetic
   --calcium --events`): Neuroformer on its deconvolved events, ridge and the MLP on its binned
   dF/F traces (decode's baseline input for an events recording), same config and steps as
-  `synthetic`.
+  `synthetic`; with `--calcium-tokens S` (route b) Neuroformer's behaviour heads also read the
+  last S s of ΔF/F as calcium tokens (decode's derived config, the same decoding template).
 
 For each seed, one `neuroformer decode` run (its report reused when present, its training
 resumed when interrupted); then the mean and s.d. over seeds of every model's test r per
@@ -18,6 +19,7 @@ variable, and whether Neuroformer reaches it. Writes one JSON and prints the tab
     python bench/joint_decoding.py -o runs/joint          # ~80 min on 2 cores (3 seeds, 3,000 steps)
     python bench/joint_decoding.py --recording velocity -o runs/joint_velocity
     python bench/joint_decoding.py --recording calcium -o runs/joint_calcium  # ~80 min
+    python bench/joint_decoding.py --recording calcium --calcium-tokens 0.5 -o runs/joint_tokens
     python bench/joint_decoding.py --quick -o /tmp/joint  # what the test runs
     python bench/joint_decoding.py --recording velocity --config bench/configs/decoding_wide.yaml -o W  # another config
 """
@@ -28,7 +30,7 @@ import sys
 from pathlib import Path
 
 from _common import QUICK_SYNTHETIC, seed_list, neuroformer, over_seeds, synthetic_recording
-from neuroformer.cli import positive_int
+from neuroformer.cli import positive_float, positive_int
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,14 +53,15 @@ def velocity_recording(path, quick):
     return path
 
 
-def decode(data, recording, seed, steps, baselines, workdir, config=None):
+def decode(data, recording, seed, steps, baselines, workdir, config=None, calcium_tokens=None):
     """One seed's decode report (trained and scored unless its report is there); `config`
-    replaces the recording's."""
+    replaces the recording's; `calcium_tokens` (s) makes decode derive its config with them."""
     out, spec = workdir / f"joint_s{seed}.json", RECORDINGS[recording]
-    config = config or spec["config"]
+    config = config or (None if calcium_tokens else spec["config"])
     if not out.exists():
         neuroformer("decode", "--data", data, *[a for t in spec["targets"] for a in ("--target", t)],
                     *(["--config", config] if config else []), *(["--steps", steps] if steps else []),
+                    *(["--calcium-tokens", calcium_tokens] if calcium_tokens else []),
                     "--seed", seed, "--baselines", baselines, "-o", out)
     return json.loads(out.read_text())
 
@@ -87,8 +90,12 @@ def main():
     parser.add_argument("--trials", type=positive_int, default=40, help="trials per training movie (synthetic)")
     parser.add_argument("--baselines", help="decode's --baselines (default: the recording's)")
     parser.add_argument("--config", type=Path, help="model config instead of the recording's")
+    parser.add_argument("--calcium-tokens", type=positive_float, metavar="S",
+                        help="calcium recording: decode's --calcium-tokens (route b)")
     parser.add_argument("--quick", action="store_true", help="a tiny recording, 3 steps, ridge only")
     args = parser.parse_args()
+    if args.calcium_tokens and args.recording != "calcium":
+        parser.error("--calcium-tokens: the calcium recording only")
     seeds = args.seeds
     args.workdir.mkdir(parents=True, exist_ok=True)
     spec = RECORDINGS[args.recording]
@@ -99,7 +106,8 @@ def main():
     else:
         data = velocity_recording(args.workdir / "recording.h5", args.quick)
     steps, baselines = (3, "ridge") if args.quick else (args.steps or spec["steps"], args.baselines or spec["baselines"])
-    table = summarise([decode(data, args.recording, seed, steps, baselines, args.workdir, args.config) for seed in seeds])
+    table = summarise([decode(data, args.recording, seed, steps, baselines, args.workdir, args.config, args.calcium_tokens)
+                       for seed in seeds])
     for variable, row in table.items():
         for model, scores in row["models"].items():
             print(f"{variable:<14} {model:<22} test r {scores['test_r']['mean']:.3f} ± {scores['test_r']['sd']:.3f}")

@@ -24,7 +24,8 @@ def window_spec(cfg):
     return WindowSpec(current=w.current, history=w.history, frames=w.frames, behavior=w.behavior,
                       variables=tuple(cfg.variables(False) + cfg.variables(True)), dt_res=w.dt_res,
                       targets=tuple(cfg.variables(True)), target_lag=w.target_lag,
-                      features=cfg.model.backbone.tag if uses_cached_features(cfg) else "", gaze=gaze(cfg))
+                      features=cfg.model.backbone.tag if uses_cached_features(cfg) else "", gaze=gaze(cfg),
+                      calcium=w.calcium)
 
 
 def gaze(cfg):

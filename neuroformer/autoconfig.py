@@ -8,6 +8,8 @@ Rules (docs/train.md, "Configs that fit the recording"):
 - a variable given in `predict` is a target (predict: true), never also an input; it is a
   classification when it holds class labels (`recording.class_count`), else a regression;
 - `window.frames` is 0 when the recording has no movie, the template's value when it has one;
+- `calcium` > 0 (`--calcium-tokens`) sets `window.calcium`: the behaviour heads read the last
+  `calcium` s of the recording's ΔF/F traces as calcium tokens (refused without traces);
 - a template without latents reads the history through `LATENTS` latent tokens (`model.latents`)
   when the recording's mean spike rate would put more than `LATENT_ABOVE` spikes in a window's
   history: attention over every history spike costs their square, latents cost them linearly.
@@ -63,7 +65,7 @@ def reads_behavior(raw):
                for v in (m.get("variables") or {}).values())
 
 
-def derive_raw(data_path, template="demo", predict=()):
+def derive_raw(data_path, template="demo", predict=(), calcium=0.0):
     """The template's YAML mapping fitted to the recording at `data_path` (see the module rules)."""
     raw = yaml.safe_load(template_path(template).read_text()) or {}
     with open_recording(data_path) as data:
@@ -72,8 +74,10 @@ def derive_raw(data_path, template="demo", predict=()):
         variables = ({n: variable_entry(data, n, False) for n in inputs}
                      | {n: variable_entry(data, n, True) for n in targets})
         has_movie = "movies" in data.keys()
+        if calcium > 0 and "calcium" not in data.keys():
+            raise InputError(data_path, ("calcium", "--calcium-tokens reads ΔF/F traces; the recording has none"))
         spikes_per_s = len(data.spikes.timestamps) / float((data.domain.end - data.domain.start).sum())
-    window = raw.pop("window", {}) | ({} if has_movie else {"frames": 0})
+    window = raw.pop("window", {}) | ({} if has_movie else {"frames": 0}) | ({"calcium": calcium} if calcium else {})
     raw.pop("modalities", None)
     model = raw.setdefault("model", {})
     if not model.get("latents") and spikes_per_s * window.get("history", 0.0) > LATENT_ABOVE:
@@ -81,19 +85,22 @@ def derive_raw(data_path, template="demo", predict=()):
     return {"window": window, "modalities": {"behavior": {"variables": variables}} if variables else {}, **raw}
 
 
-def derive_config(data_path, template="demo", predict=()):
+def derive_config(data_path, template="demo", predict=(), calcium=0.0):
     """`derive_raw` as a checked Config."""
-    return config_from_dict(derive_raw(data_path, template, predict), f"{template} config for {data_path}")
+    return config_from_dict(derive_raw(data_path, template, predict, calcium), f"{template} config for {data_path}")
 
 
-def config_for(data_path, config=None, template="demo", predict=()):
-    """The config at `config`, or without one the template fitted to the recording."""
-    return load_config(config) if config else derive_config(data_path, template, predict)
+def config_for(data_path, config=None, template="demo", predict=(), calcium=0.0):
+    """The config at `config`, or without one the template fitted to the recording; `calcium`
+    (the derived config's `window.calcium`) goes with the latter only."""
+    if config and calcium:
+        raise InputError("--calcium-tokens", ("calcium tokens", f"set window.calcium in {config} instead"))
+    return load_config(config) if config else derive_config(data_path, template, predict, calcium)
 
 
-def write_config(data_path, out, template="demo", predict=()):
+def write_config(data_path, out, template="demo", predict=(), calcium=0.0):
     """Write the template fitted to the recording as YAML at `out` (checked first); returns its Config."""
-    raw = derive_raw(data_path, template, predict)
+    raw = derive_raw(data_path, template, predict, calcium)
     cfg = config_from_dict(raw, out)
     header = (f"# `neuroformer config` from the {template} template for {Path(data_path).name}: its behaviour\n"
               "# variables (predict: true = a decoded target) and window.frames 0 when it has no movie.\n")
@@ -105,4 +112,5 @@ def write_config(data_path, out, template="demo", predict=()):
 def describe(cfg):
     """One line on what a config reads: its frames, behaviour inputs and targets."""
     return (f"window.frames {cfg.window.frames:g}; inputs {', '.join(cfg.variables(False)) or 'none'}; "
-            f"targets {', '.join(cfg.variables(True)) or 'none'}")
+            f"targets {', '.join(cfg.variables(True)) or 'none'}"
+            + (f"; calcium tokens over {cfg.window.calcium:g} s" if cfg.window.calcium else ""))

@@ -35,6 +35,9 @@ positive_float = _number(float, lambda v: v > 0, "a positive number")
 finite_float = _number(float, lambda v: True, "a finite number")
 fraction = _number(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
 
+CALCIUM_TOKENS = ("route b for ΔF/F traces: the behaviour heads also read the last S s of every ROI's ΔF/F, "
+                  "a calcium token per ROI and imaging frame (window.calcium)")
+
 
 def device(text):
     """cpu, or cuda / cuda:N when that GPU exists."""
@@ -105,7 +108,8 @@ def _info(args):
 def _config(args):
     from .autoconfig import describe, write_config
 
-    print(f"wrote {args.output}: {describe(write_config(args.data, args.output, args.template, args.predict))}")
+    cfg = write_config(args.data, args.output, args.template, args.predict, args.calcium_tokens)
+    print(f"wrote {args.output}: {describe(cfg)}")
 
 
 def _train(args):
@@ -178,7 +182,7 @@ def _decode(args):
     baselines = tuple(b for b in args.baselines.split(",") if b) if args.baselines else ()
     report = decode(args.data, args.target, args.output, run=args.run, mode=args.mode, config=args.config,
                     label_fraction=args.label_fraction, baselines=baselines, steps=args.steps, seed=args.seed,
-                    device=args.device, bin_size=args.bin, trainable=args.trainable)
+                    device=args.device, bin_size=args.bin, trainable=args.trainable, calcium=args.calcium_tokens)
     print(format_report(report))
     print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
 
@@ -255,6 +259,7 @@ def build_parser():
     p.add_argument("--template", default="demo", help="shipped config to start from (see configs/; default demo)")
     p.add_argument("--predict", action="append", default=[], metavar="VAR",
                    help="a behaviour variable to decode (a target, not an input); repeatable")
+    p.add_argument("--calcium-tokens", type=positive_float, default=0.0, metavar="S", help=CALCIUM_TOKENS)
     p.add_argument("-o", "--output", required=True, type=Path, help="config (.yaml)")
     p.set_defaults(func=_config)
 
@@ -340,6 +345,8 @@ def build_parser():
                         "the behaviour heads on a frozen body (few labels)")
     p.add_argument("--steps", type=positive_int, help="training steps (default: the config's)")
     p.add_argument("--bin", type=positive_float, default=0.05, help="bin width (s) of the baselines' spike counts (ΔF/F of a recording of calcium events)")
+    p.add_argument("--calcium-tokens", type=positive_float, default=0.0, metavar="S",
+                   help=CALCIUM_TOKENS + " (the derived config; with --config set window.calcium there)")
     p.add_argument("--seed", type=count, default=0)
     p.add_argument("--device", default="cpu", type=device)
     p.add_argument("-o", "--output", required=True, type=Path, help="report (.json); figure and runs beside it")

@@ -47,6 +47,9 @@ class WindowConfig:
     target_lag: float = at_least(0, 0.0)  # s the behaviour *targets* are taken before that: decoded from the
                                           # spikes on both sides of them (a response follows its cause after a latency)
     dt_res: float = positive(0.001)     # s, resolution of the gap classes (at most `current`)
+    calcium: float = at_least(0, 0.0)   # s of ΔF/F frames ending with the current window as calcium tokens
+                                        # (one per ROI and imaging frame), read by the behaviour heads only;
+                                        # 0 = none; the recording needs traces (docs/decode.md)
     gaze: GazeConfig = field(default_factory=GazeConfig)  # given: frames in eye-centred coordinates, each
                                         # shifted by minus the gaze at its onset (data/gaze.py)
 
@@ -108,6 +111,7 @@ class ModelConfig:
                                        # self-excitation turns them into a runaway (a unit firing every bin)
     wiener: bool = True                # regression targets: a linear read-out of the binned counts inside
                                        # the model, fitted by ridge on the training split, then fixed
+    calcium_latents: int = at_least(1, 16)  # latent tokens the calcium tokens are read into (window.calcium)
     stimulus_features: int = at_least(0, 0)  # >0 (point_process, with frames): a linear stimulus filter in
                                        # the GLM, per unit: these many shared features per patch, weighted
                                        # by the unit's spatial map, filtered over the time since frame onset

@@ -366,19 +366,19 @@ def checkpoint_candidates(run_dir, data_path, samples, targets, device="cpu"):
 
 
 def train_decoder(data_path, targets, work, mode, run=None, config=None, label_fraction=1.0, steps=None, seed=0,
-                  device="cpu", trainable="all"):
+                  device="cpu", trainable="all", calcium=0.0):
     """Train (joint) or finetune a model whose behaviour heads decode `targets`; its run directory,
     whose best.pt is the step of least validation behaviour error (mean over targets; best-<target>.pt
     that of each target's own). `trainable` (see `TRAINABLE`):
     "units" learns only the unit embeddings (a new session), "heads" only the behaviour read-out.
-    Validation runs at least MIN_EVALS times, however short the run."""
+    Validation runs at least MIN_EVALS times, however short the run. `calcium`: see `config_for`."""
     data = open_recording(data_path)
     if mode == "finetune":
         if run is None:
             raise InputError("--run", ("run", "finetune needs a pretrained run (--run RUN_DIR)"))
         base = load_checkpoint(checkpoint_file(run))[0]
     else:
-        base = config_for(data_path, config, "decoding", targets)
+        base = config_for(data_path, config, "decoding", targets, calcium)
     cfg = decode_config(base, data, targets, config or "config")
     total = steps or cfg.train.max_steps              # a short finetuning run still has steps to choose from
     cfg.train.eval_every = max(1, min(cfg.train.eval_every, total // MIN_EVALS))
@@ -392,9 +392,10 @@ def train_decoder(data_path, targets, work, mode, run=None, config=None, label_f
 
 
 def decode(data_path, targets, out, run=None, mode="joint", config=None, label_fraction=1.0, baselines=BASELINES,
-           steps=None, seed=0, device="cpu", bin_size=0.05, progress=True, trainable="all"):
+           steps=None, seed=0, device="cpu", bin_size=0.05, progress=True, trainable="all", calcium=0.0):
     """Decode `targets` with Neuroformer (`mode`) and `baselines`; writes OUT (JSON, its provenance
-    the model's config and `seed`) and figures beside it, returns the report."""
+    the model's config and `seed`) and figures beside it, returns the report. `calcium` > 0: the
+    derived config's behaviour heads read that many seconds of ΔF/F as calcium tokens."""
     if mode not in MODES:
         raise InputError("--mode", ("mode", f"unknown {mode!r} (one of {', '.join(MODES)})"))
     unknown = sorted(set(baselines) - set(BASELINES))
@@ -405,16 +406,18 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
     targets = resolve_names(data, targets, data_path)
     if mode == "baselines" and not baselines:
         raise InputError("--baselines", ("baselines", "mode baselines needs at least one baseline"))
+    if calcium and mode in ("finetune", "probe"):
+        raise InputError("--calcium-tokens", ("calcium tokens", f"{mode} keeps the pretrained run's config"))
     if mode == "probe" and run is None:
         raise InputError("--run", ("run", "probes read a pretrained run's representations (--run RUN_DIR)"))
     work = out.with_suffix("")
     if mode == "probe":
         cfg = load_checkpoint(checkpoint_file(run))[0]
     elif mode == "baselines":
-        cfg = config_for(data_path, config, "decoding", targets)
+        cfg = config_for(data_path, config, "decoding", targets, calcium)
     else:
         run_dir = train_decoder(data_path, targets, work, mode, run, config, label_fraction, steps, seed, device,
-                                trainable)
+                                trainable, calcium)
         cfg = load_checkpoint(run_dir / "best.pt")[0]
     samples = decode_samples(data, targets, window_spec(cfg), data_path)
     samples["train"] = samples["train"].head(label_fraction)

@@ -4,7 +4,8 @@ Read top to bottom: embeddings -> context encoders (history, optionally compress
 tokens; visual; behaviour) -> one memory -> causal decoder over the current window -> heads (Δ/END,
 then unit given Δ) with each unit's bias (its drive read out of the memory by its own query, and
 with `point_process` a GLM inside the model: baseline, drive and coupling to past spikes as a log
-rate per bin) -> behaviour queries (with the window's population vector) -> losses -> generation of
+rate per bin) -> behaviour queries (with the window's population vector and, given ΔF/F traces,
+calcium tokens read into latents) -> losses -> generation of
 a window, spike by spike (docs/design.md §4). The likelihood is the one of docs/design.md §2: NLL per spike (nats)
 = -[Σ log p(Δ or END) + Σ log p(unit | Δ)] / number of spikes; gaps that would leave the window
 have no probability.
@@ -72,6 +73,13 @@ class Neuroformer(nn.Module):
             self.channel_emb = nn.Embedding(sum(c for c in channels.values() if c > 1), w)
         self.behavior = stack(m.behavior_layers if self.inputs else 0, w, name="behavior", **block)
         self.behavior_norm = nn.LayerNorm(w)    # raw value tokens (no behaviour layers) at the scale of encoded ones
+        if cfg.window.calcium > 0:   # calcium tokens (ROI's unit embedding + projected ΔF/F) read into latents
+            self.calcium_value = nn.Linear(1, w)
+            self.calcium_init = nn.Parameter(torch.zeros(m.calcium_latents, w))
+            self.calcium_read = Block(w, cross=True, name="calcium", self_attend=False, **block)
+            span, n = cfg.window.calcium, m.calcium_latents           # latents spread over the traces' span
+            self.register_buffer("calcium_time", cfg.window.current - span * (torch.arange(n) + 0.5) / n,
+                                 persistent=False)
 
         self.decoder = stack(m.decoder_layers, w, name="decoder", cross=True, **block)
         self.norm = nn.LayerNorm(w)
@@ -207,6 +215,20 @@ class Neuroformer(nn.Module):
             table = self.unit_emb.weight + self.type_emb.weight[HISTORY]                # (V, W)
             z = self.latent_read(z, t, mask, memory=(table, hist["time"], hist["mask"], hist["unit"]))
         return run_stack(self.history, z, t, mask), t, mask
+
+    def encode_calcium(self, calcium):
+        """Calcium tokens {unit, time, value, mask} (a token per ROI and imaging frame) as memory
+        (tokens, times, mask) of `model.calcium_latents` latent tokens that read them all (the
+        POYO+ way: cost linear in ROIs x frames)."""
+        B = len(calcium["unit"])
+        z = self.calcium_init.expand(B, -1, -1)                                   # (B, N, W)
+        t = self.calcium_time.expand(B, -1)
+        mask = torch.ones(t.shape, dtype=torch.bool, device=t.device)
+        if calcium["unit"].shape[1]:
+            value = calcium["value"].to(self.calcium_value.weight.dtype).unsqueeze(-1)
+            tokens = self.unit_emb(calcium["unit"]) + self.calcium_value(value)  # (B, frames x ROIs, W)
+            z = self.calcium_read(z, t, mask, memory=(tokens, calcium["time"], calcium["mask"]))
+        return z, t, mask
 
     def encode_context(self, batch, parts=None):
         """Memory (tokens, times, mask) of history, frames and input behaviour, plus pooled visual;
@@ -474,9 +496,14 @@ class Neuroformer(nn.Module):
     def behavior_outputs(self, batch, x, memory):
         """POYO-style output queries at each target sample's timestamp, starting from the variable's
         embedding plus the window's population vector and reading the decoder states of the current
-        window and the memory: name -> (B, n, 1 or n_classes), standardised units."""
+        window and the memory (and the calcium tokens' latents with `window.calcium`: only these
+        heads see them, since the traces show the current window's spikes): name -> (B, n, 1 or
+        n_classes), standardised units."""
         cur = batch["current"]
-        context = tuple(torch.cat(p, 1) for p in zip((x, cur["time"], cur["mask"]), memory))
+        parts = [(x, cur["time"], cur["mask"]), memory]
+        if self.cfg.window.calcium > 0:
+            parts.append(self.encode_calcium(batch["calcium"]))
+        context = tuple(torch.cat(p, 1) for p in zip(*parts))
         population = self.population_in(self.population(batch).flatten(1))[:, None]
         linear = self.wiener(batch)[:, None, :, None] if self.wiener_targets else None     # (B, 1, T, 1)
         outputs = {}

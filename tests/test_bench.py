@@ -283,17 +283,19 @@ def test_closed_loop_quick_runs_resumes_and_records_its_provenance(tmp_path):
     assert report.stat().st_mtime_ns == made
 
 
-@pytest.mark.parametrize("recording, variables", [("synthetic", {"running.speed", "eye.phi", "eye.theta"}),
-                                                  ("calcium", {"running.speed", "eye.phi", "eye.theta"}),
-                                                  ("velocity", {"hand_vx.hand_vx", "hand_vy.hand_vy"})])
-def test_joint_decoding_quick_runs_and_records_its_provenance(tmp_path, recording, variables):
-    args = ["--quick", "-o", tmp_path, "--seeds", "0", "--recording", recording]
+@pytest.mark.parametrize("recording, variables, tokens", [
+    ("synthetic", {"running.speed", "eye.phi", "eye.theta"}, []),
+    ("calcium", {"running.speed", "eye.phi", "eye.theta"}, ["--calcium-tokens", "0.2"]),      # route b
+    ("velocity", {"hand_vx.hand_vx", "hand_vy.hand_vy"}, [])])
+def test_joint_decoding_quick_runs_and_records_its_provenance(tmp_path, recording, variables, tokens):
+    args = ["--quick", "-o", tmp_path, "--seeds", "0", "--recording", recording, *tokens]
     _run("bench/joint_decoding.py", *args)
     result = json.loads((tmp_path / "joint_decoding.json").read_text())
     check_provenance(tmp_path / "joint_decoding.json", [0], {"quick": True, "recording": recording},
                      ["joint_decoding.py", *args])
     report = json.loads((tmp_path / "joint_s0.json").read_text())
     seed0 = report["results"]
+    assert report["provenance"]["config"]["window"]["calcium"] == (0.2 if tokens else 0.0)
     assert report["baseline_input"] == ("calcium" if recording == "calcium" else "counts")
     assert set(result["table"]) == variables and result["recording"] == recording
     for variable, row in result["table"].items():

@@ -166,7 +166,8 @@ def test_binned_traces_average_the_frames_of_each_bin(tmp_path):
 def test_nwb_ophys_with_trials_and_a_class_series_is_decoded_without_a_config(tmp_path):
     """An imaging session as a lab would have it: ΔF/F of tuned ROIs, a trials table, running
     speed and the grating direction (a class label on each imaging frame); `prepare --events`
-    then `decode` with the derived config scores Neuroformer and ridge (on the ΔF/F) alike."""
+    then `decode` with the derived config scores Neuroformer (on the events, and with
+    `--calcium-tokens` on the ΔF/F as tokens too) and ridge (on the ΔF/F) alike."""
     from datetime import datetime, timezone
 
     from pynwb import NWBHDF5IO, NWBFile
@@ -211,8 +212,9 @@ def test_nwb_ophys_with_trials_and_a_class_series_is_decoded_without_a_config(tm
     rec, out = tmp_path / "ca.h5", tmp_path / "decode.json"
     assert main(["prepare", str(tmp_path / "ca.nwb"), "--events", "-o", str(rec)]) == 0
     assert main(["decode", "--data", str(rec), "--target", "direction", "--baselines", "ridge",
-                 "--steps", "3", "-o", str(out)]) == 0
+                 "--steps", "3", "--calcium-tokens", "0.5", "-o", str(out)]) == 0
     report = json.loads(out.read_text())
+    assert report["provenance"]["config"]["window"]["calcium"] == 0.5
     cells = report["results"]["direction.direction"]
     assert report["baseline_input"] == "calcium" and {"neuroformer", "ridge"} <= set(cells)
     assert all("test_balanced_accuracy" in c for c in cells.values())
@@ -227,3 +229,95 @@ def test_events_become_traces_through_each_rois_fitted_indicator():
     k = np.arange(20)
     np.testing.assert_allclose(traces[:, 0], 0.1 + np.where(k >= 3, 2 * 0.2 * 0.9 ** (k - 3), 0.0), atol=1e-6)
     np.testing.assert_allclose(traces[:, 1], -0.05 + np.where(k >= 10, 0.07 * 0.5 ** (k - 10), 0.0), atol=1e-6)
+
+
+# ---------------------------------------------------------------- route b: calcium tokens
+
+TOKENS_CFG = {
+    "window": {"current": 0.05, "history": 0.05, "frames": 0.0, "behavior": 0.05, "calcium": 0.2},
+    "modalities": {"behavior": {"variables": {"running.speed": {"predict": True}}}},
+    "model": {"width": 16, "heads": 2, "history_layers": 1, "behavior_layers": 0, "decoder_layers": 1,
+              "dropout": 0.0, "calcium_latents": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def tokens_batch(tmp_path_factory):
+    from neuroformer.assembly import window_spec
+    from neuroformer.config import config_from_dict
+    from neuroformer.data.windows import LoaderOptions, make_loader
+
+    path = write_synthetic(tmp_path_factory.mktemp("ca") / "ca.h5", SyntheticConfig(**TINY), CalciumModel(),
+                           spike_amplitude=0.07)[0]
+    cfg = config_from_dict(TOKENS_CFG)
+    loader = make_loader([path], window_spec(cfg), LoaderOptions(batch_size=4, seed=0))
+    return path, cfg, loader.dataset.vocab, next(iter(loader))
+
+
+def test_calcium_tokens_are_every_rois_dff_at_each_frame_of_the_span(tokens_batch):
+    path, cfg, vocab, batch = tokens_batch
+    data = open_recording(path)
+    dff, start = np.asarray(data.calcium.dff), float(data.calcium.domain.start[0])
+    tokens, n_rois = batch["calcium"], dff.shape[1]
+    for b in range(4):
+        t0, n = float(batch["t0"][b]), int(tokens["mask"][b].sum())
+        frame = np.rint((tokens["time"][b, :n].numpy() + t0 - start) * 30.0).astype(int)
+        assert n == 6 * n_rois and (frame == np.repeat(frame[::n_rois], n_rois)).all()
+        assert (np.diff(frame[::n_rois]) == 1).all()              # 0.2 s of consecutive 30 Hz frames
+        end = t0 + cfg.window.current                              # the last frame begins before the window ends
+        assert start + frame[-1] / 30.0 < end <= start + (frame[-1] + 1) / 30.0 + 1e-6
+        np.testing.assert_array_equal(tokens["value"][b, :n].numpy(), dff[frame, np.tile(np.arange(n_rois), 6)])
+        np.testing.assert_array_equal(tokens["unit"][b, :n].numpy(),
+                                      np.tile(vocab.lookup(data.units.id.astype(str)), 6))
+
+
+def test_calcium_tokens_reach_the_behaviour_heads_only_in_any_order(tokens_batch):
+    import torch
+    from neuroformer.model import Neuroformer
+
+    _, cfg, vocab, batch = tokens_batch
+    torch.manual_seed(0)
+    model = Neuroformer(cfg, len(vocab)).eval()
+    for p in model.parameters():                  # weights far from the tiny init, so every input counts
+        if p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.5)
+
+    def outputs(b):
+        memory, _ = model.encode_context(b)
+        x = model.decode(b["current"], memory)
+        return model.behavior_outputs(b, x, memory)["running.speed"], model(b)["nll_sum"]
+
+    speed, nll = outputs(batch)
+    order = torch.randperm(batch["calcium"]["unit"].shape[1])
+    shuffled = {**batch, "calcium": {k: v[:, order] for k, v in batch["calcium"].items()}}
+    torch.testing.assert_close(outputs(shuffled)[0], speed, rtol=1e-5, atol=1e-6)
+    other = {**batch, "calcium": {**batch["calcium"], "value": torch.randn(batch["calcium"]["value"].shape)}}
+    moved, same_nll = outputs(other)
+    assert (moved - speed).abs().max() > 1e-2 * speed.abs().max()     # the traces are read ...
+    assert same_nll == nll                                     # ... by the behaviour heads, never the spike heads
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["config", "--template", "decoding", "--calcium-tokens", "0.5"], "calcium: --calcium-tokens reads ΔF/F traces"),
+    (["config", "--calcium-tokens", "nan"], "--calcium-tokens: must be a positive number"),
+    (["decode", "--target", "speed", "--calcium-tokens", "0.5", "--config", "configs/decoding.yaml"],
+     "--calcium-tokens: calcium tokens: set window.calcium in configs/decoding.yaml instead"),
+    (["decode", "--target", "speed", "--calcium-tokens", "0.5", "--mode", "finetune", "--run", "."],
+     "--calcium-tokens: calcium tokens: finetune keeps the pretrained run's config"),
+])
+def test_calcium_tokens_refusals(args, expected, tiny_synthetic, tmp_path, capsys):
+    try:
+        code = main([args[0], "--data", str(tiny_synthetic), *args[1:], "-o", str(tmp_path / "out.yaml")])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_calcium_tokens_need_traces_in_the_recording(tiny_synthetic):
+    from neuroformer.assembly import window_spec
+    from neuroformer.config import config_from_dict
+    from neuroformer.data.windows import RecordingSet, WindowDataset
+
+    with pytest.raises(InputError, match=r"tiny\.h5: calcium: calcium tokens were requested \(window.calcium 0.2 s\)"):
+        WindowDataset(RecordingSet([tiny_synthetic]), window_spec(config_from_dict(TOKENS_CFG)))

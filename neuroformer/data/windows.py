@@ -9,9 +9,12 @@ A window at t0 holds:
 - the movie frames whose onsets fall in [t0 + current - frames, t0 + current), with their index
   into the stored movies (the same index means the same movie frame, e.g. on repeated trials);
 - behaviour samples in [t0 + current - behavior, t0 + current), under "behavior.<name as requested>";
-  those of a target (decoded) variable `target_lag` s earlier, so spikes after them are in view.
+  those of a target (decoded) variable `target_lag` s earlier, so spikes after them are in view;
+- with `calcium`, the ΔF/F of every ROI at each imaging frame in [t0 + current - calcium, t0 + current),
+  a token per ROI and frame (calcium tokens: unit, time, value).
 All times given to the model are float32 seconds relative to t0. A sampled window spans
-[t0 - before, t0 + current) with before = max(history, frames - current, behavior (+ target_lag) - current),
+[t0 - before, t0 + current) with before = max(history, frames - current, behavior (+ target_lag) - current,
+calcium - current),
 and lies wholly inside one split's domain, so no split ever reads another's data.
 """
 import os
@@ -51,6 +54,7 @@ class WindowSpec:
     targets: tuple = ()           # the variables that are decoded (targets), read `target_lag` s earlier
     target_lag: float = 0.0
     gaze: Gaze = Gaze()           # given: frames shifted into eye-centred coordinates (pixels only)
+    calcium: float = 0.0          # s of ΔF/F frames as calcium tokens; 0: none
 
     @property
     def n_dt(self):
@@ -64,7 +68,8 @@ class WindowSpec:
     @property
     def before(self):
         lag = self.target_lag if self.targets else 0.0
-        return max(self.history, self.frames - self.current, self.behavior + lag - self.current, 0.0)
+        return max(self.history, self.frames - self.current, self.behavior + lag - self.current,
+                   self.calcium - self.current, 0.0)
 
     @property
     def length(self):
@@ -135,6 +140,9 @@ class WindowDataset(torch.utils.data.Dataset):
                     raise InputError(path, ("movies.frames", f"frame size {size} differs from {self.frame_size} of "
                                                              "the other recordings; batches need one size"))
                 spec.gaze.check(data, size, path, spec.targets)
+            if spec.calcium > 0 and "calcium" not in data.keys():
+                raise InputError(path, ("calcium", f"calcium tokens were requested (window.calcium {spec.calcium:g} s) "
+                                                   "but the recording has no ΔF/F traces"))
 
     def __getitem__(self, index: DatasetIndex):
         spec = self.spec
@@ -148,6 +156,8 @@ class WindowDataset(torch.utils.data.Dataset):
         for requested, name in self.variables[index.recording_id].items():
             lag = self.spec.target_lag if requested in self.spec.targets else 0.0
             sample[f"behavior.{requested}"] = self._behavior(data, name, t0, t0 + self.spec.current - lag)
+        if spec.calcium > 0:
+            sample["calcium"] = self._calcium(data, index.recording_id, t0)
         return sample
 
     def _spikes(self, data, rid, k0):
@@ -235,6 +245,18 @@ class WindowDataset(torch.utils.data.Dataset):
         times = np.asarray(series.timestamps, dtype=np.float64) - t0
         return pad({"value": torch.from_numpy(values), "time": torch.from_numpy(times.astype(np.float32)),
                     "mask": _ones(values)})
+
+    def _calcium(self, data, rid, t0):
+        """Calcium tokens of the imaging frames in [t0 + current - calcium, t0 + current): each
+        frame's ΔF/F of every ROI, frame by frame, times relative to t0."""
+        end = t0 + self.spec.current
+        series = data.calcium.slice(end - self.spec.calcium, end, reset_origin=False)
+        dff = np.asarray(series.dff, dtype=np.float32)                        # (frames, ROIs)
+        times = np.asarray(series.timestamps, dtype=np.float64) - t0
+        units = self.unit_tokens[rid]
+        return pad({"unit": torch.from_numpy(np.tile(units, len(dff))),
+                    "time": torch.from_numpy(np.repeat(times, len(units)).astype(np.float32)),
+                    "value": torch.from_numpy(dff.reshape(-1)), "mask": torch.ones(dff.size, dtype=torch.bool)})
 
 
 def _ones(values):
