@@ -13,7 +13,7 @@ _HOMES = {
     "open_recording": "data.recording", "validate_file": "data.validate", "summarize": "data.info",
     "write_synthetic": "data.synthetic", "SyntheticConfig": "data.synthetic",
     # the model, its training and checkpoints
-    "load_config": "config", "Neuroformer": "model", "Sampling": "model",
+    "load_config": "config", "Neuroformer": "model", "Sampling": "generation",
     "train": "training", "RunOptions": "training", "load_model": "checkpoints",
     # simulation and scoring
     "simulate": "rollouts", "SimulationOptions": "rollouts",

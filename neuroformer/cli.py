@@ -124,7 +124,7 @@ def _train(args):
 
 
 def _simulate(args):
-    from .model import Sampling
+    from .generation import Sampling
     from .rollouts import SimulationOptions, simulate
     from .simulations import save_nwb, save_simulation
 

@@ -5,25 +5,22 @@ tokens; visual; behaviour) -> one memory -> causal decoder over the current wind
 then unit given Δ) with each unit's bias (its drive read out of the memory by its own query, and
 with `point_process` a GLM inside the model: baseline, drive and coupling to past spikes as a log
 rate per bin) -> behaviour queries (with the window's population vector and, given ΔF/F traces,
-calcium tokens read into latents) -> losses -> generation of
-a window, spike by spike (docs/design.md §4). The likelihood is the one of docs/design.md §2: NLL per spike (nats)
-= -[Σ log p(Δ or END) + Σ log p(unit | Δ)] / number of spikes; gaps that would leave the window
-have no probability.
+calcium tokens read into latents) -> losses -> the single-token decoder step that generation
+(`generation.py`, docs/design.md §4) drives. The likelihood is the one of docs/design.md §2: NLL
+per spike (nats) = -[Σ log p(Δ or END) + Σ log p(unit | Δ)] / number of spikes; gaps that would
+leave the window have no probability.
 """
 import math
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.profiler import record_function
 
 from .backbones import make_backbone
 from .bases import raised_cosines
-from .data.vocab import SPECIALS, START
+from .data.vocab import SPECIALS
 from .data.windows import IGNORE
-from .nn import Block, new_caches, run_stack, stack
+from .nn import Block, run_stack, stack
 
 HISTORY, VISUAL, BEHAVIOR, NULL = range(4)     # modality type embeddings of memory tokens
 STIMULUS_BASES = 6                             # raised cosines over the time since a frame's onset
@@ -144,20 +141,23 @@ class Neuroformer(nn.Module):
 
     # ------------------------------------------------------------------ context
 
-    def context_parts(self, batch, same=None):
+    def context_parts(self, batch, stimulus=None):
         """Encoded context by kind ("history", "visual", "behavior"): (tokens, times, mask) each,
-        and the pooled visual features (None without frames). `same` (B,) long: row b's frames
-        and behaviour are those of row same[b] (repeats of one trial window in a rollout), so
-        they are encoded once per distinct row."""
-        parts = {"history": self.encode_history(batch["history"])}
-        rows, spread = (slice(None), slice(None)) if same is None else same.unique(return_inverse=True)
+        and the pooled visual features (None without frames). `stimulus`: the frames' and
+        behaviour's parts when already encoded (`stimulus_parts`; generation encodes those of a
+        trial window once for all its repeats)."""
+        parts = {"history": self.encode_history(batch["history"]),
+                 **(stimulus if stimulus is not None else self.stimulus_parts(batch))}
+        return parts, (_masked_mean(parts["visual"][0], parts["visual"][2]) if self.uses_frames else None)
+
+    def stimulus_parts(self, batch):
+        """The "visual" and "behavior" parts of `context_parts`: what the recording, not the spikes, gives."""
+        parts = {}
         if self.uses_frames:
-            v, v_time, v_mask = (p[spread] for p in self.encode_frames({k: f[rows] for k, f in batch["frames"].items()}))
-            parts["visual"] = (v, v_time, v_mask)
+            parts["visual"] = self.encode_frames(batch["frames"])
         if self.inputs:
-            inputs = {f"behavior.{n}": {k: b[rows] for k, b in batch[f"behavior.{n}"].items()} for n in self.inputs}
-            parts["behavior"] = tuple(p[spread] for p in self.encode_behavior(inputs))
-        return parts, (_masked_mean(v, v_mask) if self.uses_frames else None)
+            parts["behavior"] = self.encode_behavior(batch)
+        return parts
 
     def encode_frames(self, fr):
         """Visual tokens (tokens, times, mask) of the window's frames {pixels or features, time, mask}."""
@@ -243,19 +243,26 @@ class Neuroformer(nn.Module):
 
     # ------------------------------------------------------------------ decoder and heads
 
-    def decode(self, current, memory, caches=None):
-        """Decoder states (B, L, W) of the current tokens {unit, time, mask}. With `caches`
-        (generation), `current` holds only the tokens new since the last call."""
+    def decode(self, current, memory):
+        """Decoder states (B, L, W) of the current tokens {unit, time, mask}."""
         x = self.unit_emb(current["unit"])
         t = self.decoder[0].rotary.angles(current["time"])           # once for every layer
-        for blk, cache in zip(self.decoder, caches or [None] * len(self.decoder)):
-            x = blk(x, t, current["mask"], causal=True, memory=memory, cache=cache)
+        for blk in self.decoder:
+            x = blk(x, t, current["mask"], causal=True, memory=memory)
         return self.norm(x)
+
+    def start_caches(self, caches, rows, memory):
+        """Rows `rows` of the decoder's caches (`nn.new_caches`) start a window: no tokens yet,
+        and the memory (tokens, times, mask) of those rows (n, M, W) as cross-attention keys."""
+        tokens, times, mask = memory
+        for blk, (own, held) in zip(self.decoder, caches):
+            own.clear(rows)
+            held.put(rows, *blk.cross.memory_kv(tokens, times), mask)
 
     def decode_step(self, unit, rotation, caches):
         """Decoder state (B, W) of one new token per row, unit (B,) at the time whose rotary
-        embedding is `rotation` (B, D, D; `RotaryTime.matrix`), after the tokens and memory that
-        `decode` put in `caches`: its last position, in fewer operations (generation)."""
+        embedding is `rotation` (B, D, D; `RotaryTime.matrix`), after the row's tokens and memory
+        in `caches`: `decode`'s state at that token, in fewer operations (generation)."""
         x = F.embedding(unit, self.unit_emb.weight)
         for blk, cache in zip(self.decoder, caches):
             x = blk.step(x, rotation, cache)
@@ -543,128 +550,6 @@ class Neuroformer(nn.Module):
                          if self.objectives[name] == "regression" else y.argmax(-1))
         return out
 
-    # ------------------------------------------------------------------ generation
-
-    @torch.inference_mode()
-    def generate(self, batch, draws, active, allowed_units, sampling=None, cache=True, same=None):
-        """Sample each batch row's current window, one spike at a time.
-
-        `batch` is a collated window whose context (history, frames, behaviour) is filled in and
-        whose current sequence is ignored; `draws` (a `Draws`) gives each row's uniform draws;
-        rows not `active` (bool, B) sample nothing. Gaps that would leave the window and units
-        outside `allowed_units` (bool, vocabulary size) get no probability. With `cache` the
-        context is encoded once (frames and behaviour once per distinct row of `same`, see
-        `context_parts`) and the decoder keeps keys and values; without it every spike re-runs
-        the whole model (the naive reference). Returns per row a list of (bin, unit token), bins
-        of dt_res counted from t0, and whether a window hit `sampling.max_spikes`.
-        """
-        if self.training:
-            raise RuntimeError("generate needs the model in eval mode (its single-token step has no dropout)")
-        sampling = sampling or Sampling()
-        device = self.unit_emb.weight.device
-        n_bins, dt_res = self.n_dt - 1, self.cfg.window.dt_res
-        too_many = torch.arange(self.n_dt + 1, device=device) < self.end_class     # what a full window may not draw
-        rows = np.flatnonzero(np.asarray(active, dtype=bool))        # the batch's rows (in `draws`)
-        out, truncated = [[] for _ in range(len(draws))], False
-        index = torch.as_tensor(rows, device=device)
-        batch = _take(batch, index) if len(rows) < len(draws) else batch
-        if same is not None and cache and len(rows):    # each group's rows point at its first row still active
-            _, group = same[index].unique(return_inverse=True)
-            positions = torch.arange(len(rows), device=device)
-            same = torch.full((int(group.max()) + 1,), len(rows), device=device).scatter_reduce(0, group, positions, "amin")[group]
-        else:
-            same = None
-        n_spikes = torch.zeros(len(rows), dtype=torch.long, device=device)
-        done = torch.zeros(len(rows), dtype=torch.bool, device=device)        # rows whose window ended
-        units = torch.full((len(rows), 1), START, device=device)
-        bins = torch.zeros(len(rows), 1, dtype=torch.long, device=device)
-        caches = new_caches(self.decoder) if cache else None
-        memory = None
-        bin_rotation = self.decoder[0].rotary.matrix((torch.arange(self.n_dt, device=device).double() * dt_res).float()
-                                                     ).to(self.unit_emb.weight.dtype)   # of every bin a token can be in
-
-        def uniforms(skip):
-            u, draw = np.zeros(len(rows)), ~skip.cpu().numpy()
-            u[draw] = draws.uniform(rows[draw])
-            return torch.from_numpy(u).to(device)
-
-        while len(rows):                                # returns when every row's window ended
-            if memory is None or not cache:
-                with record_function("context"):
-                    memory, _ = self.encode_context(batch, self.context_parts(batch, same))
-                    drive = self.unit_drive(memory)
-            with record_function("decoder"):
-                if cache and caches[0][0].n:                        # START is in the caches: one token a step
-                    x = self.decode_step(units[:, -1], bin_rotation[bins[:, -1]], caches)[:, None]
-                else:
-                    current = {"unit": units, "time": (bins.double() * dt_res).float(),
-                               "mask": torch.ones_like(units, dtype=torch.bool)}
-                    x = self.decode(current, memory, caches)[:, -1:]
-            with record_function("heads"):
-                if self.point_process:
-                    so_far = {"unit": units, "time": (bins.double() * dt_res).float(), "mask": torch.ones_like(units, dtype=torch.bool)}
-                    bias = self.unit_bias(batch, so_far, memory, drive)
-                else:
-                    bias = drive
-                last = bins[:, -1:]
-                gap_log_p = self.gap_log_probs(x, bias, last, units[:, -1:])[:, 0]
-                full = (n_spikes >= sampling.max_spikes)[:, None] & ~done[:, None]
-                if full.any():
-                    truncated, gap_log_p = True, gap_log_p.masked_fill(full & too_many, float("-inf"))
-            with record_function("sampling"):
-                dt = sample_classes(gap_log_p, uniforms(done), done, sampling, fill=self.end_class)
-                ended = done | (dt == self.end_class)
-            with record_function("heads"):
-                unit_logits = self.unit_logits(x, bias, dt[:, None], last, units[:, -1:])[:, 0]
-            with record_function("sampling"):
-                unit = sample_classes(unit_logits.masked_fill(~allowed_units, float("-inf")), uniforms(ended), ended,
-                                      sampling, fill=START)
-            with record_function("bookkeeping"):
-                for j in torch.nonzero(ended & ~done)[:, 0].tolist():        # rows whose window ended: their spikes
-                    out[rows[j]] = list(zip(bins[j, 1:].tolist(), units[j, 1:].tolist()))
-                if ended.all():
-                    return out, truncated
-                n_spikes += ~ended
-                done = ended
-                units = torch.cat([units, unit[:, None]], 1)
-                bins = torch.cat([bins, last + (dt.clamp(max=n_bins - 1) * ~ended)[:, None]], 1)
-                if 2 * int(done.sum()) >= len(rows):    # once half the rows are done they leave the batch
-                    keep = torch.nonzero(~done)[:, 0]
-                    rows, units, bins, n_spikes, done = rows[keep.cpu().numpy()], units[keep], bins[keep], n_spikes[keep], done[keep]
-                    memory, drive = tuple(m[keep] for m in memory), drive[keep]
-                    batch = _take(batch, keep) if self.point_process or not cache else batch
-                    for pair in caches or ():
-                        for c in pair:
-                            c.select(keep)
-        return out, truncated
-
-
-@dataclass
-class Sampling:
-    """How spikes are drawn: softmax temperature, top-k (0: all), top-p (1: all), and a cap on
-    spikes per window (a model that never says END would otherwise run forever)."""
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_spikes: int = 1000
-
-
-def sample_classes(logits, u, skip, sampling, fill):
-    """One class per row by inverse CDF of its uniform draw u (B,) (a row's own counter-based
-    draw, so its class does not depend on the other rows). Rows in `skip` get `fill`."""
-    logits = logits.double() if sampling.temperature == 1 else logits.double() / sampling.temperature
-    if sampling.top_k:
-        kth = logits.topk(min(sampling.top_k, logits.shape[-1]), -1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1)
-    if sampling.top_p < 1:
-        p_sorted, order = probs.sort(-1, descending=True)
-        beyond = (p_sorted.cumsum(-1) - p_sorted) >= sampling.top_p     # keep the smallest set reaching top_p
-        probs = probs.masked_fill(torch.zeros_like(beyond).scatter(-1, order, beyond), 0.0)
-    cdf = probs.cumsum(-1)
-    drawn = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], side="right")[:, 0].clamp(max=cdf.shape[-1] - 1)
-    return drawn.masked_fill(skip, fill)
-
 
 def metrics_from_sums(sums):
     """Validation metrics from summed batch outputs: NLL per spike (nats), unit top-1 and END
@@ -693,11 +578,6 @@ def _grid_code(grid, width):
         return torch.cat([torch.sin(pos * freq), torch.cos(pos * freq)], 1)[:, :dims]
     rows, cols = code(grid[0], width // 2), code(grid[1], width - width // 2)
     return torch.cat([rows[:, None].expand(-1, grid[1], -1), cols[None].expand(grid[0], -1, -1)], -1).reshape(-1, width)
-
-
-def _take(tree, rows):
-    """Rows `rows` of every tensor of a (nested) batch dict."""
-    return {k: _take(v, rows) if isinstance(v, dict) else v[rows] for k, v in tree.items()}
 
 
 def _masked_mean(x, mask):

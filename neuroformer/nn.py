@@ -2,7 +2,8 @@
 
 Attention weights can be captured for analysis with `capture_attention()`; when nothing
 captures, attention runs through `F.scaled_dot_product_attention` and stores nothing.
-A `KVCache` per attention module lets a decoder take one new token per step (generation).
+Caches of keys and values (`SelfCache`, `MemoryCache`) let a decoder take one new token per row
+and step, each row at its own position (generation).
 """
 import math
 from contextlib import contextmanager
@@ -63,44 +64,70 @@ class RotaryTime(nn.Module):
         return torch.cat([a * cos - b * sin, a * sin + b * cos, rest], dim=-1)
 
 
-class KVCache:
-    """Rotated keys and values kept between decoding steps (inference only: keys are written in
-    place). `grow=True` (self-attention): each step's keys go into buffers that double when full; otherwise
-    (cross-attention to a fixed memory) the first keys, values and attention mask are reused."""
+class SelfCache:
+    """Rotated keys and values of each generating row's tokens so far (inference only), written in
+    place at the row's own position: rows advance independently, and a row that starts a new
+    window starts again from none (`clear`)."""
 
-    def __init__(self, grow):
-        self.grow, self.n = grow, 0
-        self.k = self.v = self.key_mask = self.attn_mask = self.attn_bias = None
+    def __init__(self, rows, device=None):
+        self.length = torch.zeros(rows, dtype=torch.long, device=device)       # tokens held per row
+        self.k = self.v = None
 
-    @property
-    def fixed(self):
-        return self.k is not None and not self.grow
+    def clear(self, rows):
+        self.length[rows] = 0
 
     def select(self, rows):
-        """Keep the batch rows `rows` (rows that finished leave a generating batch)."""
-        for name in ("k", "v", "key_mask", "attn_mask", "attn_bias"):
-            if getattr(self, name) is not None:
-                setattr(self, name, getattr(self, name)[rows])
+        """Keep the batch rows `rows` (the others leave the generating batch)."""
+        self.length = self.length[rows]
+        if self.k is not None:
+            self.k, self.v = self.k[rows], self.v[rows]
 
-    def update(self, k, v, key_mask=None):
-        """Store new keys and values (B, H, n, D) with their mask (B, n; None: all real); returns
-        all so far."""
-        if not self.grow:
-            self.k, self.v, self.key_mask = k, v, key_mask
-            return k, v, key_mask
-        end = self.n + k.shape[2]
-        if self.k is None or end > self.k.shape[2]:
-            size = max(64, 2 * end)
-            grown = [x.new_empty(*x.shape[:2], size, x.shape[3]) for x in (k, v)]
-            grown.append(torch.empty(len(k), size, dtype=torch.bool, device=k.device))
+    def append(self, k, v):
+        """Store one new token per row, k and v (B, H, D); returns every row's keys and values
+        (B, H, L, D) and the additive attention bias (B, 1, 1, L) hiding what a row does not hold."""
+        B, H, D = k.shape
+        end = int(self.length.max()) + 1
+        if self.k is None or end > self.k.shape[2]:              # buffers double when full
+            grown = [k.new_zeros(B, H, max(64, 2 * end), D) for _ in range(2)]
             if self.k is not None:
-                grown[0][:, :, :self.n], grown[1][:, :, :self.n], grown[2][:, :self.n] = \
-                    self.k[:, :, :self.n], self.v[:, :, :self.n], self.key_mask[:, :self.n]
-            self.k, self.v, self.key_mask = grown
-        self.k[:, :, self.n:end], self.v[:, :, self.n:end] = k, v
-        self.key_mask[:, self.n:end] = True if key_mask is None else key_mask
-        self.n = end
-        return self.k[:, :, :end], self.v[:, :, :end], self.key_mask[:, :end]
+                grown[0][:, :, :self.k.shape[2]], grown[1][:, :, :self.v.shape[2]] = self.k, self.v
+            self.k, self.v = grown
+        rows = torch.arange(B, device=k.device)
+        self.k[rows, :, self.length], self.v[rows, :, self.length] = k, v
+        positions = torch.arange(end, device=k.device)
+        bias = torch.zeros(B, end, dtype=k.dtype, device=k.device).masked_fill(
+            positions > self.length[:, None], float("-inf"))
+        self.length += 1
+        return self.k[:, :, :end], self.v[:, :, :end], bias[:, None, None]
+
+
+class MemoryCache:
+    """Rotated keys and values of each generating row's memory (cross-attention) with its mask as
+    an additive bias; a row's entries are replaced when it starts a new window (`put`)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+        self.k = self.v = self.bias = None
+
+    def select(self, rows):
+        self.rows = len(rows)
+        self.k, self.v, self.bias = self.k[rows], self.v[rows], self.bias[rows]
+
+    def put(self, rows, k, v, mask):
+        """Rows `rows` take the memory keys and values (n, H, M, D) with mask (n, M)."""
+        n, H, M, D = k.shape
+        if self.k is None or M > self.k.shape[2]:                # wider memories widen every row
+            old = self.k.shape[2] if self.k is not None else 0
+            grown = [k.new_zeros(self.rows, H, M, D) for _ in range(2)]
+            bias = k.new_full((self.rows, 1, 1, M), float("-inf"))
+            if self.k is not None:
+                grown[0][:, :, :old], grown[1][:, :, :old], bias[..., :old] = self.k, self.v, self.bias
+            else:
+                bias[...] = 0.0                                  # rows never given a memory stay finite
+            self.k, self.v, self.bias = *grown, bias
+        self.k[rows, :, :M], self.v[rows, :, :M] = k, v
+        self.bias[rows] = float("-inf")
+        self.bias[rows, 0, 0, :M] = torch.zeros_like(mask, dtype=k.dtype).masked_fill(~mask, float("-inf"))
 
 
 class Attention(nn.Module):
@@ -117,31 +144,19 @@ class Attention(nn.Module):
         self.out = nn.Linear(width, width)
         self.rotary = RotaryTime(width // heads)
 
-    def forward(self, x, x_time, context, context_time, key_mask, causal=False, cache=None, context_rows=None):
+    def forward(self, x, x_time, context, context_time, key_mask, causal=False, context_rows=None):
         """x (B, Nq, W) attends to context (B, Nk, W); key_mask (B, Nk) True where real. With
         `context_rows` (B, Nk), context is a table (R, W) and key j is its row context_rows[:, j]:
-        keys and values are projected once per row (history spikes: one row per unit), not per token.
-
-        With a cache, `context` holds only the new keys (or nothing new for a fixed memory) and
-        causal queries are the last Nq positions."""
+        keys and values are projected once per row (history spikes: one row per unit), not per token."""
         B, Nq, W = x.shape
         q = self.rotary(self.q(x).view(B, Nq, self.heads, -1).transpose(1, 2), x_time)
-        if cache is not None and cache.fixed:
-            k, v, mask = cache.k, cache.v, cache.attn_mask
-        else:
-            kv = self.kv(context) if context_rows is None else self.kv(context)[context_rows]     # (B, Nk, 2W)
-            k, v = kv.view(B, kv.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-            k = self.rotary(k, context_time)
-            if cache is not None:
-                k, v, key_mask = cache.update(k, v, key_mask)
-            mask = key_mask[:, None, None, :]
-            if causal and Nq > 1:        # one new query (cached decoding) may see every key
-                Nk = k.shape[2]
-                mask = mask & torch.ones(Nq, Nk, dtype=torch.bool, device=x.device).tril(Nk - Nq)
-            if not causal:               # a row with no key (e.g. no history) stays finite; causal rows see START
-                mask = mask | ~mask.any(-1, keepdim=True)
-            if cache is not None and not cache.grow:
-                cache.attn_mask = mask
+        k, v = self.memory_kv(context, context_time, context_rows)
+        mask = key_mask[:, None, None, :]
+        if causal:
+            Nk = k.shape[2]
+            mask = mask & torch.ones(Nq, Nk, dtype=torch.bool, device=x.device).tril(Nk - Nq)
+        else:                            # a row with no key (e.g. no history) stays finite; causal rows see START
+            mask = mask | ~mask.any(-1, keepdim=True)
         if _captured is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
@@ -151,25 +166,28 @@ class Attention(nn.Module):
             y = weights @ v
         return self.out(y.transpose(1, 2).reshape(B, Nq, W))
 
+    def memory_kv(self, context, context_time, context_rows=None):
+        """Rotated keys and values (B, H, Nk, D) of the context tokens (see `forward`)."""
+        kv = self.kv(context) if context_rows is None else self.kv(context)[context_rows]     # (B, Nk, 2W)
+        k, v = kv.view(*kv.shape[:2], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        return self.rotary(k, context_time), v
+
     def step_self(self, x, rotation, cache):
         """Causal self-attention of one new token per row, x (B, W) at the time of `rotation`
-        (`RotaryTime.matrix`), to itself and the tokens in `cache` (all real in generation)."""
+        (`RotaryTime.matrix`), to itself and the row's tokens in `cache` (a `SelfCache`)."""
         B, W = x.shape
         q = F.linear(x, self.q.weight, self.q.bias).view(B, self.heads, -1)
         k, v = F.linear(x, self.kv.weight, self.kv.bias).view(B, 2, self.heads, -1).unbind(1)
         q, k = (torch.cat([q, k], 1) @ rotation).split(self.heads, 1)                      # (B, H, D) each
-        k, v, _ = cache.update(k[:, :, None], v[:, :, None])
-        y = F.scaled_dot_product_attention(q[:, :, None], k, v)
+        k, v, bias = cache.append(k, v)
+        y = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=bias)
         return F.linear(y.reshape(B, W), self.out.weight, self.out.bias)
 
     def step_cross(self, x, rotation, cache):
-        """Cross-attention of one new token per row, x (B, W), to the memory held by a filled `cache`."""
+        """Cross-attention of one new token per row, x (B, W), to its memory in `cache` (a `MemoryCache`)."""
         B, W = x.shape
-        if cache.attn_bias is None:                     # the mask as an additive bias, made once
-            cache.attn_bias = torch.zeros(cache.attn_mask.shape, dtype=x.dtype, device=x.device).masked_fill(
-                ~cache.attn_mask, float("-inf"))
         q = (F.linear(x, self.q.weight, self.q.bias).view(B, self.heads, -1) @ rotation)[:, :, None]
-        y = F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=cache.attn_bias)
+        y = F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=cache.bias)
         return F.linear(y.reshape(B, W), self.out.weight, self.out.bias)
 
 
@@ -196,25 +214,23 @@ class Block(nn.Module):
     def rotary(self):
         return (self.attn or self.cross).rotary
 
-    def forward(self, x, t, mask, causal=False, memory=None, cache=None):
+    def forward(self, x, t, mask, causal=False, memory=None):
         """memory: (tokens, times, mask) for cross-attention, or (table, times, mask, rows) with the
-        tokens as rows of a table (see `Attention`); cache: (self, cross) KVCaches."""
+        tokens as rows of a table (see `Attention`)."""
         if x.shape[1] == 0:                          # e.g. no history spikes in the whole batch
             return x
-        self_cache, cross_cache = cache or (None, None)
         t = t if isinstance(t, tuple) else self.rotary.angles(t)      # shared by self- and cross-attention
         if self.attn is not None:
             h = self.norm1(x)
-            x = x + self.drop(self.attn(h, t, h, t, mask, causal, self_cache))
+            x = x + self.drop(self.attn(h, t, h, t, mask, causal))
         if self.cross is not None:
             m, m_time, m_mask, *rows = memory
-            x = x + self.drop(self.cross(self.norm2(x), t, m, m_time, m_mask, cache=cross_cache,
-                                         context_rows=rows[0] if rows else None))
+            x = x + self.drop(self.cross(self.norm2(x), t, m, m_time, m_mask, context_rows=rows[0] if rows else None))
         return x + self.mlp(self.norm3(x))
 
     def step(self, x, rotation, cache):
-        """`forward` of one new token per row, x (B, W), with filled (self, cross) caches, in
-        fewer operations (generation; no dropout)."""
+        """`forward` of one new token per row, x (B, W), with its (`SelfCache`, `MemoryCache`)
+        pair, in fewer operations (generation; no dropout)."""
         def norm(layer, h):
             return F.layer_norm(h, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
         if self.attn is not None:
@@ -234,9 +250,9 @@ def run_stack(blocks, x, t, mask, **kwargs):
     return x
 
 
-def new_caches(blocks):
-    """One (self, cross) cache pair per block, for step-by-step decoding."""
-    return [(KVCache(grow=True), KVCache(grow=False)) for _ in blocks]
+def new_caches(blocks, rows, device=None):
+    """One (`SelfCache`, `MemoryCache`) pair per block for `rows` generating rows."""
+    return [(SelfCache(rows, device), MemoryCache(rows)) for _ in blocks]
 
 
 def stack(n, width, heads, mlp_ratio, dropout, name, cross=False):

@@ -3,15 +3,17 @@ and their files are in `simulations`.
 
 A trial is rolled out window by window (step = the current window). In each window the context
 (frames and behaviour from the recording, history) is encoded once and the model samples the
-window's spikes with a KV-cached decoder (`Neuroformer.generate`). With `history="generated"`
+window's spikes with a KV-cached decoder (`generation.generate`). With `history="generated"`
 (closed loop, the default) the history of a window holds the spikes the model generated; before
 the trial's start, where nothing was generated, it holds the recorded activity (the state the
 trial starts from; no spike inside a simulated trial is ever read). `history="recorded"` reads
 every window's history from the recording (open loop, the original implementation's rollout).
 
-Trials and repeats are generated together in batches; each (seed, trial, repeat) draws its own
-counter-based random numbers (`draws`), so spikes do not depend on the batch size. Repeats of a
-trial share each window's recorded data, and the model encodes its frames and behaviour once.
+Trials and repeats are generated together, `batch` windows at a time, each row of the batch
+moving on to its next window as soon as its window ends (continuous batching, `generation`);
+each (seed, trial, repeat) draws its own counter-based random numbers (`draws`), so spikes do not
+depend on the batch size. Repeats of a trial share each window's recorded data, and the model
+encodes its frames and behaviour once for all of them.
 Generated spikes sit at the centre of their dt_res bin.
 """
 import json
@@ -19,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from torch.profiler import record_function
 from tqdm import tqdm
 
 from .checkpoints import checkpoint_file, load_model
@@ -28,7 +29,7 @@ from .data.recording import check_split
 from .data.windows import collate_windows
 from .draws import Draws
 from .errors import InputError
-from .model import Sampling
+from .generation import Sampling, Windows, generate
 from .provenance import as_text
 from .simulations import Simulation, trial_seed
 from .training import to_device
@@ -112,60 +113,89 @@ def rollout(model, dataset, rid, trials, opts):
     total_bins = int(round(np.sum(trials["end"] - trials["start"]) / spec.dt_res)) * opts.repeats
     bar = tqdm(total=total_bins, unit=" sim s", unit_scale=spec.dt_res, desc="simulating", disable=not opts.progress,
                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim s [{elapsed}<{remaining}, {rate_fmt}]")
-    rows, truncated = [], 0
-    for first in range(0, len(items), opts.batch):
-        chunk = items[first:first + opts.batch]
-        spikes, n = _rollout(model, dataset, rid, trials, chunk, opts, allowed, bar)
-        truncated += n
-        for (i, r), (bins, units) in zip(chunk, spikes):
-            rows.append((np.full(len(bins), trials["index"][i]), np.full(len(bins), r),
-                         (bins + 0.5) * spec.dt_res, unit_of_token[units]))
+    source = _TrialWindows(dataset, rid, trials, items, opts, bar)
+    draws = Draws([trial_seed(opts.seed, int(trials["index"][i]), r) for i, r in items])
+    generate(model, source, draws, allowed, opts.sampling, cache=opts.cache, slots=opts.batch)
     bar.close()
+    rows = []
+    for (i, r), bins, units in zip(items, source.bins, source.units):
+        bins, units = _cat(bins), _cat(units)
+        rows.append((np.full(len(bins), trials["index"][i]), np.full(len(bins), r),
+                     (bins + 0.5) * spec.dt_res, unit_of_token[units]))
     trial, repeat, times, units = (np.concatenate(c) for c in zip(*rows))
     order = np.lexsort((units, times, repeat, trial))
-    attrs = {"truncated_windows": truncated, "options": json.dumps(asdict(opts), default=str), "dt_res": spec.dt_res}
+    attrs = {"truncated_windows": source.truncated, "options": json.dumps(asdict(opts), default=str),
+             "dt_res": spec.dt_res}
     return Simulation(times[order], units[order].astype(np.int64), trial[order].astype(np.int64),
                       repeat[order].astype(np.int64), np.asarray(data.units.id).astype(str), trials,
                       opts.repeats, attrs)
 
 
-def _rollout(model, dataset, rid, trials, chunk, opts, allowed, bar):
-    """Generate one batch of (trial, repeat) items window by window; returns per item the
-    generated (absolute bin, unit token) arrays, and how many windows hit the spike cap."""
-    spec = dataset.spec
-    n_cur = spec.n_dt - 1                            # bins per current window
-    k_start = [int(round(trials["start"][i] / spec.dt_res)) for i, _ in chunk]
-    k_end = [int(round(trials["end"][i] / spec.dt_res)) for i, _ in chunk]
-    n_windows = [-(-(e - s) // n_cur) for s, e in zip(k_start, k_end)]
-    draws = Draws([trial_seed(opts.seed, int(trials["index"][i]), r) for i, r in chunk])
-    bins, units = [[] for _ in chunk], [[] for _ in chunk]      # per item: generated arrays, window by window
-    truncated = 0
-    for w in range(max(n_windows)):
-        with record_function("window data"):
-            loaded, samples, same = {}, [], []          # repeats of a trial share its window's recorded data
-            for j, (i, _) in enumerate(chunk):
-                k0 = k_start[j] + min(w, n_windows[j] - 1) * n_cur
-                if (i, k0) not in loaded:
-                    loaded[i, k0] = j, dataset[DatasetIndex(rid, k0 * spec.dt_res - spec.before, (k0 + n_cur) * spec.dt_res)]
-                first, sample = loaded[i, k0]
-                if opts.history == "generated":
-                    sample = {**sample, "history": _closed_loop_history(sample["history"], bins[j], units[j], k0,
-                                                                        k_start[j], spec)}
-                samples.append(sample)
-                same.append(first)
-            batch = to_device(collate_windows(samples), opts.device)
-        active = [w < n for n in n_windows]
-        out, hit = model.generate(batch, draws, active, allowed, opts.sampling, cache=opts.cache,
-                                  same=torch.tensor(same, device=opts.device))
-        truncated += int(hit)
-        for j, spikes in enumerate(out):
-            if spikes:
-                q, u = np.asarray(spikes, dtype=np.int64).T
-                k = k_start[j] + w * n_cur + q
-                bins[j].append(k[k < k_end[j]])
-                units[j].append(u[k < k_end[j]])
-        bar.update(sum(min(n_cur, max(0, e - s - w * n_cur)) for s, e in zip(k_start, k_end)))
-    return [(_cat(b), _cat(u)) for b, u in zip(bins, units)], truncated
+class _TrialWindows:
+    """The windows of (trial, repeat) items as a generation source (`generation`): an item's
+    windows in order, each ready once the one before it ended, so that its history holds the
+    spikes just generated; items start in order. Collects each item's generated (absolute bin,
+    unit token) arrays. Repeats of a trial share each window's recorded data, read once."""
+
+    def __init__(self, dataset, rid, trials, items, opts, bar):
+        self.dataset, self.rid, self.items, self.opts, self.bar = dataset, rid, items, opts, bar
+        spec = dataset.spec
+        self.n_cur = spec.n_dt - 1                               # bins per current window
+        self.k_start = [int(round(trials["start"][i] / spec.dt_res)) for i, _ in items]
+        self.k_end = [int(round(trials["end"][i] / spec.dt_res)) for i, _ in items]
+        self.n_windows = [-(-(e - s) // self.n_cur) for s, e in zip(self.k_start, self.k_end)]
+        self.window = [0] * len(items)                           # each item's next window
+        self.bins, self.units = [[] for _ in items], [[] for _ in items]
+        self.ready, self.started, self.finished, self.truncated = [], 0, 0, 0
+        self.recorded = {}                                       # (trial, k0) -> [sample, repeats yet to read it]
+
+    def waiting(self):
+        return len(self.items) - self.finished
+
+    def take(self, n):
+        rows = self.ready[:n]
+        self.ready = self.ready[n:]
+        new = min(n - len(rows), len(self.items) - self.started)
+        rows += list(range(self.started, self.started + new))
+        self.started += new
+        if not rows:
+            return None
+        samples, keys = [], []
+        for row in rows:
+            k0 = self.k_start[row] + self.window[row] * self.n_cur
+            sample = self._recorded(self.items[row][0], k0)
+            if self.opts.history == "generated":
+                sample = {**sample, "history": _closed_loop_history(sample["history"], self.bins[row], self.units[row],
+                                                                    k0, self.k_start[row], self.dataset.spec)}
+            samples.append(sample)
+            keys.append((self.items[row][0], k0))
+        return Windows(rows, to_device(collate_windows(samples), self.opts.device), keys)
+
+    def _recorded(self, trial, k0):
+        """The recorded window at bin k0 of `trial`, read once for all its repeats."""
+        spec = self.dataset.spec
+        if (trial, k0) not in self.recorded:
+            index = DatasetIndex(self.rid, k0 * spec.dt_res - spec.before, (k0 + self.n_cur) * spec.dt_res)
+            self.recorded[trial, k0] = [self.dataset[index], self.opts.repeats]
+        entry = self.recorded[trial, k0]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.recorded[trial, k0]
+        return entry[0]
+
+    def put(self, row, bins, units, truncated):
+        k0 = self.k_start[row] + self.window[row] * self.n_cur
+        k = k0 + np.asarray(bins, dtype=np.int64)
+        inside = k < self.k_end[row]
+        self.bins[row].append(k[inside])
+        self.units[row].append(np.asarray(units, dtype=np.int64)[inside])
+        self.truncated += int(truncated)
+        self.bar.update(min(self.n_cur, self.k_end[row] - k0))
+        self.window[row] += 1
+        if self.window[row] < self.n_windows[row]:
+            self.ready.append(row)
+        else:
+            self.finished += 1
 
 
 def _closed_loop_history(recorded, bins, units, k0, k_start, spec):

@@ -17,8 +17,9 @@ from neuroformer.data.vocab import SPECIALS
 from neuroformer.data.windows import LoaderOptions, collate_windows, make_loader
 from neuroformer.draws import Draws
 from neuroformer.errors import InputError
-from neuroformer.model import Neuroformer, Sampling, sample_classes
-from neuroformer.nn import new_caches
+from neuroformer.generation import Sampling, Windows, generate, sample_classes
+from neuroformer.model import Neuroformer
+from neuroformer.nn import MemoryCache, SelfCache, new_caches
 from neuroformer.rollouts import SimulationOptions, _closed_loop_history, simulate
 from neuroformer.simulations import load_simulation, save_nwb, save_simulation
 from conftest import check_provenance
@@ -51,31 +52,43 @@ def _rows(tree, rows):
     return {k: _rows(v, rows) for k, v in tree.items()} if isinstance(tree, dict) else tree[rows]
 
 
+class _Batch:
+    """A generation source of one window per row of a collated batch (draw row = batch row),
+    handed out `group` at a time in row order; keeps each row's (bin, unit) spikes."""
+
+    def __init__(self, batch, rows, same=None, group=None):
+        self.batch, self.rows, self.same, self.group = batch, list(rows), same, group
+        self.out, self.truncated, self.pending = {}, False, len(self.rows)
+
+    def take(self, n):
+        rows, self.rows = self.rows[:min(n, self.group or n)], self.rows[min(n, self.group or n):]
+        if not rows:
+            return None
+        return Windows(rows, _rows(self.batch, rows), [self.same[r] if self.same else r for r in rows])
+
+    def put(self, row, bins, units, truncated):
+        self.out[row] = list(zip(bins, units))
+        self.truncated |= truncated
+        self.pending -= 1
+
+    def waiting(self):
+        return self.pending
+
+
+def _generate(model, batch, draws, active, allowed, sampling=None, cache=True, same=None, slots=16, group=None):
+    """Each active row's window generated (as `generate` did before continuous batching)."""
+    source = _Batch(batch, [b for b in range(len(active)) if active[b]], same, group)
+    generate(model, source, draws, allowed, sampling, cache=cache, slots=slots)
+    return [source.out.get(b, []) for b in range(len(active))], source.truncated
+
+
 def _allowed(model, dataset):
     allowed = torch.zeros(model.unit_emb.num_embeddings, dtype=torch.bool)
     allowed[len(SPECIALS):] = True
     return allowed
 
 
-def test_cached_and_full_decoding_give_the_same_logits_under_teacher_forcing(setup):
-    model, batch, _ = setup
-    cur = batch["current"]
-    with torch.no_grad():
-        memory, _ = model.encode_context(batch)
-        bias = model.unit_bias(batch, cur, memory)
-        full = model.decode(cur, memory)
-        caches = new_caches(model.decoder)
-        steps = [model.decode({k: cur[k][:, i:i + 1] for k in ("unit", "time", "mask")}, memory, caches)
-                 for i in range(cur["unit"].shape[1])]
-        cached = torch.cat(steps, 1)
-        real = cur["mask"]
-        dt = cur["dt_target"].clamp(min=0)
-        bins = model.position_bins(cur)
-        for a, b in zip(model.heads(full, bias, dt, bins, cur["unit"]), model.heads(cached, bias, dt, bins, cur["unit"])):
-            assert torch.allclose(a[real], b[real], atol=1e-5)
-
-
-def test_the_single_token_step_is_the_decoders_last_position(setup):
+def test_the_single_token_step_is_the_decoders_state_at_each_rows_own_position(setup):
     model, batch, _ = setup
     model64 = Neuroformer(model.cfg, model.unit_emb.num_embeddings, frame_shape=(64, 112)).double().eval()
     model64.load_state_dict(model.state_dict())
@@ -83,17 +96,25 @@ def test_the_single_token_step_is_the_decoders_last_position(setup):
     rotary, t = model64.decoder[0].rotary, torch.rand(5, dtype=torch.float64) * 0.05
     x = torch.randn(5, 3, 1, rotary.head_dim, dtype=torch.float64)
     torch.testing.assert_close(x @ rotary.matrix(t)[:, None], rotary(x, t[:, None]), rtol=0, atol=1e-12)
+    B, L = cur["unit"].shape
+    real = cur["mask"]                                   # padding is at the end: a real token sees only real ones
+    assert real.sum() > 2 * B
     with torch.no_grad():
         memory, _ = model64.encode_context(batch)
         full = model64.decode(cur, memory)
-        caches = new_caches(model64.decoder)
-        first = model64.decode({k: cur[k][:, :1] for k in ("unit", "time", "mask")}, memory, caches)
-        steps = [model64.decode_step(cur["unit"][:, i], rotary.matrix(cur["time"][:, i]), caches)
-                 for i in range(1, cur["unit"].shape[1])]
-    stepped = torch.cat([first, torch.stack(steps, 1)], 1)
-    real = cur["mask"]                                   # padding is at the end: a real token sees only real ones
-    assert real.sum() > 2 * len(real) and caches[0][0].n == cur["unit"].shape[1]
-    torch.testing.assert_close(stepped[real], full[real], rtol=0, atol=1e-10)
+        caches = new_caches(model64.decoder, B)
+        model64.start_caches(caches, torch.arange(B), memory)
+
+        def step(i, i0):                                 # token i of every row but row 0, which takes token i0
+            i = torch.tensor([i0] + [i] * (B - 1))
+            rows = torch.arange(B)
+            return model64.decode_step(cur["unit"][rows, i], rotary.matrix(cur["time"][rows, i]), caches)
+        first = [step(i, i) for i in range(2)]
+        model64.start_caches(caches, torch.tensor([0]), tuple(m[:1] for m in memory))    # row 0 starts again
+        later = [step(i, i - 2) for i in range(2, L)]
+    stepped = torch.stack(first + later, 1)
+    torch.testing.assert_close(stepped[1:][real[1:]], full[1:][real[1:]], rtol=0, atol=1e-10)
+    torch.testing.assert_close(stepped[0, 2:][real[0, :L - 2]], full[0, :L - 2][real[0, :L - 2]], rtol=0, atol=1e-10)
 
 
 def test_cached_and_naive_generation_give_identical_spikes_in_float64(setup):
@@ -102,25 +123,31 @@ def test_cached_and_naive_generation_give_identical_spikes_in_float64(setup):
     model64.load_state_dict(model.state_dict())
     allowed = _allowed(model64, dataset)
     rows = len(batch["t0"])
-    runs = [model64.generate(batch, Draws(10 + np.arange(rows)), [True] * rows, allowed, cache=cache)[0]
+    runs = [_generate(model64, batch, Draws(10 + np.arange(rows)), [True] * rows, allowed, cache=cache)[0]
             for cache in (True, False)]
     assert runs[0] == runs[1]
     assert sum(len(o) for o in runs[0]) > 20
-    alone = [model64.generate({k: _rows(v, [b]) for k, v in batch.items()}, Draws([10 + b]), [True], allowed)[0][0]
-             for b in range(rows)]
+    alone = [_generate(model64, _rows(batch, [b]), Draws([10 + b]), [True], allowed)[0][0] for b in range(rows)]
     assert alone == runs[0]                                    # every row as its own batch of one
+    refilled = _generate(model64, batch, Draws(10 + np.arange(rows)), [True] * rows, allowed, slots=2, group=1)[0]
+    assert refilled == runs[0]                                 # two rows, each taking the next window when free
 
 
-def test_rows_sharing_a_stimulus_are_encoded_once_even_when_the_first_is_inactive(setup):
+def test_windows_sharing_a_stimulus_are_encoded_once_whenever_they_start(setup, monkeypatch):
     model, batch, dataset = setup
     model64 = Neuroformer(model.cfg, model.unit_emb.num_embeddings, frame_shape=(64, 112)).double().eval()
     model64.load_state_dict(model.state_dict())
-    batch = {k: _rows(v, [0, 1, 0, 3, 4, 5]) if k in ("frames", "t0") or k.startswith("behavior") else v
-             for k, v in batch.items()}                     # rows 0 and 2: the same frames and behaviour
+    batch = {k: _rows(v, [0, 1, 0, 3, 0, 5]) if k in ("frames", "t0") or k.startswith("behavior") else v
+             for k, v in batch.items()}                     # rows 0, 2 and 4: the same frames and behaviour
     active, allowed = [False, True, True, True, True, True], _allowed(model64, dataset)
-    shared = model64.generate(batch, Draws(range(6)), active, allowed, same=torch.tensor([0, 1, 0, 3, 4, 5]))[0]
-    alone = model64.generate(batch, Draws(range(6)), active, allowed)[0]
-    assert shared == alone and shared[0] == [] and len(shared[2]) > 0
+    alone = _generate(model64, batch, Draws(range(6)), active, allowed)[0]
+    encoded, original = [], Neuroformer.stimulus_parts
+    monkeypatch.setattr(Neuroformer, "stimulus_parts", lambda self, b: encoded.append(len(b["t0"])) or original(self, b))
+    for group in (None, 1):                                 # together, and each row starting on its own
+        encoded.clear()
+        shared = _generate(model64, batch, Draws(range(6)), active, allowed, same=[0, 1, 0, 3, 0, 5], group=group)[0]
+        assert shared == alone and shared[0] == [] and len(shared[2]) > 0 and len(shared[4]) > 0
+        assert sum(encoded) == 4                            # rows 2 and 4 once, rows 1, 3, 5
 
 
 def test_generated_windows_are_ordered_inside_the_window_and_use_allowed_units(setup):
@@ -128,7 +155,7 @@ def test_generated_windows_are_ordered_inside_the_window_and_use_allowed_units(s
     allowed = _allowed(model, dataset)
     allowed[5:9] = False
     active = [b != 2 for b in range(len(batch["t0"]))]               # nothing sampled for row 2
-    out, truncated = model.generate(batch, Draws(range(len(active))), active, allowed, Sampling(max_spikes=2))
+    out, truncated = _generate(model, batch, Draws(range(len(active))), active, allowed, Sampling(max_spikes=2))
     assert out[2] == [] and truncated
     for spikes in out:
         bins = [q for q, _ in spikes]
@@ -221,14 +248,21 @@ def test_simulation_is_seeded_batch_invariant_and_valid(tiny_run, tiny_synthetic
 def test_rollout_feeds_each_window_the_previous_windows_spikes(tiny_run, tiny_synthetic, monkeypatch, history):
     """End to end: the history given to the model in window 2 is window 1's generated spikes
     (closed loop), or the recorded spikes (open loop)."""
-    calls, original = [], Neuroformer.generate
+    from neuroformer import rollouts
+    calls, take, put = [], rollouts._TrialWindows.take, rollouts._TrialWindows.put
 
-    def spy(self, batch, *args, **kwargs):
-        out = original(self, batch, *args, **kwargs)
-        h = batch["history"]
-        calls.append((h["unit"][0][h["mask"][0]].tolist(), h["time"][0][h["mask"][0]].tolist(), out[0][0]))
-        return out
-    monkeypatch.setattr(Neuroformer, "generate", spy)
+    def spy_take(self, n):                               # the history each window starts from
+        windows = take(self, n)
+        if windows is not None:
+            h = windows.batch["history"]
+            calls.append([h["unit"][0][h["mask"][0]].tolist(), h["time"][0][h["mask"][0]].tolist(), None])
+        return windows
+
+    def spy_put(self, row, bins, units, truncated):       # and the spikes it generated
+        calls[-1][2] = list(zip(bins, units))
+        return put(self, row, bins, units, truncated)
+    monkeypatch.setattr(rollouts._TrialWindows, "take", spy_take)
+    monkeypatch.setattr(rollouts._TrialWindows, "put", spy_put)
     simulate(tiny_run, tiny_synthetic, SimulationOptions(trials=(0,), seed=2, history=history, progress=False))
     (_, _, first), (units, times, _) = calls[0], calls[1]
     generated = sorted((q - 50, u) for q, u in first)
@@ -275,12 +309,19 @@ def test_cli_simulate_and_evaluate_with_glm(tiny_run, tiny_synthetic, tmp_path):
     assert bad.returncode == 2 and "format: not a simulated-spikes file" in bad.stderr
 
 
-def test_a_growing_cache_keeps_every_token_across_its_reallocations_and_row_selection():
-    from neuroformer.nn import KVCache
-    cache, ks, vs = KVCache(grow=True), torch.randn(3, 2, 150, 4), torch.randn(3, 2, 150, 4)
+def test_caches_keep_each_rows_tokens_across_reallocations_restarts_and_row_selection():
+    cache, ks, vs = SelfCache(3), torch.randn(3, 2, 150, 4), torch.randn(3, 2, 150, 4)
     for i in range(150):
-        k, v, mask = cache.update(ks[:, :, i:i + 1], vs[:, :, i:i + 1], torch.ones(3, 1, dtype=torch.bool))
-    assert torch.equal(k, ks) and torch.equal(v, vs) and mask.all() and cache.n == 150
-    cache.select(torch.tensor([2, 0]))
-    k, v, _ = cache.update(ks[[2, 0], :, :1], vs[[2, 0], :, :1], torch.zeros(2, 1, dtype=torch.bool))
-    assert torch.equal(k[:, :, :150], ks[[2, 0]]) and torch.equal(v[:, :, 150], vs[[2, 0], :, 0]) and k.shape[2] == 151
+        k, v, bias = cache.append(ks[:, :, i], vs[:, :, i])
+    assert torch.equal(k, ks) and torch.equal(v, vs) and (bias == 0).all() and cache.length.tolist() == [150] * 3
+    cache.clear(torch.tensor([1]))                               # row 1 starts a new window
+    k, v, bias = cache.append(ks[:, :, 0], vs[:, :, 0])
+    assert torch.equal(k[1, :, 0], ks[1, :, 0]) and (bias[1, 0, 0, 1:] == float("-inf")).all() and bias[1, 0, 0, 0] == 0
+    assert torch.equal(k[0, :, :150], ks[0]) and torch.equal(k[0, :, 150], ks[0, :, 0]) and (bias[0] == 0).all()
+    cache.select(torch.tensor([2, 1]))
+    assert cache.length.tolist() == [151, 1] and torch.equal(cache.k[0, :, :150], ks[2])
+    held = MemoryCache(3)
+    held.put(torch.tensor([0, 2]), ks[:2, :, :5], vs[:2, :, :5], torch.tensor([[True] * 5, [True] * 3 + [False] * 2]))
+    held.put(torch.tensor([1]), ks[2:, :, :7], vs[2:, :, :7], torch.ones(1, 7, dtype=torch.bool))  # a wider memory
+    assert held.k.shape[2] == 7 and torch.equal(held.k[2, :, :5], ks[1, :, :5]) and torch.equal(held.k[1], ks[2, :, :7])
+    assert held.bias[:, 0, 0].isinf().sum(1).tolist() == [2, 0, 4]

@@ -15,10 +15,12 @@ from neuroformer.config import config_from_dict
 from neuroformer.data.vocab import SPECIALS
 from neuroformer.data.windows import IGNORE, LoaderOptions, make_loader
 from neuroformer.draws import Draws
-from neuroformer.model import Neuroformer, Sampling
+from neuroformer.generation import Sampling
+from neuroformer.model import Neuroformer
 from neuroformer.scoring import bits_per_spike, poisson_log_likelihood, window_log_likelihood
 from neuroformer.assembly import window_spec
 from conftest import check_provenance
+from test_generate import _generate
 from test_model import TINY_CFG
 
 PP_CFG = {**TINY_CFG, "model": {**TINY_CFG["model"], "point_process": True, "coupling_bases": 3}}
@@ -174,7 +176,7 @@ def test_point_process_generation_is_the_same_with_and_without_the_cache(tiny_sy
     runs = []
     for cache in (True, False):
         rows = len(batch["t0"])
-        runs.append(model.generate(batch, Draws(range(rows)), [True] * rows, allowed, Sampling(), cache=cache)[0])
+        runs.append(_generate(model, batch, Draws(range(rows)), [True] * rows, allowed, Sampling(), cache=cache)[0])
     assert runs[0] == runs[1] and sum(map(len, runs[0])) > 0
 
 
