@@ -9,7 +9,8 @@ baselines of `neuroformer decode` on the same test samples, on one of two record
   --calcium --events`): Neuroformer on its deconvolved events, ridge and the MLP on its binned
   dF/F traces (decode's baseline input for an events recording), same config and steps as
   `synthetic`; with `--calcium-tokens S` (route b) Neuroformer's behaviour heads also read the
-  last S s of ΔF/F as calcium tokens (decode's derived config, the same decoding template).
+  last S s of ΔF/F as calcium tokens (decode's derived config, the same decoding template; up to
+  S = history + current, 0.55 s, every model scores the same test samples as route a).
 
 For each seed, one `neuroformer decode` run (its report reused when present, its training
 resumed when interrupted); then the mean and s.d. over seeds of every model's test r per

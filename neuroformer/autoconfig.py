@@ -103,7 +103,8 @@ def write_config(data_path, out, template="demo", predict=(), calcium=0.0):
     raw = derive_raw(data_path, template, predict, calcium)
     cfg = config_from_dict(raw, out)
     header = (f"# `neuroformer config` from the {template} template for {Path(data_path).name}: its behaviour\n"
-              "# variables (predict: true = a decoded target) and window.frames 0 when it has no movie.\n")
+              "# variables (predict: true = a decoded target) and window.frames 0 when it has no movie"
+              + (f";\n# window.calcium: the last {calcium:g} s of ΔF/F as calcium tokens.\n" if calcium else ".\n"))
     with atomic_path(out) as tmp:
         Path(tmp).write_text(header + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None))
     return cfg

@@ -32,7 +32,7 @@ from .checkpoints import checkpoint_file, load_checkpoint, load_model
 from .config import Modality, Variable
 from .data.objects import DatasetIndex, Interval
 from .data.recording import behavior_values, class_count, first_fraction, open_recording
-from .data.windows import collate_windows
+from .data.windows import check_calcium_span, collate_windows
 from .decoders import BASELINES, BinnedSplit, baseline_grid, baseline_input
 from .errors import InputError
 from .io import atomic_path
@@ -94,8 +94,14 @@ def split_samples(data, targets, split, before, current, path="recording", lag=0
 
 def decode_samples(data, targets, spec, path="recording"):
     """The samples of every split that windows of `spec` hold, with "targets" and their "classes"."""
+    check_calcium_span(data, spec.calcium, path)
     samples = {s: split_samples(data, targets, s, spec.before, spec.current, path, spec.target_lag)
                for s in ("train", "valid", "test")}
+    empty = [s for s in ("train", "valid", "test") if not len(samples[s].times)]
+    if empty:
+        raise InputError(path, ("window", f"no {' or '.join(empty)} sample has a whole {spec.length:g} s window "
+                                          "inside its split interval: shorten window.history (or window.calcium, "
+                                          "--calcium-tokens)"))
     samples["targets"], samples["classes"] = targets, target_classes(data, targets)
     return samples
 
@@ -384,8 +390,9 @@ def train_decoder(data_path, targets, work, mode, run=None, config=None, label_f
     cfg.train.eval_every = max(1, min(cfg.train.eval_every, total // MIN_EVALS))
     out = Path(work) / f"{mode}{'' if trainable == 'all' else '-' + trainable}-f{label_fraction:g}-s{seed}"
     init = checkpoint_file(run) if mode == "finetune" else None
+    resume = (out / "last.pt").exists()     # else an attempt stopped before its first checkpoint: start again
     train(cfg, [data_path], RunOptions(out, max_steps=steps, seed=seed, device=device,
-                                       resume=(out / "last.pt").exists(), init=init,
+                                       resume=resume, overwrite=not resume, init=init,
                                        train_fraction=label_fraction, trainable=trainable,
                                        select="behavior_error"))
     return out

@@ -61,14 +61,16 @@ def generate(model, source, draws, allowed_units, sampling=None, cache=True, slo
     refill = refill or max(1, slots // 4)
     while True:
         free = np.flatnonzero(rows.row < 0)
-        if len(free) and (len(free) >= refill or len(free) == len(rows.row)):
+        if len(free) and (len(free) >= min(refill, len(rows.row)) or len(free) == len(rows.row)):
             with record_function("window data"):
                 windows = source.take(len(free))
             if windows is not None:
                 rows.start(free[:len(windows.rows)], windows)
         if (rows.row < 0).all():
+            if source.waiting():
+                raise RuntimeError("the source has windows to generate but hands none out")
             return
-        if 2 * source.waiting() <= len(rows.row):          # more rows than windows left: the idle leave
+        if source.waiting() < len(rows.row):               # more rows than trial repeats left: the idle leave
             rows.keep(source.waiting())
         rows.step(source)
 
@@ -130,7 +132,7 @@ class _Rows:
         if fresh:
             encoded = self.model.stimulus_parts(_take(windows.batch, list(fresh.values())))
             for i, key in enumerate(fresh):
-                self.stimuli[key] = {kind: tuple(p[i:i + 1] for p in part) for kind, part in encoded.items()}
+                self.stimuli[key] = {kind: tuple(p[i:i + 1].clone() for p in part) for kind, part in encoded.items()}
         held = [self.stimuli[key] for key in windows.keys]
         while len(self.stimuli) > max(KEPT_STIMULI, len(windows.keys)):
             self.stimuli.pop(next(iter(self.stimuli)))
@@ -172,6 +174,9 @@ class _Rows:
             with record_function("context"):
                 memory, _ = model.encode_context(self.batch)
                 self.drive = model.unit_drive(memory)
+        if self.cache and free.any():                     # a free row's cache holds its START alone
+            for own, _ in self.caches:
+                own.clear(free)
         with record_function("decoder"):
             x = (model.decode_step(unit, self.rotation[bin_], self.caches) if self.cache
                  else model.decode(so_far, memory)[rows, last])[:, None]

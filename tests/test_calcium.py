@@ -314,6 +314,16 @@ def test_calcium_tokens_refusals(args, expected, tiny_synthetic, tmp_path, capsy
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_calcium_tokens_of_less_than_a_frame_or_longer_than_the_splits_are_refused(tokens_batch, tmp_path, capsys):
+    path = tokens_batch[0]
+    for span, expected in (("0.01", "calcium: window.calcium 0.01 s is shorter than one imaging frame"),
+                           ("400", "window: no train or valid or test sample has a whole 400 s window")):
+        code = main(["decode", "--data", str(path), "--target", "speed", "--mode", "baselines", "--baselines", "ridge",
+                     "--calcium-tokens", span, "-o", str(tmp_path / "d.json")])
+        err = capsys.readouterr().err
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_calcium_tokens_need_traces_in_the_recording(tiny_synthetic):
     from neuroformer.assembly import window_spec
     from neuroformer.config import config_from_dict

@@ -132,6 +132,14 @@ def test_a_few_shot_run_standardises_its_targets_on_its_labels_only(tiny_synthet
     np.testing.assert_allclose(stats[k], [speed[inside].mean(), speed[inside].std() + 1e-6], rtol=1e-5)
 
 
+def test_a_decode_stopped_before_its_first_checkpoint_trains_again(tiny_synthetic, config_file, tmp_path):
+    run = train_decoder(tiny_synthetic, ["running.speed"], tmp_path / "d", "joint", config=config_file, steps=2)
+    (run / "last.pt").unlink()                         # what an attempt killed before its first checkpoint leaves
+    assert train_decoder(tiny_synthetic, ["running.speed"], tmp_path / "d", "joint", config=config_file, steps=2) == run
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert (run / "last.pt").exists() and steps == sorted(steps)          # one run's log, from its first step
+
+
 def test_a_block_without_a_window_is_an_error(tiny_synthetic, config_file, tmp_path):
     cfg = config_from_dict(yaml.safe_load(config_file.read_text()))
     with pytest.raises(InputError, match="holds no 0.1 s window"):

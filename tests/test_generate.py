@@ -273,6 +273,21 @@ def test_rollout_feeds_each_window_the_previous_windows_spikes(tiny_run, tiny_sy
         assert sorted(zip(np.round(np.array(times) * 1000).astype(int).tolist(), units)) != generated
 
 
+def test_a_free_row_holds_no_tokens_while_others_generate(setup):
+    """A row waiting for its next window must not widen everyone's attention with idle steps."""
+    from neuroformer.generation import _Rows
+    model, batch, dataset = setup
+    source = _Batch(batch, range(2))
+    rows = _Rows(model, Draws(range(2)), _allowed(model, dataset), Sampling(), True, 2)
+    rows.start(np.arange(2), source.take(2))
+    rows.row[1] = -1                                          # row 1 waits
+    steps = 0
+    while rows.row[0] >= 0 and steps < 50:
+        rows.step(source)
+        steps += 1
+    assert steps >= 3 and [int(c[0].length[1]) for c in rows.caches] == [1] * len(rows.caches)
+
+
 @pytest.mark.parametrize("opts, problem", [
     (dict(trials=(99,)), "trials: no trial"),
     (dict(sampling=Sampling(temperature=0.0)), "sampling: temperature > 0"),

@@ -140,9 +140,7 @@ class WindowDataset(torch.utils.data.Dataset):
                     raise InputError(path, ("movies.frames", f"frame size {size} differs from {self.frame_size} of "
                                                              "the other recordings; batches need one size"))
                 spec.gaze.check(data, size, path, spec.targets)
-            if spec.calcium > 0 and "calcium" not in data.keys():
-                raise InputError(path, ("calcium", f"calcium tokens were requested (window.calcium {spec.calcium:g} s) "
-                                                   "but the recording has no ΔF/F traces"))
+            check_calcium_span(data, spec.calcium, path)
 
     def __getitem__(self, index: DatasetIndex):
         spec = self.spec
@@ -257,6 +255,18 @@ class WindowDataset(torch.utils.data.Dataset):
         return pad({"unit": torch.from_numpy(np.tile(units, len(dff))),
                     "time": torch.from_numpy(np.repeat(times, len(units)).astype(np.float32)),
                     "value": torch.from_numpy(dff.reshape(-1)), "mask": torch.ones(dff.size, dtype=torch.bool)})
+
+
+def check_calcium_span(data, span, path):
+    """Calcium tokens over `span` s (0: none) need ΔF/F traces and at least one imaging frame."""
+    if span > 0:
+        if "calcium" not in data.keys():
+            raise InputError(path, ("calcium", f"calcium tokens were requested (window.calcium {span:g} s) "
+                                               "but the recording has no ΔF/F traces"))
+        frame = 1 / float(data.calcium.sampling_rate)
+        if span < frame:
+            raise InputError(path, ("calcium", f"window.calcium {span:g} s is shorter than one imaging frame "
+                                               f"({frame:.3g} s)"))
 
 
 def _ones(values):
