@@ -195,6 +195,23 @@ def test_likelihood_ceiling_probabilities_are_calibrated_on_the_generators_own_s
     assert all(r["bits_per_spike"] > 0 for r in rows.values())
 
 
+def test_the_rebuilt_stimulus_drive_gives_the_generators_own_gain(tiny_synthetic):
+    """The drive rebuilt from movies, gaze and fields, standardised per movie as the generator
+    does, is the stimulus gain inside the truth's rates; the other normalisations differ from it."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    from likelihood_ceiling import stimulus_gains
+    from neuroformer.data.recording import open_recording
+
+    data, truth = open_recording(tiny_synthetic), dict(np.load(Path(tiny_synthetic).with_suffix(".truth.npz")))
+    gains = stimulus_gains(data, truth)
+    other = truth["true_rate"] / (truth["target_rate"] * gains["generator"])      # the running gain alone
+    speed = np.asarray(data.behavior.running.speed)
+    sample = np.minimum((truth["true_rate_times"] * float(data.behavior.running.sampling_rate)).astype(int), len(speed) - 1)
+    running = 1 + truth["speed_gain"] * speed[sample][:, None] / 20.0
+    np.testing.assert_allclose(other / other.mean(0), running / running.mean(0), rtol=1e-4)
+    assert not np.allclose(gains["pooled"], gains["generator"]) and not np.allclose(gains["running"], gains["generator"])
+
+
 def test_likelihood_bench_trains_the_config_it_is_given(tmp_path):
     sys.path.insert(0, str(SCRIPT.parent))
     from _common import config_file
