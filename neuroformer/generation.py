@@ -104,15 +104,14 @@ class _Rows:
         """Rows `slots` start `windows`: their context encoded, their caches given its memory."""
         model, batch = self.model, windows.batch
         index = torch.as_tensor(slots, device=self.n.device)
-        with record_function("context"):
-            stimulus = self.stimulus(windows) if self.cache else None
-            memory, _ = model.encode_context(batch, model.context_parts(batch, stimulus))
-            drive = model.unit_drive(memory)
-            if self.cache:
+        if self.cache:                                   # (without it, every step encodes the context)
+            with record_function("context"):
+                memory, _ = model.encode_context(batch, model.context_parts(batch, self.stimulus(windows)))
+                drive = model.unit_drive(memory)
                 model.start_caches(self.caches, index, memory)
-        if self.drive is None:
-            self.drive = drive.new_zeros(len(self.row), *drive.shape[1:])
-        self.drive[index] = drive
+            if self.drive is None:
+                self.drive = drive.new_zeros(len(self.row), *drive.shape[1:])
+            self.drive[index] = drive
         self.row[slots] = windows.rows
         self.n[index], self.units[index, 0], self.bins[index, 0] = 1, START, 0
         if self.needs_context:
@@ -143,8 +142,8 @@ class _Rows:
         busy = self.row >= 0
         keep = np.sort(np.concatenate([np.flatnonzero(busy), np.flatnonzero(~busy)[:max(0, n - busy.sum())]]))
         index = torch.as_tensor(keep, device=self.n.device)
-        self.row, self.units, self.bins, self.n, self.drive = (
-            self.row[keep], self.units[index], self.bins[index], self.n[index], self.drive[index])
+        self.row, self.units, self.bins, self.n = self.row[keep], self.units[index], self.bins[index], self.n[index]
+        self.drive = self.drive[index] if self.drive is not None else None
         self.context = [self.context[s] for s in keep]
         if self.needs_context:
             self.batch = _take(self.batch, index)
