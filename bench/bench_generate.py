@@ -11,6 +11,7 @@ at the published size as one batch.
 
     python bench/bench_generate.py           # ~12 min on 2 cores
     python bench/bench_generate.py --quick   # what the test runs
+    python bench/bench_generate.py --configs demo.yaml   # the demo size alone (~2 min)
 """
 import argparse
 import json
@@ -120,6 +121,7 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/neuroformer-bench"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generate.json")
+    parser.add_argument("--configs", default="demo.yaml,published.yaml", help="which of the two sizes to run")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     recording = synthetic_recording(args.workdir, args.quick)
@@ -128,7 +130,10 @@ def main():
         # (duration s, batch, cache, repeats)
         plan = {"demo.yaml": [(0.2, 1, True, 1), (0.2, 1, False, 1), (0.2, 2, True, 2)]}
     else:
-        configs = [ROOT / "configs" / "demo.yaml", ROOT / "configs" / "published.yaml"]
+        names = args.configs.split(",")
+        if not set(names) <= {"demo.yaml", "published.yaml"}:
+            parser.error(f"--configs: demo.yaml and/or published.yaml, got {args.configs!r}")
+        configs = [ROOT / "configs" / name for name in names]
         plan = {"demo.yaml": [(8.0, 1, True, 1), (1.0, 1, False, 1), (32.0, 16, True, 16), (0.5, 16, False, 16)],
                 "published.yaml": [(4.0, 1, True, 1), (0.5, 1, False, 1), (32.0, 16, True, 16),
                                    (0.25, 16, False, 16)]}

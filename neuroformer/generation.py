@@ -90,7 +90,7 @@ class _Rows:
         self.context = [None] * size            # 1-row context batches (point process, naive recompute)
         self.stimuli = {}                       # key -> encoded frames and behaviour of a window (1 row)
         self.batch = None                       # ... stacked
-        self.caches = new_caches(model.decoder, size, device) if cache else None
+        self.caches = new_caches(model.decoder, size) if cache else None
         dt_res = model.cfg.window.dt_res
         times = (torch.arange(model.n_dt, device=device).double() * dt_res).float()
         self.rotation = model.decoder[0].rotary.matrix(times).to(model.unit_emb.weight.dtype)   # of every bin
@@ -173,9 +173,9 @@ class _Rows:
             with record_function("context"):
                 memory, _ = model.encode_context(self.batch)
                 self.drive = model.unit_drive(memory)
-        if self.cache and free.any():                     # a free row's cache holds its START alone
+        if self.cache and (self.row < 0).any():           # a free row's cache holds its START alone
             for own, _ in self.caches:
-                own.clear(free)
+                own.clear(self.row < 0)
         with record_function("decoder"):
             x = (model.decode_step(unit, self.rotation[bin_], self.caches) if self.cache
                  else model.decode(so_far, memory)[rows, last])[:, None]

@@ -8,6 +8,7 @@ and step, each row at its own position (generation).
 import math
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,24 +68,26 @@ class RotaryTime(nn.Module):
 class SelfCache:
     """Rotated keys and values of each generating row's tokens so far (inference only), written in
     place at the row's own position: rows advance independently, and a row that starts a new
-    window starts again from none (`clear`)."""
+    window starts again from none (`clear`). Lengths are kept on the host, so a step needs no
+    device synchronisation, and rows all at one position are written as a slice and need no mask."""
 
-    def __init__(self, rows, device=None):
-        self.length = torch.zeros(rows, dtype=torch.long, device=device)       # tokens held per row
+    def __init__(self, rows):
+        self.length = np.zeros(rows, dtype=np.int64)             # tokens held per row
         self.k = self.v = None
 
     def clear(self, rows):
-        self.length[rows] = 0
+        self.length[_host(rows)] = 0
 
     def select(self, rows):
         """Keep the batch rows `rows` (the others leave the generating batch)."""
-        self.length = self.length[rows]
+        self.length = self.length[_host(rows)]
         if self.k is not None:
             self.k, self.v = self.k[rows], self.v[rows]
 
     def append(self, k, v):
         """Store one new token per row, k and v (B, H, D); returns every row's keys and values
-        (B, H, L, D) and the additive attention bias (B, 1, 1, L) hiding what a row does not hold."""
+        (B, H, L, D) and the additive attention bias (B, 1, 1, L) hiding what a row does not hold
+        (None when no row holds fewer tokens than another)."""
         B, H, D = k.shape
         end = int(self.length.max()) + 1
         if self.k is None or end > self.k.shape[2]:              # buffers double when full
@@ -92,13 +95,17 @@ class SelfCache:
             if self.k is not None:
                 grown[0][:, :, :self.k.shape[2]], grown[1][:, :, :self.v.shape[2]] = self.k, self.v
             self.k, self.v = grown
-        rows = torch.arange(B, device=k.device)
-        self.k[rows, :, self.length], self.v[rows, :, self.length] = k, v
-        positions = torch.arange(end, device=k.device)
-        bias = torch.zeros(B, end, dtype=k.dtype, device=k.device).masked_fill(
-            positions > self.length[:, None], float("-inf"))
+        bias = None
+        if (self.length == end - 1).all():
+            self.k[:, :, end - 1], self.v[:, :, end - 1] = k, v
+        else:
+            at = torch.from_numpy(self.length).to(k.device)
+            rows = torch.arange(B, device=k.device)
+            self.k[rows, :, at], self.v[rows, :, at] = k, v
+            bias = torch.zeros(B, end, dtype=k.dtype, device=k.device).masked_fill(
+                torch.arange(end, device=k.device) > at[:, None], float("-inf"))[:, None, None]
         self.length += 1
-        return self.k[:, :, :end], self.v[:, :, :end], bias[:, None, None]
+        return self.k[:, :, :end], self.v[:, :, :end], bias
 
 
 class MemoryCache:
@@ -250,9 +257,14 @@ def run_stack(blocks, x, t, mask, **kwargs):
     return x
 
 
-def new_caches(blocks, rows, device=None):
+def new_caches(blocks, rows):
     """One (`SelfCache`, `MemoryCache`) pair per block for `rows` generating rows."""
-    return [(SelfCache(rows, device), MemoryCache(rows)) for _ in blocks]
+    return [(SelfCache(rows), MemoryCache(rows)) for _ in blocks]
+
+
+def _host(rows):
+    """Row indices or a row mask as a host array (for host-side bookkeeping)."""
+    return rows.cpu().numpy() if torch.is_tensor(rows) else np.asarray(rows)
 
 
 def stack(n, width, heads, mlp_ratio, dropout, name, cross=False):
