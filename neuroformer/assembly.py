@@ -25,7 +25,7 @@ def window_spec(cfg):
                       variables=tuple(cfg.variables(False) + cfg.variables(True)), dt_res=w.dt_res,
                       targets=tuple(cfg.variables(True)), target_lag=w.target_lag,
                       features=cfg.model.backbone.tag if uses_cached_features(cfg) else "", gaze=gaze(cfg),
-                      calcium=w.calcium)
+                      calcium=w.calcium, adaptation=w.adaptation)
 
 
 def gaze(cfg):

@@ -52,6 +52,11 @@ class WindowConfig:
                                         # 0 = none; the recording needs traces (docs/decode.md)
     gaze: GazeConfig = field(default_factory=GazeConfig)  # given: frames in eye-centred coordinates, each
                                         # shifted by minus the gaze at its onset (data/gaze.py)
+    adaptation: float = at_least(0, 0.0)  # s of frames over which the GLM's stimulus filter adapts: its
+                                        # output is standardised by its running mean and s.d. over the
+                                        # presentation so far (exponential, time constant half this span,
+                                        # shrunk towards learned per-unit statistics with as much weight);
+                                        # 0 = a fixed filter (model.stimulus_features needed)
 
 
 @dataclass
@@ -237,6 +242,8 @@ def _check(cfg, source):
                                                  "(not the cached features of a frozen resnet18)"))
     if m.stimulus_features and not (m.point_process and cfg.window.frames > 0):
         raise InputError(source, ("model.stimulus_features", "needs point_process: true and window.frames > 0"))
+    if cfg.window.adaptation and not m.stimulus_features:
+        raise InputError(source, ("window.adaptation", "adapts the GLM's stimulus filter: needs model.stimulus_features > 0"))
     if cfg.train.glm_steps and not m.point_process:
         raise InputError(source, ("train.glm_steps", "needs model.point_process: true (there is no GLM to fit)"))
     if m.width % m.heads or (m.width // m.heads) % 4:

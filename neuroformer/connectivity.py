@@ -186,12 +186,13 @@ def unit_log_probs(model, batch, current, tokens):
     """log p(unit | recorded Δ) of the units `tokens` at every position of `current` (B, L, n),
     with the context of `batch` (one window, shared by every row of `current`)."""
     memory, _ = model.encode_context(batch)
+    drive = model.unit_drive(memory)
+    fixed = model.window_bias(batch, drive) if model.point_process else drive      # once for the window
     rows = len(current["unit"])
     memory = tuple(m.expand(rows, *m.shape[1:]) for m in memory)
-    context = {key: {k: v.expand(rows, *v.shape[1:]) for k, v in batch[key].items()}
-               for key in ("history", "frames") if key in batch}
+    history = {k: v.expand(rows, *v.shape[1:]) for k, v in batch["history"].items()}
     x = model.decode(current, memory)
-    bias = model.unit_bias(context, current, memory)
+    bias = model.unit_bias({"history": history}, current, memory, fixed=fixed.expand(rows, -1, -1))
     no_order = torch.zeros_like(current["unit"])        # every unit possible, also at gap 0 (the within-bin
     logits = model.unit_logits(x, bias, current["dt_target"].clamp(min=0), model.position_bins(current),
                                no_order)                 # order of tokens would forbid some there)

@@ -86,7 +86,7 @@ class _Rows:
         self.units = torch.full((size, 64), START, device=device)
         self.bins = torch.zeros((size, 64), dtype=torch.long, device=device)
         self.n = torch.ones(size, dtype=torch.long, device=device)               # tokens held, START included
-        self.drive = None                                                        # (size, 1 or 2, V)
+        self.drive = None       # (size, 1 or 2, V) unit drives; point process with the cache: window_bias
         self.context = [None] * size            # 1-row context batches (point process, naive recompute)
         self.stimuli = {}                       # key -> encoded frames and behaviour of a window (1 row)
         self.batch = None                       # ... stacked
@@ -109,14 +109,17 @@ class _Rows:
                 memory, _ = model.encode_context(batch, model.context_parts(batch, self.stimulus(windows)))
                 drive = model.unit_drive(memory)
                 model.start_caches(self.caches, index, memory)
+                if model.point_process:               # what stays fixed over the window, once
+                    drive = model.window_bias(batch, drive)
             if self.drive is None:
                 self.drive = drive.new_zeros(len(self.row), *drive.shape[1:])
             self.drive[index] = drive
         self.row[slots] = windows.rows
         self.n[index], self.units[index, 0], self.bins[index, 0] = 1, START, 0
         if self.needs_context:
+            kept = {"history": batch["history"]} if self.cache else batch    # the cache holds the rest
             for j, s in enumerate(slots):
-                self.context[s] = _take(batch, [j])
+                self.context[s] = _take(kept, [j])
             self.batch = _stack_rows([c if c is not None else self.context[slots[0]] for c in self.context])
 
     def stimulus(self, windows):
@@ -180,7 +183,12 @@ class _Rows:
             x = (model.decode_step(unit, self.rotation[bin_], self.caches) if self.cache
                  else model.decode(so_far, memory)[rows, last])[:, None]
         with record_function("heads"):
-            bias = model.unit_bias(self.batch, so_far, memory, self.drive) if model.point_process else self.drive
+            if not model.point_process:
+                bias = self.drive
+            elif self.cache:
+                bias = model.unit_bias(self.batch, so_far, None, fixed=self.drive)
+            else:
+                bias = model.unit_bias(self.batch, so_far, memory, self.drive)
             gap_log_p = model.gap_log_probs(x, bias, bin_[:, None], unit[:, None])[:, 0]
             full = (last >= sampling.max_spikes) & ~free
             if full.any():

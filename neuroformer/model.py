@@ -23,6 +23,7 @@ from .data.windows import IGNORE
 from .nn import Block, run_stack, stack
 
 HISTORY, VISUAL, BEHAVIOR, NULL = range(4)     # modality type embeddings of memory tokens
+AGE_SLACK = 1e-3                               # s: frames this much older than window.adaptation still count
 STIMULUS_BASES = 6                             # raised cosines over the time since a frame's onset
 GLM_FILTERS = ("coupling", "stim_features", "stim_space", "stim_time", "behavior_filter")   # point process
 
@@ -107,6 +108,8 @@ class Neuroformer(nn.Module):
                 lags = int(round(cfg.window.frames / cfg.window.dt_res))
                 self.register_buffer("onset_bases", torch.tensor(raised_cosines(STIMULUS_BASES, 0, lags),
                                                                  dtype=torch.float32), persistent=False)
+                if cfg.window.adaptation:    # the filter output's mean and log s.d. before a presentation
+                    self.stim_prior = nn.Parameter(torch.zeros(2, vocab_size))
             if self.inputs:                  # the GLM's behaviour filter: a weight per unit and input channel
                 self.behavior_filter = nn.Parameter(torch.zeros(sum(channels[n] for n in self.inputs), vocab_size))
             not_unit = torch.zeros(vocab_size)
@@ -284,32 +287,40 @@ class Neuroformer(nn.Module):
         bound = self.cfg.model.correction_bound if bound is None else bound
         return bound * torch.tanh(log_rate_term / bound) if bound and self.point_process else log_rate_term
 
-    def unit_bias(self, context, current, memory, drive=None):
+    def unit_bias(self, context, current, memory, drive=None, fixed=None):
         """What each unit's logit starts from: (B, 1, V) its drive, or with `point_process` (B, n_bins, V)
-        its log expected count in every dt_res bin of the window: baseline + drive + coupling
+        its log expected count in every dt_res bin of the window: `window_bias` + coupling
         filters over all spikes in earlier bins (the `context` batch's history and `current`, lag
-        >= 1 bin) + the stimulus filter over its frames. `drive`: `unit_drive(memory)` when
-        already computed."""
-        drive = self.unit_drive(memory) if drive is None else drive
+        >= 1 bin). `drive`: `unit_drive(memory)`, `fixed`: `window_bias` (without the point
+        process: the drive), when already computed."""
+        if fixed is None:
+            drive = self.unit_drive(memory) if drive is None else drive
+            fixed = self.window_bias(context, drive) if self.point_process else drive
         if not self.point_process:
-            return drive
+            return fixed
         history = context["history"]
         n, lags = self.n_dt - 1, self.lag_bases.shape[1] - 1
-        B, V = drive.shape[0], drive.shape[2]
+        B, V = fixed.shape[0], fixed.shape[2]
         units = torch.cat([history["unit"], current["unit"][:, 1:]], 1)
         k = torch.cat([history["time"], current["time"][:, 1:]], 1).div(self.cfg.window.dt_res).round().long() + lags
         keep = torch.cat([history["mask"], current["mask"][:, 1:]], 1) & (k >= 0) & (k < lags + n)
-        counts = drive.new_zeros(B, (lags + n) * V)
-        counts.scatter_add_(1, (k.clamp(0, lags + n - 1) * V + units), keep.to(drive.dtype))
+        counts = fixed.new_zeros(B, (lags + n) * V)
+        counts.scatter_add_(1, (k.clamp(0, lags + n - 1) * V + units), keep.to(fixed.dtype))
         counts = counts.view(B, lags + n, V).transpose(1, 2).reshape(B * V, 1, lags + n)
-        filtered = F.conv1d(counts, self.lag_bases.flip(-1)[:, None].to(drive.dtype))     # (B V, nb, n)
-        coupling = torch.einsum("bjkt,kji->bti", filtered.view(B, V, -1, n), self.coupling.to(drive.dtype))
-        coupling = self.bounded(coupling, self.cfg.model.coupling_bound)
+        filtered = F.conv1d(counts, self.lag_bases.flip(-1)[:, None].to(fixed.dtype))     # (B V, nb, n)
+        coupling = torch.einsum("bjkt,kji->bti", filtered.view(B, V, -1, n), self.coupling.to(fixed.dtype))
+        return fixed + self.bounded(coupling, self.cfg.model.coupling_bound)
+
+    def window_bias(self, context, drive):
+        """The part of each unit's log expected count per bin (B, n_bins, V) that the window's
+        spikes do not change: baseline + drive (level and slope over the window) + the
+        behaviour and stimulus filters (point process)."""
+        n = self.n_dt - 1
         when = ((torch.arange(n, device=drive.device) + 0.5) / n - 0.5)[:, None]       # (n, 1), window = 1
-        out = self.log_rate0 + self.not_unit + drive[:, :1] + when * drive[:, 1:] + coupling
+        out = self.log_rate0 + self.not_unit + drive[:, :1] + when * drive[:, 1:]
         if self.inputs:
             out = out + self.behavior_drive(context)
-        return out + self.stimulus_drive(context["frames"], n) if self.cfg.model.stimulus_features else out
+        return out + self.stimulus_drive(context, n) if self.cfg.model.stimulus_features else out
 
     def behavior_drive(self, batch):
         """Each unit's linear behaviour drive (B, 1, V): its weights on the window's mean z-scored
@@ -321,20 +332,51 @@ class Neuroformer(nn.Module):
             means.append((z * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1))
         return (torch.cat(means, 1) @ self.behavior_filter)[:, None]
 
-    def stimulus_drive(self, frames, n):
+    def stimulus_drive(self, context, n):
         """Each unit's linear stimulus drive (B, n, V) in the window's bins: per frame, its spatial map
-        over shared patch features; over time, its filter of the time since the frame's onset."""
+        over shared patch features (with `window.adaptation`, standardised by its running
+        statistics, `adapted`); over time, its filter of the time since the frame's onset."""
+        frames = context["frames"]
         if frames["mask"].shape[1] == 0:                        # no window of the batch shows a frame
             return self.stim_time.new_zeros(len(frames["mask"]), n, self.stim_time.shape[0])
-        feats = frames["features"] if "features" in frames else self.backbone(frames["pixels"])   # (B, F, P, C)
-        per_frame = torch.einsum("bfpk,vpk->bfv", self.stim_features(feats.to(self.stim_space.dtype)),
-                                 self.stim_space)                                               # (B, F, V)
+        with torch.autocast(self.stim_space.device.type, enabled=False):    # standardising magnifies rounding
+            per_frame = self.filtered(frames)                                                   # (B, F, V)
+            if self.cfg.window.adaptation:
+                per_frame = self.adapted(per_frame, frames, context["adapt"])
         dt = self.cfg.window.dt_res
         lag = ((torch.arange(n, device=per_frame.device) + 0.5) * dt)[None, :, None] - frames["time"][:, None]
         k = lag.div(dt).floor().long()                                                          # (B, n, F)
         seen = frames["mask"][:, None] & (k >= 0) & (k < self.onset_bases.shape[1])
         basis = self.onset_bases.T[k.clamp(0, self.onset_bases.shape[1] - 1)] * seen[..., None]  # (B, n, F, nb)
         return torch.einsum("btfk,vk,bfv->btv", basis, self.stim_time, per_frame)
+
+    def filtered(self, frames):
+        """The stimulus filter's output (B, F, V) on each frame: its spatial map over the patch features."""
+        feats = frames["features"] if "features" in frames else self.backbone(frames["pixels"])   # (B, F, P, C)
+        return torch.einsum("bfpk,vpk->bfv", self.stim_features(feats.to(self.stim_space.dtype)), self.stim_space)
+
+    def adapted(self, drive, frames, adapt):
+        """The stimulus filter's output `drive` (B, F, V) on the window's `frames`, each standardised
+        by the running mean and s.d. of the filter's output over the `adapt` frames
+        (`ADAPTATION_RATE` a second) of the same presentation in the `window.adaptation` s up to
+        it (contrast adaptation: a new movie's drive is judged against that movie so far). Frames
+        weigh the time they stand for times exp(-age / tau), tau = half of `window.adaptation`,
+        and the learned statistics before a presentation (`stim_prior`) weigh tau seconds."""
+        span = self.cfg.window.adaptation
+        tau = span / 2
+        past = self.filtered(adapt) if adapt["mask"].shape[1] else drive[:, :0]                 # (B, F', V)
+        age = frames["time"][:, :, None] - adapt["time"][:, None, :]                             # (B, F, F')
+        same = frames["presentation"][:, :, None] == adapt["presentation"][:, None, :]
+        within = (age >= 0) & (age < span + AGE_SLACK)          # the slack: float32 times of frames on a grid
+        weight = torch.exp(-age.clamp(min=0) / tau) * adapt["duration"][:, None, :]
+        weight = (weight * (same & within & adapt["mask"][:, None, :])).to(drive.dtype)
+        prior_mean, prior_sd = self.stim_prior[0], self.stim_prior[1].exp()
+        centred = past - prior_mean                       # moments about the prior mean: less cancellation
+        total = tau + weight.sum(-1, keepdim=True)                                               # (B, F, 1) s
+        mean = (weight @ centred) / total                                                        # (B, F, V)
+        second = (tau * prior_sd ** 2 + weight @ centred ** 2) / total
+        sd = (second - mean ** 2).clamp(min=tau * prior_sd ** 2 / total).sqrt()    # the prior's share at least
+        return (drive - prior_mean - mean) / sd
 
     def heads(self, x, bias, dt, bins, units):
         """`gap_log_probs` and `unit_logits` at positions with states x (B, L, W), on grid bins
@@ -399,7 +441,8 @@ class Neuroformer(nn.Module):
         cur = batch["current"]
         if self.training and self.uses_frames and self.cfg.model.frame_dropout > 0:
             shown = torch.rand(len(cur["unit"]), 1, device=cur["unit"].device) >= self.cfg.model.frame_dropout
-            batch = {**batch, "frames": {**batch["frames"], "mask": batch["frames"]["mask"] & shown}}
+            batch = {**batch, **{key: {**batch[key], "mask": batch[key]["mask"] & shown}
+                                 for key in ("frames", "adapt") if key in batch}}
         if glm_only:
             x = memory = None
             drive = self.log_rate0.new_zeros(len(cur["unit"]), 2, len(self.log_rate0))

@@ -122,8 +122,9 @@ TRAINABLE = {"all": None, "units": ("unit_emb", "unit_head"),
              "heads": ("query", "population_in", "readout")}
 
 
-# the GLM inside a point-process model (own learning rate): baselines, coupling, stimulus and behaviour filters
-GLM_PARAMETERS = ("log_rate0", *GLM_FILTERS)
+# the GLM inside a point-process model (own learning rate): baselines, coupling, stimulus and behaviour
+# filters, the adapting stimulus filter's prior statistics
+GLM_PARAMETERS = ("log_rate0", "stim_prior", *GLM_FILTERS)
 
 
 @dataclass

@@ -283,13 +283,13 @@ def test_stimulus_filter_acts_only_after_a_frames_onset(tiny_synthetic):
     frames["mask"][0, :last] = False                               # only the last frame is shown
     onset = float(frames["time"][0, last])
     with torch.no_grad():
-        drive = model.stimulus_drive(frames, model.n_dt - 1)[0]      # (bins, V)
+        drive = model.stimulus_drive({"frames": frames}, model.n_dt - 1)[0]      # (bins, V)
     centres = (torch.arange(model.n_dt - 1) + 0.5) * 0.001
     assert drive[centres < onset].abs().max() == 0 if (centres < onset).any() else True
     assert drive[centres > onset].abs().max() > 0
     frames["pixels"][0, last] = 255 - frames["pixels"][0, last]      # another image, another drive
     with torch.no_grad():
-        assert not torch.allclose(model.stimulus_drive(frames, model.n_dt - 1)[0], drive)
+        assert not torch.allclose(model.stimulus_drive({"frames": frames}, model.n_dt - 1)[0], drive)
 
 
 def test_glm_only_forward_is_the_models_spike_loss_while_the_corrections_are_zero(tiny_synthetic):

@@ -40,6 +40,8 @@ from .validate import validate_file
 from .vocab import START, UnitVocab
 
 IGNORE = -100
+ADAPTATION_RATE = 5.0     # frames a second the stimulus filter's running statistics are computed from
+ADAPTATION_SLACK = 0.01   # s of adaptation frames read beyond the span (the model counts AGE_SLACK more)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class WindowSpec:
     target_lag: float = 0.0
     gaze: Gaze = Gaze()           # given: frames shifted into eye-centred coordinates (pixels only)
     calcium: float = 0.0          # s of ΔF/F frames as calcium tokens; 0: none
+    adaptation: float = 0.0       # s of frames (as "adapt") for the stimulus filter's running statistics
 
     @property
     def n_dt(self):
@@ -69,7 +72,8 @@ class WindowSpec:
     def before(self):
         lag = self.target_lag if self.targets else 0.0
         return max(self.history, self.frames - self.current, self.behavior + lag - self.current,
-                   self.calcium - self.current, 0.0)
+                   self.calcium - self.current, 0.0)      # not `adaptation`: earlier frames are read, as the
+                                                            # stimulus is known before the window's span
 
     @property
     def length(self):
@@ -150,7 +154,10 @@ class WindowDataset(torch.utils.data.Dataset):
         sample = {"t0": torch.tensor(t0, dtype=torch.float64)}
         sample.update(self._spikes(data, index.recording_id, k0))
         if spec.frames > 0:
-            sample.update(self._frames(data, index.recording_id, t0))
+            sample["frames"] = self._frames(data, index.recording_id, t0, spec.frames, adapting=spec.adaptation > 0)
+        if spec.adaptation > 0:
+            sample["adapt"] = self._frames(data, index.recording_id, t0, spec.adaptation + spec.frames + ADAPTATION_SLACK,
+                                           adapting=True, rate=ADAPTATION_RATE)    # every frame's whole span
         for requested, name in self.variables[index.recording_id].items():
             lag = self.spec.target_lag if requested in self.spec.targets else 0.0
             sample[f"behavior.{requested}"] = self._behavior(data, name, t0, t0 + self.spec.current - lag)
@@ -209,31 +216,43 @@ class WindowDataset(torch.utils.data.Dataset):
             self._feature_files[rid] = h5py.File(path, "r")["features"]
         return "features", self._feature_files[rid]
 
-    def _frames(self, data, rid, t0):
-        """Frames with onsets in [t0 + current - frames, t0 + current), read by partial I/O."""
-        spec = self.spec
-        lo, hi = t0 + spec.current - spec.frames, t0 + spec.current
+    def _frames(self, data, rid, t0, span, adapting=False, rate=None):
+        """Frames with onsets in [t0 + current - span, t0 + current), read by partial I/O; at most
+        `rate` a second (every k-th frame of each presentation); `adapting`: also each frame's
+        presentation (its row in the stimulus table) and the time it stands for (s), which the
+        stimulus filter's running statistics need."""
+        lo, hi = t0 + self.spec.current - span, t0 + self.spec.current
         pres = data.stimulus
         table = data.movie_table
         key, source = self._frame_source(data, rid)
-        chunks, times, index = [], [], []
+        chunks, times, index, shown, duration = [], [], [], [], []
         for k in np.flatnonzero((pres.start < hi) & (pres.end > lo)):
             m = pres.movie_index[k]
-            rate, first = table.frame_rate[m], table.first_frame[m]
-            i0 = max(0, int(np.ceil((lo - pres.start[k]) * rate - 1e-9)))
-            i1 = min(int(table.n_frames[m]), int(np.ceil((hi - pres.start[k]) * rate - 1e-9)))
+            fps, first = table.frame_rate[m], table.first_frame[m]
+            every = max(1, int(round(fps / rate))) if rate else 1
+            i0 = max(0, int(np.ceil((lo - pres.start[k]) * fps - 1e-9)))
+            i1 = min(int(table.n_frames[m]), int(np.ceil((hi - pres.start[k]) * fps - 1e-9)))
+            i0 = -(-i0 // every) * every                        # the same frames whichever the window
             if i1 > i0:
-                chunks.append(source[first + i0:first + i1])
-                times.append(pres.start[k] + np.arange(i0, i1) / rate)
-                index.append(np.arange(first + i0, first + i1))
+                chunks.append(source[first + i0:first + i1:every])
+                kept = np.arange(i0, i1, every)
+                times.append(pres.start[k] + kept / fps)
+                index.append(first + kept)
+                shown.append(np.full(len(kept), k))
+                duration.append(np.full(len(kept), every / fps))
         frames = np.concatenate(chunks) if chunks else np.zeros((0, *source.shape[1:]), source.dtype)
         frames = frames.astype(np.float32) if key == "features" else frames
         times = np.concatenate(times) if times else np.zeros(0)
         if self.spec.gaze and key == "pixels":
             frames = eye_centred(frames, *self.spec.gaze.pixels(data, times))
-        index = np.concatenate(index) if index else np.zeros(0, np.int64)
-        return {"frames": pad({key: torch.from_numpy(frames), "time": torch.from_numpy((times - t0).astype(np.float32)),
-                               "index": torch.from_numpy(index), "mask": _ones(times)})}
+
+        def joined(parts, dtype):
+            return torch.from_numpy(np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype))
+        out = {key: torch.from_numpy(frames), "time": torch.from_numpy((times - t0).astype(np.float32)),
+               "index": joined(index, np.int64), "mask": _ones(times)}
+        if adapting:
+            out.update(presentation=joined(shown, np.int64), duration=joined(duration, np.float32))
+        return pad(out)
 
     def _behavior(self, data, name, t0, end):
         """Samples of `name` in [end - behavior, end), times relative to t0."""
