@@ -14,6 +14,9 @@ import yaml
 from .errors import InputError
 
 
+MAX_ADAPTATION = 3600.0     # s: window.adaptation reads frames of the presentation up to this long ago
+
+
 def ranged(default, test, wanted):
     """A dataclass field whose values must pass `test` (`wanted` says how, e.g. "> 0")."""
     return field(default=default, metadata={"check": (test, wanted)})
@@ -52,7 +55,9 @@ class WindowConfig:
                                         # 0 = none; the recording needs traces (docs/decode.md)
     gaze: GazeConfig = field(default_factory=GazeConfig)  # given: frames in eye-centred coordinates, each
                                         # shifted by minus the gaze at its onset (data/gaze.py)
-    adaptation: float = at_least(0, 0.0)  # s of frames over which the GLM's stimulus filter adapts: its
+    adaptation: float = ranged(0.0, lambda v: v == 0 or 1 <= v <= MAX_ADAPTATION,
+                               f"0 (off) or in [1, {MAX_ADAPTATION:g}] s")
+                                        # s of frames over which the GLM's stimulus filter adapts: its
                                         # output is standardised by its running mean and s.d. over the
                                         # presentation so far (exponential, time constant half this span,
                                         # shrunk towards learned per-unit statistics with as much weight);

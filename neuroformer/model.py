@@ -491,7 +491,8 @@ class Neuroformer(nn.Module):
         Other windows showing the same movie frame (repeated trials) are not negatives; windows
         without frames take no part.
         """
-        key = torch.where(frames["mask"], frames["index"], -1).max(1).values          # last frame shown
+        key = (torch.where(frames["mask"], frames["index"], -1).max(1).values if frames["mask"].shape[1]
+               else frames["mask"].new_full((len(x),), -1, dtype=torch.long))    # last frame shown; -1 none
         valid = key >= 0
         n = F.normalize(self.proj_neural(_masked_mean(x, mask)), dim=-1)[valid]
         v = F.normalize(self.proj_visual(pooled_visual), dim=-1)[valid]

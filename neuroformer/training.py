@@ -218,6 +218,9 @@ def train(cfg, data_paths, opts):
         for batch in loader:
             with _autocast(device):
                 result = ddp(to_device(batch, device), glm_only=step < cfg.train.glm_steps)
+            if not torch.isfinite(result["loss"]):      # stop before the weights turn to NaN
+                raise InputError(out, ("loss", f"{float(result['loss'].detach())} at step {step + 1}: training diverged "
+                                               "(lower train.lr or train.glm_lr, or check the config's values)"))
             optimizer.zero_grad(set_to_none=True)
             result["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],

@@ -1,6 +1,8 @@
 """Contrast adaptation of the GLM's stimulus filter (`window.adaptation`): the frames its running
 statistics are read from, the standardisation against a direct computation, and generation
 with it (cached = naive, float64)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,11 @@ from neuroformer.data.objects import DatasetIndex
 from neuroformer.data.windows import ADAPTATION_RATE, ADAPTATION_SLACK, LoaderOptions, collate_windows, make_loader
 from neuroformer.draws import Draws
 from neuroformer.errors import InputError
+from neuroformer.data.recording import save_recording
 from neuroformer.model import Neuroformer
+from neuroformer.training import RunOptions, train
 from neuroformer.assembly import window_spec
+from conftest import known_recording
 from test_generate import _allowed, _generate, _rows
 from test_score import PP_CFG
 
@@ -34,7 +39,7 @@ def adapting(tiny_synthetic):
     return model, next(iter(loader)), loader.dataset
 
 
-def test_adaptation_frames_are_every_kth_frame_of_each_presentation_before_the_window(adapting):
+def test_adaptation_frames_are_every_kth_frame_of_the_windows_presentations_before_it(adapting):
     _, batch, dataset = adapting
     data = dataset.recordings.get_recording(dataset.recordings.recording_ids[0])
     pres, table = data.stimulus, data.movie_table
@@ -44,7 +49,7 @@ def test_adaptation_frames_are_every_kth_frame_of_each_presentation_before_the_w
     for b in range(len(batch["t0"])):
         t0, adapt = float(batch["t0"][b]), _rows(batch["adapt"], b)
         want = []                                   # (time, presentation, stored frame, duration)
-        for k in range(len(pres.start)):
+        for k in np.flatnonzero(pres.end > t0 + current - dataset.spec.frames):   # presentations of the window's frames
             m = int(pres.movie_index[k])
             fps, every = float(table.frame_rate[m]), int(round(float(table.frame_rate[m]) / ADAPTATION_RATE))
             for i in range(0, int(table.n_frames[m]), every):
@@ -155,6 +160,8 @@ def test_cached_and_naive_generation_with_adaptation_give_identical_spikes(adapt
     ({"model": {"stimulus_features": 0}}, "needs model.stimulus_features"),
     ({"window": {"adaptation": -1.0}}, "window.adaptation"),
     ({"window": {"adaptation": float("nan")}}, "window.adaptation"),
+    ({"window": {"adaptation": 0.5}}, r"window.adaptation: must be 0 \(off\) or in \[1, 3600\] s"),
+    ({"window": {"adaptation": 1e300}}, r"window.adaptation: must be 0 \(off\) or in \[1, 3600\] s"),
 ])
 def test_adaptation_config_errors_are_named(change, problem):
     raw = {key: {**value, **change.get(key, {})} if isinstance(value, dict) else value
@@ -177,3 +184,35 @@ def test_perturbation_reads_the_adapting_glm_with_its_behaviour_and_stimulus_ter
     later = cur["mask"] & (cur["dt_target"] > 0)             # gap 0 orders units; the read-out does not
     assert later.sum() > 3
     torch.testing.assert_close(read[later], logits[..., tokens].log_softmax(-1)[later])
+
+
+def test_a_span_holding_too_few_statistics_frames_is_refused(tmp_path):
+    """The known recording's 10 Hz movie gives the statistics a frame every 0.2 s: 1 s holds 5."""
+    path = save_recording(known_recording(), tmp_path / "known.h5")
+    spec = window_spec(config_from_dict({**ADAPT_CFG, "window": {**ADAPT_CFG["window"], "adaptation": 1.0},
+                                         "modalities": {}}))
+    with pytest.raises(InputError, match=r"known.h5: window.adaptation: 1 s holds fewer than 10 .* use at least 2 s"):
+        make_loader([path], spec)
+    make_loader([path], dataclasses.replace(spec, adaptation=2.0))
+
+
+def test_training_stops_with_a_named_error_when_the_loss_is_not_finite(tiny_synthetic, tmp_path, monkeypatch):
+    forward = Neuroformer.forward
+
+    def diverged(self, batch, glm_only=False):
+        out = forward(self, batch, glm_only)
+        return {**out, "loss": out["loss"] * float("nan")}
+    monkeypatch.setattr(Neuroformer, "forward", diverged)
+    cfg = config_from_dict({**ADAPT_CFG, "train": {"batch_size": 4, "max_steps": 3, "eval_every": 3}})
+    with pytest.raises(InputError, match="loss: nan at step 1: training diverged"):
+        train(cfg, [tiny_synthetic], RunOptions(tmp_path / "run"))
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_the_contrastive_loss_takes_a_batch_without_frames(adapting):
+    model, batch, _ = adapting
+    frames = {k: v[:, :0] for k, v in batch["frames"].items()}
+    x = torch.randn(len(batch["t0"]), 3, model.cfg.model.width, dtype=torch.float64)
+    pooled = torch.zeros(len(x), model.cfg.model.width, dtype=torch.float64)
+    loss, correct, count = model.contrastive(x, torch.ones(len(x), 3, dtype=torch.bool), pooled, frames)
+    assert float(loss) == 0 and int(count) == 0

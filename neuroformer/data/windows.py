@@ -41,6 +41,7 @@ from .vocab import START, UnitVocab
 
 IGNORE = -100
 ADAPTATION_RATE = 5.0     # frames a second the stimulus filter's running statistics are computed from
+MIN_ADAPTATION_FRAMES = 10   # of them in window.adaptation: fewer, and a frame is judged mostly by itself
 ADAPTATION_SLACK = 0.01   # s of adaptation frames read beyond the span (the model counts AGE_SLACK more)
 
 
@@ -144,6 +145,8 @@ class WindowDataset(torch.utils.data.Dataset):
                     raise InputError(path, ("movies.frames", f"frame size {size} differs from {self.frame_size} of "
                                                              "the other recordings; batches need one size"))
                 spec.gaze.check(data, size, path, spec.targets)
+                if spec.adaptation > 0:
+                    check_adaptation_span(data, spec.adaptation, path)
             check_calcium_span(data, spec.calcium, path)
 
     def __getitem__(self, index: DatasetIndex):
@@ -157,7 +160,8 @@ class WindowDataset(torch.utils.data.Dataset):
             sample["frames"] = self._frames(data, index.recording_id, t0, spec.frames, adapting=spec.adaptation > 0)
         if spec.adaptation > 0:
             sample["adapt"] = self._frames(data, index.recording_id, t0, spec.adaptation + spec.frames + ADAPTATION_SLACK,
-                                           adapting=True, rate=ADAPTATION_RATE)    # every frame's whole span
+                                           adapting=True, rate=ADAPTATION_RATE,    # every frame's whole span
+                                           showing=t0 + spec.current - spec.frames)
         for requested, name in self.variables[index.recording_id].items():
             lag = self.spec.target_lag if requested in self.spec.targets else 0.0
             sample[f"behavior.{requested}"] = self._behavior(data, name, t0, t0 + self.spec.current - lag)
@@ -216,17 +220,18 @@ class WindowDataset(torch.utils.data.Dataset):
             self._feature_files[rid] = h5py.File(path, "r")["features"]
         return "features", self._feature_files[rid]
 
-    def _frames(self, data, rid, t0, span, adapting=False, rate=None):
+    def _frames(self, data, rid, t0, span, adapting=False, rate=None, showing=None):
         """Frames with onsets in [t0 + current - span, t0 + current), read by partial I/O; at most
-        `rate` a second (every k-th frame of each presentation); `adapting`: also each frame's
-        presentation (its row in the stimulus table) and the time it stands for (s), which the
-        stimulus filter's running statistics need."""
+        `rate` a second (every k-th frame of each presentation); only of presentations still shown
+        at `showing` (s) if given; `adapting`: also each frame's presentation (its row in the
+        stimulus table) and the time it stands for (s), which the stimulus filter's running
+        statistics need."""
         lo, hi = t0 + self.spec.current - span, t0 + self.spec.current
         pres = data.stimulus
         table = data.movie_table
         key, source = self._frame_source(data, rid)
         chunks, times, index, shown, duration = [], [], [], [], []
-        for k in np.flatnonzero((pres.start < hi) & (pres.end > lo)):
+        for k in np.flatnonzero((pres.start < hi) & (pres.end > max(lo, showing if showing is not None else lo))):
             m = pres.movie_index[k]
             fps, first = table.frame_rate[m], table.first_frame[m]
             every = max(1, int(round(fps / rate))) if rate else 1
@@ -274,6 +279,19 @@ class WindowDataset(torch.utils.data.Dataset):
         return pad({"unit": torch.from_numpy(np.tile(units, len(dff))),
                     "time": torch.from_numpy(np.repeat(times, len(units)).astype(np.float32)),
                     "value": torch.from_numpy(dff.reshape(-1)), "mask": torch.ones(dff.size, dtype=torch.bool)})
+
+
+def check_adaptation_span(data, span, path):
+    """The stimulus filter's running statistics need at least `MIN_ADAPTATION_FRAMES` of their
+    frames (`ADAPTATION_RATE` a second, or every frame of a slower movie) in `span` s."""
+    table = data.movie_table
+    for m in range(len(table.frame_rate)):
+        fps = float(table.frame_rate[m])
+        apart = max(1, int(round(fps / ADAPTATION_RATE))) / fps
+        if span < MIN_ADAPTATION_FRAMES * apart:
+            raise InputError(path, ("window.adaptation", f"{span:g} s holds fewer than {MIN_ADAPTATION_FRAMES} of the "
+                                                         f"statistics' frames of movie {m} ({apart:.3g} s apart): "
+                                                         f"use at least {MIN_ADAPTATION_FRAMES * apart:.3g} s"))
 
 
 def check_calcium_span(data, span, path):
