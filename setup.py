@@ -27,6 +27,6 @@ setup(
         "oasis-deconv>=0.3.2",          # calcium traces deconvolved into events (data/calcium.py)
         "tqdm",
     ],
-    extras_require={"dev": ["pytest"]},
+    extras_require={"dev": ["pytest", "pytest-xdist"]},
     entry_points={"console_scripts": ["neuroformer=neuroformer.cli:main"]},
 )

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic recording and a hand-made recording with known spikes; the
 check of a result file's provenance."""
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -8,11 +9,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from neuroformer.data.objects import Interval, RegularTimeSeries
 from neuroformer.data.recording import make_recording, save_recording
 from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.provenance import FIELDS
+
+if os.environ.get("PYTEST_XDIST_WORKER"):      # the test processes (pytest.ini: -n 2) share the cores:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")   # one thread each, and in the CLI runs they start
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 NWB_A8604 = Path(__file__).resolve().parent / "data" / "pynapple_A8604" / "A8604-211122.nwb"  # real file, MIT
 
