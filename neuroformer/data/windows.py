@@ -230,8 +230,9 @@ class WindowDataset(torch.utils.data.Dataset):
         pres = data.stimulus
         table = data.movie_table
         key, source = self._frame_source(data, rid)
+        still = lo if showing is None else max(lo, showing)
         chunks, times, index, shown, duration = [], [], [], [], []
-        for k in np.flatnonzero((pres.start < hi) & (pres.end > max(lo, showing if showing is not None else lo))):
+        for k in np.flatnonzero((pres.start < hi) & (pres.end > still)):
             m = pres.movie_index[k]
             fps, first = table.frame_rate[m], table.first_frame[m]
             every = max(1, int(round(fps / rate))) if rate else 1
