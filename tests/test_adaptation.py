@@ -11,14 +11,13 @@ from neuroformer.config import config_from_dict
 from neuroformer.connectivity import unit_log_probs
 from neuroformer.data.objects import DatasetIndex
 from neuroformer.data.windows import ADAPTATION_RATE, ADAPTATION_SLACK, LoaderOptions, collate_windows, make_loader
-from neuroformer.draws import Draws
 from neuroformer.errors import InputError
 from neuroformer.data.recording import save_recording
 from neuroformer.model import Neuroformer
 from neuroformer.training import RunOptions, train
 from neuroformer.assembly import window_spec
 from conftest import known_recording
-from test_generate import _allowed, _generate, _rows
+from test_generate import _rows, assert_generation_exact
 from test_score import PP_CFG
 
 SPAN = 2.0
@@ -146,14 +145,7 @@ def _contrast(pixels, scale):
 
 def test_cached_and_naive_generation_with_adaptation_give_identical_spikes(adapting):
     model, batch, dataset = adapting
-    allowed = _allowed(model, dataset)
-    rows = len(batch["t0"])
-    runs = [_generate(model, batch, Draws(20 + np.arange(rows)), [True] * rows, allowed, cache=cache)[0]
-            for cache in (True, False)]
-    assert runs[0] == runs[1]
-    assert sum(len(o) for o in runs[0]) > 20
-    refilled = _generate(model, batch, Draws(20 + np.arange(rows)), [True] * rows, allowed, slots=2, group=1)[0]
-    assert refilled == runs[0]
+    assert_generation_exact(model, batch, dataset, 20)
 
 
 @pytest.mark.parametrize("change, problem", [

@@ -117,20 +117,25 @@ def test_the_single_token_step_is_the_decoders_state_at_each_rows_own_position(s
     torch.testing.assert_close(stepped[0, 2:][real[0, :L - 2]], full[0, :L - 2][real[0, :L - 2]], rtol=0, atol=1e-10)
 
 
+def assert_generation_exact(model, batch, dataset, first_draw):
+    """Cached, naive, each row alone and two refilled slots all give the same spikes (float64 model)."""
+    allowed = _allowed(model, dataset)
+    rows = len(batch["t0"])
+    runs = [_generate(model, batch, Draws(first_draw + np.arange(rows)), [True] * rows, allowed, cache=cache)[0]
+            for cache in (True, False)]
+    assert runs[0] == runs[1]
+    assert sum(len(o) for o in runs[0]) > 20
+    alone = [_generate(model, _rows(batch, [b]), Draws([first_draw + b]), [True], allowed)[0][0] for b in range(rows)]
+    assert alone == runs[0]                                    # every row as its own batch of one
+    refilled = _generate(model, batch, Draws(first_draw + np.arange(rows)), [True] * rows, allowed, slots=2, group=1)[0]
+    assert refilled == runs[0]                                 # two rows, each taking the next window when free
+
+
 def test_cached_and_naive_generation_give_identical_spikes_in_float64(setup):
     model, batch, dataset = setup
     model64 = Neuroformer(model.cfg, model.unit_emb.num_embeddings, frame_shape=(64, 112)).double().eval()
     model64.load_state_dict(model.state_dict())
-    allowed = _allowed(model64, dataset)
-    rows = len(batch["t0"])
-    runs = [_generate(model64, batch, Draws(10 + np.arange(rows)), [True] * rows, allowed, cache=cache)[0]
-            for cache in (True, False)]
-    assert runs[0] == runs[1]
-    assert sum(len(o) for o in runs[0]) > 20
-    alone = [_generate(model64, _rows(batch, [b]), Draws([10 + b]), [True], allowed)[0][0] for b in range(rows)]
-    assert alone == runs[0]                                    # every row as its own batch of one
-    refilled = _generate(model64, batch, Draws(10 + np.arange(rows)), [True] * rows, allowed, slots=2, group=1)[0]
-    assert refilled == runs[0]                                 # two rows, each taking the next window when free
+    assert_generation_exact(model64, batch, dataset, 10)
 
 
 def test_windows_sharing_a_stimulus_are_encoded_once_whenever_they_start(setup, monkeypatch):
