@@ -7,7 +7,8 @@ once. Neuroformer predicts them on a sequential tiling of windows, the last wind
 interval aligned to its end; every sample is read from the one window assigned to it. Every
 model's predicted trace may be smoothed by a Gaussian whose width, like every other choice,
 is picked on the validation split (best Pearson r), as is, per variable, the Neuroformer
-checkpoint it is read from; the test split is only scored.
+checkpoint it is read from (or the mean of the checkpoints) and the weight of the transformer's
+correction to the Wiener filter inside; the test split is only scored.
 
 Modes: joint trains the behaviour heads with the spike objective from scratch; finetune
 starts from a pretrained run; probe fits linear read-outs of frozen representations (random
@@ -43,6 +44,7 @@ from .training import RunOptions, to_device, train
 
 MODES = ("joint", "finetune", "probe", "baselines")
 SMOOTHING = (0, 1, 2, 4, 8, 16, 32, 64)          # Gaussian widths tried, in samples
+CORRECTION = (1.0, 0.75, 0.5, 0.25)              # weights of the transformer's correction to the Wiener filter tried
 MIN_EVALS = 8                                    # validations per decoding run: its checkpoint choices
 
 
@@ -153,11 +155,12 @@ def _over_windows(dataset, rid, samples, fn, batch_size, device, desc):
     return out
 
 
-def neuroformer_predictions(model, dataset, rid, samples, targets, batch_size=16, device="cpu"):
-    """(n, n_targets) decoded values of every sample."""
+def neuroformer_predictions(model, dataset, rid, samples, targets, batch_size=16, device="cpu", wiener=False):
+    """(n, n_targets) decoded values of every sample (`wiener`: the Wiener filter's alone)."""
+    predict = model.predict_wiener if wiener else model.predict_behavior
 
     def fn(batch):
-        pred = {k: v.cpu().numpy() for k, v in model.predict_behavior(batch).items()}
+        pred = {k: v.cpu().numpy() for k, v in predict(batch).items()}
         times = {n: batch[f"behavior.{n}"]["time"].cpu().numpy() for n in targets}
         masks = {n: batch[f"behavior.{n}"]["mask"].cpu().numpy() for n in targets}
 
@@ -352,10 +355,14 @@ def linear_readout(x, samples):
 
 
 def checkpoint_candidates(run_dir, data_path, samples, targets, device="cpu"):
-    """`choose` candidates ({"checkpoint": file}, valid, test predictions) of a decoding run's
+    """`choose` candidates ({"checkpoint": file, ...}, valid, test predictions) of a decoding run's
     best.pt (first) and each variable's best-<variable>.pt (`train.best_files`): which step
     decodes a variable best is chosen on valid like every other setting. A file saved at a step
-    already listed holds the same weights and is not decoded again."""
+    already listed holds the same weights and is not decoded again. Then the mean of these
+    files' predictions (regression targets; an ensemble of steps), and with the Wiener filter
+    inside, each candidate again with the transformer's correction to the filter shrunk by the
+    weights of CORRECTION (a noisy correction costs less when shrunk; the filter alone is never
+    a candidate)."""
     run_dir = Path(run_dir)
     _, model, dataset, recordings = load_model(run_dir / "best.pt", [data_path], device)
     rid = recordings.recording_ids[0]
@@ -368,6 +375,24 @@ def checkpoint_candidates(run_dir, data_path, samples, targets, device="cpu"):
         model.load_state_dict(state["model"])                                # same config, other step
         out.append(({"checkpoint": file}, *(neuroformer_predictions(model, dataset, rid, samples[s], targets,
                                                                      device=device) for s in ("valid", "test"))))
+    regression = [k for k, n in enumerate(targets) if model.objectives[n] == "regression"]
+    if len(out) > 1 and regression:
+        mean = [out[0][1].copy(), out[0][2].copy()]                     # labels: best.pt's
+        for m, s in zip(mean, (1, 2)):
+            m[:, regression] = np.mean([c[s][:, regression] for c in out], 0)
+        out.append(({"checkpoint": "mean of " + ", ".join(c[0]["checkpoint"] for c in out)}, *mean))
+    linear = [k for k, n in enumerate(targets) if n in model.wiener_targets]
+    if linear:                       # the filter is fixed in training: the same in every file
+        alone = [neuroformer_predictions(model, dataset, rid, samples[s], [targets[k] for k in linear], device=device,
+                                         wiener=True) for s in ("valid", "test")]
+        shrunk = []
+        for params, *full in out:
+            for weight in CORRECTION[1:]:
+                blend = [p.copy() for p in full]
+                for b, a in zip(blend, alone):
+                    b[:, linear] = a + weight * (b[:, linear] - a)
+                shrunk.append(({**params, "correction": weight}, *blend))
+        out += shrunk
     return out
 
 

@@ -566,6 +566,17 @@ class Neuroformer(nn.Module):
                 outputs[name] = outputs[name] + linear[:, :, self.wiener_targets.index(name)]
         return outputs
 
+    @torch.no_grad()
+    def predict_wiener(self, batch):
+        """The Wiener filter's own prediction of every sample of its targets: name -> (B, n), in
+        the variable's units; the transformer's correction is what `predict_behavior` adds to it."""
+        z = self.wiener(batch)                                                        # (B, targets)
+        out = {}
+        for k, name in enumerate(self.wiener_targets):
+            mean, sd = self.behavior_stats[self.var_index[name]]
+            out[name] = (z[:, k:k + 1].float() * sd + mean).expand_as(batch[f"behavior.{name}"]["value"])
+        return out
+
     def behavior_loss(self, batch, outputs):
         """Mean squared error (standardised) or cross-entropy per target, averaged over targets."""
         loss, sums = 0.0, {}

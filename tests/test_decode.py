@@ -23,9 +23,10 @@ from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.data.vocab import UnitVocab
 from neuroformer.data.windows import collate_windows
 from neuroformer.errors import InputError
-from neuroformer.decoding import (MIN_EVALS, Samples, baseline_results, by_stimulus, checkpoint_candidates, choose, decode,
+from neuroformer.decoding import (CORRECTION, MIN_EVALS, Samples, baseline_results, by_stimulus, checkpoint_candidates, choose, decode,
                                decode_config, decode_samples, format_report, novel_stimulus, probe_features,
-                               probe_results, split_samples, train_decoder, window_tiling)
+                               neuroformer_predictions, probe_results, split_samples, train_decoder,
+                               window_tiling)
 from neuroformer.decoders import BinnedSplit, baseline_grid
 from neuroformer.training import RunOptions, epoch_batches, train
 
@@ -220,10 +221,41 @@ def test_checkpoints_of_one_step_are_decoded_once(joint, tiny_synthetic, tmp_pat
     with mock.patch("neuroformer.decoding.neuroformer_predictions",
                     side_effect=lambda *a, **k: calls.append(a[3]) or np.zeros((len(a[3].times), 2))):
         candidates = checkpoint_candidates(run, tiny_synthetic, samples, report["targets"])
-    names = [c[0]["checkpoint"] for c in candidates]
+    names = [c[0]["checkpoint"] for c in candidates if len(c[0]) == 1 and not c[0]["checkpoint"].startswith("mean")]
     assert names[0] == "best.pt" and "best-zz.pt" not in names
     assert sorted(steps[n] for n in names) == sorted(set(steps.values()))     # every step once
-    assert len(calls) == 2 * len(names)                                        # valid and test of each
+    assert len(calls) == 2 * len(names) + 2            # valid and test of each, and of the Wiener filter alone
+
+
+def test_candidates_shrink_the_correction_to_the_wiener_filter_and_average_the_steps(joint, tiny_synthetic):
+    out, report = joint
+    run, targets = out.with_suffix("") / "joint-f1-s0", report["targets"]
+    data = open_recording(tiny_synthetic)
+    samples = decode_samples(data, targets, window_spec(load_checkpoint(run / "best.pt")[0]))
+    candidates = checkpoint_candidates(run, tiny_synthetic, samples, targets)
+    files = [c for c in candidates if len(c[0]) == 1 and not c[0]["checkpoint"].startswith("mean")]
+    assert len(files) > 1
+    full = {c[0]["checkpoint"]: c[1:] for c in candidates if "correction" not in c[0]}
+    # the ensemble: the mean of the files' predictions
+    (name, ensemble), = [(k, v) for k, v in full.items() if k.startswith("mean")]
+    assert name == "mean of " + ", ".join(c[0]["checkpoint"] for c in files)
+    for s in (0, 1):
+        np.testing.assert_allclose(ensemble[s], np.mean([c[1 + s] for c in files], 0))
+    # the filter alone, as the model with its transformer correction zeroed predicts it
+    _, model, dataset, recordings = load_model(run / "best.pt", [tiny_synthetic])
+    assert model.wiener_targets == targets
+    for readout in model.readout:
+        torch.nn.init.zeros_(readout.weight), torch.nn.init.zeros_(readout.bias)
+    alone = [neuroformer_predictions(model, dataset, recordings.recording_ids[0], samples[s], targets)
+             for s in ("valid", "test")]
+    shrunk = [c for c in candidates if "correction" in c[0]]
+    assert sorted({c[0]["correction"] for c in shrunk}) == sorted(CORRECTION[1:]) and 0 not in CORRECTION
+    assert len(shrunk) == len(full) * (len(CORRECTION) - 1)
+    for params, *pred in shrunk:
+        weight, base = params["correction"], full[params["checkpoint"]]
+        for s in (0, 1):
+            np.testing.assert_allclose(pred[s], weight * base[s] + (1 - weight) * alone[s], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(alone[1], full["best.pt"][1])          # the correction is not nothing
 
 
 def test_baselines_mode_scores_the_baselines_alone_on_the_same_samples(joint, tiny_synthetic, config_file, tmp_path,
