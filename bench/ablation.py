@@ -1,6 +1,6 @@
 """Component ablation on the synthetic recording: history only; + stimulus; + behaviour.
 
-Each variant trains the demo config (same seed, same steps) and is scored on the whole
+Each variant trains configs/small.yaml (the transformer alone at the demo's size) (same seed, same steps) and is scored on the whole
 validation split (a sequential tiling of the held-out validation trials): NLL per spike and
 unit top-1 accuracy, beside the empirical-frequency baseline (unit frequencies and Δ
 histogram counted on the training split). Contrastive retrieval top-1 is reported for the
@@ -45,7 +45,7 @@ def main():
     parser.add_argument("--steps", type=int)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    base = load_config(ROOT / "configs" / "demo.yaml")
+    base = load_config(ROOT / "configs" / "small.yaml")
     syn = SyntheticConfig(n_neurons=30, trial_length=4, n_movies=1, n_trials=8, n_heldout_movies=1, heldout_trials=2) \
         if args.quick else SyntheticConfig()
     steps = args.steps or (30 if args.quick else 1500)

@@ -1,7 +1,7 @@
 """Generation speed: KV-cached closed-loop rollouts against the naive full recompute per spike.
 
-On the synthetic recording (100 neurons, ~5 Hz, 32 s trials of a 20 Hz 64x112 movie), at the demo
-size and at the original's published size (width 256, 8 heads, 6 layers per stack, resnet18
+On the synthetic recording (100 neurons, ~5 Hz, 32 s trials of a 20 Hz 64x112 movie), at the demo's
+size (configs/small.yaml: the transformer alone, softmax heads) and at the original's published size (width 256, 8 heads, 6 layers per stack, resnet18
 features), batch 1 and batch 16, cached and naive in the same run. Models are untrained but
 frequency-initialised (the Δ/END and unit heads' biases are the log frequencies of the training
 windows), so they generate about as many spikes per window as the recording has and the cost per
@@ -11,7 +11,7 @@ at the published size as one batch.
 
     python bench/bench_generate.py           # ~12 min on 2 cores
     python bench/bench_generate.py --quick   # what the test runs
-    python bench/bench_generate.py --configs demo.yaml   # the demo size alone (~2 min)
+    python bench/bench_generate.py --configs small.yaml   # the demo size alone (~2 min)
 """
 import argparse
 import json
@@ -121,20 +121,20 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/neuroformer-bench"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generate.json")
-    parser.add_argument("--configs", default="demo.yaml,published.yaml", help="which of the two sizes to run")
+    parser.add_argument("--configs", default="small.yaml,published.yaml", help="which of the two sizes to run")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     recording = synthetic_recording(args.workdir, args.quick)
     if args.quick:
-        configs = [ROOT / "configs" / "demo.yaml"]
+        configs = [ROOT / "configs" / "small.yaml"]
         # (duration s, batch, cache, repeats)
-        plan = {"demo.yaml": [(0.2, 1, True, 1), (0.2, 1, False, 1), (0.2, 2, True, 2)]}
+        plan = {"small.yaml": [(0.2, 1, True, 1), (0.2, 1, False, 1), (0.2, 2, True, 2)]}
     else:
         names = args.configs.split(",")
-        if not set(names) <= {"demo.yaml", "published.yaml"}:
-            parser.error(f"--configs: demo.yaml and/or published.yaml, got {args.configs!r}")
+        if not set(names) <= {"small.yaml", "published.yaml"}:
+            parser.error(f"--configs: small.yaml and/or published.yaml, got {args.configs!r}")
         configs = [ROOT / "configs" / name for name in names]
-        plan = {"demo.yaml": [(8.0, 1, True, 1), (1.0, 1, False, 1), (32.0, 16, True, 16), (0.5, 16, False, 16)],
+        plan = {"small.yaml": [(8.0, 1, True, 1), (1.0, 1, False, 1), (32.0, 16, True, 16), (0.5, 16, False, 16)],
                 "published.yaml": [(4.0, 1, True, 1), (0.5, 1, False, 1), (32.0, 16, True, 16),
                                    (0.25, 16, False, 16)]}
     rows = []

@@ -4,7 +4,7 @@ Each config trains in a fresh process on the synthetic recording (100 neurons, ~
 batch 32, 50 ms current and history windows and 3 frames of 64x112; after 3 warm-up steps it
 times 10 optimizer steps. Reported: seconds per step, spike tokens per second, tokens per
 sample (current + history spikes, visual tokens, behaviour tokens) and peak resident memory
-(VmHWM, including ~600 MB of imports). Then the demo config on one thread, on two, and as two
+(VmHWM, including ~600 MB of imports). Then configs/small.yaml (the transformer alone at the demo's size) on one thread, on two, and as two
 one-thread runs side by side (their timed steps start together): whether a second core serves a
 small model better as a second thread or as a second run (the decoding study's --jobs).
 
@@ -117,10 +117,10 @@ def main():
         write_synthetic(recording, SyntheticConfig(n_neurons=20, trial_length=3, n_movies=1, n_trials=4, n_heldout_movies=1,
                                                    heldout_trials=1) if args.quick else SyntheticConfig())
     rows = []
-    for config in ("demo.yaml", "published.yaml"):
+    for config in ("small.yaml", "published.yaml"):
         rows += side_by_side(ROOT / "configs" / config, recording, args.quick)
         print(json.dumps(rows[-1]), flush=True)
-    demo = ROOT / "configs" / "demo.yaml"
+    demo = ROOT / "configs" / "small.yaml"
     threads = []
     for processes, n in ((1, 1), (1, 2), (2, 1)):
         runs = side_by_side(demo, recording, args.quick, processes, n, tempfile.mkdtemp(dir=args.workdir))

@@ -53,8 +53,8 @@ def summarise(reports):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--workdir", type=Path, required=True)
-    parser.add_argument("--config", type=Path, default=ROOT / "bench" / "configs" / "likelihood_synthetic.yaml",
-                        help="model config (default: the held-out likelihood benchmark's)")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml",
+                        help="model config (default: the demo's, the held-out likelihood benchmark's)")
     parser.add_argument("--steps", type=positive_int, help="training steps (default: the config's)")
     parser.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="a tiny recording, 3 steps, 1 repeat")

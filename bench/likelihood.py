@@ -3,16 +3,16 @@
 calcium`, on the synthetic recording seen through calcium imaging (`prepare --synthetic
 --calcium --events`: its deconvolved events, model and GLM on the same events).
 
-For each recording and seed: train its config (bench/configs/likelihood_{synthetic,circuit}.yaml:
-the point-process model, its GLM fitted first with a ridge chosen on validation NLL; `neuroformer
-train`), then `neuroformer score` on
+For each recording and seed: train its config (configs/demo.yaml, the hub circuit
+bench/configs/likelihood_circuit.yaml: the point-process model, its GLM fitted first with a ridge
+chosen on validation NLL; `neuroformer train`), then `neuroformer score` on
 the test split; the GLM (deterministic given the recording) is fitted and scored with seed 0 and
 its row copied to the others. Finished runs and scores are reused, so an interrupted study
 resumes. Writes one JSON (every row, per seed and the mean ± s.d. over seeds) and prints the table.
 
     python bench/likelihood.py -o runs/likelihood            # ~70 min on 2 cores (both recordings)
     python bench/likelihood.py --quick -o /tmp/likelihood    # what the test runs
-    python bench/likelihood.py -o runs/lik --config synthetic=configs/demo.yaml   # another config
+    python bench/likelihood.py -o runs/lik --config synthetic=configs/small.yaml  # another config
 """
 import argparse
 import json
@@ -25,8 +25,9 @@ from neuroformer.cli import positive_int
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORDINGS = {"synthetic": (["--synthetic"], "likelihood_synthetic.yaml"), "hub": (["--circuit", "hub"], "likelihood_circuit.yaml"),
-              "calcium": (["--synthetic", "--calcium", "--events"], "likelihood_synthetic.yaml")}
+RECORDINGS = {"synthetic": (["--synthetic"], ROOT / "configs" / "demo.yaml"),
+              "hub": (["--circuit", "hub"], ROOT / "bench" / "configs" / "likelihood_circuit.yaml"),
+              "calcium": (["--synthetic", "--calcium", "--events"], ROOT / "configs" / "demo.yaml")}
 
 
 def prepare(name, workdir, quick):
@@ -78,7 +79,7 @@ def main():
         if name not in RECORDINGS:
             parser.error(f"--recordings: unknown {name!r} ({', '.join(RECORDINGS)})")
         data = prepare(name, args.workdir, args.quick)
-        config = config_file(configs.get(name, ROOT / "bench" / "configs" / RECORDINGS[name][1]), args.workdir / f"{name}.yaml", steps)
+        config = config_file(configs.get(name, RECORDINGS[name][1]), args.workdir / f"{name}.yaml", steps)
         table[name] = summarise([run_one(name, data, config, seed, args.workdir) for seed in seeds])
         for row, r in table[name].items():
             m = r["neuroformer"]

@@ -56,13 +56,13 @@ def main():
     parser.add_argument("--batch", type=positive_int, default=1, help="repeats of one trial, generated as one batch")
     parser.add_argument("--seconds", type=float, default=2.0, help="simulated seconds of the trial")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/neuroformer-bench"))
-    parser.add_argument("--quick", action="store_true", help="the tiny recording, demo config, 0.2 s")
+    parser.add_argument("--quick", action="store_true", help="the tiny recording, small.yaml, 0.2 s")
     parser.add_argument("-o", "--out", type=Path, required=True)
     args = parser.parse_args()
     from neuroformer.rollouts import SimulationOptions, rollout
 
     if args.quick:
-        args.config, args.seconds = ROOT / "configs" / "demo.yaml", 0.2
+        args.config, args.seconds = ROOT / "configs" / "small.yaml", 0.2
     args.workdir.mkdir(parents=True, exist_ok=True)
     cfg, model, dataset, data, rid = prepared(args.config, synthetic_recording(args.workdir, args.quick))
     trials = first_trial(data, args.seconds)

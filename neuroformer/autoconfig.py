@@ -8,6 +8,13 @@ Rules (docs/train.md, "Configs that fit the recording"):
 - a variable given in `predict` is a target (predict: true), never also an input; it is a
   classification when it holds class labels (`recording.class_count`), else a regression;
 - `window.frames` is 0 when the recording has no movie, the template's value when it has one;
+  without a movie there is no stimulus filter (`model.stimulus_features`, `window.adaptation`)
+  and no eye-centred frames (`window.gaze`);
+- `window.gaze` is kept when the recording has its variables (1-D, shifts within the frame at
+  the template's scale) and none is a target (frames shifted by a decoded variable would show
+  the model its answer);
+- `window.adaptation` is at least the span that holds `MIN_ADAPTATION_FRAMES` statistics
+  frames of the recording's slowest movie;
 - `calcium` > 0 (`--calcium-tokens`) sets `window.calcium`: the behaviour heads read the last
   `calcium` s of the recording's ΔF/F traces as calcium tokens (refused without traces);
 - a template without latents reads the history through `LATENTS` latent tokens (`model.latents`)
@@ -19,7 +26,10 @@ from pathlib import Path
 import yaml
 
 from .config import config_from_dict, load_config
-from .data.recording import behavior_values, behavior_variables, class_count, open_recording, resolve_variable
+from .data.gaze import Gaze
+from .data.recording import (behavior_values, behavior_variables, class_count, movie_frame_dataset, open_recording,
+                             resolve_variable)
+from .data.windows import MIN_ADAPTATION_FRAMES, statistics_spacing
 from .errors import InputError
 from .io import atomic_path
 
@@ -65,6 +75,18 @@ def reads_behavior(raw):
                for v in (m.get("variables") or {}).values())
 
 
+def _gaze_applies(data, gaze, targets, path):
+    """Whether the template's `window.gaze` fits the recording: its variables there, 1-D, not
+    targets, their shifts within the frame (`Gaze.check`)."""
+    if not gaze:
+        return False
+    try:
+        Gaze(**gaze).check(data, movie_frame_dataset(data).shape[1:3], path, targets)
+    except InputError:
+        return False
+    return True
+
+
 def derive_raw(data_path, template="demo", predict=(), calcium=0.0):
     """The template's YAML mapping fitted to the recording at `data_path` (see the module rules)."""
     raw = yaml.safe_load(template_path(template).read_text()) or {}
@@ -74,12 +96,20 @@ def derive_raw(data_path, template="demo", predict=(), calcium=0.0):
         variables = ({n: variable_entry(data, n, False) for n in inputs}
                      | {n: variable_entry(data, n, True) for n in targets})
         has_movie = "movies" in data.keys()
+        least_span = MIN_ADAPTATION_FRAMES * max(statistics_spacing(data)) if has_movie else 0.0
+        gaze_applies = has_movie and _gaze_applies(data, (raw.get("window") or {}).get("gaze"), targets, data_path)
         if calcium > 0 and "calcium" not in data.keys():
             raise InputError(data_path, ("calcium", "--calcium-tokens reads ΔF/F traces; the recording has none"))
         spikes_per_s = len(data.spikes.timestamps) / float((data.domain.end - data.domain.start).sum())
     window = raw.pop("window", {}) | ({} if has_movie else {"frames": 0}) | ({"calcium": calcium} if calcium else {})
     raw.pop("modalities", None)
     model = raw.setdefault("model", {})
+    if not gaze_applies:
+        window.pop("gaze", None)
+    if not has_movie:
+        model.pop("stimulus_features", None), window.pop("adaptation", None)
+    elif window.get("adaptation"):
+        window["adaptation"] = max(window["adaptation"], least_span)
     if not model.get("latents") and spikes_per_s * window.get("history", 0.0) > LATENT_ABOVE:
         model["latents"] = LATENTS
     return {"window": window, "modalities": {"behavior": {"variables": variables}} if variables else {}, **raw}

@@ -360,7 +360,8 @@ def build_parser():
     p = verbs.add_parser("demo", help="run the main job on the built-in synthetic recording")
     p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"))
     p.add_argument("--seed", type=count, default=0)
-    p.add_argument("--max-steps", type=positive_int, help="training steps (default: the demo config's 600)")
+    p.add_argument("--max-steps", type=positive_int, help="training steps (default: the demo config's 3,600; a "
+                   "shorter run fits the GLM inside alone for half of them)")
     p.add_argument("--repeats", type=positive_int, default=2, help="closed-loop rollouts per test trial")
     p.add_argument("--calcium", action="store_true", help="the recording seen through calcium imaging: every "
                                                           "stage on the events deconvolved from its ΔF/F traces")

@@ -151,7 +151,8 @@ class TrainConfig:
                                        # rates, coupling, stimulus and behaviour filters): few, well-conditioned parameters
     glm_steps: int = at_least(0, 0)    # point_process: the first steps fit only that GLM, the transformer
                                        # bypassed (fast); then the transformer starts where a GLM ends and
-                                       # the GLM is refined at `lr`; best.pt is kept from either phase
+                                       # the GLM is refined at `lr`; best.pt is kept from either phase; a run
+                                       # cut shorter than them (--max-steps) fits the GLM for half its steps
 
 
 @dataclass

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .assembly import build, window_spec
 from .autoconfig import config_for, resolve_names
 from .checkpoints import checkpoint_file, load_checkpoint, load_model
-from .config import Modality, Variable
+from .config import GazeConfig, Modality, Variable
 from .data.objects import DatasetIndex, Interval
 from .data.recording import behavior_values, class_count, first_fraction, open_recording
 from .data.windows import check_calcium_span, collate_windows
@@ -282,10 +282,17 @@ def by_stimulus(result, test, k, novel):
 
 # ---------------------------------------------------------------- models
 
+def gaze_targets(cfg, data, targets, path="config"):
+    """The targets by which `cfg` shifts its frames (`window.gaze`)."""
+    axes = [v for v in (cfg.window.gaze.x, cfg.window.gaze.y) if v]
+    return sorted(set(resolve_names(data, axes, path)) & set(targets))
+
+
 def decode_config(cfg, data, targets, path="config"):
     """`cfg` with every target a behaviour head (predict: true; classification for class
-    labels, see `target_classes`), never an input; a variable `cfg` names that the recording
-    lacks is an InputError."""
+    labels, see `target_classes`), never an input, and its frames not shifted by a target's
+    gaze (they would show the answer); a variable `cfg` names that the recording lacks is an
+    InputError."""
     window = cfg.window
     if window.behavior < window.current:
         raise InputError(path, ("window.behavior", "decoding needs behaviour windows at least as long as the "
@@ -294,6 +301,8 @@ def decode_config(cfg, data, targets, path="config"):
         for key, name in zip(list(m.variables), resolve_names(data, list(m.variables), path)):
             if name in targets:
                 del m.variables[key]
+    if gaze_targets(cfg, data, targets, path):
+        window.gaze = GazeConfig()
     decoded = cfg.modalities.setdefault("decoded", Modality())
     for t, k in zip(targets, target_classes(data, targets)):
         decoded.variables[t] = Variable(predict=True, objective="classification" if k else "regression", n_classes=k)
@@ -359,7 +368,7 @@ def checkpoint_candidates(run_dir, data_path, samples, targets, device="cpu"):
     best.pt (first) and each variable's best-<variable>.pt (`train.best_files`): which step
     decodes a variable best is chosen on valid like every other setting. A file saved at a step
     already listed holds the same weights and is not decoded again. Then the mean of these
-    files' predictions (regression targets; an ensemble of steps), and with the Wiener filter
+    files' predictions ({"checkpoint": "mean", "files": [...]}) (regression targets; an ensemble of steps), and with the Wiener filter
     inside, each candidate again with the transformer's correction to the filter shrunk by the
     weights of CORRECTION (a noisy correction costs less when shrunk; the filter alone is never
     a candidate)."""
@@ -380,7 +389,7 @@ def checkpoint_candidates(run_dir, data_path, samples, targets, device="cpu"):
         mean = [out[0][1].copy(), out[0][2].copy()]                     # labels: best.pt's
         for m, s in zip(mean, (1, 2)):
             m[:, regression] = np.mean([c[s][:, regression] for c in out], 0)
-        out.append(({"checkpoint": "mean of " + ", ".join(c[0]["checkpoint"] for c in out)}, *mean))
+        out.append(({"checkpoint": "mean", "files": [c[0]["checkpoint"] for c in out]}, *mean))
     linear = [k for k, n in enumerate(targets) if n in model.wiener_targets]
     if linear:                       # the filter is fixed in training: the same in every file
         alone = [neuroformer_predictions(model, dataset, rid, samples[s], [targets[k] for k in linear], device=device,
@@ -445,6 +454,9 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
     work = out.with_suffix("")
     if mode == "probe":
         cfg = load_checkpoint(checkpoint_file(run))[0]
+        if gaze_targets(cfg, data, targets, run):
+            raise InputError("--target", ("target", f"{', '.join(gaze_targets(cfg, data, targets, run))}: the run's "
+                                                    "frames are shifted by it, so its representations show it"))
     elif mode == "baselines":
         cfg = config_for(data_path, config, "decoding", targets, calcium)
     else:

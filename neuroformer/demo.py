@@ -1,16 +1,17 @@
 """`neuroformer demo`: the main job on data the package makes itself.
 
-Stages and their times on 2 CPU cores (measured 8 min 10 s in all; the budget is 10 minutes):
-1. prepare the synthetic recording (~11 s) and write its overview figure;
-2. train `configs/demo.yaml` (600 steps, ~4.3 min) with validation every 200 steps;
+Stages (their times on 2 CPU cores: BENCHMARKS.md, "The demo"):
+1. prepare the synthetic recording and write its overview figure;
+2. train `configs/demo.yaml` (the GLM inside the model fitted alone for 3,000 steps, then 600
+   steps with the transformer) with validation every 200 steps;
 3. score the trained model and the empirical-frequency baseline on the whole validation split
    and write `demo_report.json` and `training.png`;
 4. simulate every test trial closed-loop (2 repeats), fit and simulate the Poisson GLM on the same
-   trials, and compare both with the recorded held-out trials (~3.3 min): `simulation_report.json`
+   trials, and compare both with the recorded held-out trials: `simulation_report.json`
    and its figures;
 5. read connectivity out of the model (attention, perturbation) and the correlation baselines on
-   the test split and score each against the coupling matrix the recording was generated from
-   (~10 s): `connectivity.npz` and its figures;
+   the test split and score each against the coupling matrix the recording was generated from:
+   `connectivity.npz` and its figures;
 6. gather everything into one self-contained page, `report.html`.
 With `calcium`, the recording is seen through calcium imaging (`prepare --synthetic --calcium
 --events`): its spikes become 30 Hz ΔF/F traces, and every stage runs on the events deconvolved

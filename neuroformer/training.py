@@ -5,6 +5,7 @@ torch_brain's RandomFixedWindowSampler with a generator seeded by both, DDP rank
 world-th batch, and a resumed run skips the batches it had done. Checkpoint files are
 written and read by `checkpoints`.
 """
+import copy
 import json
 import math
 import os
@@ -147,6 +148,9 @@ def train(cfg, data_paths, opts):
     device = torch.device(f"cuda:{rank % max(1, torch.cuda.device_count())}" if opts.device == "cuda" else opts.device)
     out = Path(opts.out)
     total = opts.max_steps or cfg.train.max_steps
+    if total < cfg.train.max_steps and cfg.train.glm_steps >= total:   # cut short: half for the transformer
+        cfg = copy.deepcopy(cfg)
+        cfg.train.glm_steps = total // 2
     _check_run_folder(out, opts)
     state = _load_for_resume(out / "last.pt", cfg) if opts.resume else None
     vocab = UnitVocab.from_state_dict(state["vocab"]) if state else None

@@ -22,7 +22,7 @@ from neuroformer.rollouts import SimulationOptions, simulate
 from neuroformer.simulations import save_nwb, save_simulation
 from neuroformer.training import RunOptions, train
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "small.yaml"
 
 
 def main():

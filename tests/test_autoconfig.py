@@ -100,3 +100,36 @@ def test_a_dense_recording_reads_its_history_through_latents(hand_recording, tmp
     assert derive_raw(dense, "decoding", ["hand_vx"])["model"]["latents"] == LATENTS
     assert "latents" not in derive_raw(dense, "circuit")["model"]              # 50 ms of history: ~120 spikes
     assert "latents" not in derive_raw(hand_recording, "decoding", ["hand_vx"])["model"]    # 8 units: ~80
+
+
+def test_the_demo_template_keeps_gaze_and_adaptation_only_where_they_apply(tiny_synthetic, hand_recording, tmp_path):
+    from neuroformer.autoconfig import derive_raw
+    from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
+
+    template = yaml.safe_load(Path(DEMO).read_text())
+    raw = derive_raw(tiny_synthetic)                                   # a movie and both gaze variables
+    assert raw["window"]["gaze"] == template["window"]["gaze"] and raw["window"]["adaptation"] == 6.0
+    assert raw["model"]["stimulus_features"] == 8
+    raw = derive_raw(tiny_synthetic, predict=["phi"])                  # a decoded gaze would be shown
+    assert "gaze" not in raw["window"] and raw["window"]["adaptation"] == 6.0
+    raw = derive_raw(hand_recording)                                   # no movie: no stimulus filter
+    assert raw["window"]["frames"] == 0 and not {"gaze", "adaptation"} & set(raw["window"])
+    assert "stimulus_features" not in raw["model"]
+    slow = write_synthetic(tmp_path / "slow.h5", SyntheticConfig(n_neurons=10, trial_length=12.0, n_movies=1,
+                                                                  n_trials=2, n_heldout_movies=1, heldout_trials=1,
+                                                                  frame_rate=1.0))[0]
+    assert derive_raw(slow)["window"]["adaptation"] == 10.0              # 10 frames 1 s apart
+    for path in (tiny_synthetic, hand_recording, slow):                  # each one a config train accepts
+        assert main(["train", "--data", str(path), "-o", str(tmp_path / f"run_{Path(path).stem}"),
+                     "--max-steps", "1"]) == 0
+
+
+def test_a_gaze_variable_that_is_a_target_is_refused_in_training(tiny_synthetic, tmp_path, capsys):
+    raw = yaml.safe_load(Path(DEMO).read_text())
+    raw["modalities"]["behavior"]["variables"]["eye.phi"] = {"predict": True}
+    cfg = tmp_path / "leak.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(cfg), "--data", str(tiny_synthetic), "-o", str(tmp_path / "run"),
+                 "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "window.gaze.x: eye.phi is a decoded target" in err

@@ -183,7 +183,7 @@ def test_joint_report_and_decoded_variables_are_never_inputs(joint, tiny_synthet
         chosen, single = report["results"][t]["neuroformer"], report["results"][t]["neuroformer, best.pt"]
         assert chosen["valid_r"] >= single["valid_r"] and single["params"] == {"checkpoint": "best.pt"}
         assert chosen["params"]["checkpoint"] in ("best.pt", f"best-{report['targets'][0]}.pt",
-                                                  f"best-{report['targets'][1]}.pt")
+                                                  f"best-{report['targets'][1]}.pt", "mean")
     run = out.with_suffix("") / "joint-f1-s0"
     # best.pt is the step of least validation behaviour error (mean over targets), not of least total loss
     valid = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "valid"]
@@ -221,7 +221,7 @@ def test_checkpoints_of_one_step_are_decoded_once(joint, tiny_synthetic, tmp_pat
     with mock.patch("neuroformer.decoding.neuroformer_predictions",
                     side_effect=lambda *a, **k: calls.append(a[3]) or np.zeros((len(a[3].times), 2))):
         candidates = checkpoint_candidates(run, tiny_synthetic, samples, report["targets"])
-    names = [c[0]["checkpoint"] for c in candidates if len(c[0]) == 1 and not c[0]["checkpoint"].startswith("mean")]
+    names = [c[0]["checkpoint"] for c in candidates if set(c[0]) == {"checkpoint"}]
     assert names[0] == "best.pt" and "best-zz.pt" not in names
     assert sorted(steps[n] for n in names) == sorted(set(steps.values()))     # every step once
     assert len(calls) == 2 * len(names) + 2            # valid and test of each, and of the Wiener filter alone
@@ -233,12 +233,12 @@ def test_candidates_shrink_the_correction_to_the_wiener_filter_and_average_the_s
     data = open_recording(tiny_synthetic)
     samples = decode_samples(data, targets, window_spec(load_checkpoint(run / "best.pt")[0]))
     candidates = checkpoint_candidates(run, tiny_synthetic, samples, targets)
-    files = [c for c in candidates if len(c[0]) == 1 and not c[0]["checkpoint"].startswith("mean")]
+    files = [c for c in candidates if set(c[0]) == {"checkpoint"}]
     assert len(files) > 1
     full = {c[0]["checkpoint"]: c[1:] for c in candidates if "correction" not in c[0]}
     # the ensemble: the mean of the files' predictions
-    (name, ensemble), = [(k, v) for k, v in full.items() if k.startswith("mean")]
-    assert name == "mean of " + ", ".join(c[0]["checkpoint"] for c in files)
+    (params, *ensemble), = [c for c in candidates if c[0].get("checkpoint") == "mean" and "correction" not in c[0]]
+    assert params["files"] == [c[0]["checkpoint"] for c in files]
     for s in (0, 1):
         np.testing.assert_allclose(ensemble[s], np.mean([c[1 + s] for c in files], 0))
     # the filter alone, as the model with its transformer correction zeroed predicts it
@@ -528,3 +528,18 @@ def test_short_decoding_run_validates_at_least_min_evals_times(tiny_synthetic, t
                         steps=2 * MIN_EVALS + 1)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "valid"] == [*range(2, 2 * MIN_EVALS + 1, 2), 2 * MIN_EVALS + 1]
+
+
+def test_frames_are_never_shifted_by_a_decoded_gaze(tiny_synthetic, joint, tmp_path, capsys):
+    raw = {**CONFIG, "window": {**CONFIG["window"], "gaze": {"x": "eye.phi", "y": "eye.theta"}}}
+    data = open_recording(tiny_synthetic)
+    cfg = decode_config(config_from_dict(raw), data, ["eye.phi"])
+    assert not cfg.window.gaze.x and not cfg.window.gaze.y                   # joint and finetune: unshifted
+    kept = config_from_dict({**CONFIG, "window": {**CONFIG["window"], "gaze": {"x": "eye.phi"}}})
+    assert decode_config(kept, data, ["running.speed"]).window.gaze.x == "eye.phi"    # another target keeps it
+    run = joint[0].with_suffix("") / "joint-f1-s0"                           # a probe would read the shift
+    with mock.patch("neuroformer.decoding.load_checkpoint", return_value=(config_from_dict(raw), {})):
+        assert main(["decode", "--data", str(tiny_synthetic), "--target", "phi", "--mode", "probe", "--run", str(run),
+                     "-o", str(tmp_path / "probe.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "eye.phi: the run's frames are shifted by it" in err

@@ -353,3 +353,18 @@ def test_glm_steps_train_only_the_glm_then_restart_the_schedule(tiny_synthetic, 
     assert moved and moved <= set(GLM_PARAMETERS)
     with pytest.raises(Exception, match="train.glm_steps"):
         config_from_dict({**TINY_CFG, "train": {"glm_steps": 5}})
+
+
+def test_a_run_cut_shorter_than_its_glm_phase_keeps_steps_for_the_transformer(tiny_synthetic, tmp_path):
+    from neuroformer.checkpoints import load_checkpoint
+    from neuroformer.training import GLM_PARAMETERS, RunOptions, train
+
+    cfg = config_from_dict({**PP_CFG, "train": {"batch_size": 4, "max_steps": 10, "glm_steps": 8, "eval_every": 4,
+                                                "eval_batches": 1, "warmup_steps": 1}})
+    train(cfg, [tiny_synthetic], RunOptions(out=tmp_path / "run", max_steps=4))
+    saved, state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved.train.glm_steps == 2 and cfg.train.glm_steps == 8            # the caller's config untouched
+    torch.manual_seed(0)
+    fresh = dict(Neuroformer(cfg, state["model"]["unit_emb.weight"].shape[0], frame_shape=(64, 112)).named_parameters())
+    moved = {k.split(".")[0] for k, p in fresh.items() if not torch.equal(state["model"][k], p)}
+    assert moved - set(GLM_PARAMETERS)                                         # the transformer trained too

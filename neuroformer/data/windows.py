@@ -282,13 +282,17 @@ class WindowDataset(torch.utils.data.Dataset):
                     "value": torch.from_numpy(dff.reshape(-1)), "mask": torch.ones(dff.size, dtype=torch.bool)})
 
 
+def statistics_spacing(data):
+    """Per movie of the recording, the time (s) between the frames the stimulus filter's running
+    statistics read: `ADAPTATION_RATE` a second, or every frame of a slower movie."""
+    rates = np.asarray(data.movie_table.frame_rate, dtype=float)
+    return [max(1, int(round(fps / ADAPTATION_RATE))) / fps for fps in rates]
+
+
 def check_adaptation_span(data, span, path):
     """The stimulus filter's running statistics need at least `MIN_ADAPTATION_FRAMES` of their
-    frames (`ADAPTATION_RATE` a second, or every frame of a slower movie) in `span` s."""
-    table = data.movie_table
-    for m in range(len(table.frame_rate)):
-        fps = float(table.frame_rate[m])
-        apart = max(1, int(round(fps / ADAPTATION_RATE))) / fps
+    frames in `span` s."""
+    for m, apart in enumerate(statistics_spacing(data)):
         if span < MIN_ADAPTATION_FRAMES * apart:
             raise InputError(path, ("window.adaptation", f"{span:g} s holds fewer than {MIN_ADAPTATION_FRAMES} of the "
                                                          f"statistics' frames of movie {m} ({apart:.3g} s apart): "
