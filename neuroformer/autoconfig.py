@@ -107,7 +107,8 @@ def derive_raw(data_path, template="demo", predict=(), calcium=0.0):
     if not gaze_applies:
         window.pop("gaze", None)
     if not has_movie:
-        model.pop("stimulus_features", None), window.pop("adaptation", None)
+        model.pop("stimulus_features", None)
+        window.pop("adaptation", None)
     elif window.get("adaptation"):
         window["adaptation"] = max(window["adaptation"], least_span)
     if not model.get("latents") and spikes_per_s * window.get("history", 0.0) > LATENT_ABOVE:

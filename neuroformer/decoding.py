@@ -368,10 +368,10 @@ def checkpoint_candidates(run_dir, data_path, samples, targets, device="cpu"):
     best.pt (first) and each variable's best-<variable>.pt (`train.best_files`): which step
     decodes a variable best is chosen on valid like every other setting. A file saved at a step
     already listed holds the same weights and is not decoded again. Then the mean of these
-    files' predictions ({"checkpoint": "mean", "files": [...]}) (regression targets; an ensemble of steps), and with the Wiener filter
-    inside, each candidate again with the transformer's correction to the filter shrunk by the
-    weights of CORRECTION (a noisy correction costs less when shrunk; the filter alone is never
-    a candidate)."""
+    files' predictions ({"checkpoint": "mean", "files": [...]}; regression targets: an ensemble of
+    steps), and with the Wiener filter inside, each candidate again with the transformer's
+    correction to the filter weighted by CORRECTION (a noisy correction costs less when shrunk;
+    the filter alone is never a candidate)."""
     run_dir = Path(run_dir)
     _, model, dataset, recordings = load_model(run_dir / "best.pt", [data_path], device)
     rid = recordings.recording_ids[0]
@@ -454,9 +454,10 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
     work = out.with_suffix("")
     if mode == "probe":
         cfg = load_checkpoint(checkpoint_file(run))[0]
-        if gaze_targets(cfg, data, targets, run):
-            raise InputError("--target", ("target", f"{', '.join(gaze_targets(cfg, data, targets, run))}: the run's "
-                                                    "frames are shifted by it, so its representations show it"))
+        shown = gaze_targets(cfg, data, targets, run)
+        if shown:
+            raise InputError("--target", ("target", f"{', '.join(shown)}: the run's frames are shifted by it, so its "
+                                                    "representations show it"))
     elif mode == "baselines":
         cfg = config_for(data_path, config, "decoding", targets, calcium)
     else:
