@@ -1,60 +1,120 @@
 """The Wiener filter inside a decoding model, fitted before training.
 
 Each regression target's linear read-out of the window's binned counts (`Neuroformer.wiener`) is
-ridge regression on training windows, its penalty chosen on the validation windows, as the ridge
-baseline of `neuroformer decode` chooses its own. Training then leaves it fixed: the transformer
-starts from the best linear decoder of the window and learns only what it misses.
+ridge regression on every training window, its penalty chosen on the validation windows, as the
+ridge baseline of `neuroformer decode` chooses its own (standardised counts, fitted intercept).
+The fit reads the windows once and keeps only their sums (`Moments`), so its memory is the square
+of the number of counts whatever the recording's length. Training then leaves the filter fixed:
+the transformer starts from the best linear decoder of the window and learns only what it misses.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import torch
-from sklearn.linear_model import Ridge, RidgeCV
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from .data.windows import collate_windows
 
 ALPHAS = 10.0 ** np.arange(-1, 6)     # ridge penalties tried (standardised counts)
-MAX_VALUES = 3e7                      # counts the fit reads at most (memory: 8 bytes each)
 
 
-def wiener_design(model, dataset, batches, desc=None):
-    """Per target, (counts, standardised value) of every target sample in `batches`: a window's
-    binned counts repeated for each of its samples."""
-    rows = {name: ([], []) for name in model.wiener_targets}
+@dataclass
+class Moments:
+    """The sums over a design's rows (x: counts, y: value) that ridge regression reads."""
+    n: int
+    sum_x: np.ndarray                   # (p,)
+    sum_y: float
+    sum_xx: np.ndarray                  # (p, p)
+    sum_xy: np.ndarray                  # (p,)
+    sum_yy: float
+
+    @classmethod
+    def empty(cls, p):
+        return cls(0, np.zeros(p), 0.0, np.zeros((p, p)), np.zeros(p), 0.0)
+
+    def add(self, x, y):
+        """Add rows x (n, p) with values y (n,)."""
+        self.n += len(y)
+        self.sum_x += x.sum(0)
+        self.sum_y += float(y.sum())
+        self.sum_xx += x.T @ x
+        self.sum_xy += x.T @ y
+        self.sum_yy += float(y @ y)
+
+    def centred(self):
+        """Means of x and y, and the scatter of x, of x with y and of y about them."""
+        mx, my = self.sum_x / self.n, self.sum_y / self.n
+        return (mx, my, self.sum_xx - self.n * np.outer(mx, mx), self.sum_xy - self.n * mx * my,
+                self.sum_yy - self.n * my * my)
+
+    def mean_squared_error(self, weight, bias):
+        """Mean over the rows of (y - x @ weight - bias)²."""
+        mx, my, cxx, cxy, cyy = self.centred()
+        offset = my - mx @ weight - bias
+        return max(cyy - 2 * weight @ cxy + weight @ cxx @ weight, 0.0) / self.n + offset ** 2
+
+
+class RidgePath:
+    """Ridge regression on standardised x with an intercept (sklearn's StandardScaler then Ridge)
+    for any penalty, from the training rows' Moments: one eigendecomposition serves every penalty."""
+
+    def __init__(self, moments):
+        self.n = moments.n
+        self.mean_x, self.mean_y, cxx, cxy, self.cyy = moments.centred()
+        scale = np.sqrt(np.clip(np.diag(cxx), 0, None) / self.n)
+        self.scale = np.where(scale < 10 * np.finfo(float).eps, 1.0, scale)   # constant counts: as sklearn
+        self.eigenvalues, self.vectors = np.linalg.eigh(cxx / np.outer(self.scale, self.scale))
+        self.projected = self.vectors.T @ (cxy / self.scale)
+
+    def fit(self, alpha):
+        """(weight, bias) on raw counts."""
+        weight = self.vectors @ (self.projected / (self.eigenvalues + alpha)) / self.scale
+        return weight, float(self.mean_y - weight @ self.mean_x)
+
+    def generalised_cv(self, alpha):
+        """Generalised cross-validation error (Golub, Heath & Wahba 1979): the training error over
+        (1 - effective parameters / rows)², the intercept counted as one."""
+        shrunk = self.projected / (self.eigenvalues + alpha)        # the weight in eigen coordinates
+        residual = max(self.cyy - 2 * self.projected @ shrunk + self.eigenvalues @ shrunk ** 2, 0.0)
+        eigenvalues = np.clip(self.eigenvalues, 0, None)
+        dof = 1 + np.sum(eigenvalues / (eigenvalues + alpha))
+        return residual / self.n / (1 - dof / self.n) ** 2
+
+
+def wiener_moments(model, dataset, batches, desc=None):
+    """Per target, the Moments of (counts, standardised value) over every target sample in
+    `batches`: a window's binned counts repeated for each of its samples."""
+    moments = {name: Moments.empty(model.wiener_weight.shape[0]) for name in model.wiener_targets}
     with torch.no_grad():
         for idx in tqdm(batches, desc=desc, unit="batch", disable=desc is None, leave=False):
             batch = collate_windows([dataset[i] for i in idx])
-            counts = model.binned_counts(batch)
-            for name, (xs, ys) in rows.items():
+            counts = model.binned_counts(batch).double().numpy()
+            for name, sums in moments.items():
                 z, mask = model.standardised(batch, name), batch[f"behavior.{name}"]["mask"]
                 window, _ = torch.nonzero(mask, as_tuple=True)
-                xs.append(counts[window].double().numpy())
-                ys.append(z[mask].double().numpy())
-    return {name: (np.concatenate(xs), np.concatenate(ys)) for name, (xs, ys) in rows.items()}
+                sums.add(counts[window.numpy()], z[mask].double().numpy())
+    return moments
 
 
 def fit_wiener(model, dataset, train_windows, valid_batches, batch_size=32):
-    """Fit `model.wiener_weight` / `wiener_bias` in place on `train_windows` (evenly spaced
-    ones when they hold more than MAX_VALUES counts allow); returns {target: chosen penalty}."""
-    n = int(min(len(train_windows), max(16 * batch_size, MAX_VALUES // model.wiener_weight.shape[0])))
-    chosen = [train_windows[i] for i in np.linspace(0, len(train_windows) - 1, n).round().astype(int)]
-    batches = [chosen[i:i + batch_size] for i in range(0, n, batch_size)]
-    train = wiener_design(model, dataset, batches, "fitting the Wiener filter")
-    valid = wiener_design(model, dataset, valid_batches)
+    """Fit `model.wiener_weight` / `wiener_bias` in place on every one of `train_windows`, the
+    penalty chosen on `valid_batches` (by generalised cross-validation for a target without a
+    validation sample); returns {target: chosen penalty}."""
+    batches = [train_windows[i:i + batch_size] for i in range(0, len(train_windows), batch_size)]
+    train = wiener_moments(model, dataset, batches, "fitting the Wiener filter")
+    valid = wiener_moments(model, dataset, valid_batches)
     penalties = {}
     for k, name in enumerate(model.wiener_targets):
-        (x, y), (xv, yv) = train[name], valid[name]
-        if len(y) < 2:                          # nothing to fit: the filter stays zero
+        if train[name].n < 2:                   # nothing to fit: the filter stays zero
             continue
-        if len(yv):
-            fits = [make_pipeline(StandardScaler(), Ridge(alpha=a)).fit(x, y) for a in ALPHAS]
-            best = fits[int(np.argmin([np.mean((f.predict(xv) - yv) ** 2) for f in fits]))]
-        else:                                   # no validation sample: leave-one-out on training
-            best = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS)).fit(x, y)
-        scaler, ridge = best
-        weight = ridge.coef_ / scaler.scale_                         # back to raw counts
+        path = RidgePath(train[name])
+        if valid[name].n:
+            errors = [valid[name].mean_squared_error(*path.fit(a)) for a in ALPHAS]
+        else:
+            errors = [path.generalised_cv(a) for a in ALPHAS]
+        alpha = float(ALPHAS[int(np.argmin(errors))])
+        weight, bias = path.fit(alpha)
         model.wiener_weight[:, k] = torch.as_tensor(weight, dtype=model.wiener_weight.dtype)
-        model.wiener_bias[k] = float(ridge.intercept_ - weight @ scaler.mean_)
-        penalties[name] = float(ridge.alpha_ if isinstance(ridge, RidgeCV) else ridge.alpha)
+        model.wiener_bias[k] = bias
+        penalties[name] = alpha
     return penalties

@@ -3,7 +3,6 @@ time invariance, attention capture, contrastive exclusions, backbones."""
 import copy
 import math
 from contextlib import nullcontext
-from unittest import mock
 
 import numpy as np
 
@@ -121,6 +120,48 @@ def test_binned_counts_are_the_population_vector_before_the_embedding(setup):
     assert counts.sum() == spikes                                         # every spike counted once
 
 
+def wiener_rows(model, dataset, batches, name):
+    """Reference design of the Wiener fit, row by row: each target sample with its window's counts."""
+    xs, ys = [], []
+    with torch.no_grad():
+        for idx in batches:
+            batch = collate_windows([dataset[i] for i in idx])
+            counts, z = model.binned_counts(batch), model.standardised(batch, name)
+            for b, k in torch.nonzero(batch[f"behavior.{name}"]["mask"]).tolist():
+                xs.append(counts[b].double().numpy())
+                ys.append(float(z[b, k]))
+    return np.array(xs), np.array(ys)
+
+
+def generalised_cv_reference(x, y, alpha):
+    """GCV of StandardScaler + Ridge from its hat matrix (intercept included)."""
+    xs = StandardScaler().fit_transform(x)
+    xs -= xs.mean(0)
+    hat = xs @ np.linalg.solve(xs.T @ xs + alpha * np.eye(x.shape[1]), xs.T) + 1 / len(y)
+    residual = y - y.mean() - hat @ (y - y.mean())
+    return np.mean(residual ** 2) / (1 - np.trace(hat) / len(y)) ** 2
+
+
+def test_ridge_path_is_sklearns_standardised_ridge_from_sums_alone():
+    rng = np.random.default_rng(0)
+    x, xv = rng.poisson(2.0, (300, 6)).astype(float), rng.poisson(2.0, (50, 6)).astype(float)
+    x[:, 2], xv[:, 2] = 3.0, 3.0                                            # a constant unit
+    y, yv = x @ rng.normal(size=6) + rng.normal(size=300), xv @ rng.normal(size=6)
+    train, valid = wiener.Moments.empty(6), wiener.Moments.empty(6)
+    for rows in np.array_split(np.arange(300), 7):                         # sums add up over batches
+        train.add(x[rows], y[rows])
+    valid.add(xv, yv)
+    path = wiener.RidgePath(train)
+    for alpha in (0.1, 10.0, 1e4):
+        reference = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x, y)
+        weight, bias = path.fit(alpha)
+        np.testing.assert_allclose(x @ weight + bias, reference.predict(x), rtol=1e-9, atol=1e-9)
+        assert abs(weight[2]) < 1e-9                                       # no weight on it
+        np.testing.assert_allclose(valid.mean_squared_error(weight, bias),
+                                   np.mean((xv @ weight + bias - yv) ** 2), rtol=1e-9)
+        np.testing.assert_allclose(path.generalised_cv(alpha), generalised_cv_reference(x, y, alpha), rtol=1e-9)
+
+
 def test_wiener_filter_is_the_validation_chosen_ridge_and_adds_to_the_decoded_value(setup, tiny_synthetic):
     cfg, model, _ = setup
     model = copy.deepcopy(model)
@@ -128,11 +169,12 @@ def test_wiener_filter_is_the_validation_chosen_ridge_and_adds_to_the_decoded_va
     windows = tiling_windows(dataset.recordings, dataset.spec, "train")
     assert len(windows) > 64
     valid = tiling_batches(dataset.recordings, dataset.spec, 16, limit=1)
-    with mock.patch("neuroformer.wiener.MAX_VALUES", 1):                    # evenly spaced windows: 16 batches of 4
-        chosen = fit_wiener(model, dataset, windows, valid, batch_size=4)
+    (x, y), (xv, yv) = (wiener_rows(model, dataset, b, "eye.phi") for b in ([windows], valid))
+    without_validation = fit_wiener(model, dataset, windows, [], batch_size=5)   # every window, in batches of 5
+    gcv = {a: generalised_cv_reference(x, y, a) for a in wiener.ALPHAS}
+    assert without_validation["eye.phi"] == min(gcv, key=gcv.get)
+    chosen = fit_wiener(model, dataset, windows, valid, batch_size=4)
     assert model.wiener_targets == ["eye.phi"] and chosen["eye.phi"] in wiener.ALPHAS
-    used = [windows[i] for i in np.linspace(0, len(windows) - 1, 64).round().astype(int)]
-    (x, y), (xv, yv) = (wiener.wiener_design(model, dataset, b)["eye.phi"] for b in ([used], valid))
     errors = {a: np.mean((make_pipeline(StandardScaler(), Ridge(alpha=a)).fit(x, y).predict(xv) - yv) ** 2)
               for a in wiener.ALPHAS}
     assert chosen["eye.phi"] == min(errors, key=errors.get)
