@@ -1,15 +1,18 @@
 """Generation speed: KV-cached closed-loop rollouts against the naive full recompute per spike.
 
 On the synthetic recording (100 neurons, ~5 Hz, 32 s trials of a 20 Hz 64x112 movie), at the demo's
-size (configs/small.yaml: the transformer alone, softmax heads) and at the original's published size (width 256, 8 heads, 6 layers per stack, resnet18
-features), batch 1 and batch 16, cached and naive in the same run. Models are untrained but
-frequency-initialised (the Δ/END and unit heads' biases are the log frequencies of the training
-windows), so they generate about as many spikes per window as the recording has and the cost per
-spike is the one of a trained model. Reported: ms per generated spike, simulated seconds per
+size (configs/small.yaml: the transformer alone, softmax heads), at the original's published size
+(width 256, 8 heads, 6 layers per stack, resnet18 features) and the demo's own model
+(configs/demo.yaml: the point process), batch 1 and batch 16, cached and naive in the same run.
+Models are untrained but set to the recording's rates (softmax heads: the Δ/END and unit heads'
+biases are the log frequencies of the training windows; the point process: the GLM inside starts
+at each unit's rate and the transformer's corrections are zeroed), so they generate about as many
+spikes per window as the recording has and the cost per spike is the one of a trained model. Reported: ms per generated spike, simulated seconds per
 wall second, generated and recorded firing rates; the headline is 16 repeats of one 32 s trial
 at the published size as one batch.
 
-    python bench/bench_generate.py           # ~12 min on 2 cores
+    python bench/bench_generate.py           # small.yaml and published.yaml, ~12 min on 2 cores
+    python bench/bench_generate.py --configs demo.yaml   # the point process
     python bench/bench_generate.py --quick   # what the test runs
     python bench/bench_generate.py --configs small.yaml   # the demo size alone (~2 min)
 """
@@ -29,11 +32,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def frequency_initialise(model, dataset, recordings):
-    """Set the Δ/END and unit heads' biases to log frequencies of training windows (weights tiny)."""
+    """Set the Δ/END and unit heads' biases to log frequencies of training windows (weights tiny);
+    a point process's heads (corrections to its GLM, which starts at the units' rates) to zero."""
     from neuroformer.data.vocab import SPECIALS
     from neuroformer.data.windows import IGNORE, collate_windows
     from neuroformer.training import epoch_batches
 
+    if model.point_process:
+        with torch.no_grad():
+            for head in (model.dt_head, model.unit_head, model.unit_drive_out):
+                head.weight.zero_()
+                head.bias.zero_()
+        return
     dt = torch.ones(model.n_dt + 1)
     unit = torch.ones(len(dataset.vocab))
     for idx in epoch_batches(recordings, dataset.spec, "train", 32, 0, 0)[:20]:
@@ -121,7 +131,8 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/neuroformer-bench"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generate.json")
-    parser.add_argument("--configs", default="small.yaml,published.yaml", help="which of the two sizes to run")
+    parser.add_argument("--configs", default="small.yaml,published.yaml",
+                        help="which of small.yaml, published.yaml, demo.yaml to run")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     recording = synthetic_recording(args.workdir, args.quick)
@@ -131,10 +142,11 @@ def main():
         plan = {"small.yaml": [(0.2, 1, True, 1), (0.2, 1, False, 1), (0.2, 2, True, 2)]}
     else:
         names = args.configs.split(",")
-        if not set(names) <= {"small.yaml", "published.yaml"}:
-            parser.error(f"--configs: small.yaml and/or published.yaml, got {args.configs!r}")
+        if not set(names) <= {"small.yaml", "published.yaml", "demo.yaml"}:
+            parser.error(f"--configs: small.yaml, published.yaml and/or demo.yaml, got {args.configs!r}")
         configs = [ROOT / "configs" / name for name in names]
         plan = {"small.yaml": [(8.0, 1, True, 1), (1.0, 1, False, 1), (32.0, 16, True, 16), (0.5, 16, False, 16)],
+                "demo.yaml": [(8.0, 1, True, 1), (1.0, 1, False, 1), (32.0, 16, True, 16), (0.5, 16, False, 16)],
                 "published.yaml": [(4.0, 1, True, 1), (0.5, 1, False, 1), (32.0, 16, True, 16),
                                    (0.25, 16, False, 16)]}
     rows = []

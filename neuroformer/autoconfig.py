@@ -29,7 +29,7 @@ from .config import config_from_dict, load_config
 from .data.gaze import Gaze
 from .data.recording import (behavior_values, behavior_variables, class_count, movie_frame_dataset, open_recording,
                              resolve_variable)
-from .data.windows import MIN_ADAPTATION_FRAMES, statistics_spacing
+from .data.windows import least_adaptation_span
 from .errors import InputError
 from .io import atomic_path
 
@@ -96,7 +96,7 @@ def derive_raw(data_path, template="demo", predict=(), calcium=0.0):
         variables = ({n: variable_entry(data, n, False) for n in inputs}
                      | {n: variable_entry(data, n, True) for n in targets})
         has_movie = "movies" in data.keys()
-        least_span = MIN_ADAPTATION_FRAMES * max(statistics_spacing(data)) if has_movie else 0.0
+        least_span = least_adaptation_span(data) if has_movie else 0.0
         gaze_applies = has_movie and _gaze_applies(data, (raw.get("window") or {}).get("gaze"), targets, data_path)
         if calcium > 0 and "calcium" not in data.keys():
             raise InputError(data_path, ("calcium", "--calcium-tokens reads ΔF/F traces; the recording has none"))

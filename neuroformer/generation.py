@@ -87,18 +87,15 @@ class _Rows:
         self.bins = torch.zeros((size, 64), dtype=torch.long, device=device)
         self.n = torch.ones(size, dtype=torch.long, device=device)               # tokens held, START included
         self.drive = None       # (size, 1 or 2, V) unit drives; point process with the cache: window_bias
-        self.context = [None] * size            # 1-row context batches (point process, naive recompute)
+        self.coupling = None    # (size, n_bins, V) point process with the cache: `coupling_input` so far
+        self.context = [None] * size            # 1-row context batches (naive recompute)
         self.stimuli = {}                       # key -> encoded frames and behaviour of a window (1 row)
-        self.batch = None                       # ... stacked
+        self.batch = None                       # ... stacked (naive recompute)
         self.caches = new_caches(model.decoder, size) if cache else None
         dt_res = model.cfg.window.dt_res
         times = (torch.arange(model.n_dt, device=device).double() * dt_res).float()
         self.rotation = model.decoder[0].rotary.matrix(times).to(model.unit_emb.weight.dtype)   # of every bin
         self.too_many = torch.arange(model.n_dt + 1, device=device) < model.end_class  # what a full window may not draw
-
-    @property
-    def needs_context(self):
-        return self.model.point_process or not self.cache
 
     def start(self, slots, windows):
         """Rows `slots` start `windows`: their context encoded, their caches given its memory."""
@@ -111,15 +108,18 @@ class _Rows:
                 model.start_caches(self.caches, index, memory)
                 if model.point_process:               # what stays fixed over the window, once
                     drive = model.window_bias(batch, drive)
+                    coupling = model.coupling_input(batch)           # of the history; the spikes add theirs
+                    if self.coupling is None:
+                        self.coupling = coupling.new_zeros(len(self.row), *coupling.shape[1:])
+                    self.coupling[index] = coupling
             if self.drive is None:
                 self.drive = drive.new_zeros(len(self.row), *drive.shape[1:])
             self.drive[index] = drive
         self.row[slots] = windows.rows
         self.n[index], self.units[index, 0], self.bins[index, 0] = 1, START, 0
-        if self.needs_context:
-            kept = {"history": batch["history"]} if self.cache else batch    # the cache holds the rest
+        if not self.cache:
             for j, s in enumerate(slots):
-                self.context[s] = _take(kept, [j])
+                self.context[s] = _take(batch, [j])
             self.batch = _stack_rows([c if c is not None else self.context[slots[0]] for c in self.context])
 
     def stimulus(self, windows):
@@ -147,8 +147,9 @@ class _Rows:
         index = torch.as_tensor(keep, device=self.n.device)
         self.row, self.units, self.bins, self.n = self.row[keep], self.units[index], self.bins[index], self.n[index]
         self.drive = self.drive[index] if self.drive is not None else None
+        self.coupling = self.coupling[index] if self.coupling is not None else None
         self.context = [self.context[s] for s in keep]
-        if self.needs_context:
+        if not self.cache:
             self.batch = _take(self.batch, index)
         for pair in self.caches or ():
             for c in pair:
@@ -168,11 +169,10 @@ class _Rows:
         last = self.n - 1
         unit, bin_ = self.units[rows, last], self.bins[rows, last]
         so_far, memory = None, None
-        if self.needs_context:
+        if not self.cache:
             L = int(self.n.max())
             so_far = {"unit": self.units[:, :L], "time": (self.bins[:, :L].double() * model.cfg.window.dt_res).float(),
                       "mask": torch.arange(L, device=self.n.device) < self.n[:, None]}
-        if not self.cache:
             with record_function("context"):
                 memory, _ = model.encode_context(self.batch)
                 self.drive = model.unit_drive(memory)
@@ -186,7 +186,7 @@ class _Rows:
             if not model.point_process:
                 bias = self.drive
             elif self.cache:
-                bias = model.unit_bias(self.batch, so_far, None, fixed=self.drive)
+                bias = model.coupled(self.drive, self.coupling)
             else:
                 bias = model.unit_bias(self.batch, so_far, memory, self.drive)
             gap_log_p = model.gap_log_probs(x, bias, bin_[:, None], unit[:, None])[:, 0]
@@ -214,6 +214,8 @@ class _Rows:
             self.units[rows[go], self.n[go]] = new[go]
             self.bins[rows[go], self.n[go]] = (bin_ + dt)[go]
             self.n += go
+            if self.coupling is not None and go.any():
+                self.coupling[go] += model.spike_coupling(new[go], (bin_ + dt)[go])
 
 
 def sample_classes(logits, u, skip, sampling, fill):

@@ -298,18 +298,36 @@ class Neuroformer(nn.Module):
             fixed = self.window_bias(context, drive) if self.point_process else drive
         if not self.point_process:
             return fixed
-        history = context["history"]
+        return self.coupled(fixed, self.coupling_input(context, current).to(fixed.dtype))
+
+    def coupled(self, fixed, coupling_input):
+        """`fixed` (B, n_bins, V) plus the bounded coupling term of `coupling_input` (point process)."""
+        return fixed + self.bounded(coupling_input, self.cfg.model.coupling_bound)
+
+    def coupling_input(self, context, current=None):
+        """Each unit's coupling term before its bound (B, n_bins, V): the coupling filters summed
+        over every spike in earlier bins (the `context` batch's history and `current` without its
+        START; lag >= 1 bin)."""
+        spikes = [context["history"]] + ([{k: current[k][:, 1:] for k in ("unit", "time", "mask")}] if current else [])
         n, lags = self.n_dt - 1, self.lag_bases.shape[1] - 1
-        B, V = fixed.shape[0], fixed.shape[2]
-        units = torch.cat([history["unit"], current["unit"][:, 1:]], 1)
-        k = torch.cat([history["time"], current["time"][:, 1:]], 1).div(self.cfg.window.dt_res).round().long() + lags
-        keep = torch.cat([history["mask"], current["mask"][:, 1:]], 1) & (k >= 0) & (k < lags + n)
-        counts = fixed.new_zeros(B, (lags + n) * V)
-        counts.scatter_add_(1, (k.clamp(0, lags + n - 1) * V + units), keep.to(fixed.dtype))
+        B, V = len(spikes[0]["unit"]), self.coupling.shape[1]
+        units = torch.cat([s["unit"] for s in spikes], 1)
+        k = torch.cat([s["time"] for s in spikes], 1).div(self.cfg.window.dt_res).round().long() + lags
+        keep = torch.cat([s["mask"] for s in spikes], 1) & (k >= 0) & (k < lags + n)
+        counts = self.coupling.new_zeros(B, (lags + n) * V)
+        counts.scatter_add_(1, (k.clamp(0, lags + n - 1) * V + units), keep.to(counts.dtype))
         counts = counts.view(B, lags + n, V).transpose(1, 2).reshape(B * V, 1, lags + n)
-        filtered = F.conv1d(counts, self.lag_bases.flip(-1)[:, None].to(fixed.dtype))     # (B V, nb, n)
-        coupling = torch.einsum("bjkt,kji->bti", filtered.view(B, V, -1, n), self.coupling.to(fixed.dtype))
-        return fixed + self.bounded(coupling, self.cfg.model.coupling_bound)
+        filtered = F.conv1d(counts, self.lag_bases.flip(-1)[:, None].to(counts.dtype))     # (B V, nb, n)
+        return torch.einsum("bjkt,kji->bti", filtered.view(B, V, -1, n), self.coupling)
+
+    def spike_coupling(self, units, bins):
+        """What one spike per row, of unit `units` (R,) in window bin `bins` (R,), adds to
+        `coupling_input` (R, n_bins, V): generation updates it spike by spike."""
+        n, lags = self.n_dt - 1, self.lag_bases.shape[1] - 1
+        kernel = torch.einsum("kl,kri->rli", self.lag_bases.to(self.coupling.dtype), self.coupling[:, units])
+        lag = torch.arange(n, device=bins.device) - bins[:, None]                           # (R, n)
+        placed = kernel.gather(1, lag.clamp(0, lags)[..., None].expand(-1, -1, kernel.shape[2]))
+        return placed.masked_fill(((lag < 0) | (lag > lags))[..., None], 0.0)
 
     def window_bias(self, context, drive):
         """The part of each unit's log expected count per bin (B, n_bins, V) that the window's

@@ -180,6 +180,21 @@ def test_point_process_generation_is_the_same_with_and_without_the_cache(tiny_sy
     assert runs[0] == runs[1] and sum(map(len, runs[0])) > 0
 
 
+def test_coupling_added_spike_by_spike_equals_the_coupling_of_all_spikes(tiny_synthetic):
+    model, batch, _ = _model(tiny_synthetic, PP_CFG)
+    with torch.no_grad():
+        model.coupling.normal_()                                       # strong coupling: every lag shows
+        cur = batch["current"]
+        bins = model.position_bins(cur)
+        running = model.coupling_input(batch)                          # the history's, as generation starts
+        for j in range(1, cur["unit"].shape[1]):                       # then each current spike in turn
+            rows = cur["mask"][:, j]
+            running[rows] += model.spike_coupling(cur["unit"][rows, j], bins[rows, j])
+        total = model.coupling_input(batch, cur)
+    assert int(cur["mask"][:, 1:].sum()) >= 5 and not torch.allclose(total, model.coupling_input(batch))
+    torch.testing.assert_close(running, total, rtol=1e-5, atol=1e-5)
+
+
 LATENT_CFG = {**TINY_CFG, "model": {**TINY_CFG["model"], "latents": 4}}
 
 

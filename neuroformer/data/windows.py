@@ -289,14 +289,21 @@ def statistics_spacing(data):
     return [max(1, int(round(fps / ADAPTATION_RATE))) / fps for fps in rates]
 
 
+def least_adaptation_span(data):
+    """The shortest `window.adaptation` (s) holding `MIN_ADAPTATION_FRAMES` statistics frames of
+    every movie of the recording."""
+    return MIN_ADAPTATION_FRAMES * max(statistics_spacing(data))
+
+
 def check_adaptation_span(data, span, path):
     """The stimulus filter's running statistics need at least `MIN_ADAPTATION_FRAMES` of their
     frames in `span` s."""
-    for m, apart in enumerate(statistics_spacing(data)):
-        if span < MIN_ADAPTATION_FRAMES * apart:
-            raise InputError(path, ("window.adaptation", f"{span:g} s holds fewer than {MIN_ADAPTATION_FRAMES} of the "
-                                                         f"statistics' frames of movie {m} ({apart:.3g} s apart): "
-                                                         f"use at least {MIN_ADAPTATION_FRAMES * apart:.3g} s"))
+    least = least_adaptation_span(data)
+    if span < least:
+        m = int(np.argmax(statistics_spacing(data)))                 # the slowest movie
+        raise InputError(path, ("window.adaptation", f"{span:g} s holds fewer than {MIN_ADAPTATION_FRAMES} of the "
+                                                     f"statistics' frames of movie {m} ({least / MIN_ADAPTATION_FRAMES:.3g} "
+                                                     f"s apart): use at least {least:.3g} s"))
 
 
 def check_calcium_span(data, span, path):
