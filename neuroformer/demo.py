@@ -1,6 +1,6 @@
 """`neuroformer demo`: the main job on data the package makes itself.
 
-Stages (their times on 2 CPU cores: BENCHMARKS.md, "The demo"):
+Stages (on 2 CPU cores ~17 min in all, training ~14 of them: BENCHMARKS.md, "The demo"):
 1. prepare the synthetic recording and write its overview figure;
 2. train `configs/demo.yaml` (the GLM inside the model fitted alone for 3,000 steps, then 600
    steps with the transformer) with validation every 200 steps;
