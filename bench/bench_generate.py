@@ -1,20 +1,21 @@
 """Generation speed: KV-cached closed-loop rollouts against the naive full recompute per spike.
 
 On the synthetic recording (100 neurons, ~5 Hz, 32 s trials of a 20 Hz 64x112 movie), at the demo's
-size (configs/small.yaml: the transformer alone, softmax heads), at the original's published size
-(width 256, 8 heads, 6 layers per stack, resnet18 features) and the demo's own model
-(configs/demo.yaml: the point process), batch 1 and batch 16, cached and naive in the same run.
-Models are untrained but set to the recording's rates (softmax heads: the Δ/END and unit heads'
-biases are the log frequencies of the training windows; the point process: the GLM inside starts
-at each unit's rate and the transformer's corrections are zeroed), so they generate about as many
-spikes per window as the recording has and the cost per spike is the one of a trained model. Reported: ms per generated spike, simulated seconds per
+size (configs/small.yaml: the demo's config until 2026-12-05, the transformer alone with softmax
+heads), at the original's published size (width 256, 8 heads, 6 layers per stack, resnet18
+features) and with the demo's own model (configs/demo.yaml: the point process), batch 1 and batch
+16, cached and naive in the same run. Models are untrained but set to the recording's rates
+(softmax heads: the Δ/END and unit heads' biases are the log frequencies of the training windows;
+the point process: the GLM inside starts at each unit's rate and the transformer's corrections
+are zeroed), so they generate about as many spikes per window as the recording has and the cost
+per spike is the one of a trained model. Reported: ms per generated spike, simulated seconds per
 wall second, generated and recorded firing rates; the headline is 16 repeats of one 32 s trial
 at the published size as one batch.
 
     python bench/bench_generate.py           # small.yaml and published.yaml, ~12 min on 2 cores
     python bench/bench_generate.py --configs demo.yaml   # the point process
     python bench/bench_generate.py --quick   # what the test runs
-    python bench/bench_generate.py --configs small.yaml   # the demo size alone (~2 min)
+    python bench/bench_generate.py --configs small.yaml   # the demo's size alone (~2 min)
 """
 import argparse
 import json
@@ -137,9 +138,10 @@ def main():
     args.workdir.mkdir(parents=True, exist_ok=True)
     recording = synthetic_recording(args.workdir, args.quick)
     if args.quick:
-        configs = [ROOT / "configs" / "small.yaml"]
+        configs = [ROOT / "configs" / "small.yaml", ROOT / "configs" / "demo.yaml"]
         # (duration s, batch, cache, repeats)
-        plan = {"small.yaml": [(0.2, 1, True, 1), (0.2, 1, False, 1), (0.2, 2, True, 2)]}
+        plan = {"small.yaml": [(0.2, 1, True, 1), (0.2, 1, False, 1), (0.2, 2, True, 2)],
+                "demo.yaml": [(0.2, 2, True, 2)]}
     else:
         names = args.configs.split(",")
         if not set(names) <= {"small.yaml", "published.yaml", "demo.yaml"}:

@@ -6,8 +6,9 @@ source and the row takes the next window the source has ready: the same trial's 
 whose history is what was just generated (closed loop), or another trial's first. A window
 draws its random numbers from its own counter-based stream (`draws.Draws`, one row per trial
 repeat), so its spikes depend neither on which windows share the batch, nor on the number of
-rows, nor on the cache: the decoder keeps each row's keys and values (`nn.SelfCache`,
-`nn.MemoryCache`), or, without the cache (the naive reference), re-runs the whole model for
+rows, nor on the cache (up to floating-point rounding; exact in the float64 tests): the decoder
+keeps each row's keys and values (`nn.SelfCache`, `nn.MemoryCache`) and a point process each
+row's coupling term, or, without the cache (the naive reference), the whole model is re-run for
 every token.
 
 A source hands out windows and takes their spikes back:
@@ -87,7 +88,7 @@ class _Rows:
         self.bins = torch.zeros((size, 64), dtype=torch.long, device=device)
         self.n = torch.ones(size, dtype=torch.long, device=device)               # tokens held, START included
         self.drive = None       # (size, 1 or 2, V) unit drives; point process with the cache: window_bias
-        self.coupling = None    # (size, n_bins, V) point process with the cache: `coupling_input` so far
+        self.coupling_input = None  # (size, n_bins, V) point process with the cache: of the spikes so far
         self.context = [None] * size            # 1-row context batches (naive recompute)
         self.stimuli = {}                       # key -> encoded frames and behaviour of a window (1 row)
         self.batch = None                       # ... stacked (naive recompute)
@@ -109,9 +110,9 @@ class _Rows:
                 if model.point_process:               # what stays fixed over the window, once
                     drive = model.window_bias(batch, drive)
                     coupling = model.coupling_input(batch)           # of the history; the spikes add theirs
-                    if self.coupling is None:
-                        self.coupling = coupling.new_zeros(len(self.row), *coupling.shape[1:])
-                    self.coupling[index] = coupling
+                    if self.coupling_input is None:
+                        self.coupling_input = coupling.new_zeros(len(self.row), *coupling.shape[1:])
+                    self.coupling_input[index] = coupling
             if self.drive is None:
                 self.drive = drive.new_zeros(len(self.row), *drive.shape[1:])
             self.drive[index] = drive
@@ -147,9 +148,9 @@ class _Rows:
         index = torch.as_tensor(keep, device=self.n.device)
         self.row, self.units, self.bins, self.n = self.row[keep], self.units[index], self.bins[index], self.n[index]
         self.drive = self.drive[index] if self.drive is not None else None
-        self.coupling = self.coupling[index] if self.coupling is not None else None
-        self.context = [self.context[s] for s in keep]
+        self.coupling_input = self.coupling_input[index] if self.coupling_input is not None else None
         if not self.cache:
+            self.context = [self.context[s] for s in keep]
             self.batch = _take(self.batch, index)
         for pair in self.caches or ():
             for c in pair:
@@ -186,7 +187,7 @@ class _Rows:
             if not model.point_process:
                 bias = self.drive
             elif self.cache:
-                bias = model.coupled(self.drive, self.coupling)
+                bias = model.coupled(self.drive, self.coupling_input)
             else:
                 bias = model.unit_bias(self.batch, so_far, memory, self.drive)
             gap_log_p = model.gap_log_probs(x, bias, bin_[:, None], unit[:, None])[:, 0]
@@ -214,8 +215,8 @@ class _Rows:
             self.units[rows[go], self.n[go]] = new[go]
             self.bins[rows[go], self.n[go]] = (bin_ + dt)[go]
             self.n += go
-            if self.coupling is not None and go.any():
-                self.coupling[go] += model.spike_coupling(new[go], (bin_ + dt)[go])
+            if self.coupling_input is not None and go.any():
+                self.coupling_input[go] += model.spike_coupling(new[go], (bin_ + dt)[go])
 
 
 def sample_classes(logits, u, skip, sampling, fill):

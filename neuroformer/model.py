@@ -298,11 +298,11 @@ class Neuroformer(nn.Module):
             fixed = self.window_bias(context, drive) if self.point_process else drive
         if not self.point_process:
             return fixed
-        return self.coupled(fixed, self.coupling_input(context, current).to(fixed.dtype))
+        return self.coupled(fixed, self.coupling_input(context, current))
 
-    def coupled(self, fixed, coupling_input):
-        """`fixed` (B, n_bins, V) plus the bounded coupling term of `coupling_input` (point process)."""
-        return fixed + self.bounded(coupling_input, self.cfg.model.coupling_bound)
+    def coupled(self, fixed, term):
+        """`fixed` (B, n_bins, V) plus the coupling `term` (`coupling_input`) bounded (point process)."""
+        return fixed + self.bounded(term.to(fixed.dtype), self.cfg.model.coupling_bound)
 
     def coupling_input(self, context, current=None):
         """Each unit's coupling term before its bound (B, n_bins, V): the coupling filters summed

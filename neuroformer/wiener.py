@@ -3,8 +3,9 @@
 Each regression target's linear read-out of the window's binned counts (`Neuroformer.wiener`) is
 ridge regression on every training window, its penalty chosen on the validation windows, as the
 ridge baseline of `neuroformer decode` chooses its own (standardised counts, fitted intercept).
-The fit reads the windows once and keeps only their sums (`Moments`), so its memory is the square
-of the number of counts whatever the recording's length. Training then leaves the filter fixed:
+The fit reads the training windows once and keeps only their sums (`Moments`), so its memory is
+the square of the number of counts per target (a few such arrays while solving), whatever the
+recording's length. Training then leaves the filter fixed:
 the transformer starts from the best linear decoder of the window and learns only what it misses.
 """
 from dataclasses import dataclass
@@ -32,13 +33,15 @@ class Moments:
     def empty(cls, p):
         return cls(0, np.zeros(p), 0.0, np.zeros((p, p)), np.zeros(p), 0.0)
 
-    def add(self, x, y):
-        """Add rows x (n, p) with values y (n,)."""
+    def add(self, x, window, y):
+        """Add the samples y (S,) whose rows are x[window] (x: (B, p) per window, window: (S,)
+        indices into it): each window's row weighted by its number of samples, read once."""
+        c = np.bincount(window, minlength=len(x)).astype(float)
         self.n += len(y)
-        self.sum_x += x.sum(0)
+        self.sum_x += c @ x
         self.sum_y += float(y.sum())
-        self.sum_xx += x.T @ x
-        self.sum_xy += x.T @ y
+        self.sum_xx += (x * c[:, None]).T @ x
+        self.sum_xy += np.bincount(window, weights=y, minlength=len(x)) @ x
         self.sum_yy += float(y @ y)
 
     def centred(self):
@@ -46,12 +49,6 @@ class Moments:
         mx, my = self.sum_x / self.n, self.sum_y / self.n
         return (mx, my, self.sum_xx - self.n * np.outer(mx, mx), self.sum_xy - self.n * mx * my,
                 self.sum_yy - self.n * my * my)
-
-    def mean_squared_error(self, weight, bias):
-        """Mean over the rows of (y - x @ weight - bias)²."""
-        mx, my, cxx, cxy, cyy = self.centred()
-        offset = my - mx @ weight - bias
-        return max(cyy - 2 * weight @ cxy + weight @ cxx @ weight, 0.0) / self.n + offset ** 2
 
 
 class RidgePath:
@@ -62,7 +59,7 @@ class RidgePath:
         self.n = moments.n
         self.mean_x, self.mean_y, cxx, cxy, self.cyy = moments.centred()
         scale = np.sqrt(np.clip(np.diag(cxx), 0, None) / self.n)
-        self.scale = np.where(scale < 10 * np.finfo(float).eps, 1.0, scale)   # constant counts: as sklearn
+        self.scale = np.where(scale < 10 * np.finfo(float).eps, 1.0, scale)   # constant counts: weight 0
         self.eigenvalues, self.vectors = np.linalg.eigh(cxx / np.outer(self.scale, self.scale))
         self.projected = self.vectors.T @ (cxy / self.scale)
 
@@ -81,35 +78,42 @@ class RidgePath:
         return residual / self.n / (1 - dof / self.n) ** 2
 
 
-def wiener_moments(model, dataset, batches, desc=None):
-    """Per target, the Moments of (counts, standardised value) over every target sample in
-    `batches`: a window's binned counts repeated for each of its samples."""
-    moments = {name: Moments.empty(model.wiener_weight.shape[0]) for name in model.wiener_targets}
+def target_samples(model, dataset, batches, desc=None):
+    """Per batch of windows, per target: (the windows' binned counts (B, p), each target sample's
+    window (S,), its standardised value (S,))."""
     with torch.no_grad():
         for idx in tqdm(batches, desc=desc, unit="batch", disable=desc is None, leave=False):
             batch = collate_windows([dataset[i] for i in idx])
             counts = model.binned_counts(batch).double().numpy()
-            for name, sums in moments.items():
+            samples = {}
+            for name in model.wiener_targets:
                 z, mask = model.standardised(batch, name), batch[f"behavior.{name}"]["mask"]
-                window, _ = torch.nonzero(mask, as_tuple=True)
-                sums.add(counts[window.numpy()], z[mask].double().numpy())
-    return moments
+                samples[name] = (counts, torch.nonzero(mask)[:, 0].numpy(), z[mask].double().numpy())
+            yield samples
 
 
 def fit_wiener(model, dataset, train_windows, valid_batches, batch_size=32):
     """Fit `model.wiener_weight` / `wiener_bias` in place on every one of `train_windows`, the
-    penalty chosen on `valid_batches` (by generalised cross-validation for a target without a
-    validation sample); returns {target: chosen penalty}."""
+    penalty chosen by mean squared error on `valid_batches` (by generalised cross-validation for
+    a target without a validation sample); returns {target: chosen penalty}."""
+    train = {name: Moments.empty(model.wiener_weight.shape[0]) for name in model.wiener_targets}
     batches = [train_windows[i:i + batch_size] for i in range(0, len(train_windows), batch_size)]
-    train = wiener_moments(model, dataset, batches, "fitting the Wiener filter")
-    valid = wiener_moments(model, dataset, valid_batches)
+    for samples in target_samples(model, dataset, batches, "fitting the Wiener filter"):
+        for name, sample in samples.items():
+            train[name].add(*sample)
+    valid = {name: ([], []) for name in model.wiener_targets}           # few windows: kept as rows
+    for samples in target_samples(model, dataset, valid_batches):
+        for name, (counts, window, z) in samples.items():
+            valid[name][0].append(counts[window])
+            valid[name][1].append(z)
     penalties = {}
     for k, name in enumerate(model.wiener_targets):
         if train[name].n < 2:                   # nothing to fit: the filter stays zero
             continue
         path = RidgePath(train[name])
-        if valid[name].n:
-            errors = [valid[name].mean_squared_error(*path.fit(a)) for a in ALPHAS]
+        if sum(map(len, valid[name][1])):
+            x, y = (np.concatenate(part) for part in valid[name])
+            errors = [np.mean((x @ w + b - y) ** 2) for w, b in map(path.fit, ALPHAS)]
         else:
             errors = [path.generalised_cv(a) for a in ALPHAS]
         alpha = float(ALPHAS[int(np.argmin(errors))])

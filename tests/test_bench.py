@@ -68,9 +68,10 @@ def test_bench_generate_quick(tmp_path):
     _run("bench/bench_generate.py", *args)
     check_provenance(out, 0, {"quick": True}, ["bench_generate.py", *args])
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["mode"], r["batch"]) for r in rows] == [("cached", 1), ("naive", 1), ("cached", 2)]
+    assert [(r["config"], r["mode"], r["batch"]) for r in rows] == [
+        ("small.yaml", "cached", 1), ("small.yaml", "naive", 1), ("small.yaml", "cached", 2), ("demo.yaml", "cached", 2)]
     assert all(r["spikes"] > 0 and r["ms_per_spike"] > 0 for r in rows)
-    # frequency-initialised models fire at about the recording's rate
+    # models set to the recording's rates fire at about them
     assert all(0.3 < r["generated_rate_hz"] / r["recorded_rate_hz"] < 3 for r in rows)
 
 

@@ -144,22 +144,21 @@ def generalised_cv_reference(x, y, alpha):
 
 def test_ridge_path_is_sklearns_standardised_ridge_from_sums_alone():
     rng = np.random.default_rng(0)
-    x, xv = rng.poisson(2.0, (300, 6)).astype(float), rng.poisson(2.0, (50, 6)).astype(float)
-    x[:, 2], xv[:, 2] = 3.0, 3.0                                            # a constant unit
-    y, yv = x @ rng.normal(size=6) + rng.normal(size=300), xv @ rng.normal(size=6)
-    train, valid = wiener.Moments.empty(6), wiener.Moments.empty(6)
-    for rows in np.array_split(np.arange(300), 7):                         # sums add up over batches
-        train.add(x[rows], y[rows])
-    valid.add(xv, yv)
+    x = rng.poisson(2.0, (300, 6)).astype(float)
+    x[:, 2] = 3.0                                                          # a constant unit
+    window = np.sort(rng.integers(0, 300, 450))                            # 0-4 samples a window
+    y = x[window] @ rng.normal(size=6) + rng.normal(size=450)
+    train = wiener.Moments.empty(6)
+    for part in np.array_split(np.arange(300), 7):                        # sums add up over batches
+        keep = np.isin(window, part)
+        train.add(x[part], np.searchsorted(part, window[keep]), y[keep])
     path = wiener.RidgePath(train)
     for alpha in (0.1, 10.0, 1e4):
-        reference = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x, y)
+        reference = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x[window], y)
         weight, bias = path.fit(alpha)
         np.testing.assert_allclose(x @ weight + bias, reference.predict(x), rtol=1e-9, atol=1e-9)
         assert abs(weight[2]) < 1e-9                                       # no weight on it
-        np.testing.assert_allclose(valid.mean_squared_error(weight, bias),
-                                   np.mean((xv @ weight + bias - yv) ** 2), rtol=1e-9)
-        np.testing.assert_allclose(path.generalised_cv(alpha), generalised_cv_reference(x, y, alpha), rtol=1e-9)
+        np.testing.assert_allclose(path.generalised_cv(alpha), generalised_cv_reference(x[window], y, alpha), rtol=1e-9)
 
 
 def test_wiener_filter_is_the_validation_chosen_ridge_and_adds_to_the_decoded_value(setup, tiny_synthetic):

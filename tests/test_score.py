@@ -169,19 +169,25 @@ def test_point_process_coupling_sees_only_earlier_bins(tiny_synthetic):
     assert torch.equal(before[1:], after[1:])
 
 
-def test_point_process_generation_is_the_same_with_and_without_the_cache(tiny_synthetic):
-    model, batch, _ = _model(tiny_synthetic, PP_CFG)
+SHORT_LAG_CFG = {**PP_CFG, "model": {**PP_CFG["model"], "coupling_lag": 0.01}}   # spikes age out of the window's filters
+
+
+@pytest.mark.parametrize("raw", [PP_CFG, SHORT_LAG_CFG], ids=["lag=window", "short lag"])
+def test_point_process_generation_is_the_same_with_and_without_the_cache(tiny_synthetic, raw):
+    model, batch, _ = _model(tiny_synthetic, raw)
+    with torch.no_grad():
+        model.coupling.normal_()                                       # strong coupling: every spike counts
     allowed = torch.zeros(model.unit_emb.num_embeddings, dtype=torch.bool)
     allowed[len(SPECIALS):] = True
-    runs = []
-    for cache in (True, False):
-        rows = len(batch["t0"])
-        runs.append(_generate(model, batch, Draws(range(rows)), [True] * rows, allowed, Sampling(), cache=cache)[0])
-    assert runs[0] == runs[1] and sum(map(len, runs[0])) > 0
+    rows = len(batch["t0"])
+    runs = [_generate(model, batch, Draws(range(rows)), [True] * rows, allowed, Sampling(), cache=cache, slots=slots)[0]
+            for cache, slots in ((True, 16), (True, 2), (False, 16))]       # 2 slots: rows take new windows
+    assert runs[0] == runs[1] == runs[2] and sum(map(len, runs[0])) > 0
 
 
-def test_coupling_added_spike_by_spike_equals_the_coupling_of_all_spikes(tiny_synthetic):
-    model, batch, _ = _model(tiny_synthetic, PP_CFG)
+@pytest.mark.parametrize("raw", [PP_CFG, SHORT_LAG_CFG], ids=["lag=window", "short lag"])
+def test_coupling_added_spike_by_spike_equals_the_coupling_of_all_spikes(tiny_synthetic, raw):
+    model, batch, _ = _model(tiny_synthetic, raw)
     with torch.no_grad():
         model.coupling.normal_()                                       # strong coupling: every lag shows
         cur = batch["current"]
