@@ -1,12 +1,12 @@
 """The Wiener filter inside a decoding model, fitted before training.
 
 Each regression target's linear read-out of the window's binned counts (`Neuroformer.wiener`) is
-ridge regression on every training window, its penalty chosen on the validation windows, as the
-ridge baseline of `neuroformer decode` chooses its own (standardised counts, fitted intercept).
-The fit reads the training windows once and keeps only their sums (`Moments`), so its memory is
-the square of the number of counts per target (a few such arrays while solving), whatever the
-recording's length. Training then leaves the filter fixed:
-the transformer starts from the best linear decoder of the window and learns only what it misses.
+ridge regression on every training window (standardised counts, fitted intercept), its penalty
+chosen on the validation windows as the ridge baseline of `neuroformer decode` chooses its own
+(here by mean squared error). The fit reads the training windows once and keeps only their sums
+(`Moments`), so its memory is the square of the number of counts per target (a few such arrays
+while solving), whatever the recording's length. Training then leaves the filter fixed: the
+transformer starts from the best linear decoder of the window and learns only what it misses.
 """
 from dataclasses import dataclass
 
