@@ -147,8 +147,8 @@ def main():
         if not set(names) <= {"small.yaml", "published.yaml", "demo.yaml"}:
             parser.error(f"--configs: small.yaml, published.yaml and/or demo.yaml, got {args.configs!r}")
         configs = [ROOT / "configs" / name for name in names]
-        plan = {"small.yaml": [(8.0, 1, True, 1), (1.0, 1, False, 1), (32.0, 16, True, 16), (0.5, 16, False, 16)],
-                "demo.yaml": [(8.0, 1, True, 1), (1.0, 1, False, 1), (32.0, 16, True, 16), (0.5, 16, False, 16)],
+        demo_size = [(8.0, 1, True, 1), (1.0, 1, False, 1), (32.0, 16, True, 16), (0.5, 16, False, 16)]
+        plan = {"small.yaml": demo_size, "demo.yaml": demo_size,
                 "published.yaml": [(4.0, 1, True, 1), (0.5, 1, False, 1), (32.0, 16, True, 16),
                                    (0.25, 16, False, 16)]}
     rows = []
