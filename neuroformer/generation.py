@@ -152,8 +152,9 @@ class _Rows:
         if not self.cache:
             self.context = [self.context[s] for s in keep]
             self.batch = _take(self.batch, index)
-        for pair in self.caches or ():
-            for c in pair:
+        if self.caches:
+            own, held = self.caches
+            for c in [own, *held]:
                 c.select(index)
 
     def uniforms(self, skip):
@@ -178,8 +179,7 @@ class _Rows:
                 memory, _ = model.encode_context(self.batch)
                 self.drive = model.unit_drive(memory)
         if self.cache and (self.row < 0).any():           # a free row's cache holds its START alone
-            for own, _ in self.caches:
-                own.clear(self.row < 0)
+            self.caches[0].clear(self.row < 0)
         with record_function("decoder"):
             x = (model.decode_step(unit, self.rotation[bin_], self.caches) if self.cache
                  else model.decode(so_far, memory)[rows, last])[:, None]

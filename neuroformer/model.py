@@ -258,17 +258,20 @@ class Neuroformer(nn.Module):
         """Rows `rows` of the decoder's caches (`nn.new_caches`) start a window: no tokens yet,
         and the memory (tokens, times, mask) of those rows (n, M, W) as cross-attention keys."""
         tokens, times, mask = memory
-        for blk, (own, held) in zip(self.decoder, caches):
-            own.clear(rows)
-            held.put(rows, *blk.cross.memory_kv(tokens, times), mask)
+        own, held = caches
+        own.clear(rows)
+        for blk, cache in zip(self.decoder, held):
+            cache.put(rows, *blk.cross.memory_kv(tokens, times), mask)
 
     def decode_step(self, unit, rotation, caches):
         """Decoder state (B, W) of one new token per row, unit (B,) at the time whose rotary
         embedding is `rotation` (B, D, D; `RotaryTime.matrix`), after the row's tokens and memory
         in `caches`: `decode`'s state at that token, in fewer operations (generation)."""
         x = F.embedding(unit, self.unit_emb.weight)
-        for blk, cache in zip(self.decoder, caches):
-            x = blk.step(x, rotation, cache)
+        own, held = caches
+        own.advance()
+        for layer, (blk, cache) in enumerate(zip(self.decoder, held)):
+            x = blk.step(x, rotation, own, layer, cache)
         return self.norm(x)
 
     def unit_drive(self, memory):

@@ -66,14 +66,18 @@ class RotaryTime(nn.Module):
 
 
 class SelfCache:
-    """Rotated keys and values of each generating row's tokens so far (inference only), written in
-    place at the row's own position: rows advance independently, and a row that starts a new
-    window starts again from none (`clear`). Lengths are kept on the host, so a step needs no
-    device synchronisation, and rows all at one position are written as a slice and need no mask."""
+    """Rotated keys and values of each generating row's tokens so far, in every layer of a decoder
+    (inference only), written in place at the row's own position: rows advance independently, and
+    a row that starts a new window starts again from none (`clear`). Where a step's tokens go and
+    what each row must not see are worked out once per step for all layers (`advance`). Lengths
+    are kept on the host, so a step needs no device synchronisation, and rows all at one position
+    are written as a slice and need no mask."""
 
-    def __init__(self, rows):
+    def __init__(self, rows, layers, heads, like):
         self.length = np.zeros(rows, dtype=np.int64)             # tokens held per row
-        self.k = self.v = None
+        self.layers, self.heads, self.like = layers, heads, like  # like: a weight (dtype, device, width)
+        self.kv = None                                           # (layers, B, 2, H, capacity, D)
+        self.end, self.at, self.bias = 0, None, None
 
     def clear(self, rows):
         self.length[_host(rows)] = 0
@@ -81,31 +85,38 @@ class SelfCache:
     def select(self, rows):
         """Keep the batch rows `rows` (the others leave the generating batch)."""
         self.length = self.length[_host(rows)]
-        if self.k is not None:
-            self.k, self.v = self.k[rows], self.v[rows]
+        if self.kv is not None:
+            self.kv = self.kv[:, rows]
 
-    def append(self, k, v):
-        """Store one new token per row, k and v (B, H, D); returns every row's keys and values
-        (B, H, L, D) and the additive attention bias (B, 1, 1, L) hiding what a row does not hold
-        (None when no row holds fewer tokens than another)."""
-        B, H, D = k.shape
-        end = int(self.length.max()) + 1
-        if self.k is None or end > self.k.shape[2]:              # buffers double when full
-            grown = [k.new_zeros(B, H, max(64, 2 * end), D) for _ in range(2)]
-            if self.k is not None:
-                grown[0][:, :, :self.k.shape[2]], grown[1][:, :, :self.v.shape[2]] = self.k, self.v
-            self.k, self.v = grown
-        bias = None
-        if (self.length == end - 1).all():
-            self.k[:, :, end - 1], self.v[:, :, end - 1] = k, v
-        else:
-            at = torch.from_numpy(self.length).to(k.device)
-            rows = torch.arange(B, device=k.device)
-            self.k[rows, :, at], self.v[rows, :, at] = k, v
-            bias = torch.zeros(B, end, dtype=k.dtype, device=k.device).masked_fill(
-                torch.arange(end, device=k.device) > at[:, None], float("-inf"))[:, None, None]
+    def advance(self):
+        """Each row takes one token this step: its position in every layer (buffers double when
+        full), and the additive attention bias (B, 1, 1, L) hiding what a row does not hold (None
+        when no row holds fewer tokens than another)."""
+        B, like = len(self.length), self.like
+        self.end = end = int(self.length.max()) + 1
+        if self.kv is None or end > self.kv.shape[4]:
+            D = like.shape[-1] // self.heads
+            grown = like.new_zeros(self.layers, B, 2, self.heads, max(64, 2 * end), D)
+            if self.kv is not None:
+                grown[:, :, :, :, :self.kv.shape[4]] = self.kv
+            self.kv = grown
+        self.at = self.bias = None
+        if not (self.length == end - 1).all():
+            at = torch.tensor(self.length, device=like.device)           # a copy: lengths move on below
+            self.at = (torch.arange(B, device=like.device), at)
+            self.bias = torch.zeros(B, end, dtype=like.dtype, device=like.device).masked_fill(
+                torch.arange(end, device=like.device) > at[:, None], float("-inf"))[:, None, None]
         self.length += 1
-        return self.k[:, :, :end], self.v[:, :, :end], bias
+
+    def append(self, layer, k, v):
+        """Store this step's token of every row in `layer`, k and v (B, H, D) (after `advance`);
+        returns the layer's keys and values (B, H, L, D) and the step's attention bias."""
+        kv, new = self.kv[layer], torch.stack((k, v), 1)
+        if self.at is None:
+            kv[:, :, :, self.end - 1] = new
+        else:
+            kv[self.at[0], :, :, self.at[1]] = new
+        return kv[:, 0, :, :self.end], kv[:, 1, :, :self.end], self.bias
 
 
 class MemoryCache:
@@ -179,14 +190,14 @@ class Attention(nn.Module):
         k, v = kv.view(*kv.shape[:2], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         return self.rotary(k, context_time), v
 
-    def step_self(self, x, rotation, cache):
+    def step_self(self, x, rotation, cache, layer):
         """Causal self-attention of one new token per row, x (B, W) at the time of `rotation`
-        (`RotaryTime.matrix`), to itself and the row's tokens in `cache` (a `SelfCache`)."""
+        (`RotaryTime.matrix`), to itself and the row's tokens in `cache` (a `SelfCache`, at `layer`)."""
         B, W = x.shape
         q = F.linear(x, self.q.weight, self.q.bias).view(B, self.heads, -1)
         k, v = F.linear(x, self.kv.weight, self.kv.bias).view(B, 2, self.heads, -1).unbind(1)
         q, k = (torch.cat([q, k], 1) @ rotation).split(self.heads, 1)                      # (B, H, D) each
-        k, v, bias = cache.append(k, v)
+        k, v, bias = cache.append(layer, k, v)
         y = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=bias)
         return F.linear(y.reshape(B, W), self.out.weight, self.out.bias)
 
@@ -235,15 +246,15 @@ class Block(nn.Module):
             x = x + self.drop(self.cross(self.norm2(x), t, m, m_time, m_mask, context_rows=rows[0] if rows else None))
         return x + self.mlp(self.norm3(x))
 
-    def step(self, x, rotation, cache):
-        """`forward` of one new token per row, x (B, W), with its (`SelfCache`, `MemoryCache`)
-        pair, in fewer operations (generation; no dropout)."""
+    def step(self, x, rotation, own, layer, held):
+        """`forward` of one new token per row, x (B, W), with the decoder's `SelfCache` (this block
+        its `layer`) and the block's `MemoryCache`, in fewer operations (generation; no dropout)."""
         def norm(layer, h):
             return F.layer_norm(h, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
         if self.attn is not None:
-            x = x + self.attn.step_self(norm(self.norm1, x), rotation, cache[0])
+            x = x + self.attn.step_self(norm(self.norm1, x), rotation, own, layer)
         if self.cross is not None:
-            x = x + self.cross.step_cross(norm(self.norm2, x), rotation, cache[1])
+            x = x + self.cross.step_cross(norm(self.norm2, x), rotation, held)
         up, down = self.mlp[0], self.mlp[2]
         return x + F.linear(F.gelu(F.linear(norm(self.norm3, x), up.weight, up.bias)), down.weight, down.bias)
 
@@ -258,8 +269,10 @@ def run_stack(blocks, x, t, mask, **kwargs):
 
 
 def new_caches(blocks, rows):
-    """One (`SelfCache`, `MemoryCache`) pair per block for `rows` generating rows."""
-    return [(SelfCache(rows), MemoryCache(rows)) for _ in blocks]
+    """A decoder's caches for `rows` generating rows: one `SelfCache` for all its blocks, and a
+    `MemoryCache` per block."""
+    attn = blocks[0].attn
+    return SelfCache(rows, len(blocks), attn.heads, attn.q.weight), [MemoryCache(rows) for _ in blocks]
 
 
 def _host(rows):
