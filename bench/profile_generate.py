@@ -4,7 +4,11 @@ One rollout of the benchmark recording (bench_generate.py's: 100 neurons, 32 s t
 then run again under torch.profiler (same seed, same spikes), whose labelled parts (window data,
 context, decoder, heads, sampling; the rest is the rollout's bookkeeping) split the timed wall
 clock. The limit: the decoder step's matrix products alone, run back to back on the model's own
-weights at the same batch (what no per-operation overhead can go below on this machine).
+weights at the same batch (what no per-operation overhead can go below on this machine), and the
+rollout's floor: every step at those products plus its attention over the cached keys and values
+(the single-query attention alone, at the rollout's memory and token counts), every window's
+context encoded for all rows at once (the least overhead per row) and every trial window's frames
+and behaviour encoded once, times the counts of steps and windows of the timed rollout.
 
     python bench/profile_generate.py --config configs/published.yaml --batch 1 -o W/profile_b1.json
     python bench/profile_generate.py --config configs/published.yaml --batch 16 -o W/profile_b16.json
@@ -15,8 +19,10 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 from bench_generate import first_trial, prepared, synthetic_recording, warm_up
 
@@ -48,6 +54,57 @@ def matmul_floor(model, batch, repeats=200):
     ms = 1000 * (time.perf_counter() - clock) / repeats
     flops = 2 * batch * sum(m.in_features * m.out_features for m in layers)
     return ms, flops / ms / 1e6
+
+
+def timed_ms(f, repeats):
+    """ms per call of f() after one warm-up call."""
+    f()
+    clock = time.perf_counter()
+    for _ in range(repeats):
+        f()
+    return 1000 * (time.perf_counter() - clock) / repeats
+
+
+@torch.no_grad()
+def context_floor(model, dataset, batch, repeats=5):
+    """Per window and row: ms and GFLOP of encoding the context of `batch` training windows at once
+    (history, memory, unit drives, the decoder's memory keys and values), the frames and behaviour
+    given; per trial window: ms of its frames and behaviour (`stimulus_parts`, once for all
+    repeats); and the memory's padded token count."""
+    from neuroformer.data.windows import collate_windows
+    from neuroformer.nn import new_caches
+    from neuroformer.training import epoch_batches
+
+    idx = epoch_batches(dataset.recordings, dataset.spec, "train", batch, 0, 0)[0]
+    windows = collate_windows([dataset[i] for i in idx])
+    stimulus = model.stimulus_parts(windows)
+    caches, rows = new_caches(model.decoder, batch), torch.arange(batch)
+
+    def context():
+        memory, _ = model.encode_context(windows, model.context_parts(windows, stimulus))
+        model.unit_drive(memory)
+        model.start_caches(caches, rows, memory)
+        return memory
+    with torch.enable_grad(), FlopCounterMode(display=False) as flops:
+        memory = context()                                # (the counter's module hooks need autograd)
+    one = collate_windows([dataset[idx[0]]])
+    return {"context_ms": timed_ms(context, repeats) / batch, "context_gflop": flops.get_total_flops() / 1e9 / batch,
+            "stimulus_ms": timed_ms(lambda: model.stimulus_parts(one), repeats), "memory_tokens": memory[0].shape[1]}
+
+
+@torch.inference_mode()
+def attention_floor(model, batch, memory_tokens, own_tokens, repeats=200):
+    """ms of one step's single-query attention in every decoder layer: to `memory_tokens` cached
+    memory keys and values and to `own_tokens` of the row's own, at `batch` rows."""
+    heads, width = model.decoder[0].attn.heads, model.unit_emb.weight.shape[1]
+    q = torch.randn(batch, heads, 1, width // heads)
+    kv = [torch.randn(2, batch, heads, n, width // heads)                # each layer its own (no cache reuse)
+          for _ in model.decoder for n in (memory_tokens, own_tokens)]
+
+    def attend():
+        for k, v in kv:
+            F.scaled_dot_product_attention(q, k, v)
+    return timed_ms(attend, repeats)
 
 
 def main():
@@ -82,17 +139,30 @@ def main():
     share["bookkeeping"] = max(0.0, 1 - sum(share.values()))
     spikes = len(sim.timestamps)
     floor_ms, gflops = matmul_floor(model, args.batch)
+    context = context_floor(model, dataset, args.batch)
+    windows = round(args.seconds / cfg.window.current)                  # of the trial, each for every row
+    held = max(1, round(spikes / (args.batch * windows) / 2))           # a row's own tokens, on average
+    attention_ms = attention_floor(model, args.batch, context["memory_tokens"], held)
+    rollout_floor = (steps * (floor_ms + attention_ms) + args.batch * windows * context["context_ms"]
+                     + windows * context["stimulus_ms"]) / 1000
     result = {"config": args.config.name, "batch": args.batch, "simulated_s": args.seconds * args.batch, "wall_s": wall,
               "spikes": spikes, "decoder_steps": steps, "ms_per_spike": 1000 * wall / spikes,
               "threads": torch.get_num_threads(),
               "parts": {p: {"share": f, "ms_per_spike": 1000 * wall * f / spikes, "ms_per_step": 1000 * wall * f / steps}
                         for p, f in share.items()},
-              "decoder_matmul_floor_ms_per_step": floor_ms, "decoder_matmul_gflops": gflops}
+              "decoder_matmul_floor_ms_per_step": floor_ms, "decoder_matmul_gflops": gflops,
+              "attention_floor_ms_per_step": attention_ms, "own_tokens": held, **context,
+              "context_gflops": context["context_gflop"] / context["context_ms"] * 1000,
+              "rollout_floor_s": rollout_floor}
     print(f"{args.config.name} batch {args.batch}: {spikes} spikes, {steps} decoder steps, {wall:.2f} s, "
           f"{result['ms_per_spike']:.2f} ms/spike")
     for p, row in result["parts"].items():
         print(f"  {p:<12} {100 * row['share']:5.1f}%  {row['ms_per_spike']:.3f} ms/spike  {row['ms_per_step']:.3f} ms/step")
-    print(f"  decoder step's matmuls alone: {floor_ms:.3f} ms/step ({gflops:.1f} GFLOP/s)")
+    print(f"  decoder step's matmuls alone: {floor_ms:.3f} ms/step ({gflops:.1f} GFLOP/s); its attention alone "
+          f"{attention_ms:.3f} ms/step ({context['memory_tokens']} memory, {held} own tokens)")
+    print(f"  context of {args.batch} rows at once: {context['context_ms']:.2f} ms per window and row "
+          f"({result['context_gflops']:.1f} GFLOP/s); frames and behaviour {context['stimulus_ms']:.2f} ms per window")
+    print(f"  the rollout's floor: {rollout_floor:.2f} s of {wall:.2f} s")
     write_result(args.out, result, vars(args), 0)
 
 

@@ -152,9 +152,9 @@ class _Rows:
         if not self.cache:
             self.context = [self.context[s] for s in keep]
             self.batch = _take(self.batch, index)
-        if self.caches:
+        if self.cache:
             own, held = self.caches
-            for c in [own, *held]:
+            for c in (own, *held):
                 c.select(index)
 
     def uniforms(self, skip):

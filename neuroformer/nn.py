@@ -73,11 +73,11 @@ class SelfCache:
     are kept on the host, so a step needs no device synchronisation, and rows all at one position
     are written as a slice and need no mask."""
 
-    def __init__(self, rows, layers, heads, like):
+    def __init__(self, rows, layers, heads, head_dim, dtype, device):
         self.length = np.zeros(rows, dtype=np.int64)             # tokens held per row
-        self.layers, self.heads, self.like = layers, heads, like  # like: a weight (dtype, device, width)
+        self.layers, self.heads, self.head_dim, self.dtype, self.device = layers, heads, head_dim, dtype, device
         self.kv = None                                           # (layers, B, 2, H, capacity, D)
-        self.end, self.at, self.bias = 0, None, None
+        self.end, self.index, self.bias = 0, None, None
 
     def clear(self, rows):
         self.length[_host(rows)] = 0
@@ -92,30 +92,31 @@ class SelfCache:
         """Each row takes one token this step: its position in every layer (buffers double when
         full), and the additive attention bias (B, 1, 1, L) hiding what a row does not hold (None
         when no row holds fewer tokens than another)."""
-        B, like = len(self.length), self.like
+        B, device = len(self.length), self.device
         self.end = end = int(self.length.max()) + 1
         if self.kv is None or end > self.kv.shape[4]:
-            D = like.shape[-1] // self.heads
-            grown = like.new_zeros(self.layers, B, 2, self.heads, max(64, 2 * end), D)
+            grown = torch.zeros(self.layers, B, 2, self.heads, max(64, 2 * end), self.head_dim, dtype=self.dtype,
+                                device=device)
             if self.kv is not None:
                 grown[:, :, :, :, :self.kv.shape[4]] = self.kv
             self.kv = grown
-        self.at = self.bias = None
+        self.index = self.bias = None
         if not (self.length == end - 1).all():
-            at = torch.tensor(self.length, device=like.device)           # a copy: lengths move on below
-            self.at = (torch.arange(B, device=like.device), at)
-            self.bias = torch.zeros(B, end, dtype=like.dtype, device=like.device).masked_fill(
-                torch.arange(end, device=like.device) > at[:, None], float("-inf"))[:, None, None]
+            at = torch.tensor(self.length, device=device)            # a copy: lengths move on below
+            self.index = (torch.arange(B, device=device), at)
+            self.bias = torch.zeros(B, end, dtype=self.dtype, device=device).masked_fill(
+                torch.arange(end, device=device) > at[:, None], float("-inf"))[:, None, None]
         self.length += 1
 
     def append(self, layer, k, v):
-        """Store this step's token of every row in `layer`, k and v (B, H, D) (after `advance`);
-        returns the layer's keys and values (B, H, L, D) and the step's attention bias."""
+        """Store this step's token of every row in `layer`, k and v (B, H, D) (after `advance`),
+        stacked and written by one slice or indexed assignment; returns the layer's keys and values
+        (B, H, L, D) and the step's attention bias."""
         kv, new = self.kv[layer], torch.stack((k, v), 1)
-        if self.at is None:
+        if self.index is None:
             kv[:, :, :, self.end - 1] = new
         else:
-            kv[self.at[0], :, :, self.at[1]] = new
+            kv[self.index[0], :, :, self.index[1]] = new
         return kv[:, 0, :, :self.end], kv[:, 1, :, :self.end], self.bias
 
 
@@ -271,8 +272,9 @@ def run_stack(blocks, x, t, mask, **kwargs):
 def new_caches(blocks, rows):
     """A decoder's caches for `rows` generating rows: one `SelfCache` for all its blocks, and a
     `MemoryCache` per block."""
-    attn = blocks[0].attn
-    return SelfCache(rows, len(blocks), attn.heads, attn.q.weight), [MemoryCache(rows) for _ in blocks]
+    attn, weight = blocks[0].attn, blocks[0].attn.q.weight                 # a decoder's blocks all self-attend
+    own = SelfCache(rows, len(blocks), attn.heads, weight.shape[1] // attn.heads, weight.dtype, weight.device)
+    return own, [MemoryCache(rows) for _ in blocks]
 
 
 def _host(rows):

@@ -331,23 +331,30 @@ def test_cli_simulate_and_evaluate_with_glm(tiny_run, tiny_synthetic, tmp_path):
 
 def test_caches_keep_each_rows_tokens_across_reallocations_restarts_and_row_selection():
     ks, vs = torch.randn(2, 3, 2, 150, 4), torch.randn(2, 3, 2, 150, 4)       # (layer, row, head, token, dim)
-    cache = SelfCache(3, 2, 2, torch.zeros(8, 8))
+    cache = SelfCache(3, 2, 2, 4, torch.float32, "cpu")
 
-    def step(i):                                         # token i of every row, in both layers
+    def step(k, v):                                      # one token of every row, in both layers: k, v (layer, row, H, D)
         cache.advance()
-        return [cache.append(layer, ks[layer, :, :, i], vs[layer, :, :, i]) for layer in range(2)]
-    for i in range(150):
-        out = step(i)
+        return [cache.append(layer, k[layer], v[layer]) for layer in range(2)]
+    for i in range(150):                                 # the buffers grow twice (64 -> 130 -> 262 tokens)
+        out = step(ks[..., i, :], vs[..., i, :])
     for layer, (k, v, bias) in enumerate(out):
         assert torch.equal(k, ks[layer]) and torch.equal(v, vs[layer]) and bias is None
     assert cache.length.tolist() == [150] * 3
+
+    def ragged_step(held):                               # fresh tokens land at each row's own position `held`
+        nk, nv = torch.randn(2, len(held), 2, 4), torch.randn(2, len(held), 2, 4)
+        for layer, (k, v, bias) in enumerate(step(nk, nv)):
+            for r, p in enumerate(held):
+                assert torch.equal(k[r, :, p], nk[layer, r]) and torch.equal(v[r, :, p], nv[layer, r])
+                assert (bias[r, 0, 0, :p + 1] == 0).all() and (bias[r, 0, 0, p + 1:] == float("-inf")).all()
     cache.clear(torch.tensor([1]))                               # row 1 starts a new window
-    for layer, (k, v, bias) in enumerate(step(0)):
-        assert torch.equal(k[1, :, 0], ks[layer, 1, :, 0]) and torch.equal(v[1, :, 0], vs[layer, 1, :, 0])
-        assert (bias[1, 0, 0, 1:] == float("-inf")).all() and bias[1, 0, 0, 0] == 0 and (bias[0] == 0).all()
-        assert torch.equal(k[0, :, :150], ks[layer, 0]) and torch.equal(k[0, :, 150], ks[layer, 0, :, 0])
+    ragged_step([150, 0, 150])
+    for layer in range(2):                                       # the other rows' tokens are kept
+        assert torch.equal(cache.kv[layer, 0, 0, :, :150], ks[layer, 0]) and torch.equal(cache.kv[layer, 2, 1, :, :150], vs[layer, 2])
     cache.select(torch.tensor([2, 1]))
     assert cache.length.tolist() == [151, 1] and torch.equal(cache.kv[1, 0, 0, :, :150], ks[1, 2])
+    ragged_step([151, 1])
     ks, vs = ks[0], vs[0]
     held = MemoryCache(3)
     held.put(torch.tensor([0, 2]), ks[:2, :, :5], vs[:2, :, :5], torch.tensor([[True] * 5, [True] * 3 + [False] * 2]))
