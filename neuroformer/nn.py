@@ -250,8 +250,8 @@ class Block(nn.Module):
     def step(self, x, rotation, own, layer, held):
         """`forward` of one new token per row, x (B, W), with the decoder's `SelfCache` (this block
         its `layer`) and the block's `MemoryCache`, in fewer operations (generation; no dropout)."""
-        def norm(layer, h):
-            return F.layer_norm(h, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
+        def norm(module, h):
+            return F.layer_norm(h, module.normalized_shape, module.weight, module.bias, module.eps)
         if self.attn is not None:
             x = x + self.attn.step_self(norm(self.norm1, x), rotation, own, layer)
         if self.cross is not None:
