@@ -39,30 +39,28 @@ def step_linears(model):
     return layers + [model.dt_head, model.unit_head]
 
 
+def timed_ms(f, repeats, warm_up=1):
+    """ms per call of f() after `warm_up` calls."""
+    for _ in range(warm_up):
+        f()
+    clock = time.perf_counter()
+    for _ in range(repeats):
+        f()
+    return 1000 * (time.perf_counter() - clock) / repeats
+
+
 @torch.inference_mode()
 def matmul_floor(model, batch, repeats=200):
     """ms of one step's matrix products at `batch` rows, and their GFLOP/s."""
     layers = step_linears(model)
     inputs = [torch.randn(batch, m.in_features) for m in layers]
-    for _ in range(10):
+
+    def products():
         for m, x in zip(layers, inputs):
-            torch.nn.functional.linear(x, m.weight, m.bias)
-    clock = time.perf_counter()
-    for _ in range(repeats):
-        for m, x in zip(layers, inputs):
-            torch.nn.functional.linear(x, m.weight, m.bias)
-    ms = 1000 * (time.perf_counter() - clock) / repeats
+            F.linear(x, m.weight, m.bias)
+    ms = timed_ms(products, repeats, warm_up=10)
     flops = 2 * batch * sum(m.in_features * m.out_features for m in layers)
     return ms, flops / ms / 1e6
-
-
-def timed_ms(f, repeats):
-    """ms per call of f() after one warm-up call."""
-    f()
-    clock = time.perf_counter()
-    for _ in range(repeats):
-        f()
-    return 1000 * (time.perf_counter() - clock) / repeats
 
 
 @torch.no_grad()
