@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .assembly import build
+from .model import OWN_HISTORY_STATES
 from .config import config_from_dict
 from .data.vocab import UnitVocab
 from .errors import InputError
@@ -44,6 +45,10 @@ def load_checkpoint(path):
     state["predates"] = [f"{section}.{key}" for section, key in PREDATES if key not in state["config"].get(section, {})]
     for (section, key), then in PREDATES.items():
         state["config"].setdefault(section, {}).setdefault(key, then)
+    weights = state.get("model", {})
+    if "wiener_bias" in weights and "wiener_innovation" not in weights:     # a filter of counts alone
+        weights["wiener_innovation"] = torch.zeros_like(weights["wiener_bias"])
+        weights["own_history_table"] = torch.zeros(len(weights["unit_emb.weight"]), OWN_HISTORY_STATES)
     return config_from_dict(state["config"], path), state
 
 

@@ -25,6 +25,8 @@ from .nn import Block, run_stack, stack
 HISTORY, VISUAL, BEHAVIOR, NULL = range(4)     # modality type embeddings of memory tokens
 AGE_SLACK = 1e-3                               # s: frames this much older than window.adaptation still count
 STIMULUS_BASES = 6                             # raised cosines over the time since a frame's onset
+OWN_HISTORY_BINS, COUNT_CAP = 2, 3              # a unit's own-history state: its capped counts in 2 bins before
+OWN_HISTORY_STATES = (COUNT_CAP + 1) ** OWN_HISTORY_BINS
 GLM_FILTERS = ("coupling", "stim_features", "stim_space", "stim_time", "behavior_filter")   # point process
 
 
@@ -127,11 +129,15 @@ class Neuroformer(nn.Module):
             self.readout = nn.ModuleList(nn.Linear(w, objectives[n].n_classes or 1) for n in self.targets)
         # a Wiener filter inside the model: each regression target's linear read-out of the binned
         # counts, fitted in closed form on the training split before training (`fit_wiener`) and
-        # then fixed, so decoding starts where ridge regression ends and the rest learns what it misses
+        # then fixed, so decoding starts where ridge regression ends and the rest learns what it misses.
+        # A target whose validation error is lower that way reads innovations instead of counts:
+        # each count minus the count its unit's own last bins predict (`own_history_table`)
         self.wiener_targets = [n for n in self.targets if self.objectives[n] == "regression"] if m.wiener else []
         if self.wiener_targets:
             self.register_buffer("wiener_weight", torch.zeros(self.population_bins * vocab_size, len(self.wiener_targets)))
             self.register_buffer("wiener_bias", torch.zeros(len(self.wiener_targets)))
+            self.register_buffer("wiener_innovation", torch.zeros(len(self.wiener_targets)))     # 1: reads innovations
+            self.register_buffer("own_history_table", torch.zeros(vocab_size, OWN_HISTORY_STATES))
 
         c = m.contrastive_dim or w
         self.proj_neural, self.proj_visual = nn.Linear(w, c), nn.Linear(w, c)
@@ -559,11 +565,31 @@ class Neuroformer(nn.Module):
         out = torch.zeros(len(units), self.population_bins * V, device=units.device, dtype=self.unit_emb.weight.dtype)
         return out.scatter_add_(1, index * V + units, mask.to(out.dtype))
 
+    def own_history_states(self, counts):
+        """Each unit's own-history state in every population bin (B, bins, V) of counts (B, bins,
+        V): its counts in the OWN_HISTORY_BINS bins before, capped at COUNT_CAP, as one index (the
+        nearest bin most significant; bins before the window count as empty)."""
+        capped = counts.clamp(max=COUNT_CAP).long()
+        state = torch.zeros_like(capped)
+        for lag in range(1, OWN_HISTORY_BINS + 1):
+            state = state * (COUNT_CAP + 1) + F.pad(capped, (0, 0, lag, 0))[:, :-lag]
+        return state
+
+    def expected_counts(self, counts):
+        """(B, bins * V): the count each unit's own-history state predicts in every population bin
+        of counts (B, bins * V), read from `own_history_table`."""
+        states = self.own_history_states(counts.view(len(counts), self.population_bins, -1))
+        return self.own_history_table[torch.arange(states.shape[-1], device=states.device), states].flatten(1)
+
     def wiener(self, batch):
         """The Wiener filter's prediction (B, targets) of each regression target, standardised units;
         in full precision (its intercept cancels a large sum)."""
         with torch.autocast(self.wiener_weight.device.type, enabled=False):
-            return self.binned_counts(batch).to(self.wiener_weight.dtype) @ self.wiener_weight + self.wiener_bias
+            counts = self.binned_counts(batch).to(self.wiener_weight.dtype)
+            z = counts @ self.wiener_weight + self.wiener_bias
+            if self.wiener_innovation.any():                # (counts - expected) @ weight for those targets
+                z = z - self.expected_counts(counts) @ (self.wiener_weight * self.wiener_innovation)
+            return z
 
     def behavior_outputs(self, batch, x, memory):
         """POYO-style output queries at each target sample's timestamp, starting from the variable's

@@ -171,12 +171,12 @@ def train(cfg, data_paths, opts):
     if not valid:
         raise InputError(", ".join(map(str, data_paths)), (
             "valid_domain", f"holds no {spec.length:g} s window: validation chooses best.pt"))
-    penalties = None
+    wiener_fit = None
     # fitted on a fresh run; a run fine-tuned from a checkpoint without the filter keeps none (its
     # read-out already predicts the whole value)
     if model.wiener_targets and not state and (not opts.init or init_cfg.model.wiener):
         windows = tiling_windows(recordings, spec, "train", opts.train_fraction)
-        penalties = fit_wiener(model, dataset, windows, valid, cfg.train.batch_size) if windows else None
+        wiener_fit = fit_wiener(model, dataset, windows, valid, cfg.train.batch_size) if windows else None
     for name, p in model.named_parameters():
         p.requires_grad_(TRAINABLE[opts.trainable] is None or name.split(".")[0] in TRAINABLE[opts.trainable])
     model.to(device)
@@ -206,7 +206,7 @@ def train(cfg, data_paths, opts):
         out.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, step)
         write_result(out / "run.json", {"data": data_paths, "step": step, "options": vars(opts),
-                                        **({"wiener_penalties": penalties} if penalties else {})}, cfg, opts.seed)
+                                        **({"wiener_filter": wiener_fit} if wiener_fit else {})}, cfg, opts.seed)
     bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=rank != 0)
     last_valid = None
     while step < total:

@@ -7,6 +7,14 @@ chosen on the validation windows as the ridge baseline of `neuroformer decode` c
 (`Moments`), so its memory is the square of the number of counts per target (a few such arrays
 while solving), whatever the recording's length. Training then leaves the filter fixed: the
 transformer starts from the best linear decoder of the window and learns only what it misses.
+
+A second design is fitted the same way in a second pass: innovations, each count minus the count
+its unit's own last two bins predict (a table of mean counts per unit and own-history state,
+fitted in the first pass). Where a unit's history shapes its counts (bursts, refractoriness),
+what its count says about the target is how far it departs from that prediction, as in the
+point-process decoder's update (Truccolo et al. 2005: the log-likelihood's gradient in the drive is
+the count minus the rate given history). Each target keeps the design with the lower validation
+error.
 """
 from dataclasses import dataclass
 
@@ -15,8 +23,10 @@ import torch
 from tqdm import tqdm
 
 from .data.windows import collate_windows
+from .model import OWN_HISTORY_BINS, OWN_HISTORY_STATES
 
 ALPHAS = 10.0 ** np.arange(-1, 6)     # ridge penalties tried (standardised counts)
+OWN_HISTORY_PRIOR = 5.0               # bins of a unit's mean count in each own-history state's expectation
 
 
 @dataclass
@@ -78,47 +88,98 @@ class RidgePath:
         return residual / self.n / (1 - dof / self.n) ** 2
 
 
-def target_samples(model, dataset, batches, desc=None):
-    """Per batch of windows, per target: (the windows' binned counts (B, p), each target sample's
-    window (S,), its standardised value (S,))."""
+def target_samples(model, dataset, batches, innovations=False, desc=None):
+    """Per batch of windows: (the windows' binned counts (B, bins * V), tensor; per target, (the
+    design rows (B, p): counts, or with `innovations` counts minus their expected counts; each
+    target sample's window (S,); its standardised value (S,)))."""
     with torch.no_grad():
         for idx in tqdm(batches, desc=desc, unit="batch", disable=desc is None, leave=False):
             batch = collate_windows([dataset[i] for i in idx])
-            counts = model.binned_counts(batch).double().numpy()
+            counts = model.binned_counts(batch).double()
+            x = (counts - model.expected_counts(counts) if innovations else counts).numpy()
             samples = {}
             for name in model.wiener_targets:
                 z, mask = model.standardised(batch, name), batch[f"behavior.{name}"]["mask"]
-                samples[name] = (counts, torch.nonzero(mask)[:, 0].numpy(), z[mask].double().numpy())
-            yield samples
+                samples[name] = (x, torch.nonzero(mask)[:, 0].numpy(), z[mask].double().numpy())
+            yield counts, samples
 
 
-def fit_wiener(model, dataset, train_windows, valid_batches, batch_size=32):
-    """Fit `model.wiener_weight` / `wiener_bias` in place on every one of `train_windows`, the
-    penalty chosen by mean squared error on `valid_batches` (by generalised cross-validation for
-    a target without a validation sample); returns {target: chosen penalty}."""
+class OwnHistory:
+    """Sums of each unit's count per own-history state (`Neuroformer.own_history_states`) over
+    the population bins whose previous bins all lie in the window."""
+
+    def __init__(self, model):
+        self.model = model
+        self.total = torch.zeros(model.own_history_table.numel(), dtype=torch.float64)
+        self.seen = torch.zeros_like(self.total)
+
+    def add(self, counts):
+        counts = counts.view(len(counts), self.model.population_bins, -1)
+        first = min(OWN_HISTORY_BINS, counts.shape[1] - 1)
+        states = self.model.own_history_states(counts)[:, first:]
+        index = (torch.arange(counts.shape[-1]) * OWN_HISTORY_STATES + states).flatten()
+        self.total += torch.bincount(index, counts[:, first:].flatten(), len(self.total))
+        self.seen += torch.bincount(index, minlength=len(self.seen)).double()
+
+    def table(self):
+        """(V, states) mean count per unit and state, shrunk towards the unit's mean count by
+        OWN_HISTORY_PRIOR bins of it (a state seen rarely predicts about the mean)."""
+        total, seen = self.total.view(-1, OWN_HISTORY_STATES), self.seen.view(-1, OWN_HISTORY_STATES)
+        mean = total.sum(1, keepdim=True) / seen.sum(1, keepdim=True).clamp(min=1)
+        return (total + OWN_HISTORY_PRIOR * mean) / (seen + OWN_HISTORY_PRIOR)
+
+
+def _design_errors(model, dataset, batches, valid_batches, innovations, desc):
+    """Per target, (RidgePath of the training windows' sums, errors per ALPHAS: validation mean
+    squared error, or generalised cross-validation without a validation sample) of one design.
+    The counts' pass also fits `model.own_history_table`, which the innovations' pass reads."""
     train = {name: Moments.empty(model.wiener_weight.shape[0]) for name in model.wiener_targets}
-    batches = [train_windows[i:i + batch_size] for i in range(0, len(train_windows), batch_size)]
-    for samples in target_samples(model, dataset, batches, "fitting the Wiener filter"):
+    history = None if innovations else OwnHistory(model)
+    for counts, samples in target_samples(model, dataset, batches, innovations, desc):
+        if history is not None:
+            history.add(counts)
         for name, sample in samples.items():
             train[name].add(*sample)
+    if history is not None:
+        model.own_history_table.copy_(history.table())
     valid = {name: ([], []) for name in model.wiener_targets}           # few windows: kept as rows
-    for samples in target_samples(model, dataset, valid_batches):
-        for name, (counts, window, z) in samples.items():
-            valid[name][0].append(counts[window])
+    for _, samples in target_samples(model, dataset, valid_batches, innovations):
+        for name, (x, window, z) in samples.items():
+            valid[name][0].append(x[window])
             valid[name][1].append(z)
-    penalties = {}
-    for k, name in enumerate(model.wiener_targets):
+    out = {}
+    for name in model.wiener_targets:
         if train[name].n < 2:                   # nothing to fit: the filter stays zero
             continue
         path = RidgePath(train[name])
         if sum(map(len, valid[name][1])):
             x, y = (np.concatenate(part) for part in valid[name])
-            errors = [np.mean((x @ w + b - y) ** 2) for w, b in map(path.fit, ALPHAS)]
+            out[name] = path, [np.mean((x @ w + b - y) ** 2) for w, b in map(path.fit, ALPHAS)]
         else:
-            errors = [path.generalised_cv(a) for a in ALPHAS]
-        alpha = float(ALPHAS[int(np.argmin(errors))])
-        weight, bias = path.fit(alpha)
+            out[name] = path, [path.generalised_cv(a) for a in ALPHAS]
+    return out
+
+
+def fit_wiener(model, dataset, train_windows, valid_batches, batch_size=32):
+    """Fit the model's Wiener filter in place on every one of `train_windows`: its own-history
+    table, and per target the weights, bias and input (counts, or innovations where that lowers
+    the error) with the penalty chosen by mean squared error on `valid_batches` (by generalised
+    cross-validation for a target without a validation sample); returns {target: {"penalty",
+    "input"}} of the fitted targets."""
+    batches = [train_windows[i:i + batch_size] for i in range(0, len(train_windows), batch_size)]
+    chosen = {}
+    for innovations in (False, True):          # counts first: it also fits the own-history table
+        desc = "fitting the Wiener filter" + (" on innovations" if innovations else "")
+        for name, (path, errors) in _design_errors(model, dataset, batches, valid_batches, innovations,
+                                                    desc).items():
+            best = int(np.argmin(errors))
+            if name not in chosen or errors[best] < chosen[name][0]:
+                chosen[name] = errors[best], innovations, ALPHAS[best], path.fit(ALPHAS[best])
+    out = {}
+    for name, (_, innovations, alpha, (weight, bias)) in chosen.items():
+        k = model.wiener_targets.index(name)
         model.wiener_weight[:, k] = torch.as_tensor(weight, dtype=model.wiener_weight.dtype)
         model.wiener_bias[k] = bias
-        penalties[name] = alpha
-    return penalties
+        model.wiener_innovation[k] = float(innovations)
+        out[name] = {"penalty": float(alpha), "input": "innovations" if innovations else "counts"}
+    return out

@@ -121,16 +121,28 @@ def test_binned_counts_are_the_population_vector_before_the_embedding(setup):
 
 
 def wiener_rows(model, dataset, batches, name):
-    """Reference design of the Wiener fit, row by row: each target sample with its window's counts."""
+    """Reference design of the Wiener fit, row by row: each target sample with its window's counts
+    (bins, V) and standardised value."""
     xs, ys = [], []
     with torch.no_grad():
         for idx in batches:
             batch = collate_windows([dataset[i] for i in idx])
             counts, z = model.binned_counts(batch), model.standardised(batch, name)
             for b, k in torch.nonzero(batch[f"behavior.{name}"]["mask"]).tolist():
-                xs.append(counts[b].double().numpy())
+                xs.append(counts[b].double().view(model.population_bins, -1).numpy())
                 ys.append(float(z[b, k]))
     return np.array(xs), np.array(ys)
+
+
+def own_history_reference(counts, cap=3, bins_back=2):
+    """Each bin's own-history state of counts (..., bins, V), by the formula: the sum over lags
+    l = 1..bins_back of min(count l bins before, cap) * (cap + 1) ** (bins_back - l), 0 before bin 0."""
+    state = np.zeros(counts.shape, dtype=int)
+    for j in range(counts.shape[-2]):
+        for lag in range(1, bins_back + 1):
+            if j - lag >= 0:
+                state[..., j, :] += np.minimum(counts[..., j - lag, :], cap).astype(int) * (cap + 1) ** (bins_back - lag)
+    return state
 
 
 def generalised_cv_reference(x, y, alpha):
@@ -161,36 +173,91 @@ def test_ridge_path_is_sklearns_standardised_ridge_from_sums_alone():
         np.testing.assert_allclose(path.generalised_cv(alpha), generalised_cv_reference(x[window], y, alpha), rtol=1e-9)
 
 
-def test_wiener_filter_is_the_validation_chosen_ridge_and_adds_to_the_decoded_value(setup, tiny_synthetic):
-    cfg, model, _ = setup
-    model = copy.deepcopy(model)
+def test_expected_counts_read_each_units_own_history_state(setup):
+    _, model, _ = setup
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(1.5, (3, model.population_bins, model.own_history_table.shape[0]))
+    counts[0, 0, 5] = 7                                                    # above the cap
+    table = torch.rand(model.own_history_table.shape)
+    with torch.no_grad():
+        model.own_history_table.copy_(table)
+        got = model.expected_counts(torch.as_tensor(counts, dtype=torch.float32).flatten(1))
+        model.own_history_table.zero_()
+    state = own_history_reference(counts)
+    want = table.numpy()[np.arange(counts.shape[-1]), state].reshape(3, -1)
+    np.testing.assert_allclose(got.numpy(), want)
+
+
+@pytest.fixture(scope="module")
+def wide(tiny_synthetic):
+    """A model whose window has 6 population bins, its dataset, the training windows and one
+    validation batch."""
+    raw = copy.deepcopy(TINY_CFG)
+    raw["window"]["history"] = 0.25
+    cfg = config_from_dict(raw)
     dataset = make_loader([tiny_synthetic], window_spec(cfg), LoaderOptions(batch_size=8, seed=0)).dataset
+    torch.manual_seed(0)
+    model = Neuroformer(cfg, len(dataset.vocab), frame_shape=(64, 112)).eval()
     windows = tiling_windows(dataset.recordings, dataset.spec, "train")
-    assert len(windows) > 64
-    valid = tiling_batches(dataset.recordings, dataset.spec, 16, limit=1)
-    (x, y), (xv, yv) = (wiener_rows(model, dataset, b, "eye.phi") for b in ([windows], valid))
-    without_validation = fit_wiener(model, dataset, windows, [], batch_size=5)   # every window, in batches of 5
-    gcv = {a: generalised_cv_reference(x, y, a) for a in wiener.ALPHAS}
-    assert without_validation["eye.phi"] == min(gcv, key=gcv.get)
-    chosen = fit_wiener(model, dataset, windows, valid, batch_size=4)
-    assert model.wiener_targets == ["eye.phi"] and chosen["eye.phi"] in wiener.ALPHAS
-    errors = {a: np.mean((make_pipeline(StandardScaler(), Ridge(alpha=a)).fit(x, y).predict(xv) - yv) ** 2)
-              for a in wiener.ALPHAS}
-    assert chosen["eye.phi"] == min(errors, key=errors.get)
-    reference = make_pipeline(StandardScaler(), Ridge(alpha=chosen["eye.phi"])).fit(x, y).predict(xv)
+    assert len(windows) > 64 and model.population_bins == 6
+    return model, dataset, windows, tiling_batches(dataset.recordings, dataset.spec, 16, limit=1)
+
+
+def test_wiener_filter_is_the_validation_chosen_ridge_and_adds_to_the_decoded_value(wide):
+    model, dataset, windows, valid = wide
+    model = copy.deepcopy(model)
+    (counts, y), (counts_v, yv) = (wiener_rows(model, dataset, b, "eye.phi") for b in ([windows], valid))
+    fit = fit_wiener(model, dataset, windows, [], batch_size=5)             # every window, in batches of 5
+    # the own-history table: mean count per unit and state over bins 2.. of every training window
+    # (the rows above repeat a window per target sample; the table counts each window once)
+    every = np.stack([model.binned_counts(collate_windows([dataset[w]]))[0].view(6, -1).double().numpy()
+                      for w in windows])
+    state, n = own_history_reference(every)[:, 2:], every[:, 2:]
+    units = np.broadcast_to(np.arange(n.shape[-1]), n.shape)
+    total, seen = np.zeros(model.own_history_table.shape), np.zeros(model.own_history_table.shape)
+    np.add.at(total, (units, state), n)
+    np.add.at(seen, (units, state), 1)
+    mean = total.sum(1, keepdims=True) / np.maximum(seen.sum(1, keepdims=True), 1)
+    table = (total + wiener.OWN_HISTORY_PRIOR * mean) / (seen + wiener.OWN_HISTORY_PRIOR)
+    np.testing.assert_allclose(model.own_history_table.numpy(), table, rtol=1e-5, atol=1e-6)
+    expected = lambda c: table[np.arange(c.shape[-1]), own_history_reference(c)]
+    designs = {"counts": (counts, counts_v), "innovations": (counts - expected(counts), counts_v - expected(counts_v))}
+    rows = {d: (x.reshape(len(x), -1), xv.reshape(len(xv), -1)) for d, (x, xv) in designs.items()}
+    gcv = {(d, a): generalised_cv_reference(x, y, a) for d, (x, _) in rows.items() for a in wiener.ALPHAS}
+    design, alpha = min(gcv, key=gcv.get)
+    assert fit["eye.phi"] == {"penalty": alpha, "input": design}
+    fit = fit_wiener(model, dataset, windows, valid, batch_size=4)
+    errors = {(d, a): np.mean((make_pipeline(StandardScaler(), Ridge(alpha=a)).fit(x, y).predict(xv) - yv) ** 2)
+              for d, (x, xv) in rows.items() for a in wiener.ALPHAS}
+    design, alpha = min(errors, key=errors.get)
+    assert model.wiener_targets == ["eye.phi"] and fit["eye.phi"] == {"penalty": alpha, "input": design}
+    assert float(model.wiener_innovation[0]) == (design == "innovations")
     with torch.no_grad():
         held_out = collate_windows([dataset[i] for i in valid[0]])
-        got = model.wiener(held_out)[:, 0]
-        mask = held_out["behavior.eye.phi"]["mask"]
-        window, _ = torch.nonzero(mask, as_tuple=True)
-        np.testing.assert_allclose(got[window].numpy(), reference, rtol=1e-4, atol=1e-4)
+        window, _ = torch.nonzero(held_out["behavior.eye.phi"]["mask"], as_tuple=True)
+        for design in ("counts", "innovations"):                          # each design's read-out, whichever won
+            x, xv = rows[design]
+            path = wiener.RidgePath(moments(x, y))
+            model.wiener_weight[:, 0], model.wiener_bias[0] = map(torch.as_tensor, path.fit(1.0))
+            model.wiener_innovation[0] = float(design == "innovations")
+            reference = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(x, y).predict(xv)
+            np.testing.assert_allclose(model.wiener(held_out)[window, 0].numpy(), reference, rtol=1e-4, atol=1e-4)
         memory, _ = model.encode_context(held_out)
         x_dec = model.decode(held_out["current"], memory)
         with_filter = model.behavior_outputs(held_out, x_dec, memory)["eye.phi"]
+        got = model.wiener(held_out)[:, 0]
         model.wiener_weight.zero_()
         model.wiener_bias.zero_()
         without = model.behavior_outputs(held_out, x_dec, memory)["eye.phi"]
+    mask = held_out["behavior.eye.phi"]["mask"]
     torch.testing.assert_close((with_filter - without)[..., 0], got[:, None].expand_as(mask))
+
+
+def moments(x, y):
+    """Moments of rows x (n, p) with values y, one sample a row."""
+    out = wiener.Moments.empty(x.shape[1])
+    out.add(x, np.arange(len(x)), y)
+    return out
 
 
 def test_windows_without_history_stay_finite(setup):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from neuroformer.checkpoints import load_checkpoint
+from neuroformer.checkpoints import load_checkpoint, load_model
 from neuroformer.config import load_config
 from neuroformer.training import RunOptions, train
 
@@ -76,23 +76,42 @@ def test_resume_from_a_checkpoint_without_per_variable_bests_keeps_its_best(tiny
     assert load_checkpoint(tmp_path / "best.pt")[1]["step"] == 10
 
 
+def drop_the_filter(state):
+    """Make `state` a checkpoint saved before the Wiener filter existed."""
+    del state["config"]["model"]["wiener"]
+    for name in ("wiener_weight", "wiener_bias", "wiener_innovation", "own_history_table"):
+        del state["model"][name]
+
+
 def test_a_run_saved_before_the_wiener_filter_resumes_without_one(tiny_config, tiny_synthetic, tmp_path):
     train(load_config(tiny_config), [tiny_synthetic], RunOptions(tmp_path, max_steps=4))
-    assert "eye.phi" in json.loads((tmp_path / "run.json").read_text())["wiener_penalties"]
+    assert "eye.phi" in json.loads((tmp_path / "run.json").read_text())["wiener_filter"]
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["model"]["wiener_weight"].abs().sum() > 0                  # fitted before the first step
-    del state["config"]["model"]["wiener"], state["model"]["wiener_weight"], state["model"]["wiener_bias"]
+    drop_the_filter(state)
     torch.save(state, tmp_path / "last.pt")
     train(load_config(tiny_config), [tiny_synthetic], RunOptions(tmp_path, max_steps=8, resume=True))
     cfg, state = load_checkpoint(tmp_path / "last.pt")
     assert state["step"] == 8 and cfg.model.wiener is False and "wiener_weight" not in state["model"]
 
 
+def test_a_filter_saved_before_innovations_loads_as_a_filter_of_counts(tiny_config, tiny_synthetic, tmp_path):
+    train(load_config(tiny_config), [tiny_synthetic], RunOptions(tmp_path, max_steps=2))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    fit = json.loads((tmp_path / "run.json").read_text())["wiener_filter"]["eye.phi"]
+    assert bool(state["model"]["wiener_innovation"][0]) == (fit["input"] == "innovations")
+    del state["model"]["wiener_innovation"], state["model"]["own_history_table"]
+    torch.save(state, tmp_path / "old.pt")
+    _, model, _, _ = load_model(tmp_path / "old.pt", [tiny_synthetic])
+    assert not model.wiener_innovation.any() and not model.own_history_table.any()
+    torch.testing.assert_close(model.wiener_weight, state["model"]["wiener_weight"])
+
+
 def test_finetuning_from_a_checkpoint_without_the_filter_adds_none(tiny_config, tiny_synthetic, tmp_path):
     cfg = load_config(tiny_config)
     train(cfg, [tiny_synthetic], RunOptions(tmp_path / "old", max_steps=2))
     state = torch.load(tmp_path / "old" / "last.pt", weights_only=True)
-    del state["config"]["model"]["wiener"], state["model"]["wiener_weight"], state["model"]["wiener_bias"]
+    drop_the_filter(state)
     torch.save(state, tmp_path / "old.pt")
     for init, fitted in ((tmp_path / "old.pt", False), (tmp_path / "old" / "last.pt", True)):
         out = tmp_path / f"tuned_{fitted}"
