@@ -371,7 +371,8 @@ def checkpoint_candidates(run_dir, data_path, samples, targets, device="cpu"):
     files' predictions ({"checkpoint": "mean", "files": [...]}; regression targets: an ensemble of
     steps), and with the Wiener filter inside, each candidate again with the transformer's
     correction to the filter weighted by CORRECTION (a noisy correction costs less when shrunk;
-    the filter alone is never a candidate)."""
+    the filter alone is never a candidate). Returns (candidates, the filter alone as a candidate
+    of its own row, or None unless every target has it: what the transformer adds is the gap)."""
     run_dir = Path(run_dir)
     _, model, dataset, recordings = load_model(run_dir / "best.pt", [data_path], device)
     rid = recordings.recording_ids[0]
@@ -391,18 +392,19 @@ def checkpoint_candidates(run_dir, data_path, samples, targets, device="cpu"):
             m[:, regression] = np.mean([c[s][:, regression] for c in out], 0)
         out.append(({"checkpoint": "mean", "files": [c[0]["checkpoint"] for c in out]}, *mean))
     linear = [k for k, n in enumerate(targets) if n in model.wiener_targets]
-    if linear:                       # the filter is fixed in training: the same in every file
-        alone = [neuroformer_predictions(model, dataset, rid, samples[s], [targets[k] for k in linear], device=device,
-                                         wiener=True) for s in ("valid", "test")]
-        shrunk = []
-        for params, *full in out:
-            for weight in CORRECTION[1:]:
-                blend = [p.copy() for p in full]
-                for b, a in zip(blend, alone):
-                    b[:, linear] = a + weight * (b[:, linear] - a)
-                shrunk.append(({**params, "correction": weight}, *blend))
-        out += shrunk
-    return out
+    if not linear:
+        return out, None
+    # the filter is fixed in training: the same in every file
+    alone = [neuroformer_predictions(model, dataset, rid, samples[s], [targets[k] for k in linear], device=device,
+                                     wiener=True) for s in ("valid", "test")]
+    shrunk = []
+    for params, *full in out:
+        for weight in CORRECTION[1:]:
+            blend = [p.copy() for p in full]
+            for b, a in zip(blend, alone):
+                b[:, linear] = a + weight * (b[:, linear] - a)
+            shrunk.append(({**params, "correction": weight}, *blend))
+    return out + shrunk, ({"wiener_filter": "alone"}, *alone) if len(linear) == len(targets) else None
 
 
 def train_decoder(data_path, targets, work, mode, run=None, config=None, label_fraction=1.0, steps=None, seed=0,
@@ -471,10 +473,12 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
     if mode == "probe":
         probes = probe_results(probe_features(run, data_path, samples, seed, device), samples)
     elif mode != "baselines":
-        candidates = checkpoint_candidates(run_dir, data_path, samples, targets, device)
-        models = {"neuroformer": choose(candidates, samples["valid"], samples["test"], targets, samples["classes"]),
-                  "neuroformer, best.pt": choose(candidates[:1], samples["valid"], samples["test"], targets,
-                                                 samples["classes"]), **models}
+        candidates, alone = checkpoint_candidates(run_dir, data_path, samples, targets, device)
+        own = {"neuroformer": candidates, "neuroformer, best.pt": candidates[:1]}
+        if alone is not None:
+            own["neuroformer, filter alone"] = [alone]
+        models = {**{name: choose(c, samples["valid"], samples["test"], targets, samples["classes"])
+                     for name, c in own.items()}, **models}
     table = probes if probes is not None else models
     novel = novel_stimulus(data, samples["test"])
     if novel is not None:
@@ -498,18 +502,18 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
 def format_report(report):
     """Test Pearson r (R²), or accuracy (balanced) for class labels, per model and target."""
     targets = report["targets"]
-    lines = [f"{'model':<22}" + "".join(f"{t:>24}" for t in targets)]
+    lines = [f"{'model':<26}" + "".join(f"{t:>24}" for t in targets)]
     for model in report["results"][targets[0]]:
         cells = [report["results"][t][model] for t in targets]
-        lines.append(f"{model:<22}" + "".join(
+        lines.append(f"{model:<26}" + "".join(
             f"{c['test_r']:>14.3f} ({c['test_r2']:+.2f})" if "test_r" in c else
             f"{c['test_accuracy']:>14.3f} ({c['test_balanced_accuracy']:.2f})" for c in cells))
     text = "test Pearson r (R²); class labels: accuracy (balanced):\n" + "\n".join(lines)
     if report.get("test_samples_of_novel_stimuli"):
-        lines = [f"{'model':<22}" + "".join(f"{t:>24}" for t in targets)]
+        lines = [f"{'model':<26}" + "".join(f"{t:>24}" for t in targets)]
         for model in report["results"][targets[0]]:
             cells = [[v for k, v in report["results"][t][model].items() if k.endswith("_stimuli")] for t in targets]
-            lines.append(f"{model:<22}" + "".join(f"{seen:>15.3f} / {novel:.3f}" for seen, novel in cells))
+            lines.append(f"{model:<26}" + "".join(f"{seen:>15.3f} / {novel:.3f}" for seen, novel in cells))
         text += "\n\non test trials of stimuli seen in training / novel stimuli (r; balanced accuracy):\n" + \
             "\n".join(lines)
     return text

@@ -317,7 +317,7 @@ def test_joint_decoding_quick_runs_and_records_its_provenance(tmp_path, recordin
     assert report["baseline_input"] == ("calcium" if recording == "calcium" else "counts")
     assert set(result["table"]) == variables and result["recording"] == recording
     for variable, row in result["table"].items():
-        assert set(row["models"]) == {"neuroformer", "neuroformer, best.pt", "ridge"}
+        assert set(row["models"]) == {"neuroformer", "neuroformer, best.pt", "neuroformer, filter alone", "ridge"}
         assert row["models"]["ridge"]["test_r"]["mean"] == seed0[variable]["ridge"]["test_r"]
         assert row["best_baseline"] == "ridge"
 

@@ -176,7 +176,8 @@ def test_joint_report_and_decoded_variables_are_never_inputs(joint, tiny_synthet
         check_provenance(made, 0, {"model": CONFIG["model"], "train": {"max_steps": 10, "batch_size": 8}})
     assert report["targets"] == ["running.speed", "eye.phi"]
     for t in report["targets"]:
-        assert set(report["results"][t]) == {"neuroformer", "neuroformer, best.pt", "ridge", "gru"}
+        assert set(report["results"][t]) == {"neuroformer", "neuroformer, best.pt", "neuroformer, filter alone",
+                                             "ridge", "gru"}
         for r in report["results"][t].values():
             assert -1 <= r["test_r"] <= 1 and -1 <= r["valid_r"] <= 1
         # each variable's checkpoint is chosen on valid among best.pt and the per-variable ones
@@ -220,7 +221,7 @@ def test_checkpoints_of_one_step_are_decoded_once(joint, tiny_synthetic, tmp_pat
     calls = []
     with mock.patch("neuroformer.decoding.neuroformer_predictions",
                     side_effect=lambda *a, **k: calls.append(a[3]) or np.zeros((len(a[3].times), 2))):
-        candidates = checkpoint_candidates(run, tiny_synthetic, samples, report["targets"])
+        candidates, _ = checkpoint_candidates(run, tiny_synthetic, samples, report["targets"])
     names = [c[0]["checkpoint"] for c in candidates if set(c[0]) == {"checkpoint"}]
     assert names[0] == "best.pt" and "best-zz.pt" not in names
     assert sorted(steps[n] for n in names) == sorted(set(steps.values()))     # every step once
@@ -232,7 +233,7 @@ def test_candidates_shrink_the_correction_to_the_wiener_filter_and_average_the_s
     run, targets = out.with_suffix("") / "joint-f1-s0", report["targets"]
     data = open_recording(tiny_synthetic)
     samples = decode_samples(data, targets, window_spec(load_checkpoint(run / "best.pt")[0]))
-    candidates = checkpoint_candidates(run, tiny_synthetic, samples, targets)
+    candidates, filter_alone = checkpoint_candidates(run, tiny_synthetic, samples, targets)
     files = [c for c in candidates if set(c[0]) == {"checkpoint"}]
     assert len(files) > 1
     full = {c[0]["checkpoint"]: c[1:] for c in candidates if "correction" not in c[0]}
@@ -256,6 +257,14 @@ def test_candidates_shrink_the_correction_to_the_wiener_filter_and_average_the_s
         for s in (0, 1):
             np.testing.assert_allclose(pred[s], weight * base[s] + (1 - weight) * alone[s], rtol=1e-5, atol=1e-5)
     assert not np.allclose(alone[1], full["best.pt"][1])          # the correction is not nothing
+    # and the filter alone is the report's own row, chosen on validation like every other
+    assert filter_alone[0] == {"wiener_filter": "alone"}
+    for s in (0, 1):
+        np.testing.assert_allclose(filter_alone[1 + s], alone[s], rtol=1e-5, atol=1e-5)
+    row = choose([filter_alone], samples["valid"], samples["test"], targets)
+    for t in targets:
+        got = report["results"][t]["neuroformer, filter alone"]
+        assert all(got[k] == v for k, v in row[t].items() if k[0] != "_")
 
 
 def test_baselines_mode_scores_the_baselines_alone_on_the_same_samples(joint, tiny_synthetic, config_file, tmp_path,
@@ -441,7 +450,8 @@ def test_decoding_study_quick(tmp_path):
     args = ["--quick", "--few-shot-trainable", "all,heads", "--jobs", "2", "-o", str(tmp_path)]
     subprocess.run([sys.executable, str(STUDY), *args], check=True, capture_output=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["joint"]["running.speed"]) == {"neuroformer", "neuroformer, best.pt", "ridge", "gru"}
+    assert set(summary["joint"]["running.speed"]) == {"neuroformer", "neuroformer, best.pt", "neuroformer, filter alone",
+                                                      "ridge", "gru"}
     assert list(summary["probe"]["eye.phi"]) == ["random init", "history", "+ stimulus", "+ current window",
                                                  "+ population vector"]
     assert set(summary["ceiling"]) == {"running.speed", "eye.phi", "eye.theta"}
