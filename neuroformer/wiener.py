@@ -43,16 +43,20 @@ class Moments:
     def empty(cls, p):
         return cls(0, np.zeros(p), 0.0, np.zeros((p, p)), np.zeros(p), 0.0)
 
-    def add(self, x, window, y):
+    def add(self, x, window, y, gram=None):
         """Add the samples y (S,) whose rows are x[window] (x: (B, p) per window, window: (S,)
-        indices into it): each window's row weighted by its number of samples, read once."""
+        indices into it): each window's row weighted by its number of samples, read once.
+        Returns their (p, p) sum of x x^T, which another target sampled in the same windows passes
+        as `gram` instead of computing it again."""
         c = np.bincount(window, minlength=len(x)).astype(float)
+        gram = (x * c[:, None]).T @ x if gram is None else gram
         self.n += len(y)
         self.sum_x += c @ x
         self.sum_y += float(y.sum())
-        self.sum_xx += (x * c[:, None]).T @ x
+        self.sum_xx += gram
         self.sum_xy += np.bincount(window, weights=y, minlength=len(x)) @ x
         self.sum_yy += float(y @ y)
+        return gram
 
     def centred(self):
         """Means of x and y, and the scatter of x, of x with y and of y about them."""
@@ -138,8 +142,10 @@ def _design_errors(model, dataset, batches, valid_batches, innovations, desc):
     for counts, samples in target_samples(model, dataset, batches, innovations, desc):
         if history is not None:
             history.add(counts)
-        for name, sample in samples.items():
-            train[name].add(*sample)
+        grams = {}                             # targets sampled in the same windows share x x^T
+        for name, (x, window, z) in samples.items():
+            key = window.tobytes()
+            grams[key] = train[name].add(x, window, z, grams.get(key))
     if history is not None:
         model.own_history_table.copy_(history.table())
     valid = {name: ([], []) for name in model.wiener_targets}           # few windows: kept as rows

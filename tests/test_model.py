@@ -165,6 +165,13 @@ def test_ridge_path_is_sklearns_standardised_ridge_from_sums_alone():
         keep = np.isin(window, part)
         train.add(x[part], np.searchsorted(part, window[keep]), y[keep])
     path = wiener.RidgePath(train)
+    shared, other = wiener.Moments.empty(6), wiener.Moments.empty(6)     # a second target, the same windows
+    for part in np.array_split(np.arange(300), 7):
+        keep = np.isin(window, part)
+        gram = shared.add(x[part], np.searchsorted(part, window[keep]), y[keep])
+        other.add(x[part], np.searchsorted(part, window[keep]), -y[keep], gram)
+    np.testing.assert_allclose(other.sum_xx, train.sum_xx)
+    np.testing.assert_allclose(other.sum_xy, -train.sum_xy)
     for alpha in (0.1, 10.0, 1e4):
         reference = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x[window], y)
         weight, bias = path.fit(alpha)
