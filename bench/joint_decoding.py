@@ -111,7 +111,7 @@ def main():
                        for seed in seeds])
     for variable, row in table.items():
         for model, scores in row["models"].items():
-            print(f"{variable:<14} {model:<22} test r {scores['test_r']['mean']:.3f} ± {scores['test_r']['sd']:.3f}")
+            print(f"{variable:<14} {model:<26} test r {scores['test_r']['mean']:.3f} ± {scores['test_r']['sd']:.3f}")
         print(f"{variable:<14} best baseline {row['best_baseline']}: reached {row['reached']}", flush=True)
     out = args.workdir / "joint_decoding.json"
     write_result(out, {"recording": args.recording, "table": table, "seeds": seeds, "steps": steps, "baselines": baselines},

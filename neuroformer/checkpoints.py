@@ -48,7 +48,7 @@ def load_checkpoint(path):
     weights = state.get("model", {})
     if "wiener_bias" in weights and "wiener_innovation" not in weights:     # a filter of counts alone
         weights["wiener_innovation"] = torch.zeros_like(weights["wiener_bias"])
-        weights["own_history_table"] = torch.zeros(len(weights["unit_emb.weight"]), OWN_HISTORY_STATES)
+        weights["wiener_own_history"] = torch.zeros(len(weights["unit_emb.weight"]), OWN_HISTORY_STATES)
     return config_from_dict(state["config"], path), state
 
 

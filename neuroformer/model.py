@@ -131,13 +131,13 @@ class Neuroformer(nn.Module):
         # counts, fitted in closed form on the training split before training (`fit_wiener`) and
         # then fixed, so decoding starts where ridge regression ends and the rest learns what it misses.
         # A target whose validation error is lower that way reads innovations instead of counts:
-        # each count minus the count its unit's own last bins predict (`own_history_table`)
+        # each count minus the count its unit's own last bins predict (`wiener_own_history`)
         self.wiener_targets = [n for n in self.targets if self.objectives[n] == "regression"] if m.wiener else []
         if self.wiener_targets:
             self.register_buffer("wiener_weight", torch.zeros(self.population_bins * vocab_size, len(self.wiener_targets)))
             self.register_buffer("wiener_bias", torch.zeros(len(self.wiener_targets)))
             self.register_buffer("wiener_innovation", torch.zeros(len(self.wiener_targets)))     # 1: reads innovations
-            self.register_buffer("own_history_table", torch.zeros(vocab_size, OWN_HISTORY_STATES))
+            self.register_buffer("wiener_own_history", torch.zeros(vocab_size, OWN_HISTORY_STATES))
 
         c = m.contrastive_dim or w
         self.proj_neural, self.proj_visual = nn.Linear(w, c), nn.Linear(w, c)
@@ -577,19 +577,18 @@ class Neuroformer(nn.Module):
 
     def expected_counts(self, counts):
         """(B, bins * V): the count each unit's own-history state predicts in every population bin
-        of counts (B, bins * V), read from `own_history_table`."""
+        of counts (B, bins * V), read from `wiener_own_history`."""
         states = self.own_history_states(counts.view(len(counts), self.population_bins, -1))
-        return self.own_history_table[torch.arange(states.shape[-1], device=states.device), states].flatten(1)
+        return self.wiener_own_history[torch.arange(states.shape[-1], device=states.device), states].flatten(1)
 
     def wiener(self, batch):
         """The Wiener filter's prediction (B, targets) of each regression target, standardised units;
         in full precision (its intercept cancels a large sum)."""
         with torch.autocast(self.wiener_weight.device.type, enabled=False):
             counts = self.binned_counts(batch).to(self.wiener_weight.dtype)
-            z = counts @ self.wiener_weight + self.wiener_bias
-            if self.wiener_innovation.any():                # (counts - expected) @ weight for those targets
-                z = z - self.expected_counts(counts) @ (self.wiener_weight * self.wiener_innovation)
-            return z
+            # (counts - expected) @ weight where a target reads innovations (flag 1), counts @ weight elsewhere
+            return (counts @ self.wiener_weight + self.wiener_bias
+                    - self.expected_counts(counts) @ (self.wiener_weight * self.wiener_innovation))
 
     def behavior_outputs(self, batch, x, memory):
         """POYO-style output queries at each target sample's timestamp, starting from the variable's

@@ -3,7 +3,7 @@
 Each regression target's linear read-out of the window's binned counts (`Neuroformer.wiener`) is
 ridge regression on every training window (standardised counts, fitted intercept), its penalty
 chosen on the validation windows as the ridge baseline of `neuroformer decode` chooses its own
-(here by mean squared error). The fit reads the training windows once and keeps only their sums
+(here by mean squared error). The fit reads the training windows once per design and keeps only their sums
 (`Moments`), so its memory is the square of the number of counts per target (a few such arrays
 while solving), whatever the recording's length. Training then leaves the filter fixed: the
 transformer starts from the best linear decoder of the window and learns only what it misses.
@@ -14,7 +14,8 @@ fitted in the first pass). Where a unit's history shapes its counts (bursts, ref
 what its count says about the target is how far it departs from that prediction, as in the
 point-process decoder's update (Truccolo et al. 2005: the log-likelihood's gradient in the drive is
 the count minus the rate given history). Each target keeps the design with the lower validation
-error.
+error. Not tried with one population bin (no own history in the window) nor across several
+recordings (a unit is absent from the others' windows, where its innovation would not be 0).
 """
 from dataclasses import dataclass
 
@@ -110,11 +111,12 @@ def target_samples(model, dataset, batches, innovations=False, desc=None):
 
 class OwnHistory:
     """Sums of each unit's count per own-history state (`Neuroformer.own_history_states`) over
-    the population bins whose previous bins all lie in the window."""
+    the population bins from the third of each window on (from its last with fewer bins), where
+    the states hold the window's own counts rather than the empty bins assumed before it."""
 
     def __init__(self, model):
         self.model = model
-        self.total = torch.zeros(model.own_history_table.numel(), dtype=torch.float64)
+        self.total = torch.zeros(model.wiener_own_history.numel(), dtype=torch.float64)
         self.seen = torch.zeros_like(self.total)
 
     def add(self, counts):
@@ -133,12 +135,12 @@ class OwnHistory:
         return (total + OWN_HISTORY_PRIOR * mean) / (seen + OWN_HISTORY_PRIOR)
 
 
-def _design_errors(model, dataset, batches, valid_batches, innovations, desc):
+def _design_errors(model, dataset, batches, valid_batches, innovations, desc, fit_table=False):
     """Per target, (RidgePath of the training windows' sums, errors per ALPHAS: validation mean
     squared error, or generalised cross-validation without a validation sample) of one design.
-    The counts' pass also fits `model.own_history_table`, which the innovations' pass reads."""
+    With `fit_table`, the pass also fits `model.wiener_own_history`, which the innovations' pass reads."""
     train = {name: Moments.empty(model.wiener_weight.shape[0]) for name in model.wiener_targets}
-    history = None if innovations else OwnHistory(model)
+    history = OwnHistory(model) if fit_table else None
     for counts, samples in target_samples(model, dataset, batches, innovations, desc):
         if history is not None:
             history.add(counts)
@@ -147,7 +149,7 @@ def _design_errors(model, dataset, batches, valid_batches, innovations, desc):
             key = window.tobytes()
             grams[key] = train[name].add(x, window, z, grams.get(key))
     if history is not None:
-        model.own_history_table.copy_(history.table())
+        model.wiener_own_history.copy_(history.table())
     valid = {name: ([], []) for name in model.wiener_targets}           # few windows: kept as rows
     for _, samples in target_samples(model, dataset, valid_batches, innovations):
         for name, (x, window, z) in samples.items():
@@ -173,11 +175,12 @@ def fit_wiener(model, dataset, train_windows, valid_batches, batch_size=32):
     cross-validation for a target without a validation sample); returns {target: {"penalty",
     "input"}} of the fitted targets."""
     batches = [train_windows[i:i + batch_size] for i in range(0, len(train_windows), batch_size)]
+    designs = (False, True) if model.population_bins > 1 and len(dataset.recordings.recording_ids) == 1 else (False,)
     chosen = {}
-    for innovations in (False, True):          # counts first: it also fits the own-history table
+    for innovations in designs:                # counts first: it also fits the own-history table
         desc = "fitting the Wiener filter" + (" on innovations" if innovations else "")
-        for name, (path, errors) in _design_errors(model, dataset, batches, valid_batches, innovations,
-                                                    desc).items():
+        for name, (path, errors) in _design_errors(model, dataset, batches, valid_batches, innovations, desc,
+                                                    fit_table=len(designs) > 1 and not innovations).items():
             best = int(np.argmin(errors))
             if name not in chosen or errors[best] < chosen[name][0]:
                 chosen[name] = errors[best], innovations, ALPHAS[best], path.fit(ALPHAS[best])

@@ -374,7 +374,7 @@ def test_heads_only_training_leaves_the_body_as_initialised(tiny_synthetic, tmp_
     train(cfg, [tiny_synthetic], RunOptions(tmp_path / "heads", max_steps=3, trainable="heads"))
     state = load_checkpoint(tmp_path / "heads" / "last.pt")[1]["model"]
     changed = {name.split(".")[0] for name, value in state.items() if not torch.equal(value, start[name])}
-    fitted = {"wiener_weight", "wiener_bias", "own_history_table"}     # the filter (its inputs' flags where chosen)
+    fitted = {"wiener_weight", "wiener_bias", "wiener_own_history"}     # the filter (its inputs' flags where chosen)
     assert changed - {"wiener_innovation"} == {"query", "population_in", "readout"} | fitted
     with pytest.raises(InputError, match="unknown 'body' \\(all, units, heads\\)"):
         train(cfg, [tiny_synthetic], RunOptions(tmp_path / "x", max_steps=1, trainable="body"))

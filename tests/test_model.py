@@ -183,13 +183,13 @@ def test_ridge_path_is_sklearns_standardised_ridge_from_sums_alone():
 def test_expected_counts_read_each_units_own_history_state(setup):
     _, model, _ = setup
     rng = np.random.default_rng(1)
-    counts = rng.poisson(1.5, (3, model.population_bins, model.own_history_table.shape[0]))
+    counts = rng.poisson(1.5, (3, model.population_bins, model.wiener_own_history.shape[0]))
     counts[0, 0, 5] = 7                                                    # above the cap
-    table = torch.rand(model.own_history_table.shape)
+    table = torch.rand(model.wiener_own_history.shape)
     with torch.no_grad():
-        model.own_history_table.copy_(table)
+        model.wiener_own_history.copy_(table)
         got = model.expected_counts(torch.as_tensor(counts, dtype=torch.float32).flatten(1))
-        model.own_history_table.zero_()
+        model.wiener_own_history.zero_()
     state = own_history_reference(counts)
     want = table.numpy()[np.arange(counts.shape[-1]), state].reshape(3, -1)
     np.testing.assert_allclose(got.numpy(), want)
@@ -215,18 +215,8 @@ def test_wiener_filter_is_the_validation_chosen_ridge_and_adds_to_the_decoded_va
     model = copy.deepcopy(model)
     (counts, y), (counts_v, yv) = (wiener_rows(model, dataset, b, "eye.phi") for b in ([windows], valid))
     fit = fit_wiener(model, dataset, windows, [], batch_size=5)             # every window, in batches of 5
-    # the own-history table: mean count per unit and state over bins 2.. of every training window
-    # (the rows above repeat a window per target sample; the table counts each window once)
-    every = np.stack([model.binned_counts(collate_windows([dataset[w]]))[0].view(6, -1).double().numpy()
-                      for w in windows])
-    state, n = own_history_reference(every)[:, 2:], every[:, 2:]
-    units = np.broadcast_to(np.arange(n.shape[-1]), n.shape)
-    total, seen = np.zeros(model.own_history_table.shape), np.zeros(model.own_history_table.shape)
-    np.add.at(total, (units, state), n)
-    np.add.at(seen, (units, state), 1)
-    mean = total.sum(1, keepdims=True) / np.maximum(seen.sum(1, keepdims=True), 1)
-    table = (total + wiener.OWN_HISTORY_PRIOR * mean) / (seen + wiener.OWN_HISTORY_PRIOR)
-    np.testing.assert_allclose(model.own_history_table.numpy(), table, rtol=1e-5, atol=1e-6)
+    table = own_history_table_reference(model, dataset, windows, first=2)
+    np.testing.assert_allclose(model.wiener_own_history.numpy(), table, rtol=1e-5, atol=1e-6)
     expected = lambda c: table[np.arange(c.shape[-1]), own_history_reference(c)]
     designs = {"counts": (counts, counts_v), "innovations": (counts - expected(counts), counts_v - expected(counts_v))}
     rows = {d: (x.reshape(len(x), -1), xv.reshape(len(xv), -1)) for d, (x, xv) in designs.items()}
@@ -258,6 +248,40 @@ def test_wiener_filter_is_the_validation_chosen_ridge_and_adds_to_the_decoded_va
         without = model.behavior_outputs(held_out, x_dec, memory)["eye.phi"]
     mask = held_out["behavior.eye.phi"]["mask"]
     torch.testing.assert_close((with_filter - without)[..., 0], got[:, None].expand_as(mask))
+
+
+def own_history_table_reference(model, dataset, windows, first):
+    """The own-history table by hand: mean count per unit and state over bins `first`.. of every
+    window, shrunk towards the unit's mean count."""
+    every = np.stack([model.binned_counts(collate_windows([dataset[w]]))[0].view(model.population_bins, -1)
+                      .double().numpy() for w in windows])
+    state, n = own_history_reference(every)[:, first:], every[:, first:]
+    units = np.broadcast_to(np.arange(n.shape[-1]), n.shape)
+    total, seen = np.zeros(model.wiener_own_history.shape), np.zeros(model.wiener_own_history.shape)
+    np.add.at(total, (units, state), n)
+    np.add.at(seen, (units, state), 1)
+    mean = total.sum(1, keepdims=True) / np.maximum(seen.sum(1, keepdims=True), 1)
+    return (total + wiener.OWN_HISTORY_PRIOR * mean) / (seen + wiener.OWN_HISTORY_PRIOR)
+
+
+def test_a_two_bin_window_fits_its_table_on_the_last_bin_and_one_bin_tries_no_innovations(setup, tiny_synthetic):
+    cfg, model, _ = setup
+    model = copy.deepcopy(model)
+    dataset = make_loader([tiny_synthetic], window_spec(cfg), LoaderOptions(batch_size=8, seed=0)).dataset
+    windows = tiling_windows(dataset.recordings, dataset.spec, "train")[:40]
+    assert model.population_bins == 2
+    fit_wiener(model, dataset, windows, [], batch_size=16)
+    table = own_history_table_reference(model, dataset, windows, first=1)
+    np.testing.assert_allclose(model.wiener_own_history.numpy(), table, rtol=1e-5, atol=1e-6)
+    raw = copy.deepcopy(TINY_CFG)
+    raw["window"]["history"] = 0.0
+    cfg = config_from_dict(raw)
+    dataset = make_loader([tiny_synthetic], window_spec(cfg), LoaderOptions(batch_size=8, seed=0)).dataset
+    one_bin = Neuroformer(cfg, len(dataset.vocab), frame_shape=(64, 112)).eval()
+    assert one_bin.population_bins == 1
+    windows = tiling_windows(dataset.recordings, dataset.spec, "train")[:40]
+    assert fit_wiener(one_bin, dataset, windows, [], batch_size=16)["eye.phi"]["input"] == "counts"
+    assert not one_bin.wiener_own_history.any()           # fitted only where innovations are tried
 
 
 def moments(x, y):

@@ -13,7 +13,8 @@ import yaml
 
 from neuroformer.checkpoints import load_checkpoint, load_model
 from neuroformer.config import load_config
-from neuroformer.training import RunOptions, train
+from neuroformer.data.windows import collate_windows
+from neuroformer.training import RunOptions, tiling_windows, train
 
 from conftest import check_provenance
 from test_model import TINY_CFG
@@ -79,7 +80,7 @@ def test_resume_from_a_checkpoint_without_per_variable_bests_keeps_its_best(tiny
 def drop_the_filter(state):
     """Make `state` a checkpoint saved before the Wiener filter existed."""
     del state["config"]["model"]["wiener"]
-    for name in ("wiener_weight", "wiener_bias", "wiener_innovation", "own_history_table"):
+    for name in ("wiener_weight", "wiener_bias", "wiener_innovation", "wiener_own_history"):
         del state["model"][name]
 
 
@@ -100,11 +101,14 @@ def test_a_filter_saved_before_innovations_loads_as_a_filter_of_counts(tiny_conf
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     fit = json.loads((tmp_path / "run.json").read_text())["wiener_filter"]["eye.phi"]
     assert bool(state["model"]["wiener_innovation"][0]) == (fit["input"] == "innovations")
-    del state["model"]["wiener_innovation"], state["model"]["own_history_table"]
+    del state["model"]["wiener_innovation"], state["model"]["wiener_own_history"]
     torch.save(state, tmp_path / "old.pt")
-    _, model, _, _ = load_model(tmp_path / "old.pt", [tiny_synthetic])
-    assert not model.wiener_innovation.any() and not model.own_history_table.any()
-    torch.testing.assert_close(model.wiener_weight, state["model"]["wiener_weight"])
+    _, model, dataset, _ = load_model(tmp_path / "old.pt", [tiny_synthetic])
+    batch = collate_windows([dataset[i] for i in tiling_windows(dataset.recordings, dataset.spec, "train")[:4]])
+    with torch.no_grad():
+        want = model.binned_counts(batch) @ state["model"]["wiener_weight"] + state["model"]["wiener_bias"]
+        model.wiener_own_history.fill_(1.0)      # were a flag left on, the innovations would show
+        torch.testing.assert_close(model.wiener(batch), want)
 
 
 def test_finetuning_from_a_checkpoint_without_the_filter_adds_none(tiny_config, tiny_synthetic, tmp_path):
