@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 
 from .assembly import build
-from .model import OWN_HISTORY_STATES
 from .config import config_from_dict
 from .data.vocab import UnitVocab
 from .errors import InputError
 from .io import atomic_path
+from .model import OWN_HISTORY_STATES
 
 
 PREDATES = {("model", "wiener"): False}      # settings added later -> what a checkpoint without them was made with
