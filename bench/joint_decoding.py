@@ -1,10 +1,12 @@
 """Joint decoding, 3 seeds: Neuroformer trained jointly on spikes and behaviour against the
-baselines of `neuroformer decode` on the same test samples, on one of two recordings:
+baselines of `neuroformer decode` on the same test samples, on one of these recordings:
 - `synthetic` (default): running speed and gaze of the synthetic recording with 40 trials per
   training movie, configs/decoding.yaml, 3,000 steps, against ridge (Wiener filter) and the MLP;
 - `velocity`: hand velocity (x, y) of simulate/velocity_population.py's 180 units in 50 ms bins,
   imported as arrays, with the config `decode` derives from the recording (the decoding
   template; latent history at that density) at its 1,500 steps, against ridge and the GRU;
+- `lif`: the same task with integrate-and-fire neurons (velocity_population.py --neurons lif:
+  adapting, not the GLM's own-history form), the same config, steps and baselines;
 - `calcium`: the synthetic recording seen through calcium imaging (`prepare --synthetic
   --calcium --events`): Neuroformer on its deconvolved events, ridge and the MLP on its binned
   dF/F traces (decode's baseline input for an events recording), same config and steps as
@@ -40,15 +42,16 @@ RECORDINGS = {"synthetic": dict(targets=("speed", "phi", "theta"), steps=3000, b
               "calcium": dict(targets=("speed", "phi", "theta"), steps=3000, baselines="ridge,mlp",
                               config=ROOT / "configs" / "decoding.yaml"),
               "velocity": dict(targets=("hand_vx", "hand_vy"), steps=None, baselines="ridge,gru", config=None)}
+RECORDINGS["lif"] = RECORDINGS["velocity"]                 # the same task, other neurons
 SCORES = ("test_r", "test_r_seen_stimuli", "test_r_novel_stimuli")
 
 
-def velocity_recording(path, quick):
-    """simulate/velocity_population.py's arrays imported at `path` (made unless there)."""
+def velocity_recording(path, quick, neurons="glm"):
+    """simulate/velocity_population.py's arrays (of `neurons`) imported at `path` (made unless there)."""
     if not path.exists():
         arrays = path.with_suffix(".npz")
         subprocess.run([sys.executable, str(ROOT / "simulate" / "velocity_population.py"), "-o", str(arrays),
-                        *(["--units", "20", "--minutes", "2"] if quick else [])], check=True, capture_output=True)
+                        "--neurons", neurons, *(["--units", "20", "--minutes", "2"] if quick else [])], check=True, capture_output=True)
         neuroformer("prepare", arrays, "--bin-size", 0.05, "--behavior", "hand_vx=0.05", "--behavior", "hand_vy=0.05",
                     "-o", path)
     return path
@@ -105,7 +108,7 @@ def main():
         size = QUICK_SYNTHETIC if args.quick else ("--trials", args.trials)
         data = synthetic_recording(args.workdir / "recording.h5", False, *size, *imaging)
     else:
-        data = velocity_recording(args.workdir / "recording.h5", args.quick)
+        data = velocity_recording(args.workdir / "recording.h5", args.quick, "lif" if args.recording == "lif" else "glm")
     steps, baselines = (3, "ridge") if args.quick else (args.steps or spec["steps"], args.baselines or spec["baselines"])
     table = summarise([decode(data, args.recording, seed, steps, baselines, args.workdir, args.config, args.calcium_tokens)
                        for seed in seeds])
