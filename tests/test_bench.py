@@ -343,6 +343,29 @@ def test_velocity_population_is_cosine_tuned_with_its_lead_and_imports(tmp_path)
                  "-o", str(tmp_path / "vel.h5")]) == 0
 
 
+def test_velocity_population_of_integrate_and_fire_neurons_is_tuned_and_regular(tmp_path):
+    tuned, flat = tmp_path / "tuned.npz", tmp_path / "flat.npz"
+    _run("simulate/velocity_population.py", "-o", tuned, "--neurons", "lif", "--units", "12", "--minutes", "1",
+         "--rate", "20", "--gain", "1")
+    arrays, truth = np.load(tuned), np.load(tmp_path / "tuned.truth.npz")
+    counts, v = arrays["spikes"], np.stack([arrays["hand_vx"], arrays["hand_vy"]], 1)
+    assert counts.shape == (12, 1200) and "history" not in truth and float(truth["adaptation_tau"]) == 0.2
+    assert 10 < counts.sum(1).mean() / 60 < 30                               # Hz: the input was calibrated to --rate
+    for i in range(12):
+        lead = int(truth["lead_bins"][i])
+        drive = v[lead:] @ truth["direction"][i]
+        assert np.corrcoef(counts[i, :len(drive)], drive)[0, 1] > 0.15
+    # nearly untuned: adapting integrate-and-fire units fire more regularly than Poisson (Fano
+    # factor of their counts < 1), the GLM population's history terms make it burstier (> 1)
+    fano = {}
+    for neurons in ("lif", "glm"):
+        _run("simulate/velocity_population.py", "-o", flat.with_name(f"{neurons}.npz"), "--neurons", neurons,
+             "--units", "12", "--minutes", "1", "--rate", "20", "--gain", "0.01")
+        c = np.load(flat.with_name(f"{neurons}.npz"))["spikes"]
+        fano[neurons] = c.var(1) / c.mean(1)
+    assert (fano["lif"] < 0.8).all() and (fano["glm"] > 1.0).all()
+
+
 def test_profile_generate_splits_the_timed_rollout_into_its_parts(tmp_path):
     out = tmp_path / "profile.json"
     args = ["--quick", "--workdir", tmp_path, "--batch", "2", "-o", out]
