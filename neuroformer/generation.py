@@ -17,6 +17,7 @@ A source hands out windows and takes their spikes back:
   whether it hit the spike cap;
 - `waiting()`: draw rows (trial repeats) with windows still to generate, started or not.
 """
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +64,7 @@ def generate(model, source, draws, allowed_units, sampling=None, cache=True, slo
     while True:
         free = np.flatnonzero(rows.row < 0)
         if len(free) and (len(free) >= min(refill, len(rows.row)) or len(free) == len(rows.row)):
-            with record_function("window data"):
+            with _part("window data"):
                 windows = source.take(len(free))
             if windows is not None:
                 rows.start(free[:len(windows.rows)], windows)
@@ -103,7 +104,7 @@ class _Rows:
         model, batch = self.model, windows.batch
         index = torch.as_tensor(slots, device=self.n.device)
         if self.cache:                                   # (without it, every step encodes the context)
-            with record_function("context"):
+            with _part("context"):
                 memory, _ = model.encode_context(batch, model.context_parts(batch, self.stimulus(windows)))
                 drive = model.unit_drive(memory)
                 model.start_caches(self.caches, index, memory)
@@ -175,15 +176,15 @@ class _Rows:
             L = int(self.n.max())
             so_far = {"unit": self.units[:, :L], "time": (self.bins[:, :L].double() * model.cfg.window.dt_res).float(),
                       "mask": torch.arange(L, device=self.n.device) < self.n[:, None]}
-            with record_function("context"):
+            with _part("context"):
                 memory, _ = model.encode_context(self.batch)
                 self.drive = model.unit_drive(memory)
         if self.cache and (self.row < 0).any():           # a free row's cache holds its START alone
             self.caches[0].clear(self.row < 0)
-        with record_function("decoder"):
+        with _part("decoder"):
             x = (model.decode_step(unit, self.rotation[bin_], self.caches) if self.cache
                  else model.decode(so_far, memory)[rows, last])[:, None]
-        with record_function("heads"):
+        with _part("heads"):
             if not model.point_process:
                 bias = self.drive
             elif self.cache:
@@ -194,16 +195,16 @@ class _Rows:
             full = (last >= sampling.max_spikes) & ~free
             if full.any():
                 gap_log_p = gap_log_p.masked_fill(full[:, None] & self.too_many, float("-inf"))
-        with record_function("sampling"):
+        with _part("sampling"):
             dt = sample_classes(gap_log_p, self.uniforms(free), free, sampling, fill=model.end_class)
             ended = ~free & (dt == model.end_class)
-        with record_function("heads"):
+        with _part("heads"):
             unit_logits = model.unit_logits(x, bias, dt[:, None], bin_[:, None], unit[:, None])[:, 0]
-        with record_function("sampling"):
+        with _part("sampling"):
             skip = free | ended
             new = sample_classes(unit_logits.masked_fill(~self.allowed, float("-inf")), self.uniforms(skip), skip,
                                  sampling, fill=START)
-        with record_function("bookkeeping"):
+        with _part("bookkeeping"):
             for s in torch.nonzero(ended)[:, 0].tolist():                  # windows that ended: their spikes
                 n = int(self.n[s])
                 source.put(int(self.row[s]), self.bins[s, 1:n].tolist(), self.units[s, 1:n].tolist(), bool(full[s]))
@@ -217,6 +218,12 @@ class _Rows:
             self.n += go
             if self.coupling_input is not None and go.any():
                 self.coupling_input[go] += model.spike_coupling(new[go], (bin_ + dt)[go])
+
+
+def _part(name):
+    """A label of generation's parts for torch.profiler while it records (bench/profile_generate.py);
+    otherwise nothing: a label costs ~10 µs a step, a few percent of a small model's step."""
+    return record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
 
 
 def sample_classes(logits, u, skip, sampling, fill):
