@@ -57,12 +57,18 @@ def population(rng, n_units, rate, gain):
                 lead_bins=rng.integers(0, 4, n_units), target_rate=rate * rng.lognormal(0.0, 0.4, n_units))
 
 
+def tuning_drive(v, pop):
+    """(bins, units) each unit's cosine-tuned drive: its gain times the velocity `lead_bins` ahead
+    (in units of its rms) along its preferred direction."""
+    unit_v = v / np.sqrt((v ** 2).sum(1).mean())
+    ahead = np.minimum(np.arange(len(v))[:, None] + pop["lead_bins"][None], len(v) - 1)   # (bins, units)
+    return pop["gain"] * np.einsum("kuc,uc->ku", unit_v[ahead], pop["direction"])
+
+
 def simulate(rng, v, pop):
     """Counts (units, bins): Poisson per bin given the tuning drive and the unit's last two bins."""
     n_bins, n_units = len(v), len(pop["gain"])
-    unit_v = v / np.sqrt((v ** 2).sum(1).mean())
-    ahead = np.minimum(np.arange(n_bins)[:, None] + pop["lead_bins"][None], n_bins - 1)   # (bins, units)
-    drive = pop["gain"] * np.einsum("kuc,uc->ku", unit_v[ahead], pop["direction"])
+    drive = tuning_drive(v, pop)
     mean_rate = pop["target_rate"] * BIN
     # the baseline that gives each unit its target mean rate without history (lognormal mean of the drive)
     base = np.log(mean_rate) - np.log(np.exp(drive).mean(0))
@@ -80,17 +86,13 @@ def integrate_and_fire(rng, v, pop, calibration_s=20.0):
     """Counts (units, bins) of adaptive leaky integrate-and-fire units driven by the tuning drive;
     each unit's constant input is first set (by bisection on `calibration_s` s of the drive) so
     its mean rate is near its target rate."""
-    n_bins, n_units = len(v), len(pop["gain"])
-    unit_v = v / np.sqrt((v ** 2).sum(1).mean())
-    ahead = np.minimum(np.arange(n_bins)[:, None] + pop["lead_bins"][None], n_bins - 1)
-    drive = pop["gain"] * np.einsum("kuc,uc->ku", unit_v[ahead], pop["direction"])     # (bins, units)
-    per_bin = int(round(BIN / STEP))
-    low, high = np.full(n_units, -1.0), np.full(n_units, 4.0)
+    drive, per_bin = tuning_drive(v, pop), int(round(BIN / STEP))
+    low, high = np.full(len(pop["gain"]), -1.0), np.full(len(pop["gain"]), 4.0)
     calibration = drive[:int(calibration_s / BIN)]
     for _ in range(12):
-        rate = _lif(rng, calibration, (low + high) / 2, per_bin).sum(0) / calibration_s
-        high = np.where(rate > pop["target_rate"], (low + high) / 2, high)
-        low = np.where(rate > pop["target_rate"], low, (low + high) / 2)
+        middle = (low + high) / 2
+        too_fast = _lif(rng, calibration, middle, per_bin).sum(0) / calibration_s > pop["target_rate"]
+        low, high = np.where(too_fast, low, middle), np.where(too_fast, middle, high)
     return _lif(rng, drive, (low + high) / 2, per_bin).T
 
 
