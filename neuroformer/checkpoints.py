@@ -46,6 +46,8 @@ def load_checkpoint(path):
     for (section, key), then in PREDATES.items():
         state["config"].setdefault(section, {}).setdefault(key, then)
     weights = state.get("model", {})
+    if "own_history_table" in weights:                      # its name at commit ae0b509
+        weights["wiener_own_history"] = weights.pop("own_history_table")
     if "wiener_bias" in weights and "wiener_innovation" not in weights:     # a filter of counts alone
         weights["wiener_innovation"] = torch.zeros_like(weights["wiener_bias"])
         weights["wiener_own_history"] = torch.zeros(len(weights["unit_emb.weight"]), OWN_HISTORY_STATES)

@@ -135,7 +135,7 @@ class OwnHistory:
         return (total + OWN_HISTORY_PRIOR * mean) / (seen + OWN_HISTORY_PRIOR)
 
 
-def _design_errors(model, dataset, batches, valid_batches, innovations, desc, fit_table=False):
+def design_errors(model, dataset, batches, valid_batches, innovations, desc=None, fit_table=False):
     """Per target, (RidgePath of the training windows' sums, errors per ALPHAS: validation mean
     squared error, or generalised cross-validation without a validation sample) of one design.
     With `fit_table`, the pass also fits `model.wiener_own_history`, which the innovations' pass reads."""
@@ -179,16 +179,21 @@ def fit_wiener(model, dataset, train_windows, valid_batches, batch_size=32):
     chosen = {}
     for innovations in designs:                # counts first: it also fits the own-history table
         desc = "fitting the Wiener filter" + (" on innovations" if innovations else "")
-        for name, (path, errors) in _design_errors(model, dataset, batches, valid_batches, innovations, desc,
+        for name, (path, errors) in design_errors(model, dataset, batches, valid_batches, innovations, desc,
                                                     fit_table=len(designs) > 1 and not innovations).items():
             best = int(np.argmin(errors))
             if name not in chosen or errors[best] < chosen[name][0]:
                 chosen[name] = errors[best], innovations, ALPHAS[best], path.fit(ALPHAS[best])
     out = {}
     for name, (_, innovations, alpha, (weight, bias)) in chosen.items():
-        k = model.wiener_targets.index(name)
-        model.wiener_weight[:, k] = torch.as_tensor(weight, dtype=model.wiener_weight.dtype)
-        model.wiener_bias[k] = bias
-        model.wiener_innovation[k] = float(innovations)
+        set_filter(model, name, weight, bias, innovations)
         out[name] = {"penalty": float(alpha), "input": "innovations" if innovations else "counts"}
     return out
+
+
+def set_filter(model, name, weight, bias, innovations):
+    """Target `name`'s filter in the model: weights (p,), bias, and whether it reads innovations."""
+    k = model.wiener_targets.index(name)
+    model.wiener_weight[:, k] = torch.as_tensor(weight, dtype=model.wiener_weight.dtype)
+    model.wiener_bias[k] = bias
+    model.wiener_innovation[k] = float(innovations)

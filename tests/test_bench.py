@@ -320,6 +320,29 @@ def test_joint_decoding_quick_runs_and_records_its_provenance(tmp_path, recordin
         assert set(row["models"]) == {"neuroformer", "neuroformer, best.pt", "neuroformer, filter alone", "ridge"}
         assert row["models"]["ridge"]["test_r"]["mean"] == seed0[variable]["ridge"]["test_r"]
         assert row["best_baseline"] == "ridge"
+    if recording == "velocity":                  # the filter at every penalty, from this run
+        check_filter_penalties(tmp_path, seed0)
+
+
+def check_filter_penalties(workdir, seed0):
+    """bench/filter_penalties.py on a joint run: the row at the run's own penalty and input is the
+    report's filter alone, and the filter's criterion is least there; a run without best.pt is refused."""
+    from neuroformer.wiener import ALPHAS
+    run, out = workdir / "joint_s0" / "joint-f1-s0", workdir / "penalties.json"
+    args = ["--run", run, "--data", workdir / "recording.h5", "-o", out]
+    _run("bench/filter_penalties.py", *args)
+    check_provenance(out, None, {"run": str(run)}, ["filter_penalties.py", *args])
+    table, fitted = json.loads(out.read_text())["targets"], json.loads((run / "run.json").read_text())["wiener_filter"]
+    assert set(table) == set(fitted)
+    for name, entry in table.items():
+        assert entry["input"] == fitted[name]["input"] and [r["penalty"] for r in entry["rows"]] == list(ALPHAS)
+        own = ALPHAS.tolist().index(fitted[name]["penalty"])
+        assert entry["rows"][own]["test_r"] == pytest.approx(seed0[name]["neuroformer, filter alone"]["test_r"], abs=1e-9)
+        assert min(r["valid_mse"] for r in entry["rows"]) == entry["rows"][own]["valid_mse"]
+    bad = subprocess.run([sys.executable, str(SCRIPT.parents[1] / "bench" / "filter_penalties.py"), "--run", str(workdir),
+                          "--data", str(workdir / "recording.h5"), "-o", str(workdir / "x.json")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_velocity_population_is_cosine_tuned_with_its_lead_and_imports(tmp_path):

@@ -101,6 +101,12 @@ def test_a_filter_saved_before_innovations_loads_as_a_filter_of_counts(tiny_conf
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     fit = json.loads((tmp_path / "run.json").read_text())["wiener_filter"]["eye.phi"]
     assert bool(state["model"]["wiener_innovation"][0]) == (fit["input"] == "innovations")
+    renamed = {**state, "model": dict(state["model"])}           # the table's name at ae0b509
+    renamed["model"]["own_history_table"] = renamed["model"].pop("wiener_own_history") + 1.0
+    torch.save(renamed, tmp_path / "renamed.pt")
+    loaded = load_checkpoint(tmp_path / "renamed.pt")[1]["model"]
+    torch.testing.assert_close(loaded["wiener_own_history"], state["model"]["wiener_own_history"] + 1.0)
+    assert "own_history_table" not in loaded
     del state["model"]["wiener_innovation"], state["model"]["wiener_own_history"]
     torch.save(state, tmp_path / "old.pt")
     _, model, dataset, _ = load_model(tmp_path / "old.pt", [tiny_synthetic])
