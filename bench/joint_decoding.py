@@ -41,17 +41,19 @@ RECORDINGS = {"synthetic": dict(targets=("speed", "phi", "theta"), steps=3000, b
                                  config=ROOT / "configs" / "decoding.yaml"),
               "calcium": dict(targets=("speed", "phi", "theta"), steps=3000, baselines="ridge,mlp",
                               config=ROOT / "configs" / "decoding.yaml"),
-              "velocity": dict(targets=("hand_vx", "hand_vy"), steps=None, baselines="ridge,gru", config=None)}
-RECORDINGS["lif"] = RECORDINGS["velocity"]                 # the same task, other neurons
+              "velocity": dict(targets=("hand_vx", "hand_vy"), steps=None, baselines="ridge,gru", config=None,
+                               neurons="glm")}
+RECORDINGS["lif"] = {**RECORDINGS["velocity"], "neurons": "lif"}       # the same task, other neurons
 SCORES = ("test_r", "test_r_seen_stimuli", "test_r_novel_stimuli")
 
 
-def velocity_recording(path, quick, neurons="glm"):
+def velocity_recording(path, quick, neurons):
     """simulate/velocity_population.py's arrays (of `neurons`) imported at `path` (made unless there)."""
     if not path.exists():
         arrays = path.with_suffix(".npz")
         subprocess.run([sys.executable, str(ROOT / "simulate" / "velocity_population.py"), "-o", str(arrays),
-                        "--neurons", neurons, *(["--units", "20", "--minutes", "2"] if quick else [])], check=True, capture_output=True)
+                        "--neurons", neurons, *(["--units", "20", "--minutes", "2"] if quick else [])],
+                       check=True, capture_output=True)
         neuroformer("prepare", arrays, "--bin-size", 0.05, "--behavior", "hand_vx=0.05", "--behavior", "hand_vy=0.05",
                     "-o", path)
     return path
@@ -108,7 +110,7 @@ def main():
         size = QUICK_SYNTHETIC if args.quick else ("--trials", args.trials)
         data = synthetic_recording(args.workdir / "recording.h5", False, *size, *imaging)
     else:
-        data = velocity_recording(args.workdir / "recording.h5", args.quick, "lif" if args.recording == "lif" else "glm")
+        data = velocity_recording(args.workdir / "recording.h5", args.quick, spec["neurons"])
     steps, baselines = (3, "ridge") if args.quick else (args.steps or spec["steps"], args.baselines or spec["baselines"])
     table = summarise([decode(data, args.recording, seed, steps, baselines, args.workdir, args.config, args.calcium_tokens)
                        for seed in seeds])

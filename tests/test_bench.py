@@ -367,7 +367,7 @@ def test_velocity_population_is_cosine_tuned_with_its_lead_and_imports(tmp_path)
 
 
 def test_velocity_population_of_integrate_and_fire_neurons_is_tuned_and_regular(tmp_path):
-    tuned, flat = tmp_path / "tuned.npz", tmp_path / "flat.npz"
+    tuned = tmp_path / "tuned.npz"
     _run("simulate/velocity_population.py", "-o", tuned, "--neurons", "lif", "--units", "12", "--minutes", "1",
          "--rate", "20", "--gain", "1")
     arrays, truth = np.load(tuned), np.load(tmp_path / "tuned.truth.npz")
@@ -382,9 +382,9 @@ def test_velocity_population_of_integrate_and_fire_neurons_is_tuned_and_regular(
     # factor of their counts < 1), the GLM population's history terms make it burstier (> 1)
     fano = {}
     for neurons in ("lif", "glm"):
-        _run("simulate/velocity_population.py", "-o", flat.with_name(f"{neurons}.npz"), "--neurons", neurons,
+        _run("simulate/velocity_population.py", "-o", tmp_path / f"{neurons}.npz", "--neurons", neurons,
              "--units", "12", "--minutes", "1", "--rate", "20", "--gain", "0.01")
-        c = np.load(flat.with_name(f"{neurons}.npz"))["spikes"]
+        c = np.load(tmp_path / f"{neurons}.npz")["spikes"]
         fano[neurons] = c.var(1) / c.mean(1)
     assert (fano["lif"] < 0.8).all() and (fano["glm"] > 1.0).all()
 
