@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter1d
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
@@ -40,10 +39,10 @@ from .io import atomic_path
 from .model import _masked_mean
 from .plots import subplots
 from .provenance import write_result
+from .smoothing import SMOOTHING, pearson, smooth
 from .training import RunOptions, to_device, train
 
 MODES = ("joint", "finetune", "probe", "baselines")
-SMOOTHING = (0, 1, 2, 4, 8, 16, 32, 64)          # Gaussian widths tried, in samples
 CORRECTION = (1.0, 0.75, 0.5, 0.25)              # weights of the transformer's correction to the Wiener filter tried
 MIN_EVALS = 8                                    # validations per decoding run: its checkpoint choices
 
@@ -200,20 +199,9 @@ def representations(model, dataset, rid, samples, batch_size=16, device="cpu"):
 
 # ---------------------------------------------------------------- selection and scores
 
-def smooth(pred, samples, width):
-    """Gaussian smoothing of each interval's predicted trace (width in samples; 0: none)."""
-    if width == 0:
-        return pred
-    out = pred.copy()
-    for k in np.unique(samples.interval):
-        rows = samples.interval == k
-        out[rows] = gaussian_filter1d(pred[rows], width, axis=0, mode="nearest")
-    return out
-
-
 def scores(pred, y):
     """Pearson r and R² (1 - SSE / SST about the scored data's mean) per column."""
-    r = [float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 and t.std() > 0 else 0.0 for p, t in zip(pred.T, y.T)]
+    r = [pearson(p, t) for p, t in zip(pred.T, y.T)]
     r2 = 1 - ((pred - y) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
     return r, [float(v) for v in r2]
 
@@ -234,11 +222,11 @@ def choose(candidates, valid, test, targets, classes=None):
         for params, pv, pt in candidates:
             for width in (0,) if is_class else SMOOTHING:
                 score = (class_scores(pv[:, k], valid.values[:, k])[1] if is_class else
-                         scores(smooth(pv[:, k:k + 1], valid, width), valid.values[:, k:k + 1])[0][0])
+                         scores(smooth(pv[:, k:k + 1], valid.interval, width), valid.values[:, k:k + 1])[0][0])
                 if best is None or score > best[0]:
                     best = (score, params, width, pt)
         score, params, width, pt = best
-        pred = smooth(pt[:, k:k + 1], test, width)[:, 0]
+        pred = smooth(pt[:, k:k + 1], test.interval, width)[:, 0]
         if is_class:
             accuracy, balanced = class_scores(pred, test.values[:, k])
             majority = float(np.bincount(test.values[:, k].astype(int)).max() / max(1, len(pred)))

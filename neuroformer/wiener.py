@@ -2,9 +2,11 @@
 
 Each regression target's linear read-out of the window's binned counts (`Neuroformer.wiener`) is
 ridge regression on every training window (standardised counts, fitted intercept), its penalty
-chosen on the validation windows as the ridge baseline of `neuroformer decode` chooses its own
-(here by mean squared error). The fit reads the training windows once per design and keeps only their sums
-(`Moments`), so its memory is the square of the number of counts per target (a few such arrays
+chosen on every validation sample as the ridge baseline of `neuroformer decode` chooses its own:
+by Pearson r after the best Gaussian smoothing (`smoothing.smoothed_r`; mean squared error would
+count a larger penalty's shrinkage of the trace against it, which decode's choice of smoothing and
+scale-free score do not). The fit reads the training windows once per design and keeps only
+their sums (`Moments`), so its memory is the square of the number of counts per target (a few such arrays
 while solving), whatever the recording's length. Training then leaves the filter fixed: the
 transformer starts from the best linear decoder of the window and learns only what it misses.
 
@@ -13,8 +15,8 @@ its unit's own last two bins predict (a table of mean counts per unit and own-hi
 fitted in the first pass). Where a unit's history shapes its counts (bursts, refractoriness),
 what its count says about the target is how far it departs from that prediction, as in the
 point-process decoder's update (Truccolo et al. 2005: the log-likelihood's gradient in the drive is
-the count minus the rate given history). Each target keeps the design with the lower validation
-error. Not tried with one population bin (no own history in the window) nor across several
+the count minus the rate given history). Each target keeps the design with the higher validation
+score. Not tried with one population bin (no own history in the window) nor across several
 recordings (a unit is absent from the others' windows, where its innovation would not be 0).
 """
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from tqdm import tqdm
 
 from .data.windows import collate_windows
 from .model import OWN_HISTORY_BINS, OWN_HISTORY_STATES
+from .smoothing import smoothed_r
 
 ALPHAS = 10.0 ** np.arange(-1, 6)     # ridge penalties tried (standardised counts)
 OWN_HISTORY_PRIOR = 5.0               # bins of a unit's mean count in each own-history state's expectation
@@ -96,16 +99,23 @@ class RidgePath:
 def target_samples(model, dataset, batches, innovations=False, desc=None):
     """Per batch of windows: (the windows' binned counts (B, bins * V), tensor; per target, (the
     design rows (B, p): counts, or with `innovations` counts minus their expected counts; each
-    target sample's window (S,); its standardised value (S,)))."""
+    target sample's window (S,); its standardised value (S,); its place (S,): the index of its
+    recording times 10^12 plus its time there in units of 10 µs))."""
+    ids = list(dataset.recordings.recording_ids)
     with torch.no_grad():
         for idx in tqdm(batches, desc=desc, unit="batch", disable=desc is None, leave=False):
             batch = collate_windows([dataset[i] for i in idx])
+            recording = torch.tensor([ids.index(i.recording_id) for i in idx], dtype=torch.int64)
             counts = model.binned_counts(batch).double()
             x = (counts - model.expected_counts(counts) if innovations else counts).numpy()
             samples = {}
             for name in model.wiener_targets:
-                z, mask = model.standardised(batch, name), batch[f"behavior.{name}"]["mask"]
-                samples[name] = (x, torch.nonzero(mask)[:, 0].numpy(), z[mask].double().numpy())
+                b = batch[f"behavior.{name}"]
+                z, mask = model.standardised(batch, name), b["mask"]
+                window = torch.nonzero(mask)[:, 0]
+                times = batch["t0"][window] + b["time"][mask].double()
+                place = recording[window] * 10**12 + torch.round(times * 1e5).long()
+                samples[name] = (x, window.numpy(), z[mask].double().numpy(), place.numpy())
             yield counts, samples
 
 
@@ -135,55 +145,75 @@ class OwnHistory:
         return (total + OWN_HISTORY_PRIOR * mean) / (seen + OWN_HISTORY_PRIOR)
 
 
-def design_errors(model, dataset, batches, valid_batches, innovations, desc=None, fit_table=False):
-    """Per target, (RidgePath of the training windows' sums, errors per ALPHAS: validation mean
-    squared error, or generalised cross-validation without a validation sample) of one design.
-    With `fit_table`, the pass also fits `model.wiener_own_history`, which the innovations' pass reads."""
+class ValidTrace:
+    """A target's validation samples in time order, each once (a sample that two windows hold is
+    read from the first, as decode reads it), as design rows, values and contiguous segments
+    (a new one at a gap of over 1.5 sampling periods or another recording)."""
+
+    def __init__(self, rows, values, places):
+        rows, values, places = np.concatenate(rows), np.concatenate(values), np.concatenate(places)
+        places, first = np.unique(places, return_index=True)        # sorted
+        self.x, self.y = rows[first], values[first]
+        gaps = np.diff(places)
+        self.segment = np.concatenate([[0], np.cumsum(gaps > 1.5 * np.median(gaps))]) if len(gaps) else \
+            np.zeros(len(places), dtype=int)
+
+    def loss(self, weight, bias):
+        """1 - the validation r of the read-out after its best smoothing (`smoothed_r`)."""
+        return 1.0 - smoothed_r(self.x @ weight + bias, self.y, self.segment)[0]
+
+
+def design_losses(model, dataset, batches, valid_batches, innovations, desc=None, fit_table=False):
+    """Per target, (RidgePath of the training windows' sums, loss per ALPHAS: `ValidTrace.loss`
+    on the validation samples of `valid_batches`, or generalised cross-validation error without
+    one) of one design. With `fit_table`, the pass also fits `model.wiener_own_history`, which
+    the innovations' pass reads."""
     train = {name: Moments.empty(model.wiener_weight.shape[0]) for name in model.wiener_targets}
     history = OwnHistory(model) if fit_table else None
     for counts, samples in target_samples(model, dataset, batches, innovations, desc):
         if history is not None:
             history.add(counts)
         grams = {}                             # targets sampled in the same windows share x x^T
-        for name, (x, window, z) in samples.items():
+        for name, (x, window, z, _) in samples.items():
             key = window.tobytes()
             grams[key] = train[name].add(x, window, z, grams.get(key))
     if history is not None:
         model.wiener_own_history.copy_(history.table())
-    valid = {name: ([], []) for name in model.wiener_targets}           # few windows: kept as rows
+    valid = {name: ([], [], []) for name in model.wiener_targets}       # rows of every sample
     for _, samples in target_samples(model, dataset, valid_batches, innovations):
-        for name, (x, window, z) in samples.items():
-            valid[name][0].append(x[window])
-            valid[name][1].append(z)
+        for name, (x, window, z, places) in samples.items():
+            for part, value in zip(valid[name], (x[window], z, places)):
+                part.append(value)
     out = {}
     for name in model.wiener_targets:
         if train[name].n < 2:                   # nothing to fit: the filter stays zero
             continue
         path = RidgePath(train[name])
-        if sum(map(len, valid[name][1])):
-            x, y = (np.concatenate(part) for part in valid[name])
-            out[name] = path, [np.mean((x @ w + b - y) ** 2) for w, b in map(path.fit, ALPHAS)]
+        if sum(map(len, valid[name][1])) > 2:
+            trace = ValidTrace(*valid[name])
+            out[name] = path, [trace.loss(*path.fit(a)) for a in ALPHAS]
         else:
             out[name] = path, [path.generalised_cv(a) for a in ALPHAS]
     return out
 
 
-def fit_wiener(model, dataset, train_windows, valid_batches, batch_size=32):
+def fit_wiener(model, dataset, train_windows, valid_windows, batch_size=32):
     """Fit the model's Wiener filter in place on every one of `train_windows`: its own-history
-    table, and per target the weights, bias and input (counts, or innovations where that lowers
-    the error) with the penalty chosen by mean squared error on `valid_batches` (by generalised
-    cross-validation for a target without a validation sample); returns {target: {"penalty",
-    "input"}} of the fitted targets."""
-    batches = [train_windows[i:i + batch_size] for i in range(0, len(train_windows), batch_size)]
+    table, and per target the weights, bias and input (counts, or innovations where that scores
+    better) with the penalty chosen on the samples of `valid_windows` (a tiling of the
+    validation split; see `ValidTrace.loss`; by generalised cross-validation for a target without
+    a validation sample); returns {target: {"penalty", "input"}} of the fitted targets."""
+    batches, valid = ([w[i:i + batch_size] for i in range(0, len(w), batch_size)]
+                      for w in (train_windows, valid_windows))
     designs = (False, True) if model.population_bins > 1 and len(dataset.recordings.recording_ids) == 1 else (False,)
     chosen = {}
     for innovations in designs:                # counts first: it also fits the own-history table
         desc = "fitting the Wiener filter" + (" on innovations" if innovations else "")
-        for name, (path, errors) in design_errors(model, dataset, batches, valid_batches, innovations, desc,
-                                                    fit_table=len(designs) > 1 and not innovations).items():
-            best = int(np.argmin(errors))
-            if name not in chosen or errors[best] < chosen[name][0]:
-                chosen[name] = errors[best], innovations, ALPHAS[best], path.fit(ALPHAS[best])
+        for name, (path, losses) in design_losses(model, dataset, batches, valid, innovations, desc,
+                                                  fit_table=len(designs) > 1 and not innovations).items():
+            best = int(np.argmin(losses))
+            if name not in chosen or losses[best] < chosen[name][0]:
+                chosen[name] = losses[best], innovations, ALPHAS[best], path.fit(ALPHAS[best])
     out = {}
     for name, (_, innovations, alpha, (weight, bias)) in chosen.items():
         set_filter(model, name, weight, bias, innovations)

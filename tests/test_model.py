@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter1d
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -19,7 +20,7 @@ from neuroformer.data.windows import IGNORE, LoaderOptions, make_loader
 from neuroformer.errors import InputError
 from neuroformer.model import Neuroformer, metrics_from_sums
 from neuroformer.nn import capture_attention
-from neuroformer.training import tiling_batches, tiling_windows
+from neuroformer.training import tiling_windows
 from neuroformer import wiener
 from neuroformer.assembly import window_spec
 from neuroformer.data.windows import collate_windows
@@ -120,10 +121,10 @@ def test_binned_counts_are_the_population_vector_before_the_embedding(setup):
     assert counts.sum() == spikes                                         # every spike counted once
 
 
-def wiener_rows(model, dataset, batches, name):
+def wiener_rows(model, dataset, batches, name, times=False):
     """Reference design of the Wiener fit, row by row: each target sample with its window's counts
-    (bins, V) and standardised value."""
-    xs, ys = [], []
+    (bins, V) and standardised value (and with `times`, its time in the recording)."""
+    xs, ys, ts = [], [], []
     with torch.no_grad():
         for idx in batches:
             batch = collate_windows([dataset[i] for i in idx])
@@ -131,7 +132,8 @@ def wiener_rows(model, dataset, batches, name):
             for b, k in torch.nonzero(batch[f"behavior.{name}"]["mask"]).tolist():
                 xs.append(counts[b].double().view(model.population_bins, -1).numpy())
                 ys.append(float(z[b, k]))
-    return np.array(xs), np.array(ys)
+                ts.append(float(batch["t0"][b]) + float(batch[f"behavior.{name}"]["time"][b, k]))
+    return (np.array(xs), np.array(ys)) + ((np.array(ts),) if times else ())
 
 
 def own_history_reference(counts, cap=3, bins_back=2):
@@ -207,13 +209,31 @@ def wide(tiny_synthetic):
     model = Neuroformer(cfg, len(dataset.vocab), frame_shape=(64, 112)).eval()
     windows = tiling_windows(dataset.recordings, dataset.spec, "train")
     assert len(windows) > 64 and model.population_bins == 6
-    return model, dataset, windows, tiling_batches(dataset.recordings, dataset.spec, 16, limit=1)
+    return model, dataset, windows, tiling_windows(dataset.recordings, dataset.spec, "valid")
+
+
+def smoothed_valid_r(prediction, y, times, intervals):
+    """Reference of the fit's validation score: the best Pearson r over Gaussian smoothings of the
+    prediction within each validation interval (samples in time order, a repeated time once)."""
+    times, first = np.unique(np.round(times, 5), return_index=True)
+    prediction, y = prediction[first], y[first]
+    interval = np.searchsorted(np.asarray(intervals.start), times, side="right")
+    best = -1.0
+    for width in (0, 1, 2, 4, 8, 16, 32, 64):
+        smoothed = prediction.copy()
+        for k in np.unique(interval):
+            if width:
+                smoothed[interval == k] = gaussian_filter1d(prediction[interval == k], width, mode="nearest")
+        best = max(best, np.corrcoef(smoothed, y)[0, 1])
+    return best
 
 
 def test_wiener_filter_is_the_validation_chosen_ridge_and_adds_to_the_decoded_value(wide):
     model, dataset, windows, valid = wide
     model = copy.deepcopy(model)
-    (counts, y), (counts_v, yv) = (wiener_rows(model, dataset, b, "eye.phi") for b in ([windows], valid))
+    counts, y = wiener_rows(model, dataset, [windows], "eye.phi")
+    counts_v, yv, tv = wiener_rows(model, dataset, [valid], "eye.phi", times=True)
+    assert len(np.unique(np.round(tv, 5))) > 50
     fit = fit_wiener(model, dataset, windows, [], batch_size=5)             # every window, in batches of 5
     table = own_history_table_reference(model, dataset, windows, first=2)
     np.testing.assert_allclose(model.wiener_own_history.numpy(), table, rtol=1e-5, atol=1e-6)
@@ -224,20 +244,21 @@ def test_wiener_filter_is_the_validation_chosen_ridge_and_adds_to_the_decoded_va
     design, alpha = min(gcv, key=gcv.get)
     assert fit["eye.phi"] == {"penalty": alpha, "input": design}
     fit = fit_wiener(model, dataset, windows, valid, batch_size=4)
-    errors = {(d, a): np.mean((make_pipeline(StandardScaler(), Ridge(alpha=a)).fit(x, y).predict(xv) - yv) ** 2)
-              for d, (x, xv) in rows.items() for a in wiener.ALPHAS}
-    design, alpha = min(errors, key=errors.get)
+    intervals = dataset.recordings.get_sampling_intervals("valid")[dataset.recordings.recording_ids[0]]
+    score = {(d, a): smoothed_valid_r(make_pipeline(StandardScaler(), Ridge(alpha=a)).fit(x, y).predict(xv), yv, tv,
+                                      intervals) for d, (x, xv) in rows.items() for a in wiener.ALPHAS}
+    design, alpha = max(score, key=score.get)
     assert model.wiener_targets == ["eye.phi"] and fit["eye.phi"] == {"penalty": alpha, "input": design}
     assert float(model.wiener_innovation[0]) == (design == "innovations")
     with torch.no_grad():
-        held_out = collate_windows([dataset[i] for i in valid[0]])
+        held_out = collate_windows([dataset[i] for i in valid[:16]])
         window, _ = torch.nonzero(held_out["behavior.eye.phi"]["mask"], as_tuple=True)
         for design in ("counts", "innovations"):                          # each design's read-out, whichever won
             x, xv = rows[design]
             path = wiener.RidgePath(moments(x, y))
             model.wiener_weight[:, 0], model.wiener_bias[0] = map(torch.as_tensor, path.fit(1.0))
             model.wiener_innovation[0] = float(design == "innovations")
-            reference = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(x, y).predict(xv)
+            reference = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(x, y).predict(xv[:len(window)])
             np.testing.assert_allclose(model.wiener(held_out)[window, 0].numpy(), reference, rtol=1e-4, atol=1e-4)
         memory, _ = model.encode_context(held_out)
         x_dec = model.decode(held_out["current"], memory)
