@@ -130,7 +130,7 @@ class Neuroformer(nn.Module):
         # a Wiener filter inside the model: each regression target's linear read-out of the binned
         # counts, fitted in closed form on the training split before training (`fit_wiener`) and
         # then fixed, so decoding starts where ridge regression ends and the rest learns what it misses.
-        # A target whose validation error is lower that way reads innovations instead of counts:
+        # A target whose cross-validated score is higher that way reads innovations instead of counts:
         # each count minus the count its unit's own last bins predict (`wiener_own_history`)
         self.wiener_targets = [n for n in self.targets if self.objectives[n] == "regression"] if m.wiener else []
         if self.wiener_targets:

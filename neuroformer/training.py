@@ -176,8 +176,7 @@ def train(cfg, data_paths, opts):
     # read-out already predicts the whole value)
     if model.wiener_targets and not state and (not opts.init or init_cfg.model.wiener):
         windows = tiling_windows(recordings, spec, "train", opts.train_fraction)
-        wiener_fit = (fit_wiener(model, dataset, windows, tiling_windows(recordings, spec, "valid"), cfg.train.batch_size)
-                      if windows else None)
+        wiener_fit = fit_wiener(model, dataset, windows, cfg.train.batch_size) if windows else None
     for name, p in model.named_parameters():
         p.requires_grad_(TRAINABLE[opts.trainable] is None or name.split(".")[0] in TRAINABLE[opts.trainable])
     model.to(device)

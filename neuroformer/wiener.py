@@ -1,23 +1,27 @@
 """The Wiener filter inside a decoding model, fitted before training.
 
 Each regression target's linear read-out of the window's binned counts (`Neuroformer.wiener`) is
-ridge regression on every training window (standardised counts, fitted intercept), its penalty
-chosen on every validation sample as the ridge baseline of `neuroformer decode` chooses its own:
-by Pearson r after the best Gaussian smoothing (`smoothing.smoothed_r`; mean squared error would
-count a larger penalty's shrinkage of the trace against it, which decode's choice of smoothing and
-scale-free score do not). The fit reads the training windows once per design and keeps only
-their sums (`Moments`), so its memory is the square of the number of counts per target (a few such arrays
-while solving), whatever the recording's length. Training then leaves the filter fixed: the
-transformer starts from the best linear decoder of the window and learns only what it misses.
+ridge regression on every training window (standardised counts, fitted intercept). Its penalty
+is chosen by blocked cross-validation on the training windows (FOLDS contiguous blocks of the
+tiling, each predicted by the fit to the others) with the score the ridge baseline of `neuroformer
+decode` is chosen by: Pearson r after the best Gaussian smoothing (`smoothing.smoothed_r`). Not on
+the validation split: its few minutes choose between designs by noise (the velocity population's x:
+counts over innovations by 0.0004 of validation r, 0.012 of test r below), and decode keeps it for
+its own choices. Nor by mean squared error, which counts a larger penalty's shrinkage of the trace
+against it though the smoothing and r chosen afterwards do not. The fit reads the training
+windows twice per design and keeps only sums (`Moments`, per block) and out-of-fold predictions,
+so its memory is the square of the number of counts per target (a few such arrays while solving),
+whatever the recording's length. Training then leaves the filter fixed: the transformer starts
+from the best linear decoder of the window and learns only what it misses.
 
-A second design is fitted the same way in a second pass: innovations, each count minus the count
-its unit's own last two bins predict (a table of mean counts per unit and own-history state,
-fitted in the first pass). Where a unit's history shapes its counts (bursts, refractoriness),
-what its count says about the target is how far it departs from that prediction, as in the
-point-process decoder's update (Truccolo et al. 2005: the log-likelihood's gradient in the drive is
-the count minus the rate given history). Each target keeps the design with the higher validation
-score. Not tried with one population bin (no own history in the window) nor across several
-recordings (a unit is absent from the others' windows, where its innovation would not be 0).
+A second design is fitted the same way: innovations, each count minus the count its unit's own
+last two bins predict (a table of mean counts per unit and own-history state, fitted in the first
+pass). Where a unit's history shapes its counts (bursts, refractoriness), what its count says
+about the target is how far it departs from that prediction, as in the point-process decoder's
+update (Truccolo et al. 2005: the log-likelihood's gradient in the drive is the count minus the
+rate given history). Each target keeps the design with the higher cross-validated score. Not
+tried with one population bin (no own history in the window) nor across several recordings (a
+unit is absent from the others' windows, where its innovation would not be 0).
 """
 from dataclasses import dataclass
 
@@ -31,6 +35,7 @@ from .smoothing import smoothed_r
 
 ALPHAS = 10.0 ** np.arange(-1, 6)     # ridge penalties tried (standardised counts)
 OWN_HISTORY_PRIOR = 5.0               # bins of a unit's mean count in each own-history state's expectation
+FOLDS = 5                             # contiguous blocks of the training windows that choose the penalty
 
 
 @dataclass
@@ -61,6 +66,10 @@ class Moments:
         self.sum_xy += np.bincount(window, weights=y, minlength=len(x)) @ x
         self.sum_yy += float(y @ y)
         return gram
+
+    def __add__(self, other):
+        return Moments(self.n + other.n, self.sum_x + other.sum_x, self.sum_y + other.sum_y, self.sum_xx + other.sum_xx,
+                       self.sum_xy + other.sum_xy, self.sum_yy + other.sum_yy)
 
     def centred(self):
         """Means of x and y, and the scatter of x, of x with y and of y about them."""
@@ -145,71 +154,76 @@ class OwnHistory:
         return (total + OWN_HISTORY_PRIOR * mean) / (seen + OWN_HISTORY_PRIOR)
 
 
-class ValidTrace:
-    """A target's validation samples in time order, each once (a sample that two windows hold is
-    read from the first, as decode reads it), as design rows, values and contiguous segments
-    (a new one at a gap of over 1.5 sampling periods or another recording)."""
+class Trace:
+    """Predicted samples (n, k) in time order, each once (a sample that two windows hold is read
+    from the first, as decode reads it), with their values and contiguous segments: a new one
+    at a gap of over 1.5 sampling periods, another recording or another block."""
 
-    def __init__(self, rows, values, places):
-        rows, values, places = np.concatenate(rows), np.concatenate(values), np.concatenate(places)
+    def __init__(self, predictions, values, places, blocks):
+        predictions, values, places, blocks = map(np.concatenate, (predictions, values, places, blocks))
         places, first = np.unique(places, return_index=True)        # sorted
-        self.x, self.y = rows[first], values[first]
+        self.prediction, self.y, blocks = predictions[first], values[first], blocks[first]
         gaps = np.diff(places)
-        self.segment = np.concatenate([[0], np.cumsum(gaps > 1.5 * np.median(gaps))]) if len(gaps) else \
-            np.zeros(len(places), dtype=int)
+        cut = (gaps > 1.5 * np.median(gaps)) | (np.diff(blocks) != 0) if len(gaps) else np.zeros(0, dtype=bool)
+        self.segment = np.concatenate([[0], np.cumsum(cut)])
 
-    def loss(self, weight, bias):
-        """1 - the validation r of the read-out after its best smoothing (`smoothed_r`)."""
-        return 1.0 - smoothed_r(self.x @ weight + bias, self.y, self.segment)[0]
+    def losses(self):
+        """Per column, 1 - its r after its best smoothing (`smoothed_r`)."""
+        return [1.0 - smoothed_r(p, self.y, self.segment)[0] for p in self.prediction.T]
 
 
-def design_losses(model, dataset, batches, valid_batches, innovations, desc=None, fit_table=False):
-    """Per target, (RidgePath of the training windows' sums, loss per ALPHAS: `ValidTrace.loss`
-    on the validation samples of `valid_batches`, or generalised cross-validation error without
-    one) of one design. With `fit_table`, the pass also fits `model.wiener_own_history`, which
-    the innovations' pass reads."""
-    train = {name: Moments.empty(model.wiener_weight.shape[0]) for name in model.wiener_targets}
+def design_losses(model, dataset, batches, innovations, desc=None, fit_table=False):
+    """Per target, (RidgePath of every training window's sums, loss per ALPHAS: `Trace.losses` of
+    the out-of-fold predictions of FOLDS contiguous blocks of `batches`, or generalised
+    cross-validation error with fewer than two batches) of one design. With `fit_table`, the
+    first pass also fits `model.wiener_own_history`, which the innovations' pass reads."""
+    folds = min(FOLDS, len(batches))
+    block = np.arange(len(batches)) * folds // max(1, len(batches))
+    p = model.wiener_weight.shape[0]
+    sums = {name: [Moments.empty(p) for _ in range(folds)] for name in model.wiener_targets}
     history = OwnHistory(model) if fit_table else None
-    for counts, samples in target_samples(model, dataset, batches, innovations, desc):
+    for b, (counts, samples) in zip(block, target_samples(model, dataset, batches, innovations, desc)):
         if history is not None:
             history.add(counts)
         grams = {}                             # targets sampled in the same windows share x x^T
         for name, (x, window, z, _) in samples.items():
             key = window.tobytes()
-            grams[key] = train[name].add(x, window, z, grams.get(key))
+            grams[key] = sums[name][b].add(x, window, z, grams.get(key))
     if history is not None:
         model.wiener_own_history.copy_(history.table())
-    valid = {name: ([], [], []) for name in model.wiener_targets}       # rows of every sample
-    for _, samples in target_samples(model, dataset, valid_batches, innovations):
-        for name, (x, window, z, places) in samples.items():
-            for part, value in zip(valid[name], (x[window], z, places)):
-                part.append(value)
-    out = {}
-    for name in model.wiener_targets:
-        if train[name].n < 2:                   # nothing to fit: the filter stays zero
+    paths, fits = {}, {}
+    for name, blocks in sums.items():
+        if sum(m.n for m in blocks) < 2:    # nothing to fit: the filter stays zero
             continue
-        path = RidgePath(train[name])
-        if sum(map(len, valid[name][1])) > 2:
-            trace = ValidTrace(*valid[name])
-            out[name] = path, [trace.loss(*path.fit(a)) for a in ALPHAS]
-        else:
-            out[name] = path, [path.generalised_cv(a) for a in ALPHAS]
-    return out
+        paths[name] = RidgePath(sum(blocks[1:], blocks[0]))
+        if folds > 1:                       # per block, the fit to the others at every penalty
+            fits[name] = [[path.fit(a) for a in ALPHAS] for path in
+                          (RidgePath(sum((m for j, m in enumerate(blocks) if j != k), Moments.empty(p)))
+                           for k in range(folds))]
+    if folds < 2:
+        return {name: (path, [path.generalised_cv(a) for a in ALPHAS]) for name, path in paths.items()}
+    held_out = {name: ([], [], [], []) for name in fits}
+    for b, (_, samples) in zip(block, target_samples(model, dataset, batches, innovations)):
+        for name, (x, window, z, places) in samples.items():
+            if name in fits:
+                rows = x[window]
+                for part, value in zip(held_out[name], (np.stack([rows @ w + c for w, c in fits[name][b]], 1), z,
+                                                        places, np.full(len(z), b))):
+                    part.append(value)
+    return {name: (paths[name], Trace(*held_out[name]).losses()) for name in fits}
 
 
-def fit_wiener(model, dataset, train_windows, valid_windows, batch_size=32):
-    """Fit the model's Wiener filter in place on every one of `train_windows`: its own-history
-    table, and per target the weights, bias and input (counts, or innovations where that scores
-    better) with the penalty chosen on the samples of `valid_windows` (a tiling of the
-    validation split; see `ValidTrace.loss`; by generalised cross-validation for a target without
-    a validation sample); returns {target: {"penalty", "input"}} of the fitted targets."""
-    batches, valid = ([w[i:i + batch_size] for i in range(0, len(w), batch_size)]
-                      for w in (train_windows, valid_windows))
+def fit_wiener(model, dataset, train_windows, batch_size=32):
+    """Fit the model's Wiener filter in place on every one of `train_windows` (a tiling, in time
+    order): its own-history table, and per target the weights, bias and input (counts, or
+    innovations where that scores better) with the penalty chosen by `design_losses`; returns
+    {target: {"penalty", "input"}} of the fitted targets."""
+    batches = [train_windows[i:i + batch_size] for i in range(0, len(train_windows), batch_size)]
     designs = (False, True) if model.population_bins > 1 and len(dataset.recordings.recording_ids) == 1 else (False,)
     chosen = {}
     for innovations in designs:                # counts first: it also fits the own-history table
         desc = "fitting the Wiener filter" + (" on innovations" if innovations else "")
-        for name, (path, losses) in design_losses(model, dataset, batches, valid, innovations, desc,
+        for name, (path, losses) in design_losses(model, dataset, batches, innovations, desc,
                                                   fit_table=len(designs) > 1 and not innovations).items():
             best = int(np.argmin(losses))
             if name not in chosen or losses[best] < chosen[name][0]:

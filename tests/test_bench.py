@@ -326,8 +326,8 @@ def test_joint_decoding_quick_runs_and_records_its_provenance(tmp_path, recordin
 
 def check_filter_penalties(workdir, seed0):
     """bench/filter_penalties.py on a joint run: the row at the run's own penalty and input is the
-    report's filter alone, and the fit's loss is least there and is 1 - the validation r that decode
-    gives the filter alone after its chosen smoothing; a run without best.pt is refused."""
+    report's filter alone, and the fit's loss is least there; without the run (--targets), the
+    filter of an untrained model is the run's; a run without best.pt is refused."""
     from neuroformer.wiener import ALPHAS
     run, out = workdir / "joint_s0" / "joint-f1-s0", workdir / "penalties.json"
     args = ["--run", run, "--data", workdir / "recording.h5", "-o", out]
@@ -340,8 +340,12 @@ def check_filter_penalties(workdir, seed0):
         own = ALPHAS.tolist().index(fitted[name]["penalty"])
         assert entry["rows"][own]["test_r"] == pytest.approx(seed0[name]["neuroformer, filter alone"]["test_r"], abs=1e-9)
         assert min(r["fit_loss"] for r in entry["rows"]) == entry["rows"][own]["fit_loss"]
-        for row in entry["rows"]:
-            assert row["fit_loss"] == pytest.approx(1 - row["valid_r_smoothed"], abs=1e-6)
+    _run("bench/filter_penalties.py", "--targets", ",".join(table), "--data", workdir / "recording.h5", "-o", out)
+    untrained = json.loads(out.read_text())["targets"]
+    for name, entry in untrained.items():
+        assert entry["input"] == fitted[name]["input"] and entry["fit_choice"] == fitted[name]["penalty"]
+        for row, same in zip(entry["rows"], table[name]["rows"]):
+            assert row == pytest.approx(same, abs=1e-9)
     bad = subprocess.run([sys.executable, str(SCRIPT.parents[1] / "bench" / "filter_penalties.py"), "--run", str(workdir),
                           "--data", str(workdir / "recording.h5"), "-o", str(workdir / "x.json")],
                          capture_output=True, text=True)

@@ -123,8 +123,9 @@ def test_binned_counts_are_the_population_vector_before_the_embedding(setup):
 
 def wiener_rows(model, dataset, batches, name, times=False):
     """Reference design of the Wiener fit, row by row: each target sample with its window's counts
-    (bins, V) and standardised value (and with `times`, its time in the recording)."""
-    xs, ys, ts = [], [], []
+    (bins, V) and standardised value (and with `times`, its time in the recording and its
+    window's index in `batches`)."""
+    xs, ys, ts, ws, seen = [], [], [], [], 0
     with torch.no_grad():
         for idx in batches:
             batch = collate_windows([dataset[i] for i in idx])
@@ -133,7 +134,9 @@ def wiener_rows(model, dataset, batches, name, times=False):
                 xs.append(counts[b].double().view(model.population_bins, -1).numpy())
                 ys.append(float(z[b, k]))
                 ts.append(float(batch["t0"][b]) + float(batch[f"behavior.{name}"]["time"][b, k]))
-    return (np.array(xs), np.array(ys)) + ((np.array(ts),) if times else ())
+                ws.append(seen + b)
+            seen += len(idx)
+    return (np.array(xs), np.array(ys)) + ((np.array(ts), np.array(ws)) if times else ())
 
 
 def own_history_reference(counts, cap=3, bins_back=2):
@@ -212,29 +215,34 @@ def wide(tiny_synthetic):
     return model, dataset, windows, tiling_windows(dataset.recordings, dataset.spec, "valid")
 
 
-def smoothed_valid_r(prediction, y, times, intervals):
-    """Reference of the fit's validation score: the best Pearson r over Gaussian smoothings of the
-    prediction within each validation interval (samples in time order, a repeated time once)."""
+def cross_validated_r(x, y, times, block, alpha, intervals):
+    """Reference of the fit's score: ridge (sklearn) fitted on the samples of every block but one
+    predicts that block; the best Pearson r of these predictions over Gaussian smoothings within
+    each run of one interval and block (samples in time order, a repeated time read once, from
+    its first window)."""
+    prediction = np.zeros(len(y))
+    for k in np.unique(block):
+        prediction[block == k] = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(
+            x[block != k], y[block != k]).predict(x[block == k])
     times, first = np.unique(np.round(times, 5), return_index=True)
-    prediction, y = prediction[first], y[first]
-    interval = np.searchsorted(np.asarray(intervals.start), times, side="right")
+    prediction, y, block = prediction[first], y[first], block[first]
+    run = np.searchsorted(np.asarray(intervals.start), times, side="right") * 100 + block
     best = -1.0
     for width in (0, 1, 2, 4, 8, 16, 32, 64):
         smoothed = prediction.copy()
-        for k in np.unique(interval):
+        for k in np.unique(run):
             if width:
-                smoothed[interval == k] = gaussian_filter1d(prediction[interval == k], width, mode="nearest")
+                smoothed[run == k] = gaussian_filter1d(prediction[run == k], width, mode="nearest")
         best = max(best, np.corrcoef(smoothed, y)[0, 1])
     return best
 
 
-def test_wiener_filter_is_the_validation_chosen_ridge_and_adds_to_the_decoded_value(wide):
+def test_wiener_filter_is_the_cross_validated_ridge_and_adds_to_the_decoded_value(wide):
     model, dataset, windows, valid = wide
     model = copy.deepcopy(model)
-    counts, y = wiener_rows(model, dataset, [windows], "eye.phi")
-    counts_v, yv, tv = wiener_rows(model, dataset, [valid], "eye.phi", times=True)
-    assert len(np.unique(np.round(tv, 5))) > 50
-    fit = fit_wiener(model, dataset, windows, [], batch_size=5)             # every window, in batches of 5
+    counts, y, times, window_of = wiener_rows(model, dataset, [windows], "eye.phi", times=True)
+    counts_v, yv = wiener_rows(model, dataset, [valid], "eye.phi")
+    fit = fit_wiener(model, dataset, windows, batch_size=len(windows))   # one batch: generalised cross-validation
     table = own_history_table_reference(model, dataset, windows, first=2)
     np.testing.assert_allclose(model.wiener_own_history.numpy(), table, rtol=1e-5, atol=1e-6)
     expected = lambda c: table[np.arange(c.shape[-1]), own_history_reference(c)]
@@ -243,10 +251,13 @@ def test_wiener_filter_is_the_validation_chosen_ridge_and_adds_to_the_decoded_va
     gcv = {(d, a): generalised_cv_reference(x, y, a) for d, (x, _) in rows.items() for a in wiener.ALPHAS}
     design, alpha = min(gcv, key=gcv.get)
     assert fit["eye.phi"] == {"penalty": alpha, "input": design}
-    fit = fit_wiener(model, dataset, windows, valid, batch_size=4)
-    intervals = dataset.recordings.get_sampling_intervals("valid")[dataset.recordings.recording_ids[0]]
-    score = {(d, a): smoothed_valid_r(make_pipeline(StandardScaler(), Ridge(alpha=a)).fit(x, y).predict(xv), yv, tv,
-                                      intervals) for d, (x, xv) in rows.items() for a in wiener.ALPHAS}
+    fit = fit_wiener(model, dataset, windows, batch_size=4)                # 5 blocks of the batches of 4
+    n_batches = -(-len(windows) // 4)
+    block = (window_of // 4) * wiener.FOLDS // n_batches
+    assert set(block.tolist()) == set(range(wiener.FOLDS))
+    intervals = dataset.recordings.get_sampling_intervals("train")[dataset.recordings.recording_ids[0]]
+    score = {(d, a): cross_validated_r(x, y, times, block, a, intervals) for d, (x, _) in rows.items()
+             for a in wiener.ALPHAS}
     design, alpha = max(score, key=score.get)
     assert model.wiener_targets == ["eye.phi"] and fit["eye.phi"] == {"penalty": alpha, "input": design}
     assert float(model.wiener_innovation[0]) == (design == "innovations")
@@ -291,7 +302,7 @@ def test_a_two_bin_window_fits_its_table_on_the_last_bin_and_one_bin_tries_no_in
     dataset = make_loader([tiny_synthetic], window_spec(cfg), LoaderOptions(batch_size=8, seed=0)).dataset
     windows = tiling_windows(dataset.recordings, dataset.spec, "train")[:40]
     assert model.population_bins == 2
-    fit_wiener(model, dataset, windows, [], batch_size=16)
+    fit_wiener(model, dataset, windows, batch_size=16)
     table = own_history_table_reference(model, dataset, windows, first=1)
     np.testing.assert_allclose(model.wiener_own_history.numpy(), table, rtol=1e-5, atol=1e-6)
     raw = copy.deepcopy(TINY_CFG)
@@ -301,7 +312,7 @@ def test_a_two_bin_window_fits_its_table_on_the_last_bin_and_one_bin_tries_no_in
     one_bin = Neuroformer(cfg, len(dataset.vocab), frame_shape=(64, 112)).eval()
     assert one_bin.population_bins == 1
     windows = tiling_windows(dataset.recordings, dataset.spec, "train")[:40]
-    assert fit_wiener(one_bin, dataset, windows, [], batch_size=16)["eye.phi"]["input"] == "counts"
+    assert fit_wiener(one_bin, dataset, windows, batch_size=16)["eye.phi"]["input"] == "counts"
     assert not one_bin.wiener_own_history.any()           # fitted only where innovations are tried
 
 
