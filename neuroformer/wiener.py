@@ -175,8 +175,9 @@ class Trace:
 def design_losses(model, dataset, batches, innovations, desc=None, fit_table=False):
     """Per target, (RidgePath of every training window's sums, loss per ALPHAS: `Trace.losses` of
     the out-of-fold predictions of FOLDS contiguous blocks of `batches`, or generalised
-    cross-validation error with fewer than two batches) of one design. With `fit_table`, the
-    first pass also fits `model.wiener_own_history`, which the innovations' pass reads."""
+    cross-validation error with fewer than two batches or where the blocks but one hold fewer
+    than two of the target's samples) of one design. With `fit_table`, the first pass also fits
+    `model.wiener_own_history`, which the innovations' pass reads."""
     folds = min(FOLDS, len(batches))
     block = np.arange(len(batches)) * folds // max(1, len(batches))
     p = model.wiener_weight.shape[0]
@@ -191,26 +192,28 @@ def design_losses(model, dataset, batches, innovations, desc=None, fit_table=Fal
             grams[key] = sums[name][b].add(x, window, z, grams.get(key))
     if history is not None:
         model.wiener_own_history.copy_(history.table())
-    paths, fits = {}, {}
+    paths, losses, fits = {}, {}, {}
     for name, blocks in sums.items():
-        if sum(m.n for m in blocks) < 2:    # nothing to fit: the filter stays zero
+        n = sum(m.n for m in blocks)
+        if n < 2:                           # nothing to fit: the filter stays zero
             continue
         paths[name] = RidgePath(sum(blocks[1:], blocks[0]))
-        if folds > 1:                       # per block, the fit to the others at every penalty
+        if folds > 1 and all(n - m.n >= 2 for m in blocks):    # per block, the fit to the others at every penalty
             fits[name] = [[path.fit(a) for a in ALPHAS] for path in
                           (RidgePath(sum((m for j, m in enumerate(blocks) if j != k), Moments.empty(p)))
                            for k in range(folds))]
-    if folds < 2:
-        return {name: (path, [path.generalised_cv(a) for a in ALPHAS]) for name, path in paths.items()}
+        else:
+            losses[name] = [paths[name].generalised_cv(a) for a in ALPHAS]
     held_out = {name: ([], [], [], []) for name in fits}
-    for b, (_, samples) in zip(block, target_samples(model, dataset, batches, innovations)):
+    for b, (_, samples) in zip(block, target_samples(model, dataset, batches, innovations) if fits else ()):
         for name, (x, window, z, places) in samples.items():
             if name in fits:
                 rows = x[window]
                 for part, value in zip(held_out[name], (np.stack([rows @ w + c for w, c in fits[name][b]], 1), z,
                                                         places, np.full(len(z), b))):
                     part.append(value)
-    return {name: (paths[name], Trace(*held_out[name]).losses()) for name in fits}
+    losses.update({name: Trace(*parts).losses() for name, parts in held_out.items()})
+    return {name: (paths[name], losses[name]) for name in paths}
 
 
 def fit_wiener(model, dataset, train_windows, batch_size=32):

@@ -282,6 +282,32 @@ def test_wiener_filter_is_the_cross_validated_ridge_and_adds_to_the_decoded_valu
     torch.testing.assert_close((with_filter - without)[..., 0], got[:, None].expand_as(mask))
 
 
+def test_a_target_sampled_in_one_block_only_is_chosen_by_generalised_cross_validation(monkeypatch):
+    """Ten batches in five blocks: "dense" has samples in every batch, "sparse" only in the
+    first block's two batches, whose fold would be fitted to no sample: it falls back to GCV."""
+    rng = np.random.default_rng(0)
+    x = [rng.poisson(2.0, (8, 4)).astype(float) for _ in range(10)]
+    weight = rng.normal(size=4)
+
+    def samples(model, dataset, batches, innovations=False, desc=None):
+        for b, rows in enumerate(x):
+            window = np.arange(8)
+            out = {"dense": (rows, window, rows @ weight + rng.normal(size=8), b * 100 + window)}
+            if b < 2:
+                out["sparse"] = (rows, window[:3], rows[:3] @ weight, b * 100 + window[:3])
+            yield torch.as_tensor(rows), out
+
+    monkeypatch.setattr(wiener, "target_samples", samples)
+    model = type("Stub", (), {"wiener_weight": torch.zeros(4, 2), "wiener_targets": ["dense", "sparse"]})()
+    losses = wiener.design_losses(model, None, [[0]] * 10, innovations=False)
+    sparse_rows = np.concatenate([x[0][:3], x[1][:3]])
+    gcv = [generalised_cv_reference(sparse_rows, sparse_rows @ weight, a) for a in wiener.ALPHAS]
+    np.testing.assert_allclose(losses["sparse"][1], gcv, rtol=1e-6)
+    dense = losses["dense"][0]                                             # cross-validated: 1 - r, not GCV
+    assert all(0 <= loss <= 2 for loss in losses["dense"][1])
+    assert not np.allclose(losses["dense"][1], [dense.generalised_cv(a) for a in wiener.ALPHAS])
+
+
 def own_history_table_reference(model, dataset, windows, first):
     """The own-history table by hand: mean count per unit and state over bins `first`.. of every
     window, shrunk towards the unit's mean count."""
