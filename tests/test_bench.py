@@ -411,3 +411,13 @@ def test_profile_generate_splits_the_timed_rollout_into_its_parts(tmp_path):
     floor = (result["decoder_steps"] * (result["decoder_matmul_floor_ms_per_step"] + result["attention_floor_ms_per_step"])
              + 2 * 4 * result["context_ms"] + 4 * result["stimulus_ms"]) / 1000      # 0.2 s: 4 windows of 2 rows
     assert result["rollout_floor_s"] == pytest.approx(floor)
+
+
+def test_compile_decoders_static_capacity_step_is_the_cached_decoder_step(tmp_path):
+    out = tmp_path / "compile.json"
+    args = ["--quick", "-o", out]
+    _run("bench/compile_decoder.py", *args)
+    check_provenance(out, 0, {"quick": True}, ["compile_decoder.py", *args])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["batch"] == 2 and row["tokens"] == 8 and row["static_deviation"] < 1e-5
+    assert row["eager_ms_per_step"] > 0 and row["static_ms_per_step"] > 0 and "compile_s" not in row
