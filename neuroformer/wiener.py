@@ -175,9 +175,10 @@ class Trace:
 def design_losses(model, dataset, batches, innovations, desc=None, fit_table=False):
     """Per target, (RidgePath of every training window's sums, loss per ALPHAS: `Trace.losses` of
     the out-of-fold predictions of FOLDS contiguous blocks of `batches`, or generalised
-    cross-validation error with fewer than two batches or where the blocks but one hold fewer
-    than two of the target's samples) of one design. With `fit_table`, the first pass also fits
-    `model.wiener_own_history`, which the innovations' pass reads."""
+    cross-validation error with fewer than two batches or where leaving out a block leaves fewer
+    than two of the target's samples: the same for every design, whose samples are the same) of
+    one design. With `fit_table`, the first pass also fits `model.wiener_own_history`, which the
+    innovations' pass reads."""
     folds = min(FOLDS, len(batches))
     block = np.arange(len(batches)) * folds // max(1, len(batches))
     p = model.wiener_weight.shape[0]

@@ -24,6 +24,7 @@ from neuroformer.training import tiling_windows
 from neuroformer import wiener
 from neuroformer.assembly import window_spec
 from neuroformer.data.windows import collate_windows
+from neuroformer.smoothing import smoothed_r
 from neuroformer.wiener import fit_wiener
 
 TINY_CFG = {
@@ -283,29 +284,36 @@ def test_wiener_filter_is_the_cross_validated_ridge_and_adds_to_the_decoded_valu
 
 
 def test_a_target_sampled_in_one_block_only_is_chosen_by_generalised_cross_validation(monkeypatch):
-    """Ten batches in five blocks: "dense" has samples in every batch, "sparse" only in the
-    first block's two batches, whose fold would be fitted to no sample: it falls back to GCV."""
+    """Ten batches in five blocks: "dense" has samples in every batch and is cross-validated
+    (against sklearn's ridge per fold and the smoothed r of its out-of-fold trace), "sparse" only
+    in the first block's two batches, whose fold would be fitted to none: it falls back to GCV."""
     rng = np.random.default_rng(0)
-    x = [rng.poisson(2.0, (8, 4)).astype(float) for _ in range(10)]
+    x = rng.poisson(2.0, (10, 8, 4)).astype(float)                         # (batch, window, unit)
     weight = rng.normal(size=4)
+    dense = x @ weight + rng.normal(size=(10, 8))
+    window = np.arange(8)
 
     def samples(model, dataset, batches, innovations=False, desc=None):
-        for b, rows in enumerate(x):
-            window = np.arange(8)
-            out = {"dense": (rows, window, rows @ weight + rng.normal(size=8), b * 100 + window)}
+        for b in range(10):
+            out = {"dense": (x[b], window, dense[b], b * 100 + window)}
             if b < 2:
-                out["sparse"] = (rows, window[:3], rows[:3] @ weight, b * 100 + window[:3])
-            yield torch.as_tensor(rows), out
+                out["sparse"] = (x[b], window[:3], x[b, :3] @ weight, b * 100 + window[:3])
+            yield torch.as_tensor(x[b]), out
 
     monkeypatch.setattr(wiener, "target_samples", samples)
     model = type("Stub", (), {"wiener_weight": torch.zeros(4, 2), "wiener_targets": ["dense", "sparse"]})()
     losses = wiener.design_losses(model, None, [[0]] * 10, innovations=False)
-    sparse_rows = np.concatenate([x[0][:3], x[1][:3]])
+    sparse_rows = x[:2, :3].reshape(-1, 4)
     gcv = [generalised_cv_reference(sparse_rows, sparse_rows @ weight, a) for a in wiener.ALPHAS]
     np.testing.assert_allclose(losses["sparse"][1], gcv, rtol=1e-6)
-    dense = losses["dense"][0]                                             # cross-validated: 1 - r, not GCV
-    assert all(0 <= loss <= 2 for loss in losses["dense"][1])
-    assert not np.allclose(losses["dense"][1], [dense.generalised_cv(a) for a in wiener.ALPHAS])
+    block = np.repeat(np.arange(10) // 2, 8)                              # 2 batches a block
+    rows, y, segment = x.reshape(-1, 4), dense.reshape(-1), np.repeat(np.arange(10), 8)   # a segment a batch
+    for alpha, loss in zip(wiener.ALPHAS, losses["dense"][1]):
+        held_out = np.zeros(len(y))
+        for k in range(5):
+            fit = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(rows[block != k], y[block != k])
+            held_out[block == k] = fit.predict(rows[block == k])
+        assert loss == pytest.approx(1 - smoothed_r(held_out, y, segment)[0], abs=1e-9)
 
 
 def own_history_table_reference(model, dataset, windows, first):
