@@ -11,7 +11,7 @@ step's states are checked against the eager ones. Reported per batch: ms per ste
 the uncompiled static-capacity step (what the graph is made of), the time to compile and run
 the first window, and each one's largest deviation from the eager states.
 
-    python bench/compile_decoder.py -o W/compile.json            # published size, batch 1 and 16 (~4 min)
+    python bench/compile_decoder.py -o W/compile.json            # published size, batch 1 and 16 (~1 min; compiling cold adds ~30 s)
     python bench/compile_decoder.py --quick -o /tmp/compile.json  # what the test runs (eager only)
 """
 import argparse
