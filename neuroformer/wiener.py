@@ -229,7 +229,7 @@ def fit_wiener(model, dataset, train_windows, batch_size=32):
         desc = "fitting the Wiener filter" + (" on innovations" if innovations else "")
         for name, (path, losses) in design_losses(model, dataset, batches, innovations, desc,
                                                   fit_table=len(designs) > 1 and not innovations).items():
-            best = int(np.argmin(losses))
+            best = strongest_least(losses)
             if name not in chosen or losses[best] < chosen[name][0]:
                 chosen[name] = losses[best], innovations, ALPHAS[best], path.fit(ALPHAS[best])
     out = {}
@@ -237,6 +237,13 @@ def fit_wiener(model, dataset, train_windows, batch_size=32):
         set_filter(model, name, weight, bias, innovations)
         out[name] = {"penalty": float(alpha), "input": "innovations" if innovations else "counts"}
     return out
+
+
+def strongest_least(losses):
+    """Index into ALPHAS of the least loss, the strongest penalty among equal ones: a target whose
+    held-out trace is constant scores every penalty alike (r 0), and then shrinking most is right."""
+    losses = np.asarray(losses)
+    return int(np.flatnonzero(losses == losses.min())[-1])
 
 
 def set_filter(model, name, weight, bias, innovations):

@@ -316,6 +316,28 @@ def test_a_target_sampled_in_one_block_only_is_chosen_by_generalised_cross_valid
         assert loss == pytest.approx(1 - smoothed_r(held_out, y, segment)[0], abs=1e-9)
 
 
+def test_a_constant_held_out_target_takes_the_strongest_penalty(monkeypatch):
+    """A target constant in every block scores every penalty 1 - r = 1: the filter then shrinks
+    most (the weakest penalty would fit noise); a target with a signal keeps its least loss."""
+    rng = np.random.default_rng(1)
+    x = rng.poisson(2.0, (10, 8, 4)).astype(float)
+    signal = x @ rng.normal(size=4) + rng.normal(size=(10, 8))
+    window = np.arange(8)
+
+    def samples(model, dataset, batches, innovations=False, desc=None):
+        for b in range(10):
+            yield torch.as_tensor(x[b]), {"flat": (x[b], window, np.full(8, 3.0), b * 100 + window),
+                                          "signal": (x[b], window, signal[b], b * 100 + window)}
+
+    monkeypatch.setattr(wiener, "target_samples", samples)
+    model = type("Stub", (), {"wiener_weight": torch.zeros(4, 2), "wiener_targets": ["flat", "signal"]})()
+    losses = wiener.design_losses(model, None, [[0]] * 10, innovations=False)
+    assert losses["flat"][1] == [1.0] * len(wiener.ALPHAS)
+    assert wiener.strongest_least(losses["flat"][1]) == len(wiener.ALPHAS) - 1
+    assert len(set(losses["signal"][1])) == len(wiener.ALPHAS)                # no tie: the least loss
+    assert wiener.strongest_least(losses["signal"][1]) == int(np.argmin(losses["signal"][1])) < len(wiener.ALPHAS) - 1
+
+
 def own_history_table_reference(model, dataset, windows, first):
     """The own-history table by hand: mean count per unit and state over bins `first`.. of every
     window, shrunk towards the unit's mean count."""
