@@ -36,7 +36,7 @@ from .data.windows import check_calcium_span, collate_windows
 from .decoders import BASELINES, BinnedSplit, baseline_grid, baseline_input
 from .errors import InputError
 from .io import atomic_path
-from .model import _masked_mean, hide_frames
+from .model import _masked_mean
 from .plots import subplots
 from .provenance import write_result
 from .smoothing import SMOOTHING, pearson, smooth
@@ -45,7 +45,6 @@ from .training import RunOptions, to_device, train
 MODES = ("joint", "finetune", "probe", "baselines")
 CORRECTION = (1.0, 0.75, 0.5, 0.25)              # weights of the transformer's correction to the Wiener filter tried
 MIN_EVALS = 8                                    # validations per decoding run: its checkpoint choices
-BLOCKS = 10                                      # contiguous blocks of validation samples resampled by `choose_movie`
 
 
 @dataclass
@@ -155,14 +154,12 @@ def _over_windows(dataset, rid, samples, fn, batch_size, device, desc):
     return out
 
 
-def neuroformer_predictions(model, dataset, rid, samples, targets, batch_size=16, device="cpu", wiener=False,
-                            movie=True):
-    """(n, n_targets) decoded values of every sample (`wiener`: the Wiener filter's alone; not
-    `movie`: read with the frames hidden, `hide_frames`)."""
+def neuroformer_predictions(model, dataset, rid, samples, targets, batch_size=16, device="cpu", wiener=False):
+    """(n, n_targets) decoded values of every sample (`wiener`: the Wiener filter's alone)."""
     predict = model.predict_wiener if wiener else model.predict_behavior
 
     def fn(batch):
-        pred = {k: v.cpu().numpy() for k, v in predict(batch if movie else hide_frames(batch)).items()}
+        pred = {k: v.cpu().numpy() for k, v in predict(batch).items()}
         times = {n: batch[f"behavior.{n}"]["time"].cpu().numpy() for n in targets}
         masks = {n: batch[f"behavior.{n}"]["mask"].cpu().numpy() for n in targets}
 
@@ -227,8 +224,8 @@ def choose(candidates, valid, test, targets, classes=None):
                 score = (class_scores(pv[:, k], valid.values[:, k])[1] if is_class else
                          scores(smooth(pv[:, k:k + 1], valid.interval, width), valid.values[:, k:k + 1])[0][0])
                 if best is None or score > best[0]:
-                    best = (score, params, width, pv, pt)
-        score, params, width, pv, pt = best
+                    best = (score, params, width, pt)
+        score, params, width, pt = best
         pred = smooth(pt[:, k:k + 1], test.interval, width)[:, 0]
         if is_class:
             accuracy, balanced = class_scores(pred, test.values[:, k])
@@ -239,37 +236,7 @@ def choose(candidates, valid, test, targets, classes=None):
         else:
             r_test, r2_test = scores(pred[:, None], test.values[:, k:k + 1])
             out[name] = {"test_r": r_test[0], "test_r2": r2_test[0], "valid_r": score, "smoothing_samples": width,
-                         "params": params, "_test_prediction": pred,
-                         "_valid_prediction": smooth(pv[:, k:k + 1], valid.interval, width)[:, 0]}
-    return out
-
-
-def choose_movie(candidates, valid, test, targets, classes=None, draws=200, seed=0):
-    """`choose` with the candidates read with the movie (params without "movie") and without it
-    ("movie": "hidden") apart: per regression target, the movie's read-out only where it raises the
-    validation r by more than one standard error of that gain (paired bootstrap over BLOCKS
-    contiguous blocks of the validation samples), else the read-out without the movie: the
-    one-standard-error rule, for that read-out cannot fit the training movies' frames, so it is
-    the one expected to carry to novel stimuli, which the validation split (trials of training
-    movies) cannot show."""
-    shown = choose([c for c in candidates if "movie" not in c[0]], valid, test, targets, classes)
-    hidden_candidates = [c for c in candidates if "movie" in c[0]]
-    if not hidden_candidates:
-        return shown
-    hidden = choose(hidden_candidates, valid, test, targets, classes)
-    rng = np.random.default_rng(seed)
-    groups = np.array_split(np.arange(len(valid.times)), min(BLOCKS, len(valid.times)))
-    resamples = [np.concatenate([groups[j] for j in rng.integers(0, len(groups), len(groups))]) for _ in range(draws)]
-    out = {}
-    for k, name in enumerate(targets):
-        a, b = shown[name], hidden[name]
-        if classes and classes[k]:
-            out[name] = a
-            continue
-        y, pa, pb = valid.values[:, k], a["_valid_prediction"], b["_valid_prediction"]
-        spread = np.std([pearson(pa[d], y[d]) - pearson(pb[d], y[d]) for d in resamples])
-        out[name] = a if a["valid_r"] - b["valid_r"] > spread else b
-        out[name]["movie_gain_valid_r"] = {"gain": a["valid_r"] - b["valid_r"], "standard_error": float(spread)}
+                         "params": params, "_test_prediction": pred}
     return out
 
 
@@ -390,38 +357,28 @@ def checkpoint_candidates(run_dir, data_path, samples, targets, device="cpu"):
     decodes a variable best is chosen on valid like every other setting. A file saved at a step
     already listed holds the same weights and is not decoded again. Then the mean of these
     files' predictions ({"checkpoint": "mean", "files": [...]}; regression targets: an ensemble of
-    steps); with frames, all of these again read with the movie hidden ({..., "movie": "hidden"}:
-    `choose_movie` takes them unless the movie pays on validation); and with the Wiener filter
-    inside, each candidate again with the transformer's correction to the filter weighted by
-    CORRECTION (a noisy correction costs less when shrunk;
+    steps), and with the Wiener filter inside, each candidate again with the transformer's
+    correction to the filter weighted by CORRECTION (a noisy correction costs less when shrunk;
     the filter alone is never a candidate). Returns (candidates, the filter alone as a candidate
     of its own row, or None unless every target has it: what the transformer adds is the gap)."""
     run_dir = Path(run_dir)
     _, model, dataset, recordings = load_model(run_dir / "best.pt", [data_path], device)
     rid = recordings.recording_ids[0]
-    regression = [k for k, n in enumerate(targets) if model.objectives[n] == "regression"]
-    modes = (True, False) if model.uses_frames and regression else (True,)
-    files, steps = [], set()
+    out, steps = [], set()
     for file in ["best.pt"] + sorted(p.name for p in run_dir.glob("best-*.pt")):
         state = load_checkpoint(run_dir / file)[1]
-        if state["step"] not in steps:                  # a file saved at a step already listed: the same weights
-            steps.add(state["step"])
-            files.append((file, state["model"]))
-    out = []
-    for movie in modes:
-        tag = {} if movie else {"movie": "hidden"}
-        per_file = []
-        for file, weights in files:
-            model.load_state_dict(weights)                                   # same config, other step
-            per_file.append(({"checkpoint": file, **tag},
-                             *(neuroformer_predictions(model, dataset, rid, samples[s], targets, device=device,
-                                                       movie=movie) for s in ("valid", "test"))))
-        if len(per_file) > 1 and regression:
-            mean = [per_file[0][1].copy(), per_file[0][2].copy()]           # labels: best.pt's
-            for m, s in zip(mean, (1, 2)):
-                m[:, regression] = np.mean([c[s][:, regression] for c in per_file], 0)
-            per_file.append(({"checkpoint": "mean", "files": [f for f, _ in files], **tag}, *mean))
-        out += per_file
+        if state["step"] in steps:
+            continue
+        steps.add(state["step"])
+        model.load_state_dict(state["model"])                                # same config, other step
+        out.append(({"checkpoint": file}, *(neuroformer_predictions(model, dataset, rid, samples[s], targets,
+                                                                     device=device) for s in ("valid", "test"))))
+    regression = [k for k, n in enumerate(targets) if model.objectives[n] == "regression"]
+    if len(out) > 1 and regression:
+        mean = [out[0][1].copy(), out[0][2].copy()]                     # labels: best.pt's
+        for m, s in zip(mean, (1, 2)):
+            m[:, regression] = np.mean([c[s][:, regression] for c in out], 0)
+        out.append(({"checkpoint": "mean", "files": [c[0]["checkpoint"] for c in out]}, *mean))
     linear = [k for k, n in enumerate(targets) if n in model.wiener_targets]
     if not linear:
         return out, None
@@ -508,7 +465,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
         own = {"neuroformer": candidates, "neuroformer, best.pt": candidates[:1]}
         if alone is not None:
             own["neuroformer, filter alone"] = [alone]
-        models = {**{name: choose_movie(c, samples["valid"], samples["test"], targets, samples["classes"])
+        models = {**{name: choose(c, samples["valid"], samples["test"], targets, samples["classes"])
                      for name, c in own.items()}, **models}
     table = probes if probes is not None else models
     novel = novel_stimulus(data, samples["test"])

@@ -467,8 +467,9 @@ class Neuroformer(nn.Module):
         the spike loss of the GLM inside the model alone, the transformer not run (`train.glm_steps`)."""
         cur = batch["current"]
         if self.training and self.uses_frames and self.cfg.model.frame_dropout > 0:
-            batch = hide_frames(batch, torch.rand(len(cur["unit"]), 1, device=cur["unit"].device)
-                                < self.cfg.model.frame_dropout)
+            shown = torch.rand(len(cur["unit"]), 1, device=cur["unit"].device) >= self.cfg.model.frame_dropout
+            batch = {**batch, **{key: {**batch[key], "mask": batch[key]["mask"] & shown}
+                                 for key in ("frames", "adapt") if key in batch}}
         if glm_only:
             x = memory = None
             drive = self.log_rate0.new_zeros(len(cur["unit"]), 2, len(self.log_rate0))
@@ -649,14 +650,6 @@ class Neuroformer(nn.Module):
             out[name] = (y.squeeze(-1).float() * self.behavior_stats[i, 1] + self.behavior_stats[i, 0]
                          if self.objectives[name] == "regression" else y.argmax(-1))
         return out
-
-
-def hide_frames(batch, hidden=True):
-    """`batch` with the movie (its frames and their adaptation state) hidden from the windows where
-    `hidden` (bool, (B, 1) or one for all): the model then reads those windows without it."""
-    shown = ~torch.as_tensor(hidden, device=batch["current"]["unit"].device)
-    return {**batch, **{key: {**batch[key], "mask": batch[key]["mask"] & shown}
-                        for key in ("frames", "adapt") if key in batch}}
 
 
 def metrics_from_sums(sums):

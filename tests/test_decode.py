@@ -23,8 +23,8 @@ from neuroformer.data.synthetic import SyntheticConfig, write_synthetic
 from neuroformer.data.vocab import UnitVocab
 from neuroformer.data.windows import collate_windows
 from neuroformer.errors import InputError
-from neuroformer.decoding import (CORRECTION, MIN_EVALS, Samples, baseline_results, by_stimulus, checkpoint_candidates,
-                               choose, choose_movie, decode, decode_config, decode_samples, format_report, novel_stimulus, probe_features,
+from neuroformer.decoding import (CORRECTION, MIN_EVALS, Samples, baseline_results, by_stimulus, checkpoint_candidates, choose, decode,
+                               decode_config, decode_samples, format_report, novel_stimulus, probe_features,
                                neuroformer_predictions, probe_results, split_samples, train_decoder,
                                window_tiling)
 from neuroformer.decoders import BinnedSplit, baseline_grid
@@ -225,8 +225,7 @@ def test_checkpoints_of_one_step_are_decoded_once(joint, tiny_synthetic, tmp_pat
     names = [c[0]["checkpoint"] for c in candidates if set(c[0]) == {"checkpoint"}]
     assert names[0] == "best.pt" and "best-zz.pt" not in names
     assert sorted(steps[n] for n in names) == sorted(set(steps.values()))     # every step once
-    # valid and test of each, with the movie and without, and of the Wiener filter alone
-    assert len(calls) == 2 * 2 * len(names) + 2
+    assert len(calls) == 2 * len(names) + 2            # valid and test of each, and of the Wiener filter alone
 
 
 def test_candidates_shrink_the_correction_to_the_wiener_filter_and_average_the_steps(joint, tiny_synthetic):
@@ -237,9 +236,9 @@ def test_candidates_shrink_the_correction_to_the_wiener_filter_and_average_the_s
     candidates, filter_alone = checkpoint_candidates(run, tiny_synthetic, samples, targets)
     files = [c for c in candidates if set(c[0]) == {"checkpoint"}]
     assert len(files) > 1
-    full = {c[0]["checkpoint"]: c[1:] for c in candidates if set(c[0]) <= {"checkpoint", "files"}}
+    full = {c[0]["checkpoint"]: c[1:] for c in candidates if "correction" not in c[0]}
     # the ensemble: the mean of the files' predictions
-    (params, *ensemble), = [c for c in candidates if c[0].get("checkpoint") == "mean" and len(c[0]) == 2]
+    (params, *ensemble), = [c for c in candidates if c[0].get("checkpoint") == "mean" and "correction" not in c[0]]
     assert params["files"] == [c[0]["checkpoint"] for c in files]
     for s in (0, 1):
         np.testing.assert_allclose(ensemble[s], np.mean([c[1 + s] for c in files], 0))
@@ -252,8 +251,8 @@ def test_candidates_shrink_the_correction_to_the_wiener_filter_and_average_the_s
              for s in ("valid", "test")]
     shrunk = [c for c in candidates if "correction" in c[0]]
     assert sorted({c[0]["correction"] for c in shrunk}) == sorted(CORRECTION[1:]) and 0 not in CORRECTION
-    assert len(shrunk) == 2 * len(full) * (len(CORRECTION) - 1)        # with the movie and without
-    for params, *pred in (c for c in shrunk if "movie" not in c[0]):
+    assert len(shrunk) == len(full) * (len(CORRECTION) - 1)
+    for params, *pred in shrunk:
         weight, base = params["correction"], full[params["checkpoint"]]
         for s in (0, 1):
             np.testing.assert_allclose(pred[s], weight * base[s] + (1 - weight) * alone[s], rtol=1e-5, atol=1e-5)
@@ -266,53 +265,6 @@ def test_candidates_shrink_the_correction_to_the_wiener_filter_and_average_the_s
     for t in targets:
         got = report["results"][t]["neuroformer, filter alone"]
         assert all(got[k] == v for k, v in row[t].items() if k[0] != "_")
-
-
-def test_candidates_read_without_the_movie_are_the_predictions_of_windows_without_frames(joint, tiny_synthetic):
-    out, report = joint
-    run, targets = out.with_suffix("") / "joint-f1-s0", report["targets"]
-    samples = decode_samples(open_recording(tiny_synthetic), targets, window_spec(load_checkpoint(run / "best.pt")[0]))
-    candidates, _ = checkpoint_candidates(run, tiny_synthetic, samples, targets)
-    (_, *hidden), = [c for c in candidates if c[0] == {"checkpoint": "best.pt", "movie": "hidden"}]
-    (_, *shown), = [c for c in candidates if c[0] == {"checkpoint": "best.pt"}]
-    _, model, dataset, recordings = load_model(run / "best.pt", [tiny_synthetic])
-    frames = model.encode_frames
-
-    def no_frames(fr):                                  # every frame masked: as if the windows showed none
-        return frames({**fr, "mask": torch.zeros_like(fr["mask"])})
-    model.encode_frames = no_frames
-    for s, split in enumerate(("valid", "test")):
-        reference = neuroformer_predictions(model, dataset, recordings.recording_ids[0], samples[split], targets)
-        np.testing.assert_allclose(hidden[s], reference, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(hidden[1], shown[1])                        # the movie is read
-
-
-def test_the_movie_is_read_only_where_it_pays_on_validation_beyond_its_noise(tiny_synthetic):
-    data = open_recording(tiny_synthetic)
-    targets = ["running.speed", "eye.phi"]
-    samples = {s: split_samples(data, targets, s, 0.05, 0.05) for s in SPLITS}
-    valid, test = samples["valid"], samples["test"]
-    rng = np.random.default_rng(0)
-    y, sd = valid.values, valid.values.std(0)
-    e = rng.normal(size=y.shape) * sd
-    # speed: the movie's read-out far better; phi: the same noise elsewhere in time, a little
-    # smaller, so the movie's read-out is better on validation, but by less than that noise decides
-    shown = ({"checkpoint": "best.pt"}, np.stack([y[:, 0] + 0.2 * e[:, 0], y[:, 1] + 0.98 * np.roll(e[:, 1], len(y) // 2)],
-                                                 1), test.values + rng.normal(size=test.values.shape))
-    hidden = ({"checkpoint": "best.pt", "movie": "hidden"}, np.stack([y[:, 0] + 2 * e[:, 0], y[:, 1] + e[:, 1]], 1),
-              test.values + rng.normal(size=test.values.shape))
-    chosen = choose_movie([shown, hidden], valid, test, targets)
-    plain = choose([shown, hidden], valid, test, targets)             # the best on validation alone
-    assert chosen["running.speed"]["params"] == plain["running.speed"]["params"] == {"checkpoint": "best.pt"}
-    assert plain["eye.phi"]["params"] == {"checkpoint": "best.pt"}
-    assert chosen["eye.phi"]["params"] == {"checkpoint": "best.pt", "movie": "hidden"}
-    for name, movie_read in (("running.speed", True), ("eye.phi", False)):
-        gain = chosen[name]["movie_gain_valid_r"]
-        assert gain["gain"] == pytest.approx(plain[name]["valid_r"] - choose([hidden], valid, test, targets)[name]["valid_r"])
-        assert 0 < gain["gain"] and (gain["gain"] > gain["standard_error"]) == movie_read
-    np.testing.assert_allclose(chosen["eye.phi"]["_test_prediction"],             # scored as the hidden read-out
-                               choose([hidden], valid, test, targets)["eye.phi"]["_test_prediction"])
-    assert "movie_gain_valid_r" not in choose_movie([shown], valid, test, targets)["eye.phi"]   # nothing to weigh
 
 
 def test_baselines_mode_scores_the_baselines_alone_on_the_same_samples(joint, tiny_synthetic, config_file, tmp_path,
