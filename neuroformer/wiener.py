@@ -241,8 +241,9 @@ def fit_wiener(model, dataset, train_windows, batch_size=32):
 
 def strongest_least(losses):
     """Index into ALPHAS of the least loss, the strongest penalty among equal ones: a target whose
-    held-out trace is constant scores every penalty alike (r 0), and then shrinking most is right."""
-    losses = np.asarray(losses)
+    held-out trace is constant scores every penalty alike (r 0), and then shrinking most is right.
+    A NaN loss counts as the worst."""
+    losses = np.nan_to_num(np.asarray(losses, dtype=float), nan=np.inf)
     return int(np.flatnonzero(losses == losses.min())[-1])
 
 

@@ -336,6 +336,8 @@ def test_a_constant_held_out_target_takes_the_strongest_penalty(monkeypatch):
     assert wiener.strongest_least(losses["flat"][1]) == len(wiener.ALPHAS) - 1
     assert len(set(losses["signal"][1])) == len(wiener.ALPHAS)                # no tie: the least loss
     assert wiener.strongest_least(losses["signal"][1]) == int(np.argmin(losses["signal"][1])) < len(wiener.ALPHAS) - 1
+    assert wiener.strongest_least([np.nan, 0.5, 0.5, 0.7, np.nan]) == 2
+    assert wiener.strongest_least([np.nan] * len(wiener.ALPHAS)) == len(wiener.ALPHAS) - 1
 
 
 def own_history_table_reference(model, dataset, windows, first):
