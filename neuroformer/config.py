@@ -71,6 +71,9 @@ class Variable:
     n_classes: int = at_least(0, 0)    # classification only
     channels: int = at_least(1, 1)     # >1: a multichannel input signal, values (T, channels); one token
                                        # per channel and sample, with a channel embedding
+    reads_frames: bool = True          # a target's read-out sees the movie; false: it reads the spikes and
+                                       # behaviour inputs only (a variable the movie does not cause, such
+                                       # as running speed, cannot then be learned from the movie's identity)
 
 
 @dataclass

@@ -278,22 +278,24 @@ def gaze_targets(cfg, data, targets, path="config"):
 
 def decode_config(cfg, data, targets, path="config"):
     """`cfg` with every target a behaviour head (predict: true; classification for class
-    labels, see `target_classes`), never an input, and its frames not shifted by a target's
-    gaze (they would show the answer); a variable `cfg` names that the recording lacks is an
-    InputError."""
+    labels, see `target_classes`; `reads_frames` as `cfg` names it), never an input, and its
+    frames not shifted by a target's gaze (they would show the answer); a variable `cfg` names
+    that the recording lacks is an InputError."""
     window = cfg.window
     if window.behavior < window.current:
         raise InputError(path, ("window.behavior", "decoding needs behaviour windows at least as long as the "
                                                    "current window (each sample is read out of one window)"))
+    reads_frames = {}
     for m in cfg.modalities.values():
         for key, name in zip(list(m.variables), resolve_names(data, list(m.variables), path)):
             if name in targets:
-                del m.variables[key]
+                reads_frames[name] = m.variables.pop(key).reads_frames
     if gaze_targets(cfg, data, targets, path):
         window.gaze = GazeConfig()
     decoded = cfg.modalities.setdefault("decoded", Modality())
     for t, k in zip(targets, target_classes(data, targets)):
-        decoded.variables[t] = Variable(predict=True, objective="classification" if k else "regression", n_classes=k)
+        decoded.variables[t] = Variable(predict=True, objective="classification" if k else "regression", n_classes=k,
+                                        reads_frames=reads_frames.get(t, True))
     return cfg
 
 

@@ -120,6 +120,7 @@ class Neuroformer(nn.Module):
 
         objectives = {n: v for mod in cfg.modalities.values() for n, v in mod.variables.items()}
         self.objectives = {n: objectives[n].objective for n in self.targets}
+        self.frame_blind = [n for n in self.targets if not objectives[n].reads_frames] if self.uses_frames else []
         if self.targets:
             self.query = Block(w, cross=True, name="query", **block)
             # no norm on the way in: the magnitude is the count; a hidden layer reads the binned
@@ -474,7 +475,8 @@ class Neuroformer(nn.Module):
             x = memory = None
             drive = self.log_rate0.new_zeros(len(cur["unit"]), 2, len(self.log_rate0))
         else:
-            (memory, pooled_visual), drive = self.encode_context(batch), None
+            context = self.context_parts(batch)
+            (memory, pooled_visual), drive = self.encode_context(batch, context), None
             x = self.decode(cur, memory)
         dt_target, unit_target = cur["dt_target"], cur["unit_target"]
         gap_log_p, unit_logits = self.spike_outputs(batch, memory, x, drive=drive)
@@ -499,7 +501,7 @@ class Neuroformer(nn.Module):
             out.update(contrast_correct=correct, contrast_count=count, contrast_batch=torch.tensor(len(x)))
 
         if self.targets and not glm_only:
-            b_loss, sums = self.behavior_loss(batch, self.behavior_outputs(batch, x, memory))
+            b_loss, sums = self.behavior_loss(batch, self.behavior_outputs(batch, x, context))
             loss = loss + self.cfg.loss.behavior * b_loss
             out.update(sums)
         out["loss"] = loss
@@ -590,24 +592,31 @@ class Neuroformer(nn.Module):
             return (counts @ self.wiener_weight + self.wiener_bias
                     - self.expected_counts(counts) @ (self.wiener_weight * self.wiener_innovation))
 
-    def behavior_outputs(self, batch, x, memory):
+    def behavior_outputs(self, batch, x, context):
         """POYO-style output queries at each target sample's timestamp, starting from the variable's
-        embedding plus the window's population vector and reading the decoder states of the current
-        window and the memory (and the calcium tokens' latents with `window.calcium`: only these
-        heads see them, since the traces show the current window's spikes): name -> (B, n, 1 or
+        embedding plus the window's population vector and reading the decoder states x of the
+        current window and the memory of `context` (`context_parts`), and the calcium tokens'
+        latents with `window.calcium` (only these heads see them, since the traces show the current
+        window's spikes). A target in `frame_blind` reads the current window's spike tokens and
+        the memory without the visual tokens instead (x has read them): name -> (B, n, 1 or
         n_classes), standardised units."""
         cur = batch["current"]
-        parts = [(x, cur["time"], cur["mask"]), memory]
-        if self.cfg.window.calcium > 0:
-            parts.append(self.encode_calcium(batch["calcium"]))
-        context = tuple(torch.cat(p, 1) for p in zip(*parts))
+        parts, pooled_visual = context
+        extra = [self.encode_calcium(batch["calcium"])] if self.cfg.window.calcium > 0 else []
+        memory, _ = self.encode_context(batch, context)
+        seeing = tuple(torch.cat(p, 1) for p in zip((x, cur["time"], cur["mask"]), memory, *extra))
+        if self.frame_blind:
+            blind_memory, _ = self.encode_context(batch, ({k: v for k, v in parts.items() if k != "visual"}, None))
+            spikes = (self.unit_emb(cur["unit"]), cur["time"], cur["mask"])
+            blind = tuple(torch.cat(p, 1) for p in zip(spikes, blind_memory, *extra))
         population = self.population_in(self.population(batch).flatten(1))[:, None]
         linear = self.wiener(batch)[:, None, :, None] if self.wiener_targets else None     # (B, 1, T, 1)
         outputs = {}
         for readout, name in zip(self.readout, self.targets):
             b = batch[f"behavior.{name}"]
             q = (self.var_emb.weight[self.var_index[name]] + population).expand(*b["value"].shape, -1)
-            outputs[name] = readout(self.query(q, b["time"], b["mask"], memory=context))
+            outputs[name] = readout(self.query(q, b["time"], b["mask"],
+                                               memory=blind if name in self.frame_blind else seeing))
             if name in self.wiener_targets:
                 outputs[name] = outputs[name] + linear[:, :, self.wiener_targets.index(name)]
         return outputs
@@ -642,10 +651,11 @@ class Neuroformer(nn.Module):
     def predict_behavior(self, batch):
         """Decoded value of every target sample in the batch: name -> (B, n), in the variable's
         units (regression) or the most probable class (classification)."""
-        memory, _ = self.encode_context(batch)
+        context = self.context_parts(batch)
+        memory, _ = self.encode_context(batch, context)
         x = self.decode(batch["current"], memory)
         out = {}
-        for name, y in self.behavior_outputs(batch, x, memory).items():
+        for name, y in self.behavior_outputs(batch, x, context).items():
             i = self.var_index[name]
             out[name] = (y.squeeze(-1).float() * self.behavior_stats[i, 1] + self.behavior_stats[i, 0]
                          if self.objectives[name] == "regression" else y.argmax(-1))

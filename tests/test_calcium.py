@@ -283,9 +283,10 @@ def test_calcium_tokens_reach_the_behaviour_heads_only_in_any_order(tokens_batch
             torch.nn.init.normal_(p, std=0.5)
 
     def outputs(b):
-        memory, _ = model.encode_context(b)
+        context = model.context_parts(b)
+        memory, _ = model.encode_context(b, context)
         x = model.decode(b["current"], memory)
-        return model.behavior_outputs(b, x, memory)["running.speed"], model(b)["nll_sum"]
+        return model.behavior_outputs(b, x, context)["running.speed"], model(b)["nll_sum"]
 
     speed, nll = outputs(batch)
     order = torch.randperm(batch["calcium"]["unit"].shape[1])

@@ -272,13 +272,14 @@ def test_wiener_filter_is_the_cross_validated_ridge_and_adds_to_the_decoded_valu
             model.wiener_innovation[0] = float(design == "innovations")
             reference = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(x, y).predict(xv[:len(window)])
             np.testing.assert_allclose(model.wiener(held_out)[window, 0].numpy(), reference, rtol=1e-4, atol=1e-4)
-        memory, _ = model.encode_context(held_out)
+        context = model.context_parts(held_out)
+        memory, _ = model.encode_context(held_out, context)
         x_dec = model.decode(held_out["current"], memory)
-        with_filter = model.behavior_outputs(held_out, x_dec, memory)["eye.phi"]
+        with_filter = model.behavior_outputs(held_out, x_dec, context)["eye.phi"]
         got = model.wiener(held_out)[:, 0]
         model.wiener_weight.zero_()
         model.wiener_bias.zero_()
-        without = model.behavior_outputs(held_out, x_dec, memory)["eye.phi"]
+        without = model.behavior_outputs(held_out, x_dec, context)["eye.phi"]
     mask = held_out["behavior.eye.phi"]["mask"]
     torch.testing.assert_close((with_filter - without)[..., 0], got[:, None].expand_as(mask))
 
@@ -467,6 +468,26 @@ def test_frame_dropout_hides_the_movie_of_some_training_windows_only(setup):
     finally:
         model.cfg.model.frame_dropout = 0.0
         model.eval()
+
+
+def test_a_frame_blind_target_reads_no_frame_while_the_others_and_the_spikes_do(tiny_synthetic):
+    raw = copy.deepcopy(TINY_CFG)
+    raw["modalities"]["behavior"]["variables"] = {"running.speed": {"predict": True, "reads_frames": False},
+                                                  "eye.phi": {"predict": True}}
+    cfg = config_from_dict(raw)
+    batch = next(iter(make_loader([tiny_synthetic], window_spec(cfg), LoaderOptions(batch_size=8, seed=0))))
+    torch.manual_seed(0)
+    model = Neuroformer(cfg, 64, frame_shape=(64, 112)).eval()
+    assert model.frame_blind == ["running.speed"]
+    for p in model.parameters():                  # weights far from the tiny init, so every input counts
+        if p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.5)
+    other = {**batch, "frames": {**batch["frames"], "pixels": torch.randint_like(batch["frames"]["pixels"], 256)}}
+    with torch.no_grad():
+        seen, moved = model.predict_behavior(batch), model.predict_behavior(other)
+        torch.testing.assert_close(seen["running.speed"], moved["running.speed"])
+        assert not torch.allclose(seen["eye.phi"], moved["eye.phi"])
+        assert model(batch)["nll_sum"] != model(other)["nll_sum"]
 
 
 @pytest.mark.parametrize("name, pool, grid", [("patch", 1, (8, 14)), ("conv3d", 1, (8, 14)),
