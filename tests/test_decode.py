@@ -541,6 +541,14 @@ def test_short_decoding_run_validates_at_least_min_evals_times(tiny_synthetic, t
     assert [r["step"] for r in rows if r["split"] == "valid"] == [*range(2, 2 * MIN_EVALS + 1, 2), 2 * MIN_EVALS + 1]
 
 
+def test_decode_keeps_a_targets_reads_frames_and_makes_the_others_read_them(tiny_synthetic):
+    raw = {**CONFIG, "modalities": {"behavior": {"variables": {"speed": {"reads_frames": False}, "eye.theta": {}}}}}
+    cfg = decode_config(config_from_dict(raw), open_recording(tiny_synthetic), ["running.speed", "eye.phi"])
+    assert {n: v.reads_frames for n, v in cfg.modalities["decoded"].variables.items()} == \
+        {"running.speed": False, "eye.phi": True}
+    assert cfg.variables(predict=False) == ["eye.theta"]
+
+
 def test_frames_are_never_shifted_by_a_decoded_gaze(tiny_synthetic, joint, tmp_path, capsys):
     raw = {**CONFIG, "window": {**CONFIG["window"], "gaze": {"x": "eye.phi", "y": "eye.theta"}}}
     data = open_recording(tiny_synthetic)
