@@ -182,7 +182,8 @@ def _decode(args):
     baselines = tuple(b for b in args.baselines.split(",") if b) if args.baselines else ()
     report = decode(args.data, args.target, args.output, run=args.run, mode=args.mode, config=args.config,
                     label_fraction=args.label_fraction, baselines=baselines, steps=args.steps, seed=args.seed,
-                    device=args.device, bin_size=args.bin, trainable=args.trainable, calcium=args.calcium_tokens)
+                    device=args.device, bin_size=args.bin, trainable=args.trainable, calcium=args.calcium_tokens,
+                    without_movie=args.without_movie)
     print(format_report(report))
     print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
 
@@ -347,6 +348,9 @@ def build_parser():
     p.add_argument("--bin", type=positive_float, default=0.05, help="bin width (s) of the baselines' spike counts (ΔF/F of a recording of calcium events)")
     p.add_argument("--calcium-tokens", type=positive_float, default=0.0, metavar="S",
                    help=CALCIUM_TOKENS + " (the derived config; with --config set window.calcium there)")
+    p.add_argument("--without-movie", action="append", default=[], metavar="VAR",
+                   help="a target read out without the movie (a variable the movie does not cause, such as "
+                        "running: its read-out cannot learn it from which movie plays); repeatable")
     p.add_argument("--seed", type=count, default=0)
     p.add_argument("--device", default="cpu", type=device)
     p.add_argument("-o", "--output", required=True, type=Path, help="report (.json); figure and runs beside it")

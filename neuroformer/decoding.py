@@ -276,11 +276,11 @@ def gaze_targets(cfg, data, targets, path="config"):
     return sorted(set(resolve_names(data, axes, path)) & set(targets))
 
 
-def decode_config(cfg, data, targets, path="config"):
+def decode_config(cfg, data, targets, path="config", without_movie=()):
     """`cfg` with every target a behaviour head (predict: true; classification for class
-    labels, see `target_classes`; `reads_frames` as `cfg` names it), never an input, and its
-    frames not shifted by a target's gaze (they would show the answer); a variable `cfg` names
-    that the recording lacks is an InputError."""
+    labels, see `target_classes`; `reads_frames` as `cfg` names it, false for the targets in
+    `without_movie`), never an input, and its frames not shifted by a target's gaze (they would
+    show the answer); a variable `cfg` names that the recording lacks is an InputError."""
     window = cfg.window
     if window.behavior < window.current:
         raise InputError(path, ("window.behavior", "decoding needs behaviour windows at least as long as the "
@@ -295,7 +295,7 @@ def decode_config(cfg, data, targets, path="config"):
     decoded = cfg.modalities.setdefault("decoded", Modality())
     for t, k in zip(targets, target_classes(data, targets)):
         decoded.variables[t] = Variable(predict=True, objective="classification" if k else "regression", n_classes=k,
-                                        reads_frames=reads_frames.get(t, True))
+                                        reads_frames=reads_frames.get(t, True) and t not in without_movie)
     return cfg
 
 
@@ -398,12 +398,13 @@ def checkpoint_candidates(run_dir, data_path, samples, targets, device="cpu"):
 
 
 def train_decoder(data_path, targets, work, mode, run=None, config=None, label_fraction=1.0, steps=None, seed=0,
-                  device="cpu", trainable="all", calcium=0.0):
+                  device="cpu", trainable="all", calcium=0.0, without_movie=()):
     """Train (joint) or finetune a model whose behaviour heads decode `targets`; its run directory,
     whose best.pt is the step of least validation behaviour error (mean over targets; best-<target>.pt
     that of each target's own). `trainable` (see `TRAINABLE`):
     "units" learns only the unit embeddings (a new session), "heads" only the behaviour read-out.
-    Validation runs at least MIN_EVALS times, however short the run. `calcium`: see `config_for`."""
+    Validation runs at least MIN_EVALS times, however short the run. `calcium`: see `config_for`;
+    `without_movie`: targets read out without the movie (`decode_config`)."""
     data = open_recording(data_path)
     if mode == "finetune":
         if run is None:
@@ -411,7 +412,7 @@ def train_decoder(data_path, targets, work, mode, run=None, config=None, label_f
         base = load_checkpoint(checkpoint_file(run))[0]
     else:
         base = config_for(data_path, config, "decoding", targets, calcium)
-    cfg = decode_config(base, data, targets, config or "config")
+    cfg = decode_config(base, data, targets, config or "config", without_movie)
     total = steps or cfg.train.max_steps              # a short finetuning run still has steps to choose from
     cfg.train.eval_every = max(1, min(cfg.train.eval_every, total // MIN_EVALS))
     out = Path(work) / f"{mode}{'' if trainable == 'all' else '-' + trainable}-f{label_fraction:g}-s{seed}"
@@ -425,10 +426,12 @@ def train_decoder(data_path, targets, work, mode, run=None, config=None, label_f
 
 
 def decode(data_path, targets, out, run=None, mode="joint", config=None, label_fraction=1.0, baselines=BASELINES,
-           steps=None, seed=0, device="cpu", bin_size=0.05, progress=True, trainable="all", calcium=0.0):
+           steps=None, seed=0, device="cpu", bin_size=0.05, progress=True, trainable="all", calcium=0.0,
+           without_movie=()):
     """Decode `targets` with Neuroformer (`mode`) and `baselines`; writes OUT (JSON, its provenance
     the model's config and `seed`) and figures beside it, returns the report. `calcium` > 0: the
-    derived config's behaviour heads read that many seconds of ΔF/F as calcium tokens."""
+    derived config's behaviour heads read that many seconds of ΔF/F as calcium tokens;
+    `without_movie`: targets (of `targets`) read out without the movie."""
     if mode not in MODES:
         raise InputError("--mode", ("mode", f"unknown {mode!r} (one of {', '.join(MODES)})"))
     unknown = sorted(set(baselines) - set(BASELINES))
@@ -437,6 +440,10 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
     data_path, out = Path(data_path), Path(out)
     data = open_recording(data_path)
     targets = resolve_names(data, targets, data_path)
+    without_movie = resolve_names(data, without_movie, data_path)
+    if set(without_movie) - set(targets) or (without_movie and mode in ("probe", "baselines")):
+        raise InputError("--without-movie", ("without movie", "names targets (--target) of a joint or finetune "
+                                                              f"run, got {without_movie} in mode {mode}"))
     if mode == "baselines" and not baselines:
         raise InputError("--baselines", ("baselines", "mode baselines needs at least one baseline"))
     if calcium and mode in ("finetune", "probe"):
@@ -454,7 +461,7 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
         cfg = config_for(data_path, config, "decoding", targets, calcium)
     else:
         run_dir = train_decoder(data_path, targets, work, mode, run, config, label_fraction, steps, seed, device,
-                                trainable, calcium)
+                                trainable, calcium, without_movie)
         cfg = load_checkpoint(run_dir / "best.pt")[0]
     samples = decode_samples(data, targets, window_spec(cfg), data_path)
     samples["train"] = samples["train"].head(label_fraction)

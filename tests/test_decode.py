@@ -547,6 +547,19 @@ def test_decode_keeps_a_targets_reads_frames_and_makes_the_others_read_them(tiny
     assert {n: v.reads_frames for n, v in cfg.modalities["decoded"].variables.items()} == \
         {"running.speed": False, "eye.phi": True}
     assert cfg.variables(predict=False) == ["eye.theta"]
+    blind = decode_config(config_from_dict(CONFIG), open_recording(tiny_synthetic), ["eye.phi", "eye.theta"],
+                          without_movie=["eye.theta"])
+    assert [v.reads_frames for v in blind.modalities["decoded"].variables.values()] == [True, False]
+
+
+@pytest.mark.parametrize("args, problem", [(["--target", "phi", "--without-movie", "speed"], "got ['running.speed']"),
+                                           (["--target", "phi", "--without-movie", "phi", "--mode", "baselines"],
+                                            "in mode baselines")])
+def test_without_movie_names_targets_of_a_trained_read_out(tiny_synthetic, tmp_path, capsys, args, problem):
+    assert main(["decode", "--data", str(tiny_synthetic), *args, "-o", str(tmp_path / "d.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--without-movie" in err and problem in err
+    assert not (tmp_path / "d.json").exists()
 
 
 def test_frames_are_never_shifted_by_a_decoded_gaze(tiny_synthetic, joint, tmp_path, capsys):
