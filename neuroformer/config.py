@@ -71,9 +71,10 @@ class Variable:
     n_classes: int = at_least(0, 0)    # classification only
     channels: int = at_least(1, 1)     # >1: a multichannel input signal, values (T, channels); one token
                                        # per channel and sample, with a channel embedding
-    reads_frames: bool = True          # a target's read-out sees the movie; false: it reads the spikes and
-                                       # behaviour inputs only (a variable the movie does not cause, such
-                                       # as running speed, cannot then be learned from the movie's identity)
+    reads_frames: bool = True          # a target's read-out sees the movie; false: it reads the spikes,
+                                       # behaviour inputs and calcium tokens only (a variable the movie does
+                                       # not cause, such as running speed, cannot then be learned from the
+                                       # movie's identity); without frames it changes nothing
 
 
 @dataclass
@@ -264,6 +265,9 @@ def _check(cfg, source):
             if v.objective not in ("regression", "classification"):
                 raise InputError(source, (f"modalities.{mname}.variables.{vname}.objective",
                                           f"unknown objective {v.objective!r} (regression, classification)"))
+            if not (v.reads_frames or v.predict):
+                raise InputError(source, (f"modalities.{mname}.variables.{vname}.reads_frames",
+                                          "false is for a target's read-out (predict: true); an input has none"))
             if v.channels < 1 or (v.channels > 1 and v.predict):
                 raise InputError(source, (f"modalities.{mname}.variables.{vname}.channels",
                                           "must be >= 1, and multichannel signals are inputs only (predict: false)"))

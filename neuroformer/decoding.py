@@ -441,9 +441,11 @@ def decode(data_path, targets, out, run=None, mode="joint", config=None, label_f
     data = open_recording(data_path)
     targets = resolve_names(data, targets, data_path)
     without_movie = resolve_names(data, without_movie, data_path)
-    if set(without_movie) - set(targets) or (without_movie and mode in ("probe", "baselines")):
-        raise InputError("--without-movie", ("without movie", "names targets (--target) of a joint or finetune "
-                                                              f"run, got {without_movie} in mode {mode}"))
+    if set(without_movie) - set(targets):
+        raise InputError("--without-movie", ("target", f"{sorted(set(without_movie) - set(targets))} not among the "
+                                                       f"targets {targets}"))
+    if without_movie and mode in ("probe", "baselines"):
+        raise InputError("--without-movie", ("mode", f"a trained read-out (joint or finetune), not mode {mode}"))
     if mode == "baselines" and not baselines:
         raise InputError("--baselines", ("baselines", "mode baselines needs at least one baseline"))
     if calcium and mode in ("finetune", "probe"):

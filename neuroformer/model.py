@@ -601,7 +601,7 @@ class Neuroformer(nn.Module):
         the memory without the visual tokens instead (x has read them): name -> (B, n, 1 or
         n_classes), standardised units."""
         cur = batch["current"]
-        parts, pooled_visual = context
+        parts, _ = context
         extra = [self.encode_calcium(batch["calcium"])] if self.cfg.window.calcium > 0 else []
         memory, _ = self.encode_context(batch, context)
         seeing = tuple(torch.cat(p, 1) for p in zip((x, cur["time"], cur["mask"]), memory, *extra))

@@ -542,7 +542,7 @@ def test_short_decoding_run_validates_at_least_min_evals_times(tiny_synthetic, t
 
 
 def test_decode_keeps_a_targets_reads_frames_and_makes_the_others_read_them(tiny_synthetic):
-    raw = {**CONFIG, "modalities": {"behavior": {"variables": {"speed": {"reads_frames": False}, "eye.theta": {}}}}}
+    raw = {**CONFIG, "modalities": {"behavior": {"variables": {"speed": {"predict": True, "reads_frames": False}, "eye.theta": {}}}}}
     cfg = decode_config(config_from_dict(raw), open_recording(tiny_synthetic), ["running.speed", "eye.phi"])
     assert {n: v.reads_frames for n, v in cfg.modalities["decoded"].variables.items()} == \
         {"running.speed": False, "eye.phi": True}
@@ -552,9 +552,10 @@ def test_decode_keeps_a_targets_reads_frames_and_makes_the_others_read_them(tiny
     assert [v.reads_frames for v in blind.modalities["decoded"].variables.values()] == [True, False]
 
 
-@pytest.mark.parametrize("args, problem", [(["--target", "phi", "--without-movie", "speed"], "got ['running.speed']"),
+@pytest.mark.parametrize("args, problem", [(["--target", "phi", "--without-movie", "speed"],
+                                            "['running.speed'] not among the targets ['eye.phi']"),
                                            (["--target", "phi", "--without-movie", "phi", "--mode", "baselines"],
-                                            "in mode baselines")])
+                                            "not mode baselines")])
 def test_without_movie_names_targets_of_a_trained_read_out(tiny_synthetic, tmp_path, capsys, args, problem):
     assert main(["decode", "--data", str(tiny_synthetic), *args, "-o", str(tmp_path / "d.json")]) == 2
     err = capsys.readouterr().err.strip()

@@ -62,6 +62,8 @@ def test_shipped_configs_load():
     ({"model": {"backbone": {"name": "vit"}}}, "model.backbone.name", "unknown backbone"),
     ({"window": {"target_lag": -0.1}}, "window.target_lag", "must be >= 0"),
     ({"model": {"frame_dropout": 1.0}}, "model.frame_dropout", "must be in \\[0, 1\\)"),
+    ({"modalities": {"b": {"variables": {"running.speed": {"reads_frames": False}}}}},
+     "modalities.b.variables.running.speed.reads_frames", "false is for a target's read-out"),
 ])
 def test_config_errors_name_the_key(raw, field, problem):
     with pytest.raises(InputError, match=rf"cfg.yaml: {field}: .*{problem}"):
