@@ -1,7 +1,8 @@
 """Joint decoding, 3 seeds: Neuroformer trained jointly on spikes and behaviour against the
 baselines of `neuroformer decode` on the same test samples, on one of these recordings:
 - `synthetic` (default): running speed and gaze of the synthetic recording with 40 trials per
-  training movie, configs/decoding.yaml, 3,000 steps, against ridge (Wiener filter) and the MLP;
+  training movie, configs/decoding.yaml with speed read out without the movie (`decode
+  --without-movie speed`), 3,000 steps, against ridge (Wiener filter) and the MLP;
 - `velocity`: hand velocity (x, y) of simulate/velocity_population.py's 180 units in 50 ms bins,
   imported as arrays, with the config `decode` derives from the recording (the decoding
   template; latent history at that density) at its 1,500 steps, against ridge and the GRU;
@@ -37,12 +38,13 @@ from neuroformer.cli import positive_float, positive_int
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
+# without_movie: targets read out without the movie (decode --without-movie): the movie does not cause running
 RECORDINGS = {"synthetic": dict(targets=("speed", "phi", "theta"), steps=3000, baselines="ridge,mlp",
-                                 config=ROOT / "configs" / "decoding.yaml"),
+                                 config=ROOT / "configs" / "decoding.yaml", without_movie=("speed",)),
               "calcium": dict(targets=("speed", "phi", "theta"), steps=3000, baselines="ridge,mlp",
-                              config=ROOT / "configs" / "decoding.yaml"),
+                              config=ROOT / "configs" / "decoding.yaml", without_movie=("speed",)),
               "velocity": dict(targets=("hand_vx", "hand_vy"), steps=None, baselines="ridge,gru", config=None,
-                               neurons="glm")}
+                               neurons="glm", without_movie=())}
 RECORDINGS["lif"] = {**RECORDINGS["velocity"], "neurons": "lif"}       # the same task, other neurons
 SCORES = ("test_r", "test_r_seen_stimuli", "test_r_novel_stimuli")
 
@@ -68,7 +70,7 @@ def decode(data, recording, seed, steps, baselines, workdir, config=None, calciu
         neuroformer("decode", "--data", data, *[a for t in spec["targets"] for a in ("--target", t)],
                     *(["--config", config] if config else []), *(["--steps", steps] if steps else []),
                     *(["--calcium-tokens", calcium_tokens] if calcium_tokens else []),
-                    "--seed", seed, "--baselines", baselines, "-o", out)
+                    *[a for t in spec["without_movie"] for a in ("--without-movie", t)], "--seed", seed, "--baselines", baselines, "-o", out)
     return json.loads(out.read_text())
 
 

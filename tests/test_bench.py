@@ -314,6 +314,8 @@ def test_joint_decoding_quick_runs_and_records_its_provenance(tmp_path, recordin
     report = json.loads((tmp_path / "joint_s0.json").read_text())
     seed0 = report["results"]
     assert report["provenance"]["config"]["window"]["calcium"] == (0.2 if tokens else 0.0)
+    reads = {n: v["reads_frames"] for n, v in report["provenance"]["config"]["modalities"]["decoded"]["variables"].items()}
+    assert reads == {v: v != "running.speed" for v in variables}       # speed read out without the movie
     assert report["baseline_input"] == ("calcium" if recording == "calcium" else "counts")
     assert set(result["table"]) == variables and result["recording"] == recording
     for variable, row in result["table"].items():
