@@ -70,7 +70,8 @@ def decode(data, recording, seed, steps, baselines, workdir, config=None, calciu
         neuroformer("decode", "--data", data, *[a for t in spec["targets"] for a in ("--target", t)],
                     *(["--config", config] if config else []), *(["--steps", steps] if steps else []),
                     *(["--calcium-tokens", calcium_tokens] if calcium_tokens else []),
-                    *[a for t in spec["without_movie"] for a in ("--without-movie", t)], "--seed", seed, "--baselines", baselines, "-o", out)
+                    *[a for t in spec["without_movie"] for a in ("--without-movie", t)],
+                    "--seed", seed, "--baselines", baselines, "-o", out)
     return json.loads(out.read_text())
 
 

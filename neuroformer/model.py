@@ -501,7 +501,7 @@ class Neuroformer(nn.Module):
             out.update(contrast_correct=correct, contrast_count=count, contrast_batch=torch.tensor(len(x)))
 
         if self.targets and not glm_only:
-            b_loss, sums = self.behavior_loss(batch, self.behavior_outputs(batch, x, context))
+            b_loss, sums = self.behavior_loss(batch, self.behavior_outputs(batch, x, memory, context[0]))
             loss = loss + self.cfg.loss.behavior * b_loss
             out.update(sums)
         out["loss"] = loss
@@ -592,18 +592,16 @@ class Neuroformer(nn.Module):
             return (counts @ self.wiener_weight + self.wiener_bias
                     - self.expected_counts(counts) @ (self.wiener_weight * self.wiener_innovation))
 
-    def behavior_outputs(self, batch, x, context):
+    def behavior_outputs(self, batch, x, memory, parts):
         """POYO-style output queries at each target sample's timestamp, starting from the variable's
         embedding plus the window's population vector and reading the decoder states x of the
-        current window and the memory of `context` (`context_parts`), and the calcium tokens'
-        latents with `window.calcium` (only these heads see them, since the traces show the current
-        window's spikes). A target in `frame_blind` reads the current window's spike tokens and
-        the memory without the visual tokens instead (x has read them): name -> (B, n, 1 or
-        n_classes), standardised units."""
+        current window and the memory (`encode_context` of `parts`, as `context_parts` gives them),
+        and the calcium tokens' latents with `window.calcium` (only these heads see them, since the
+        traces show the current window's spikes). A target in `frame_blind` reads the current
+        window's spike tokens and the memory of `parts` without the visual tokens instead (x has
+        read them): name -> (B, n, 1 or n_classes), standardised units."""
         cur = batch["current"]
-        parts, _ = context
         extra = [self.encode_calcium(batch["calcium"])] if self.cfg.window.calcium > 0 else []
-        memory, _ = self.encode_context(batch, context)
         seeing = tuple(torch.cat(p, 1) for p in zip((x, cur["time"], cur["mask"]), memory, *extra))
         if self.frame_blind:
             blind_memory, _ = self.encode_context(batch, ({k: v for k, v in parts.items() if k != "visual"}, None))
@@ -655,7 +653,7 @@ class Neuroformer(nn.Module):
         memory, _ = self.encode_context(batch, context)
         x = self.decode(batch["current"], memory)
         out = {}
-        for name, y in self.behavior_outputs(batch, x, context).items():
+        for name, y in self.behavior_outputs(batch, x, memory, context[0]).items():
             i = self.var_index[name]
             out[name] = (y.squeeze(-1).float() * self.behavior_stats[i, 1] + self.behavior_stats[i, 0]
                          if self.objectives[name] == "regression" else y.argmax(-1))

@@ -286,7 +286,7 @@ def test_calcium_tokens_reach_the_behaviour_heads_only_in_any_order(tokens_batch
         context = model.context_parts(b)
         memory, _ = model.encode_context(b, context)
         x = model.decode(b["current"], memory)
-        return model.behavior_outputs(b, x, context)["running.speed"], model(b)["nll_sum"]
+        return model.behavior_outputs(b, x, memory, context[0])["running.speed"], model(b)["nll_sum"]
 
     speed, nll = outputs(batch)
     order = torch.randperm(batch["calcium"]["unit"].shape[1])

@@ -277,11 +277,11 @@ def test_wiener_filter_is_the_cross_validated_ridge_and_adds_to_the_decoded_valu
         context = model.context_parts(held_out)
         memory, _ = model.encode_context(held_out, context)
         x_dec = model.decode(held_out["current"], memory)
-        with_filter = model.behavior_outputs(held_out, x_dec, context)["eye.phi"]
+        with_filter = model.behavior_outputs(held_out, x_dec, memory, context[0])["eye.phi"]
         got = model.wiener(held_out)[:, 0]
         model.wiener_weight.zero_()
         model.wiener_bias.zero_()
-        without = model.behavior_outputs(held_out, x_dec, context)["eye.phi"]
+        without = model.behavior_outputs(held_out, x_dec, memory, context[0])["eye.phi"]
     mask = held_out["behavior.eye.phi"]["mask"]
     torch.testing.assert_close((with_filter - without)[..., 0], got[:, None].expand_as(mask))
 
