@@ -67,8 +67,8 @@ def matmul_floor(model, batch, repeats=200):
 def context_floor(model, dataset, batch, repeats=5):
     """Per window and row: ms and GFLOP of encoding the context of `batch` training windows at once
     (history, memory, unit drives, the decoder's memory keys and values), the frames and behaviour
-    given; per trial window: ms of its frames and behaviour (`stimulus_parts`, once for all
-    repeats); and the memory's padded token count."""
+    and their keys given; per trial window: ms of its frames and behaviour and their keys
+    (`stimulus_parts`, `stimulus_keys`: once for all repeats); and the memory's padded token count."""
     from neuroformer.data.windows import collate_windows
     from neuroformer.nn import new_caches
     from neuroformer.training import epoch_batches
@@ -76,18 +76,20 @@ def context_floor(model, dataset, batch, repeats=5):
     idx = epoch_batches(dataset.recordings, dataset.spec, "train", batch, 0, 0)[0]
     windows = collate_windows([dataset[i] for i in idx])
     stimulus = model.stimulus_parts(windows)
+    keys = model.stimulus_keys(stimulus)
     caches, rows = new_caches(model.decoder, batch), torch.arange(batch)
 
     def context():
         memory, _ = model.encode_context(windows, model.context_parts(windows, stimulus))
         model.unit_drive(memory)
-        model.start_caches(caches, rows, memory)
+        model.start_caches(caches, rows, memory, keys)
         return memory
     with torch.enable_grad(), FlopCounterMode(display=False) as flops:
         memory = context()                                # (the counter's module hooks need autograd)
     one = collate_windows([dataset[idx[0]]])
     return {"context_ms": timed_ms(context, repeats) / batch, "context_gflop": flops.get_total_flops() / 1e9 / batch,
-            "stimulus_ms": timed_ms(lambda: model.stimulus_parts(one), repeats), "memory_tokens": memory[0].shape[1]}
+            "stimulus_ms": timed_ms(lambda: model.stimulus_keys(model.stimulus_parts(one)), repeats),
+            "memory_tokens": memory[0].shape[1]}
 
 
 @torch.inference_mode()

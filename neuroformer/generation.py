@@ -27,7 +27,7 @@ from torch.profiler import record_function
 from .data.vocab import START
 from .nn import new_caches
 
-KEPT_STIMULI = 256      # encoded trial windows kept for repeats that reach them later (~90 kB each at width 256)
+KEPT_STIMULI = 64       # encoded trial windows kept for repeats that reach them later (~1.2 MB each at the published size)
 
 
 @dataclass
@@ -105,9 +105,10 @@ class _Rows:
         index = torch.as_tensor(slots, device=self.n.device)
         if self.cache:                                   # (without it, every step encodes the context)
             with _part("context"):
-                memory, _ = model.encode_context(batch, model.context_parts(batch, self.stimulus(windows)))
+                stimulus, stimulus_keys = self.stimulus(windows)
+                memory, _ = model.encode_context(batch, model.context_parts(batch, stimulus))
                 drive = model.unit_drive(memory)
-                model.start_caches(self.caches, index, memory)
+                model.start_caches(self.caches, index, memory, stimulus_keys)
                 if model.point_process:               # what stays fixed over the window, once
                     drive = model.window_bias(batch, drive)
                     coupling = model.coupling_input(batch)           # of the history; the spikes add theirs
@@ -125,8 +126,10 @@ class _Rows:
             self.batch = _stack_rows([c if c is not None else self.context[slots[0]] for c in self.context])
 
     def stimulus(self, windows):
-        """The encoded frames and behaviour (`stimulus_parts`) of `windows`, encoded once per key
-        and kept for the windows of the same key that start later (up to `KEPT_STIMULI` keys)."""
+        """The encoded frames and behaviour of `windows` (`stimulus_parts`) and their decoder keys
+        (`stimulus_keys`), computed once per key and kept for the windows of the same key that
+        start later (up to `KEPT_STIMULI`). The keys are None without frames and behaviour, or when
+        the windows' parts differ in length (padding would move them: `start_caches` computes them)."""
         fresh = {}
         for j, key in enumerate(windows.keys):
             if key in self.stimuli:
@@ -135,12 +138,18 @@ class _Rows:
                 fresh.setdefault(key, j)
         if fresh:
             encoded = self.model.stimulus_parts(_take(windows.batch, list(fresh.values())))
+            keys = self.model.stimulus_keys(encoded)
             for i, key in enumerate(fresh):
-                self.stimuli[key] = {kind: tuple(p[i:i + 1].clone() for p in part) for kind, part in encoded.items()}
+                self.stimuli[key] = ({kind: [p[i:i + 1].clone() for p in part] for kind, part in encoded.items()},
+                                     None if keys is None else keys[:, :, i:i + 1].clone())
         held = [self.stimuli[key] for key in windows.keys]
         while len(self.stimuli) > max(KEPT_STIMULI, len(windows.keys)):
             self.stimuli.pop(next(iter(self.stimuli)))
-        return {kind: tuple(_padded_cat([h[kind][m] for h in held]) for m in range(3)) for kind in held[0]}
+        parts, keys = zip(*held)
+        stimulus = {kind: tuple(_padded_cat([p[kind][m] for p in parts]) for m in range(3)) for kind in parts[0]}
+        same = keys[0] is not None and all(k.shape == keys[0].shape for k in keys) and \
+            all(p[kind][0].shape == parts[0][kind][0].shape for p in parts for kind in p)
+        return stimulus, torch.cat(keys, 2) if same else None
 
     def keep(self, n):
         """Keep the generating rows and free ones up to `n` rows in all."""
@@ -255,10 +264,11 @@ def _stack_rows(trees):
             for key, first in trees[0].items()}
 
 
-def _padded_cat(parts):
+def _padded_cat(parts, dim=1):
     """Tensors concatenated along the first dimension, each padded with zeros (False in masks)
-    along its second to the longest."""
-    if parts[0].dim() < 2:
+    along dimension `dim` to the longest."""
+    if parts[0].dim() <= dim:
         return torch.cat(parts)
-    L = max(p.shape[1] for p in parts)
-    return torch.cat([torch.cat([p, p.new_zeros(len(p), L - p.shape[1], *p.shape[2:])], 1) for p in parts])
+    L = max(p.shape[dim] for p in parts)
+    return torch.cat([torch.cat([p, p.new_zeros(*p.shape[:dim], L - p.shape[dim], *p.shape[dim + 1:])], dim)
+                      for p in parts])

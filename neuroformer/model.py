@@ -261,14 +261,36 @@ class Neuroformer(nn.Module):
             x = blk(x, t, current["mask"], causal=True, memory=memory)
         return self.norm(x)
 
-    def start_caches(self, caches, rows, memory):
+    def cross_keys(self, tokens, times):
+        """The decoder's cross-attention keys and values of memory tokens (B, M, W) at `times`,
+        stacked (layers, 2, B, H, M, D): token by token, so a memory's are its parts' side by side."""
+        return torch.stack([torch.stack(blk.cross.memory_kv(tokens, times)) for blk in self.decoder])
+
+    def stimulus_keys(self, stimulus):
+        """The `cross_keys` of `stimulus_parts`' tokens, side by side as the memory holds them (what
+        `start_caches` can be given); None without frames and behaviour."""
+        if not stimulus:
+            return None
+        tokens, times, _ = (torch.cat(p, 1) for p in zip(*stimulus.values()))
+        return self.cross_keys(tokens, times)
+
+    def start_caches(self, caches, rows, memory, stimulus_keys=None):
         """Rows `rows` of the decoder's caches (`nn.new_caches`) start a window: no tokens yet,
-        and the memory (tokens, times, mask) of those rows (n, M, W) as cross-attention keys."""
+        and the memory (tokens, times, mask) of those rows (n, M, W) as cross-attention keys.
+        `stimulus_keys`: those of the memory's frames and behaviour (`stimulus_keys`; after its
+        history, before its null token) when known (generation computes them once per trial
+        window for all its repeats); then only the history's and null token's are computed."""
         tokens, times, mask = memory
         own, held = caches
         own.clear(rows)
-        for blk, cache in zip(self.decoder, held):
-            cache.put(rows, *blk.cross.memory_kv(tokens, times), mask)
+        if stimulus_keys is None:
+            keys = self.cross_keys(tokens, times)
+        else:
+            n = tokens.shape[1] - stimulus_keys.shape[4] - 1                          # history tokens
+            rest = self.cross_keys(torch.cat([tokens[:, :n], tokens[:, -1:]], 1), torch.cat([times[:, :n], times[:, -1:]], 1))
+            keys = torch.cat([rest[..., :n, :], stimulus_keys, rest[..., n:, :]], 4)
+        for (k, v), cache in zip(keys, held):
+            cache.put(rows, k, v, mask)
 
     def decode_step(self, unit, rotation, caches):
         """Decoder state (B, W) of one new token per row, unit (B,) at the time whose rotary

@@ -13,8 +13,8 @@ Trials and repeats are generated together, `batch` windows at a time, each row o
 moving on to its next window as soon as its window ends (continuous batching, `generation`);
 each (seed, trial, repeat) draws its own counter-based random numbers (`draws`), so spikes do not
 depend on the batch size. Repeats of a trial share each window's recorded data, and the model
-encodes its frames and behaviour once for the repeats that reach the window while it keeps the
-encoding (`generation.KEPT_STIMULI` windows).
+encodes its frames and behaviour (and their cross-attention keys) once for the repeats that
+reach the window while it keeps them (`generation.KEPT_STIMULI` windows).
 Generated spikes sit at the centre of their dt_res bin.
 """
 import json

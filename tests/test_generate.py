@@ -293,6 +293,37 @@ def test_a_free_row_holds_no_tokens_while_others_generate(setup):
     assert steps >= 3 and int(rows.caches[0].length[1]) == 1
 
 
+def test_a_trial_windows_memory_keys_are_computed_once_and_equal_the_whole_memorys(setup, monkeypatch):
+    """Repeats of a trial window reuse its frames' and behaviour's cross-attention keys; rows start
+    with the keys the whole memory would give, and windows whose parts differ in length (their
+    padding would move the keys) get them computed from the memory."""
+    from neuroformer.generation import _Rows
+    model, batch, dataset = setup
+    model64 = Neuroformer(model.cfg, model.unit_emb.num_embeddings, frame_shape=(64, 112)).double().eval()
+    model64.load_state_dict(model.state_dict())
+    rows = _Rows(model64, Draws(range(4)), _allowed(model64, dataset), Sampling(), True, 4)
+    speed = "behavior.running.speed"
+    trimmed = {**_rows(batch, [0]), speed: {k: v[:, :-1] for k, v in batch[speed].items()}}   # one sample fewer
+    with torch.inference_mode():
+        rows.start(np.array([0]), Windows([0], trimmed, ["a"]))
+        rows.start(np.array([1]), Windows([1], _rows(batch, [1]), ["b"]))
+        encoded, original = [], Neuroformer.stimulus_parts
+        monkeypatch.setattr(Neuroformer, "stimulus_parts", lambda self, b: encoded.append(len(b["t0"])) or original(self, b))
+        both = Windows([2, 3], _rows(batch, [1, 1]), ["b", "b"])
+        _, keys = rows.stimulus(both)
+        assert keys is not None and encoded == []                       # kept from row 1's start
+        rows.start(np.array([2, 3]), both)
+        encoded.clear()
+        memory, _ = model64.encode_context(both.batch)
+        whole = model64.cross_keys(memory[0], memory[1])
+        for layer, cache in enumerate(rows.caches[1]):
+            torch.testing.assert_close(cache.k[2:, :, :memory[0].shape[1]], whole[layer, 0], rtol=0, atol=1e-12)
+            torch.testing.assert_close(cache.v[2:, :, :memory[0].shape[1]], whole[layer, 1], rtol=0, atol=1e-12)
+        encoded.clear()
+        _, keys = rows.stimulus(Windows([2, 3], _rows(batch, [0, 1]), ["a", "b"]))
+        assert keys is None and encoded == []                           # parts of 5 and 6 speed samples
+
+
 @pytest.mark.parametrize("opts, problem", [
     (dict(trials=(99,)), "trials: no trial"),
     (dict(sampling=Sampling(temperature=0.0)), "sampling: temperature > 0"),
