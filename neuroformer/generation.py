@@ -128,8 +128,7 @@ class _Rows:
     def stimulus(self, windows):
         """The encoded frames and behaviour of `windows` (`stimulus_parts`) and their decoder keys
         (`stimulus_keys`), computed once per key and kept for the windows of the same key that
-        start later (up to `KEPT_STIMULI`). The keys are None without frames and behaviour, or when
-        the windows' parts differ in length (padding would move them: `start_caches` computes them)."""
+        start later (up to `KEPT_STIMULI`); padded as `encode_context` pads the parts."""
         fresh = {}
         for j, key in enumerate(windows.keys):
             if key in self.stimuli:
@@ -138,18 +137,16 @@ class _Rows:
                 fresh.setdefault(key, j)
         if fresh:
             encoded = self.model.stimulus_parts(_take(windows.batch, list(fresh.values())))
-            keys = self.model.stimulus_keys(encoded)
+            keys = self.model.stimulus_keys(encoded)                        # kind -> (layers, 2, n, H, M, D)
             for i, key in enumerate(fresh):
                 self.stimuli[key] = ({kind: [p[i:i + 1].clone() for p in part] for kind, part in encoded.items()},
-                                     None if keys is None else keys[:, :, i:i + 1].clone())
+                                     {kind: k[:, :, i:i + 1].movedim(2, 0).clone() for kind, k in keys.items()})
         held = [self.stimuli[key] for key in windows.keys]
         while len(self.stimuli) > max(KEPT_STIMULI, len(windows.keys)):
             self.stimuli.pop(next(iter(self.stimuli)))
         parts, keys = zip(*held)
-        stimulus = {kind: tuple(_padded_cat([p[kind][m] for p in parts]) for m in range(3)) for kind in parts[0]}
-        same = keys[0] is not None and all(k.shape == keys[0].shape for k in keys) and \
-            all(p[kind][0].shape == parts[0][kind][0].shape for p in parts for kind in p)
-        return stimulus, torch.cat(keys, 2) if same else None
+        return ({kind: tuple(_padded_cat([p[kind][m] for p in parts]) for m in range(3)) for kind in parts[0]},
+                {kind: _padded_cat([k[kind] for k in keys], dim=4).movedim(0, 2) for kind in keys[0]})
 
     def keep(self, n):
         """Keep the generating rows and free ones up to `n` rows in all."""
@@ -267,7 +264,7 @@ def _stack_rows(trees):
 def _padded_cat(parts, dim=1):
     """Tensors concatenated along the first dimension, each padded with zeros (False in masks)
     along dimension `dim` to the longest."""
-    if parts[0].dim() <= dim:
+    if parts[0].dim() <= dim or all(p.shape[dim] == parts[0].shape[dim] for p in parts):
         return torch.cat(parts)
     L = max(p.shape[dim] for p in parts)
     return torch.cat([torch.cat([p, p.new_zeros(*p.shape[:dim], L - p.shape[dim], *p.shape[dim + 1:])], dim)

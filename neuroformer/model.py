@@ -267,12 +267,9 @@ class Neuroformer(nn.Module):
         return torch.stack([torch.stack(blk.cross.memory_kv(tokens, times)) for blk in self.decoder])
 
     def stimulus_keys(self, stimulus):
-        """The `cross_keys` of `stimulus_parts`' tokens, side by side as the memory holds them (what
-        `start_caches` can be given); None without frames and behaviour."""
-        if not stimulus:
-            return None
-        tokens, times, _ = (torch.cat(p, 1) for p in zip(*stimulus.values()))
-        return self.cross_keys(tokens, times)
+        """The `cross_keys` of each kind of `stimulus_parts`' tokens (the frames', the behaviour's),
+        in memory order: what `start_caches` can be given."""
+        return {kind: self.cross_keys(tokens, times) for kind, (tokens, times, _) in stimulus.items()}
 
     def start_caches(self, caches, rows, memory, stimulus_keys=None):
         """Rows `rows` of the decoder's caches (`nn.new_caches`) start a window: no tokens yet,
@@ -283,12 +280,12 @@ class Neuroformer(nn.Module):
         tokens, times, mask = memory
         own, held = caches
         own.clear(rows)
-        if stimulus_keys is None:
+        if not stimulus_keys:
             keys = self.cross_keys(tokens, times)
         else:
-            n = tokens.shape[1] - stimulus_keys.shape[4] - 1                          # history tokens
+            n = tokens.shape[1] - sum(k.shape[4] for k in stimulus_keys.values()) - 1      # history tokens
             rest = self.cross_keys(torch.cat([tokens[:, :n], tokens[:, -1:]], 1), torch.cat([times[:, :n], times[:, -1:]], 1))
-            keys = torch.cat([rest[..., :n, :], stimulus_keys, rest[..., n:, :]], 4)
+            keys = torch.cat([rest[..., :n, :], *stimulus_keys.values(), rest[..., n:, :]], 4)
         for (k, v), cache in zip(keys, held):
             cache.put(rows, k, v, mask)
 

@@ -62,6 +62,22 @@ def test_stimulus_feature_script_quick(tmp_path):
     assert (tmp_path / "quick.resnet18.features.h5").exists() and (tmp_path / "features_resnet18.png").exists()
 
 
+def test_alternate_generate_times_both_checkouts_in_turn(tmp_path):
+    root, out = SCRIPT.parents[1], tmp_path / "ab.json"
+    args = ["--quick", "--trees", f"{root},{root}", "--workdir", tmp_path, "-o", out]
+    _run("bench/alternate_generate.py", *args)
+    record = check_provenance(out, 0, {"quick": True, "config": str(root / "configs" / "small.yaml")},
+                              ["alternate_generate.py", *args])
+    result = json.loads(out.read_text())
+    before, after = result["runs"]["before"], result["runs"]["after"]
+    assert len(before) == len(after) == 1 and before[0]["spikes"] == after[0]["spikes"] > 0 and result["same_spikes"]
+    assert result["after_over_before"] == pytest.approx(after[0]["wall_s"] / before[0]["wall_s"])
+    assert result["trees"]["before"]["commit"] == result["trees"]["after"]["commit"] == record["commit"]
+    bad = subprocess.run([sys.executable, str(root / "bench/alternate_generate.py"), "--trees", str(root), "-o", out],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--trees: two checkouts" in bad.stderr
+
+
 def test_bench_generate_quick(tmp_path):
     out = tmp_path / "generate.json"
     args = ["--quick", "--workdir", tmp_path, "--out", out]

@@ -295,8 +295,7 @@ def test_a_free_row_holds_no_tokens_while_others_generate(setup):
 
 def test_a_trial_windows_memory_keys_are_computed_once_and_equal_the_whole_memorys(setup, monkeypatch):
     """Repeats of a trial window reuse its frames' and behaviour's cross-attention keys; rows start
-    with the keys the whole memory would give, and windows whose parts differ in length (their
-    padding would move the keys) get them computed from the memory."""
+    with the keys their whole memory gives, also when their windows' parts differ in length."""
     from neuroformer.generation import _Rows
     model, batch, dataset = setup
     model64 = Neuroformer(model.cfg, model.unit_emb.num_embeddings, frame_shape=(64, 112)).double().eval()
@@ -304,24 +303,23 @@ def test_a_trial_windows_memory_keys_are_computed_once_and_equal_the_whole_memor
     rows = _Rows(model64, Draws(range(4)), _allowed(model64, dataset), Sampling(), True, 4)
     speed = "behavior.running.speed"
     trimmed = {**_rows(batch, [0]), speed: {k: v[:, :-1] for k, v in batch[speed].items()}}   # one sample fewer
+    encoded, original = [], Neuroformer.stimulus_parts
+    monkeypatch.setattr(Neuroformer, "stimulus_parts", lambda self, b: encoded.append(len(b["t0"])) or original(self, b))
     with torch.inference_mode():
         rows.start(np.array([0]), Windows([0], trimmed, ["a"]))
         rows.start(np.array([1]), Windows([1], _rows(batch, [1]), ["b"]))
-        encoded, original = [], Neuroformer.stimulus_parts
-        monkeypatch.setattr(Neuroformer, "stimulus_parts", lambda self, b: encoded.append(len(b["t0"])) or original(self, b))
-        both = Windows([2, 3], _rows(batch, [1, 1]), ["b", "b"])
-        _, keys = rows.stimulus(both)
-        assert keys is not None and encoded == []                       # kept from row 1's start
-        rows.start(np.array([2, 3]), both)
-        encoded.clear()
-        memory, _ = model64.encode_context(both.batch)
-        whole = model64.cross_keys(memory[0], memory[1])
-        for layer, cache in enumerate(rows.caches[1]):
-            torch.testing.assert_close(cache.k[2:, :, :memory[0].shape[1]], whole[layer, 0], rtol=0, atol=1e-12)
-            torch.testing.assert_close(cache.v[2:, :, :memory[0].shape[1]], whole[layer, 1], rtol=0, atol=1e-12)
-        encoded.clear()
-        _, keys = rows.stimulus(Windows([2, 3], _rows(batch, [0, 1]), ["a", "b"]))
-        assert keys is None and encoded == []                           # parts of 5 and 6 speed samples
+        length = {key: rows.stimuli[key][0]["behavior"][0].shape[1] for key in "ab"}
+        assert length["a"] == length["b"] - 1
+        for keys in (["b", "b"], ["a", "b"]):                  # the same parts; parts of different lengths
+            windows = Windows([2, 3], _rows(batch, [1, 1]), keys)
+            rows.start(np.array([2, 3]), windows)
+            stimulus, _ = rows.stimulus(windows)
+            memory, _ = model64.encode_context(windows.batch, model64.context_parts(windows.batch, stimulus))
+            whole, M = model64.cross_keys(memory[0], memory[1]), memory[0].shape[1]
+            for layer, cache in enumerate(rows.caches[1]):
+                torch.testing.assert_close(cache.k[2:, :, :M], whole[layer, 0], rtol=0, atol=1e-12)
+                torch.testing.assert_close(cache.v[2:, :, :M], whole[layer, 1], rtol=0, atol=1e-12)
+    assert encoded == [1, 1]                                  # rows 0 and 1 alone; rows 2 and 3 reuse theirs
 
 
 @pytest.mark.parametrize("opts, problem", [

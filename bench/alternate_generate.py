@@ -1,0 +1,82 @@
+"""Generation speed of two checkouts of the library, their runs alternated in one session.
+
+This machine's speed drifts by 10-20% within an hour (bench_generate.py's untouched naive rows
+move that much between runs), so a before/after ratio of a change smaller than that needs its
+runs interleaved: each round times one cached rollout (bench_generate.py's `measure`: the same
+recording, untrained frequency-initialised model and trial) with the library of each checkout in
+turn, each in its own process. Reported: every round's wall time, the mean per checkout, their
+ratio, and whether both generated the same spikes (they should, unless a change moved rounding).
+
+    git worktree add /tmp/before <commit>
+    python bench/alternate_generate.py --trees /tmp/before,. --config published.yaml --batch 16 --seconds 4 -o W/ab.json
+    python bench/alternate_generate.py --quick --trees .,. -o /tmp/ab.json       # what the test runs
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from neuroformer.cli import positive_int
+from neuroformer.provenance import write_result
+
+HERE = Path(__file__).resolve().parent
+CHILD = """
+import json, sys
+from pathlib import Path
+from bench_generate import measure, synthetic_recording
+from neuroformer.provenance import git_commit
+config, seconds, batch, workdir, quick = sys.argv[1:]
+row = measure(config, synthetic_recording(Path(workdir), quick == "1"), float(seconds), int(batch), True, int(batch))
+print(json.dumps({**row, "library_commit": git_commit()}))
+"""
+
+
+def timed(tree, args):
+    """One cached rollout with the library of checkout `tree`, in a fresh process: bench_generate's row."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tree).resolve()), str(HERE)])}
+    out = subprocess.run([sys.executable, "-c", CHILD, str(args.config), str(args.seconds), str(args.batch),
+                          str(args.workdir), "1" if args.quick else "0"], env=env, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"alternate_generate: the run with {tree} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trees", required=True, help="two checkouts of the project, before,after")
+    parser.add_argument("--config", default="published.yaml", help="a config of configs/")
+    parser.add_argument("--batch", type=positive_int, default=16, help="repeats of one trial, as one batch")
+    parser.add_argument("--seconds", type=float, default=4.0, help="simulated seconds of the trial")
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/neuroformer-bench"))
+    parser.add_argument("--quick", action="store_true", help="the tiny recording, small.yaml, 0.2 s, batch 2, 1 round")
+    parser.add_argument("-o", "--out", type=Path, required=True)
+    args = parser.parse_args()
+    trees = args.trees.split(",")
+    if len(trees) != 2 or not all((Path(t) / "neuroformer").is_dir() for t in trees):
+        parser.error(f"--trees: two checkouts of the project (each holding neuroformer/), got {args.trees!r}")
+    if args.quick:
+        args.config, args.seconds, args.batch, args.rounds = "small.yaml", 0.2, 2, 1
+    args.config = HERE.parent / "configs" / args.config
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    runs = {"before": [], "after": []}
+    for i in range(args.rounds):
+        for name, tree in zip(runs, trees):
+            runs[name].append(timed(tree, args))
+            print(f"round {i + 1} {name}: {runs[name][-1]['wall_s']:.2f} s, {runs[name][-1]['spikes']} spikes", flush=True)
+    mean = {name: float(np.mean([r["wall_s"] for r in rows])) for name, rows in runs.items()}
+    same = len({r["spikes"] for rows in runs.values() for r in rows}) == 1
+    print(f"before {mean['before']:.2f} s, after {mean['after']:.2f} s: after / before {mean['after'] / mean['before']:.3f}"
+          f"{'' if same else ' (the spike counts differ)'}")
+    write_result(args.out, {"trees": {name: {"path": str(Path(t).resolve()), "commit": rows[0]["library_commit"]}
+                                      for (name, rows), t in zip(runs.items(), trees)},
+                            "runs": runs, "mean_wall_s": mean, "after_over_before": mean["after"] / mean["before"],
+                            "same_spikes": same}, vars(args), 0)
+
+
+if __name__ == "__main__":
+    main()
