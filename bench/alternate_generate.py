@@ -4,8 +4,9 @@ This machine's speed drifts by 10-20% within an hour (bench_generate.py's untouc
 move that much between runs), so a before/after ratio of a change smaller than that needs its
 runs interleaved: each round times one cached rollout (bench_generate.py's `measure`: the same
 recording, untrained frequency-initialised model and trial) with the library of each checkout in
-turn, each in its own process. Reported: every round's wall time, the mean per checkout, their
-ratio, and whether both generated the same spikes (they should, unless a change moved rounding).
+turn, each in its own process (checked to import that checkout's library), the order swapped
+every round. Reported: every round's wall time, the mean per checkout, their ratio, and whether
+both generated the same spikes (they should, unless a change moved rounding).
 
     git worktree add /tmp/before <commit>
     python bench/alternate_generate.py --trees /tmp/before,. --config published.yaml --batch 16 --seconds 4 -o W/ab.json
@@ -28,10 +29,11 @@ CHILD = """
 import json, sys
 from pathlib import Path
 from bench_generate import measure, synthetic_recording
+import neuroformer
 from neuroformer.provenance import git_commit
 config, seconds, batch, workdir, quick = sys.argv[1:]
 row = measure(config, synthetic_recording(Path(workdir), quick == "1"), float(seconds), int(batch), True, int(batch))
-print(json.dumps({**row, "library_commit": git_commit()}))
+print(json.dumps({**row, "library": neuroformer.__file__, "library_commit": git_commit()}))
 """
 
 
@@ -39,10 +41,14 @@ def timed(tree, args):
     """One cached rollout with the library of checkout `tree`, in a fresh process: bench_generate's row."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tree).resolve()), str(HERE)])}
     out = subprocess.run([sys.executable, "-c", CHILD, str(args.config), str(args.seconds), str(args.batch),
-                          str(args.workdir), "1" if args.quick else "0"], env=env, capture_output=True, text=True)
+                          str(args.workdir.resolve()), "1" if args.quick else "0"], env=env, cwd=tree,
+                         capture_output=True, text=True)                  # (-c puts the working directory first)
     if out.returncode:
         sys.exit(f"alternate_generate: the run with {tree} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    if not Path(row["library"]).resolve().is_relative_to(Path(tree).resolve()):
+        sys.exit(f"alternate_generate: the run for {tree} imported the library from {row['library']}")
+    return row
 
 
 def main():
@@ -65,7 +71,7 @@ def main():
     args.workdir.mkdir(parents=True, exist_ok=True)
     runs = {"before": [], "after": []}
     for i in range(args.rounds):
-        for name, tree in zip(runs, trees):
+        for name, tree in list(zip(runs, trees))[::1 if i % 2 == 0 else -1]:      # ABBA: neither always runs first
             runs[name].append(timed(tree, args))
             print(f"round {i + 1} {name}: {runs[name][-1]['wall_s']:.2f} s, {runs[name][-1]['spikes']} spikes", flush=True)
     mean = {name: float(np.mean([r["wall_s"] for r in rows])) for name, rows in runs.items()}
