@@ -128,7 +128,8 @@ class _Rows:
     def stimulus(self, windows):
         """The encoded frames and behaviour of `windows` (`stimulus_parts`) and their decoder keys
         (`stimulus_keys`), computed once per key and kept for the windows of the same key that
-        start later (up to `KEPT_STIMULI`); padded as `encode_context` pads the parts."""
+        start later (up to `KEPT_STIMULI`); the keys padded as the parts are, so that they sit where
+        the memory holds those tokens."""
         fresh = {}
         for j, key in enumerate(windows.keys):
             if key in self.stimuli:
