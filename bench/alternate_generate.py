@@ -6,7 +6,7 @@ runs interleaved: each round times one cached rollout (bench_generate.py's `meas
 recording, untrained frequency-initialised model and trial) with the library of each checkout in
 turn, each in its own process (checked to import that checkout's library), the order swapped
 every round. Reported: every round's wall time, the mean per checkout, their ratio, and whether
-both generated the same spikes (they should, unless a change moved rounding).
+both generated as many spikes (they should, unless a change moved rounding).
 
     git worktree add /tmp/before <commit>
     python bench/alternate_generate.py --trees /tmp/before,. --config published.yaml --batch 16 --seconds 4 -o W/ab.json
@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from neuroformer.cli import positive_int
+from neuroformer.cli import positive_float, positive_int
+from neuroformer.errors import InputError
+from neuroformer.io import check_output
 from neuroformer.provenance import write_result
 
 HERE = Path(__file__).resolve().parent
@@ -56,18 +58,26 @@ def main():
     parser.add_argument("--trees", required=True, help="two checkouts of the project, before,after")
     parser.add_argument("--config", default="published.yaml", help="a config of configs/")
     parser.add_argument("--batch", type=positive_int, default=16, help="repeats of one trial, as one batch")
-    parser.add_argument("--seconds", type=float, default=4.0, help="simulated seconds of the trial")
+    parser.add_argument("--seconds", type=positive_float, default=4.0, help="simulated seconds of the trial")
     parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/neuroformer-bench"))
     parser.add_argument("--quick", action="store_true", help="the tiny recording, small.yaml, 0.2 s, batch 2, 1 round")
     parser.add_argument("-o", "--out", type=Path, required=True)
     args = parser.parse_args()
     trees = args.trees.split(",")
-    if len(trees) != 2 or not all((Path(t) / "neuroformer").is_dir() for t in trees):
+    if len(trees) != 2 or not all(t and (Path(t) / "neuroformer" / "__init__.py").is_file() for t in trees):
         parser.error(f"--trees: two checkouts of the project (each holding neuroformer/), got {args.trees!r}")
+    trees = [Path(t).resolve() for t in trees]
     if args.quick:
         args.config, args.seconds, args.batch, args.rounds = "small.yaml", 0.2, 2, 1
     args.config = HERE.parent / "configs" / args.config
+    if not args.config.is_file():
+        parser.error(f"--config: {args.config.name!r} is not a config of {args.config.parent}")
+    try:
+        check_output(args.out)
+        check_output(args.workdir, option="--workdir", folder=True)
+    except InputError as err:
+        parser.error(str(err))
     args.workdir.mkdir(parents=True, exist_ok=True)
     runs = {"before": [], "after": []}
     for i in range(args.rounds):
@@ -75,13 +85,13 @@ def main():
             runs[name].append(timed(tree, args))
             print(f"round {i + 1} {name}: {runs[name][-1]['wall_s']:.2f} s, {runs[name][-1]['spikes']} spikes", flush=True)
     mean = {name: float(np.mean([r["wall_s"] for r in rows])) for name, rows in runs.items()}
-    same = len({r["spikes"] for rows in runs.values() for r in rows}) == 1
+    same = len({r["spikes"] for rows in runs.values() for r in rows}) == 1           # (counts, not the spikes)
     print(f"before {mean['before']:.2f} s, after {mean['after']:.2f} s: after / before {mean['after'] / mean['before']:.3f}"
           f"{'' if same else ' (the spike counts differ)'}")
     write_result(args.out, {"trees": {name: {"path": str(Path(t).resolve()), "commit": rows[0]["library_commit"]}
                                       for (name, rows), t in zip(runs.items(), trees)},
                             "runs": runs, "mean_wall_s": mean, "after_over_before": mean["after"] / mean["before"],
-                            "same_spikes": same}, vars(args), 0)
+                            "same_spike_counts": same}, vars(args), 0)
 
 
 if __name__ == "__main__":

@@ -70,12 +70,16 @@ def test_alternate_generate_times_both_checkouts_in_turn(tmp_path):
                               ["alternate_generate.py", *args])
     result = json.loads(out.read_text())
     before, after = result["runs"]["before"], result["runs"]["after"]
-    assert len(before) == len(after) == 1 and before[0]["spikes"] == after[0]["spikes"] > 0 and result["same_spikes"]
+    assert len(before) == len(after) == 1 and before[0]["spikes"] == after[0]["spikes"] > 0 and result["same_spike_counts"]
     assert result["after_over_before"] == pytest.approx(after[0]["wall_s"] / before[0]["wall_s"])
     assert result["trees"]["before"]["commit"] == result["trees"]["after"]["commit"] == record["commit"]
-    bad = subprocess.run([sys.executable, str(root / "bench/alternate_generate.py"), "--trees", str(root), "-o", out],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "--trees: two checkouts" in bad.stderr
+    for wrong, problem in ((["--trees", str(root)], "--trees: two checkouts"), (["--trees", ","], "--trees: two checkouts"),
+                           (["--seconds", "nan"], "--seconds: must be a positive number"),
+                           (["--config", "nope.yaml"], "--config: 'nope.yaml' is not a config"),
+                           (["-o", tmp_path], "is a folder")):
+        bad = subprocess.run([sys.executable, str(root / "bench/alternate_generate.py"), "--trees", f"{root},{root}",
+                              "-o", out, *wrong], capture_output=True, text=True)
+        assert bad.returncode == 2 and problem in bad.stderr and "Traceback" not in bad.stderr, (wrong, bad.stderr)
 
 
 def test_bench_generate_quick(tmp_path):

@@ -300,6 +300,9 @@ def test_a_trial_windows_memory_keys_are_computed_once_and_equal_the_whole_memor
     model, batch, dataset = setup
     model64 = Neuroformer(model.cfg, model.unit_emb.num_embeddings, frame_shape=(64, 112)).double().eval()
     model64.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for blk in model64.decoder:                            # keys of padding differ from zero only with a bias
+            blk.cross.kv.bias.normal_()
     rows = _Rows(model64, Draws(range(4)), _allowed(model64, dataset), Sampling(), True, 4)
     speed = "behavior.running.speed"
     trimmed = {**_rows(batch, [0]), speed: {k: v[:, :-1] for k, v in batch[speed].items()}}   # one sample fewer
@@ -315,10 +318,12 @@ def test_a_trial_windows_memory_keys_are_computed_once_and_equal_the_whole_memor
             rows.start(np.array([2, 3]), windows)
             stimulus, _ = rows.stimulus(windows)
             memory, _ = model64.encode_context(windows.batch, model64.context_parts(windows.batch, stimulus))
-            whole, M = model64.cross_keys(memory[0], memory[1]), memory[0].shape[1]
+            whole, real = model64.cross_keys(memory[0], memory[1]), memory[2]             # padding is masked out
             for layer, cache in enumerate(rows.caches[1]):
-                torch.testing.assert_close(cache.k[2:, :, :M], whole[layer, 0], rtol=0, atol=1e-12)
-                torch.testing.assert_close(cache.v[2:, :, :M], whole[layer, 1], rtol=0, atol=1e-12)
+                assert torch.equal(cache.bias[2:, 0, 0, :real.shape[1]] == 0, real)
+                for held, kv in zip((cache.k, cache.v), whole[layer]):
+                    torch.testing.assert_close(held[2:, :, :real.shape[1]].transpose(1, 2)[real], kv.transpose(1, 2)[real],
+                                               rtol=0, atol=1e-12)
     assert encoded == [1, 1]                                  # rows 0 and 1 alone; rows 2 and 3 reuse theirs
 
 
