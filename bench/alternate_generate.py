@@ -40,15 +40,16 @@ print(json.dumps({**row, "library": neuroformer.__file__, "library_commit": git_
 
 
 def timed(tree, args):
-    """One cached rollout with the library of checkout `tree`, in a fresh process: bench_generate's row."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tree).resolve()), str(HERE)])}
+    """One cached rollout with the library of checkout `tree` (a resolved path), in a fresh process:
+    bench_generate's row."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(HERE)])}
     out = subprocess.run([sys.executable, "-c", CHILD, str(args.config), str(args.seconds), str(args.batch),
                           str(args.workdir.resolve()), "1" if args.quick else "0"], env=env, cwd=tree,
                          capture_output=True, text=True)                  # (-c puts the working directory first)
     if out.returncode:
         sys.exit(f"alternate_generate: the run with {tree} failed:\n{out.stderr[-2000:]}")
     row = json.loads(out.stdout.strip().splitlines()[-1])
-    if not Path(row["library"]).resolve().is_relative_to(Path(tree).resolve()):
+    if not Path(row["library"]).resolve().is_relative_to(tree):
         sys.exit(f"alternate_generate: the run for {tree} imported the library from {row['library']}")
     return row
 
@@ -88,7 +89,7 @@ def main():
     same = len({r["spikes"] for rows in runs.values() for r in rows}) == 1           # (counts, not the spikes)
     print(f"before {mean['before']:.2f} s, after {mean['after']:.2f} s: after / before {mean['after'] / mean['before']:.3f}"
           f"{'' if same else ' (the spike counts differ)'}")
-    write_result(args.out, {"trees": {name: {"path": str(Path(t).resolve()), "commit": rows[0]["library_commit"]}
+    write_result(args.out, {"trees": {name: {"path": str(t), "commit": rows[0]["library_commit"]}
                                       for (name, rows), t in zip(runs.items(), trees)},
                             "runs": runs, "mean_wall_s": mean, "after_over_before": mean["after"] / mean["before"],
                             "same_spike_counts": same}, vars(args), 0)

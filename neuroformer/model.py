@@ -280,8 +280,8 @@ class Neuroformer(nn.Module):
         tokens, times, mask = memory
         own, held = caches
         own.clear(rows)
-        if not stimulus_keys:
-            keys = self.cross_keys(tokens, times)
+        if not stimulus_keys:                             # layer by layer: no stacked copy before `put` copies
+            keys = (blk.cross.memory_kv(tokens, times) for blk in self.decoder)
         else:
             n = tokens.shape[1] - sum(k.shape[4] for k in stimulus_keys.values()) - 1      # history tokens
             rest = self.cross_keys(torch.cat([tokens[:, :n], tokens[:, -1:]], 1), torch.cat([times[:, :n], times[:, -1:]], 1))
