@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench_generate import first_trial, prepared, synthetic_recording, warm_up
 
 from neuroformer.cli import positive_int
+from neuroformer.nn import laid_out
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,13 +52,15 @@ def timed_ms(f, repeats, warm_up=1):
 
 @torch.inference_mode()
 def matmul_floor(model, batch, repeats=200):
-    """ms of one step's matrix products at `batch` rows, and their GFLOP/s."""
+    """ms of one step's matrix products at `batch` rows, each weight in the layout the step reads
+    fastest (`nn.laid_out`), and their GFLOP/s."""
     layers = step_linears(model)
+    weights = [laid_out(m) for m in layers]
     inputs = [torch.randn(batch, m.in_features) for m in layers]
 
     def products():
-        for m, x in zip(layers, inputs):
-            F.linear(x, m.weight, m.bias)
+        for (weight, bias), x in zip(weights, inputs):
+            torch.addmm(bias, x, weight)
     ms = timed_ms(products, repeats, warm_up=10)
     flops = 2 * batch * sum(m.in_features * m.out_features for m in layers)
     return ms, flops / ms / 1e6

@@ -161,7 +161,7 @@ class _Rows:
             self.context = [self.context[s] for s in keep]
             self.batch = _take(self.batch, index)
         if self.cache:
-            own, held = self.caches
+            own, held, _ = self.caches
             for c in (own, *held):
                 c.select(index)
 

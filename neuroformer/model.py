@@ -278,7 +278,7 @@ class Neuroformer(nn.Module):
         history, before its null token) when known (generation computes them once per trial
         window for all its repeats); then only the history's and null token's are computed."""
         tokens, times, mask = memory
-        own, held = caches
+        own, held, _ = caches
         own.clear(rows)
         if not stimulus_keys:                             # layer by layer: no stacked copy before `put` copies
             keys = (blk.cross.memory_kv(tokens, times) for blk in self.decoder)
@@ -294,10 +294,10 @@ class Neuroformer(nn.Module):
         embedding is `rotation` (B, D, D; `RotaryTime.matrix`), after the row's tokens and memory
         in `caches`: `decode`'s state at that token, in fewer operations (generation)."""
         x = F.embedding(unit, self.unit_emb.weight)
-        own, held = caches
+        own, held, weights = caches
         own.advance()
-        for layer, (blk, cache) in enumerate(zip(self.decoder, held)):
-            x = blk.step(x, rotation, own, layer, cache)
+        for layer, (blk, cache, laid) in enumerate(zip(self.decoder, held, weights)):
+            x = blk.step(x, rotation, own, layer, cache, laid)
         return self.norm(x)
 
     def unit_drive(self, memory):

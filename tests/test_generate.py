@@ -19,7 +19,7 @@ from neuroformer.draws import Draws
 from neuroformer.errors import InputError
 from neuroformer.generation import Sampling, Windows, generate, sample_classes
 from neuroformer.model import Neuroformer
-from neuroformer.nn import MemoryCache, SelfCache, new_caches
+from neuroformer.nn import MemoryCache, SelfCache, laid_out, new_caches
 from neuroformer.rollouts import SimulationOptions, _closed_loop_history, simulate
 from neuroformer.simulations import load_simulation, save_nwb, save_simulation
 from conftest import check_provenance
@@ -395,3 +395,16 @@ def test_caches_keep_each_rows_tokens_across_reallocations_restarts_and_row_sele
     held.put(torch.tensor([1]), ks[2:, :, :7], vs[2:, :, :7], torch.ones(1, 7, dtype=torch.bool))  # a wider memory
     assert held.k.shape[2] == 7 and torch.equal(held.k[2, :, :5], ks[1, :, :5]) and torch.equal(held.k[1], ks[2, :, :7])
     assert held.bias[:, 0, 0].isinf().sum(1).tolist() == [2, 0, 4]
+
+
+def test_step_weights_give_each_linear_layers_products_in_the_layout_read_fastest():
+    torch.manual_seed(0)
+    widen, narrow, square = torch.nn.Linear(4, 12), torch.nn.Linear(12, 4), torch.nn.Linear(4, 4)
+    for layer in (widen, narrow, square):
+        weight, bias = laid_out(layer)
+        x = torch.randn(3, layer.in_features)
+        torch.testing.assert_close(torch.addmm(bias, x, weight), layer(x), rtol=1e-6, atol=1e-6)
+        assert weight.shape == (layer.in_features, layer.out_features)
+    assert laid_out(widen)[0].is_contiguous() and laid_out(square)[0].is_contiguous()     # copies, (in, out) in memory
+    kept = laid_out(narrow)[0]                                                              # a view of (out, in)
+    assert kept.data_ptr() == narrow.weight.data_ptr() and kept.t().is_contiguous()
