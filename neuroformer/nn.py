@@ -191,25 +191,26 @@ class Attention(nn.Module):
         k, v = kv.view(*kv.shape[:2], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         return self.rotary(k, context_time), v
 
-    def step_weights(self):
-        """The query, key-value and output layers `laid_out` for `step_self` and `step_cross`."""
-        return {name: laid_out(getattr(self, name)) for name in ("q", "kv", "out")}
+    def step_weights(self, own_keys):
+        """Its layers `laid_out` for `step_self` (`own_keys`: queries, keys and values in one
+        product) or `step_cross` (queries; the memory's keys are cached)."""
+        into = {"qkv": laid_out(self.q, self.kv)} if own_keys else {"q": laid_out(self.q)}
+        return {**into, "out": laid_out(self.out)}
 
     def step_self(self, x, rotation, cache, layer, weights):
         """Causal self-attention of one new token per row, x (B, W) at the time of `rotation`
         (`RotaryTime.matrix`), to itself and the row's tokens in `cache` (a `SelfCache`, at
-        `layer`); `weights`: `step_weights()`."""
+        `layer`); `weights`: `step_weights(own_keys=True)`."""
         B, W = x.shape
-        q = torch.addmm(weights["q"][1], x, weights["q"][0]).view(B, self.heads, -1)
-        k, v = torch.addmm(weights["kv"][1], x, weights["kv"][0]).view(B, 2, self.heads, -1).unbind(1)
-        q, k = (torch.cat([q, k], 1) @ rotation).split(self.heads, 1)                      # (B, H, D) each
-        k, v, bias = cache.append(layer, k, v)
+        qkv = torch.addmm(weights["qkv"][1], x, weights["qkv"][0]).view(B, 3, self.heads, -1)
+        q, k = (qkv[:, :2].reshape(B, 2 * self.heads, -1) @ rotation).split(self.heads, 1)   # (B, H, D) each
+        k, v, bias = cache.append(layer, k, qkv[:, 2])
         y = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=bias)
         return torch.addmm(weights["out"][1], y.reshape(B, W), weights["out"][0])
 
     def step_cross(self, x, rotation, cache, weights):
         """Cross-attention of one new token per row, x (B, W), to its memory in `cache` (a
-        `MemoryCache`); `weights`: `step_weights()`."""
+        `MemoryCache`); `weights`: `step_weights(own_keys=False)`."""
         B, W = x.shape
         q = (torch.addmm(weights["q"][1], x, weights["q"][0]).view(B, self.heads, -1) @ rotation)[:, :, None]
         y = F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=cache.bias)
@@ -255,8 +256,8 @@ class Block(nn.Module):
 
     def step_weights(self):
         """The block's linear layers `laid_out` for `step` (copies: to be made again after the weights change)."""
-        return {"attn": self.attn.step_weights() if self.attn is not None else None,
-                "cross": self.cross.step_weights() if self.cross is not None else None,
+        return {"attn": self.attn.step_weights(own_keys=True) if self.attn is not None else None,
+                "cross": self.cross.step_weights(own_keys=False) if self.cross is not None else None,
                 "up": laid_out(self.mlp[0]), "down": laid_out(self.mlp[2])}
 
     def step(self, x, rotation, own, layer, held, weights):
@@ -291,13 +292,15 @@ def new_caches(blocks, rows):
     return own, [MemoryCache(rows) for _ in blocks], [blk.step_weights() for blk in blocks]
 
 
-def laid_out(linear):
-    """A linear layer's (weight (in, out), bias) for `torch.addmm(bias, x, weight)` with few rows
-    x: the transposed weight copied contiguous, unless the layer narrows (in > out), whose own
-    layout is kept (a view). On this project's CPU a one-row product reads a widening layer's
-    weight ~2x faster so, 16 rows every layer's 5-17% faster (BENCHMARKS, "Weights laid out")."""
-    weight = linear.weight.detach().t()
-    return (weight if weight.shape[0] > weight.shape[1] else weight.contiguous()), linear.bias.detach()
+def laid_out(*linears):
+    """Linear layers of one input as one (weight (in, out), bias) for `torch.addmm(bias, x,
+    weight)` with few rows x, their outputs side by side: the transposed weight copied
+    contiguous, unless it narrows (in > out), when the (out, in) layout is kept (a view of a
+    single layer's). On this project's CPU a one-row product reads a widening weight ~2x faster
+    so, and 16 rows read every weight 5-17% faster (BENCHMARKS, "Weights laid out")."""
+    weight = torch.cat([m.weight.detach() for m in linears]).t() if len(linears) > 1 else linears[0].weight.detach().t()
+    bias = torch.cat([m.bias.detach() for m in linears])
+    return (weight if weight.shape[0] > weight.shape[1] else weight.contiguous()), bias
 
 
 def _host(rows):

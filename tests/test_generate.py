@@ -408,3 +408,7 @@ def test_step_weights_give_each_linear_layers_products_in_the_layout_read_fastes
     assert laid_out(widen)[0].is_contiguous() and laid_out(square)[0].is_contiguous()     # copies, (in, out) in memory
     kept = laid_out(narrow)[0]                                                              # a view of (out, in)
     assert kept.data_ptr() == narrow.weight.data_ptr() and kept.t().is_contiguous()
+    weight, bias = laid_out(square, widen)                                                  # outputs side by side
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(torch.addmm(bias, x, weight), torch.cat([square(x), widen(x)], 1), rtol=1e-6, atol=1e-6)
+    assert weight.is_contiguous() and laid_out(narrow, narrow)[0].t().is_contiguous()
