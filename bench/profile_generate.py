@@ -4,7 +4,8 @@ One rollout of the benchmark recording (bench_generate.py's: 100 neurons, 32 s t
 then run again under torch.profiler (same seed, same spikes), whose labelled parts (window data,
 context, decoder, heads, sampling; the rest is the rollout's bookkeeping) split the timed wall
 clock. The limit: the decoder step's matrix products alone, run back to back on the model's own
-weights at the same batch (what no per-operation overhead can go below on this machine), and the
+weights at the same batch in the layout the step reads them (`nn.laid_out`; timed in turn with
+the modules' own layout), what no per-operation overhead can go below on this machine, and the
 rollout's floor: every step at those products plus its attention over the cached keys and values
 (the single-query attention alone, at the rollout's memory and token counts), every window's
 context encoded for all rows at once (the least overhead per row) and every trial window's frames
@@ -52,18 +53,22 @@ def timed_ms(f, repeats, warm_up=1):
 
 @torch.inference_mode()
 def matmul_floor(model, batch, repeats=200):
-    """ms of one step's matrix products at `batch` rows, each weight in the layout the step reads
-    fastest (`nn.laid_out`), and their GFLOP/s."""
+    """ms of one step's matrix products at `batch` rows with each weight in the layout the step
+    reads (`nn.laid_out`), their GFLOP/s, and ms with each weight in its module's own (out, in)
+    layout: the two timed in turn, three times each, the best of each kept."""
     layers = step_linears(model)
-    weights = [laid_out(m) for m in layers]
     inputs = [torch.randn(batch, m.in_features) for m in layers]
+    layouts = {"laid_out": [laid_out(m) for m in layers], "own": [(m.weight.t(), m.bias) for m in layers]}
 
-    def products():
+    def products(weights):
         for (weight, bias), x in zip(weights, inputs):
             torch.addmm(bias, x, weight)
-    ms = timed_ms(products, repeats, warm_up=10)
+    best = {}
+    for _ in range(3):
+        for name, weights in layouts.items():
+            best[name] = min(best.get(name, float("inf")), timed_ms(lambda: products(weights), repeats, warm_up=10))
     flops = 2 * batch * sum(m.in_features * m.out_features for m in layers)
-    return ms, flops / ms / 1e6
+    return best["laid_out"], flops / best["laid_out"] / 1e6, best["own"]
 
 
 @torch.no_grad()
@@ -141,7 +146,7 @@ def main():
     share = {p: events[p].cpu_time_total / 1e6 / profiled if p in events else 0.0 for p in PARTS}
     share["bookkeeping"] = max(0.0, 1 - sum(share.values()))
     spikes = len(sim.timestamps)
-    floor_ms, gflops = matmul_floor(model, args.batch)
+    floor_ms, gflops, own_layout_ms = matmul_floor(model, args.batch)
     context = context_floor(model, dataset, args.batch)
     windows = round(args.seconds / cfg.window.current)                  # of the trial, each for every row
     held = max(1, round(spikes / (args.batch * windows) / 2))           # a row's own tokens, on average
@@ -154,6 +159,7 @@ def main():
               "parts": {p: {"share": f, "ms_per_spike": 1000 * wall * f / spikes, "ms_per_step": 1000 * wall * f / steps}
                         for p, f in share.items()},
               "decoder_matmul_floor_ms_per_step": floor_ms, "decoder_matmul_gflops": gflops,
+              "decoder_matmul_own_layout_ms_per_step": own_layout_ms,
               "attention_floor_ms_per_step": attention_ms, "own_tokens": held, **context,
               "context_gflops": context["context_gflop"] / context["context_ms"] * 1000,
               "rollout_floor_s": rollout_floor}
@@ -161,7 +167,8 @@ def main():
           f"{result['ms_per_spike']:.2f} ms/spike")
     for p, row in result["parts"].items():
         print(f"  {p:<12} {100 * row['share']:5.1f}%  {row['ms_per_spike']:.3f} ms/spike  {row['ms_per_step']:.3f} ms/step")
-    print(f"  decoder step's matmuls alone: {floor_ms:.3f} ms/step ({gflops:.1f} GFLOP/s); its attention alone "
+    print(f"  decoder step's matmuls alone: {floor_ms:.3f} ms/step ({gflops:.1f} GFLOP/s; {own_layout_ms:.3f} ms with "
+          f"the modules' own weight layout); its attention alone "
           f"{attention_ms:.3f} ms/step ({context['memory_tokens']} memory, {held} own tokens)")
     print(f"  context of {args.batch} rows at once: {context['context_ms']:.2f} ms per window and row "
           f"({result['context_gflops']:.1f} GFLOP/s); frames and behaviour {context['stimulus_ms']:.2f} ms per window")

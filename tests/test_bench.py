@@ -429,6 +429,7 @@ def test_profile_generate_splits_the_timed_rollout_into_its_parts(tmp_path):
     assert abs(sum(p["share"] for p in parts.values()) - 1) < 1e-6 and parts["decoder"]["share"] > 0.05
     assert abs(sum(p["ms_per_spike"] for p in parts.values()) - result["ms_per_spike"]) < 1e-6 * result["ms_per_spike"]
     assert result["decoder_steps"] >= result["spikes"] / 2 and result["decoder_matmul_floor_ms_per_step"] > 0
+    assert result["decoder_matmul_own_layout_ms_per_step"] > 0
     assert result["attention_floor_ms_per_step"] > 0 and result["context_ms"] > 0 and result["context_gflop"] > 0
     floor = (result["decoder_steps"] * (result["decoder_matmul_floor_ms_per_step"] + result["attention_floor_ms_per_step"])
              + 2 * 4 * result["context_ms"] + 4 * result["stimulus_ms"]) / 1000      # 0.2 s: 4 windows of 2 rows
