@@ -16,7 +16,10 @@ A source hands out windows and takes their spikes back:
 - `put(row, bins, units, truncated)`: a window's spikes (bins from its start, unit tokens) and
   whether it hit the spike cap;
 - `waiting()`: draw rows (trial repeats) with windows still to generate, started or not.
+The `Windows` it hands out may say which windows come after them (`Windows.upcoming`): their
+frames and behaviour, known in advance, are then encoded in one batch with the first new ones.
 """
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -28,6 +31,7 @@ from .data.vocab import START
 from .nn import new_caches
 
 KEPT_STIMULI = 64       # encoded trial windows kept for repeats that reach them later (~1.2 MB each at the published size)
+AHEAD = 8               # later windows encoded with a new one (at the published size ~2x cheaper a window than alone)
 
 
 @dataclass
@@ -45,10 +49,13 @@ class Windows:
     """Windows to start: each one's row in the draws (a trial repeat; at most one window of a row
     at a time), their collated context (`batch`: history, frames and behaviour filled in, the
     current sequence ignored), and `keys`: windows with the same key show the same recorded frames
-    and behaviour (repeats of a trial window), which are then encoded once."""
+    and behaviour (repeats of a trial window), which are then encoded once. `upcoming(n)`, if
+    given: (batch, keys) of at most n windows the same rows reach later and not offered before,
+    or None."""
     rows: list
     batch: dict
     keys: list
+    upcoming: Callable[[int], tuple | None] | None = None
 
 
 @torch.inference_mode()
@@ -129,7 +136,8 @@ class _Rows:
         """The encoded frames and behaviour of `windows` (`stimulus_parts`) and their decoder keys
         (`stimulus_keys`), computed once per key and kept for the windows of the same key that
         start later (up to `KEPT_STIMULI`); the keys padded as the parts are, so that they sit where
-        the memory holds those tokens."""
+        the memory holds those tokens. New keys are encoded in one batch with up to `AHEAD` of
+        the windows that come after them (`Windows.upcoming`)."""
         fresh = {}
         for j, key in enumerate(windows.keys):
             if key in self.stimuli:
@@ -137,9 +145,14 @@ class _Rows:
             else:
                 fresh.setdefault(key, j)
         if fresh:
-            encoded = self.model.stimulus_parts(_take(windows.batch, list(fresh.values())))
+            batch, new = _take(windows.batch, list(fresh.values())), list(fresh)
+            later = windows.upcoming(AHEAD) if windows.upcoming else None
+            if later is not None:
+                ahead = [j for j, key in enumerate(later[1]) if key not in self.stimuli and key not in fresh]
+                batch, new = _stack_rows([batch, _take(later[0], ahead)]), new + [later[1][j] for j in ahead]
+            encoded = self.model.stimulus_parts(batch)
             keys = self.model.stimulus_keys(encoded)                        # kind -> (layers, 2, n, H, M, D)
-            for i, key in enumerate(fresh):
+            for i, key in enumerate(new):
                 self.stimuli[key] = ({kind: [p[i:i + 1].clone() for p in part] for kind, part in encoded.items()},
                                      {kind: k[:, :, i:i + 1].movedim(2, 0).clone() for kind, k in keys.items()})
         held = [self.stimuli[key] for key in windows.keys]

@@ -14,11 +14,13 @@ moving on to its next window as soon as its window ends (continuous batching, `g
 each (seed, trial, repeat) draws its own counter-based random numbers (`draws`), so spikes do not
 depend on the batch size. Repeats of a trial share each window's recorded data, and the model
 encodes its frames and behaviour (and their cross-attention keys) once for the repeats that
-reach the window while it keeps them (`generation.KEPT_STIMULI` windows).
+reach the window while it keeps them (`generation.KEPT_STIMULI` windows), a new window's with
+those of up to `generation.AHEAD` windows after it (one batch: known in advance).
 Generated spikes sit at the centre of their dt_res bin.
 """
 import json
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -149,6 +151,7 @@ class _TrialWindows:
         self.bins, self.units = [[] for _ in items], [[] for _ in items]
         self.ready, self.started, self.finished, self.truncated = [], 0, 0, 0
         self.recorded = {}                                       # (trial, k0) -> [sample, repeats yet to read it]
+        self.offered = set()                                     # keys handed out, or offered as upcoming
 
     def waiting(self):
         return len(self.items) - self.finished
@@ -170,16 +173,36 @@ class _TrialWindows:
                                                                     k0, self.k_start[row], self.dataset.spec)}
             samples.append(sample)
             keys.append((self.items[row][0], k0))
-        return Windows(rows, to_device(collate_windows(samples), self.opts.device), keys)
+        self.offered.update(keys)
+        return Windows(rows, to_device(collate_windows(samples), self.opts.device), keys, partial(self._upcoming, rows))
 
-    def _recorded(self, trial, k0):
-        """The recorded window at bin k0 of `trial`, read once for all its repeats."""
+    def _upcoming(self, rows, n):
+        """Up to n windows that items `rows` reach after those they start now, not offered before
+        (each item's next one first, then the one after): their recorded data, collated, and keys;
+        or None. Their frames and behaviour do not depend on the spikes yet to be generated."""
+        keys = []
+        for ahead in range(1, n + 1):
+            for row in rows:
+                w = self.window[row] + ahead
+                key = (self.items[row][0], self.k_start[row] + w * self.n_cur)
+                if w < self.n_windows[row] and key not in self.offered and key not in keys:
+                    keys.append(key)
+        keys = keys[:n]
+        if not keys:
+            return None
+        self.offered.update(keys)
+        samples = [self._recorded(*key, read=False) for key in keys]
+        return to_device(collate_windows(samples), self.opts.device), keys
+
+    def _recorded(self, trial, k0, read=True):
+        """The recorded window at bin k0 of `trial`, read once for all its repeats (`read`: one of
+        them reads it now; otherwise it is only looked at, ahead of them)."""
         spec = self.dataset.spec
         if (trial, k0) not in self.recorded:
             index = DatasetIndex(self.rid, k0 * spec.dt_res - spec.before, (k0 + self.n_cur) * spec.dt_res)
             self.recorded[trial, k0] = [self.dataset[index], self.opts.repeats]
         entry = self.recorded[trial, k0]
-        entry[1] -= 1
+        entry[1] -= int(read)
         if entry[1] == 0:
             del self.recorded[trial, k0]
         return entry[0]

@@ -412,3 +412,37 @@ def test_step_weights_give_each_linear_layers_products_in_the_layout_read_fastes
     x = torch.randn(3, 4)
     torch.testing.assert_close(torch.addmm(bias, x, weight), torch.cat([square(x), widen(x)], 1), rtol=1e-6, atol=1e-6)
     assert weight.is_contiguous() and laid_out(narrow, narrow)[0].t().is_contiguous()
+
+
+def test_later_windows_frames_are_encoded_with_a_new_ones_and_give_the_same_spikes(tiny_run, tiny_synthetic, monkeypatch):
+    """A rollout encodes a new trial window's frames and behaviour with those of the windows after
+    it (one batch), each window once, and samples the same spikes as encoding each alone (float64)."""
+    from neuroformer import generation
+    from neuroformer.checkpoints import checkpoint_file, load_model
+    from neuroformer.rollouts import rollout, select_trials
+    _, model, dataset, recordings = load_model(checkpoint_file(tiny_run), [tiny_synthetic])
+    model, rid = model.double(), recordings.recording_ids[0]
+    trials = select_trials(recordings.get_recording(rid), tiny_synthetic, "test", (0, 1))
+    encoded, started, original, start = [], [], Neuroformer.stimulus_parts, Neuroformer.start_caches
+    monkeypatch.setattr(Neuroformer, "stimulus_parts", lambda self, b: encoded.append(len(b["t0"])) or original(self, b))
+
+    def spy_start(self, caches, rows, memory, stimulus_keys=None):      # each start's real memory tokens and keys
+        start(self, caches, rows, memory, stimulus_keys)
+        real, held = memory[2], caches[1][-1]
+        started.append((memory[0][real], held.k[rows][:, :, :real.shape[1]].transpose(1, 2)[real]))
+    monkeypatch.setattr(Neuroformer, "start_caches", spy_start)
+    runs, default = {}, generation.AHEAD
+    for ahead in (default, 0):
+        monkeypatch.setattr(generation, "AHEAD", ahead)
+        encoded.clear(), started.clear()
+        sim = rollout(model, dataset, rid, trials, SimulationOptions(repeats=3, batch=4, progress=False))
+        runs[ahead] = (sim, list(encoded), list(started))
+    (sim, batches, memories), (alone, singles, memories_alone) = runs[default], runs[0]
+    assert len(sim.timestamps) > 50
+    for name in ("timestamps", "unit_index", "trial", "repeat"):
+        assert np.array_equal(getattr(sim, name), getattr(alone, name))
+    assert len(memories) == len(memories_alone)
+    for got, expected in zip(memories, memories_alone):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+    assert max(batches) == 2 + default and max(singles) == 2              # two trials' first windows, 8 after
+    assert sum(batches) == sum(singles) and len(batches) < len(singles) / 2      # no more windows, in fewer batches
