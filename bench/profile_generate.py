@@ -9,7 +9,8 @@ the modules' own layout), what no per-operation overhead can go below on this ma
 rollout's floor: every step at those products plus its attention over the cached keys and values
 (the single-query attention alone, at the rollout's memory and token counts), every window's
 context encoded for all rows at once (the least overhead per row) and every trial window's frames
-and behaviour encoded once, times the counts of steps and windows of the timed rollout.
+and behaviour encoded once (with the windows after it, `generation.AHEAD`, as the rollout does),
+times the counts of steps and windows of the timed rollout.
 
     python bench/profile_generate.py --config configs/published.yaml --batch 1 -o W/profile_b1.json
     python bench/profile_generate.py --config configs/published.yaml --batch 16 -o W/profile_b16.json
@@ -76,8 +77,10 @@ def context_floor(model, dataset, batch, repeats=5):
     """Per window and row: ms and GFLOP of encoding the context of `batch` training windows at once
     (history, memory, unit drives, the decoder's memory keys and values), the frames and behaviour
     and their keys given; per trial window: ms of its frames and behaviour and their keys
-    (`stimulus_parts`, `stimulus_keys`: once for all repeats); and the memory's padded token count."""
+    (`stimulus_parts`, `stimulus_keys`: once for all repeats, with those of the `AHEAD` windows
+    after it, as a rollout encodes them); and the memory's padded token count."""
     from neuroformer.data.windows import collate_windows
+    from neuroformer.generation import AHEAD
     from neuroformer.nn import new_caches
     from neuroformer.training import epoch_batches
 
@@ -94,9 +97,9 @@ def context_floor(model, dataset, batch, repeats=5):
         return memory
     with torch.enable_grad(), FlopCounterMode(display=False) as flops:
         memory = context()                                # (the counter's module hooks need autograd)
-    one = collate_windows([dataset[idx[0]]])
+    group = collate_windows([dataset[i] for i in epoch_batches(dataset.recordings, dataset.spec, "train", AHEAD + 1, 0, 0)[0]])
     return {"context_ms": timed_ms(context, repeats) / batch, "context_gflop": flops.get_total_flops() / 1e9 / batch,
-            "stimulus_ms": timed_ms(lambda: model.stimulus_keys(model.stimulus_parts(one)), repeats),
+            "stimulus_ms": timed_ms(lambda: model.stimulus_keys(model.stimulus_parts(group)), repeats) / (AHEAD + 1),
             "memory_tokens": memory[0].shape[1]}
 
 
