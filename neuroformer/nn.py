@@ -213,7 +213,9 @@ class Attention(nn.Module):
     def step_cross(self, x, rotation, cache, weights):
         """Cross-attention of one new token per row, x (B, W), to its memory in `cache` (a
         `MemoryCache`); `weights`: `step_weights(own_keys=False)`. Written out: at one query per
-        row `F.scaled_dot_product_attention` was ~10% of a 16-row step slower (BENCHMARKS)."""
+        row `F.scaled_dot_product_attention` was ~10% of a 16-row step slower (BENCHMARKS). No
+        row's bias is -inf throughout (a memory ends with the null token; rows never given one
+        have bias 0), else its softmax would be NaN where that kernel gives 0."""
         B, W = x.shape
         q = (torch.addmm(weights["q"][1], x, weights["q"][0]).view(B, self.heads, -1) @ rotation)[:, :, None]
         attend = (q @ cache.k.transpose(-1, -2)).add_(cache.bias).softmax(-1)            # (B, H, 1, M)
@@ -258,7 +260,8 @@ class Block(nn.Module):
         return x + self.mlp(self.norm3(x))
 
     def step_weights(self):
-        """The block's linear layers `laid_out` for `step` (copies: to be made again after the weights change)."""
+        """The block's linear layers `laid_out` for `step`: copies, but for a narrowing layer's view
+        of its live weight, so to be made again after the weights change (each generation does)."""
         return {"attn": self.attn.step_weights(own_keys=True) if self.attn is not None else None,
                 "cross": self.cross.step_weights(own_keys=False) if self.cross is not None else None,
                 "up": laid_out(self.mlp[0]), "down": laid_out(self.mlp[2])}

@@ -417,7 +417,7 @@ def test_step_weights_give_each_linear_layers_products_in_the_layout_read_fastes
 def test_later_windows_frames_are_encoded_with_a_new_ones_and_give_the_same_spikes(tiny_run, tiny_synthetic, monkeypatch):
     """A rollout encodes a new trial window's frames and behaviour with those of the windows after
     it (one batch), each window once, and samples the same spikes as encoding each alone (float64)."""
-    from neuroformer import generation
+    from neuroformer import generation, rollouts
     from neuroformer.checkpoints import checkpoint_file, load_model
     from neuroformer.rollouts import rollout, select_trials
     _, model, dataset, recordings = load_model(checkpoint_file(tiny_run), [tiny_synthetic])
@@ -431,12 +431,15 @@ def test_later_windows_frames_are_encoded_with_a_new_ones_and_give_the_same_spik
         real, held = memory[2], caches[1][-1]
         started.append((memory[0][real], held.k[rows][:, :, :real.shape[1]].transpose(1, 2)[real]))
     monkeypatch.setattr(Neuroformer, "start_caches", spy_start)
+    sources, init = [], rollouts._TrialWindows.__init__
+    monkeypatch.setattr(rollouts._TrialWindows, "__init__", lambda self, *a: sources.append(self) or init(self, *a))
     runs, default = {}, generation.AHEAD
     for ahead in (default, 0):
         monkeypatch.setattr(generation, "AHEAD", ahead)
         encoded.clear(), started.clear()
         sim = rollout(model, dataset, rid, trials, SimulationOptions(repeats=3, batch=4, progress=False))
         runs[ahead] = (sim, list(encoded), list(started))
+        assert sources[-1].recorded == {}                  # windows read ahead are let go once every repeat read them
     (sim, batches, memories), (alone, singles, memories_alone) = runs[default], runs[0]
     assert len(sim.timestamps) > 50
     for name in ("timestamps", "unit_index", "trial", "repeat"):
