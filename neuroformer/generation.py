@@ -146,8 +146,8 @@ class _Rows:
                 fresh.setdefault(key, j)
         if fresh:
             batch, new = _take(windows.batch, list(fresh.values())), list(fresh)
-            stimulus = self.model.uses_frames or self.model.inputs                 # anything to encode
-            later = windows.upcoming(AHEAD) if windows.upcoming and stimulus else None
+            encodes = self.model.uses_frames or self.model.inputs                  # frames or behaviour at all
+            later = windows.upcoming(AHEAD) if windows.upcoming and encodes else None
             if later is not None:                                           # (a source may offer keys held)
                 ahead = [j for j, key in enumerate(later[1]) if key not in self.stimuli and key not in fresh]
                 batch, new = _stack_rows([batch, _take(later[0], ahead)]), new + [later[1][j] for j in ahead]
