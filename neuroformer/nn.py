@@ -204,11 +204,11 @@ class Attention(nn.Module):
         (`RotaryTime.matrix`), to itself and the row's tokens in `cache` (a `SelfCache`, at
         `layer`); `weights`: `step_weights(own_keys=True)`."""
         B, W = x.shape
-        qkv = torch.addmm(weights["qkv"][1], x, weights["qkv"][0]).view(B, 3, self.heads, -1)
+        qkv = product(x, weights["qkv"]).view(B, 3, self.heads, -1)
         q, k = (qkv[:, :2].reshape(B, 2 * self.heads, -1) @ rotation).split(self.heads, 1)   # (B, H, D) each
         k, v, bias = cache.append(layer, k, qkv[:, 2])
         y = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=bias)
-        return torch.addmm(weights["out"][1], y.reshape(B, W), weights["out"][0])
+        return product(y.reshape(B, W), weights["out"])
 
     def step_cross(self, x, rotation, cache, weights):
         """Cross-attention of one new token per row, x (B, W), to its memory in `cache` (a
@@ -217,9 +217,9 @@ class Attention(nn.Module):
         row's bias is -inf throughout (a memory ends with the null token; rows never given one
         have bias 0), else its softmax would be NaN where that kernel gives 0."""
         B, W = x.shape
-        q = (torch.addmm(weights["q"][1], x, weights["q"][0]).view(B, self.heads, -1) @ rotation)[:, :, None]
+        q = (product(x, weights["q"]).view(B, self.heads, -1) @ rotation)[:, :, None]
         attend = (q @ cache.k.transpose(-1, -2)).add_(cache.bias).softmax(-1)            # (B, H, 1, M)
-        return torch.addmm(weights["out"][1], (attend @ cache.v).reshape(B, W), weights["out"][0])
+        return product((attend @ cache.v).reshape(B, W), weights["out"])
 
 
 class Block(nn.Module):
@@ -276,8 +276,7 @@ class Block(nn.Module):
             x = x + self.attn.step_self(norm(self.norm1, x), rotation, own, layer, weights["attn"])
         if self.cross is not None:
             x = x + self.cross.step_cross(norm(self.norm2, x), rotation, held, weights["cross"])
-        (up, up_bias), (down, down_bias) = weights["up"], weights["down"]
-        return x + torch.addmm(down_bias, F.gelu(torch.addmm(up_bias, norm(self.norm3, x), up)), down)
+        return x + product(F.gelu(product(norm(self.norm3, x), weights["up"])), weights["down"])
 
 
 def run_stack(blocks, x, t, mask, **kwargs):
@@ -298,12 +297,18 @@ def new_caches(blocks, rows):
     return own, [MemoryCache(rows) for _ in blocks], [blk.step_weights() for blk in blocks]
 
 
+def product(x, laid):
+    """x @ weight + bias of a `laid_out` (weight, bias) pair: x (B, in) -> (B, out)."""
+    weight, bias = laid
+    return torch.addmm(bias, x, weight)
+
+
 def laid_out(*linears):
-    """Linear layers of one input as one (weight (in, out), bias) for `torch.addmm(bias, x,
-    weight)` with few rows x, their outputs side by side: the transposed weight copied
-    contiguous, unless it narrows (in > out), when the (out, in) layout is kept (a view of a
-    single layer's). On this project's CPU a one-row product reads a widening weight ~2x faster
-    so, and 16 rows read every weight 5-17% faster (BENCHMARKS, "Weights laid out")."""
+    """Linear layers of one input as one (weight (in, out), bias) for `product` with few rows,
+    their outputs side by side: the transposed weight copied contiguous, unless it narrows
+    (in > out), when the (out, in) layout is kept (a view of a single layer's). On this project's
+    CPU a one-row product reads a widening weight ~2x faster so, and 16 rows read every weight
+    5-17% faster (BENCHMARKS, "Weights laid out")."""
     weight = torch.cat([m.weight.detach() for m in linears]).t() if len(linears) > 1 else linears[0].weight.detach().t()
     bias = torch.cat([m.bias.detach() for m in linears])
     return (weight if weight.shape[0] > weight.shape[1] else weight.contiguous()), bias

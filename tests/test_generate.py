@@ -19,7 +19,7 @@ from neuroformer.draws import Draws
 from neuroformer.errors import InputError
 from neuroformer.generation import Sampling, Windows, generate, sample_classes
 from neuroformer.model import Neuroformer
-from neuroformer.nn import MemoryCache, SelfCache, laid_out, new_caches
+from neuroformer.nn import MemoryCache, SelfCache, laid_out, new_caches, product
 from neuroformer.rollouts import SimulationOptions, _closed_loop_history, simulate
 from neuroformer.simulations import load_simulation, save_nwb, save_simulation
 from conftest import check_provenance
@@ -403,14 +403,14 @@ def test_step_weights_give_each_linear_layers_products_in_the_layout_read_fastes
     for layer in (widen, narrow, square):
         weight, bias = laid_out(layer)
         x = torch.randn(3, layer.in_features)
-        torch.testing.assert_close(torch.addmm(bias, x, weight), layer(x), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(product(x, (weight, bias)), layer(x), rtol=1e-6, atol=1e-6)
         assert weight.shape == (layer.in_features, layer.out_features)
     assert laid_out(widen)[0].is_contiguous() and laid_out(square)[0].is_contiguous()     # copies, (in, out) in memory
     kept = laid_out(narrow)[0]                                                              # a view of (out, in)
     assert kept.data_ptr() == narrow.weight.data_ptr() and kept.t().is_contiguous()
     weight, bias = laid_out(square, widen)                                                  # outputs side by side
     x = torch.randn(3, 4)
-    torch.testing.assert_close(torch.addmm(bias, x, weight), torch.cat([square(x), widen(x)], 1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(product(x, (weight, bias)), torch.cat([square(x), widen(x)], 1), rtol=1e-6, atol=1e-6)
     assert weight.is_contiguous() and laid_out(narrow, narrow)[0].t().is_contiguous()
 
 
