@@ -59,7 +59,7 @@ def matmul_floor(model, batch, repeats=200):
     layout: the two timed in turn, three times each, the best of each kept."""
     layers = step_linears(model)
     inputs = [torch.randn(batch, m.in_features) for m in layers]
-    layouts = {"laid_out": [laid_out(m) for m in layers], "own": [(m.weight.t(), m.bias) for m in layers]}
+    layouts = {"laid_out": [laid_out(m, rows=batch) for m in layers], "own": [(m.weight.t(), m.bias, None) for m in layers]}
 
     def products(weights):
         for laid, x in zip(weights, inputs):

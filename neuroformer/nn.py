@@ -191,13 +191,13 @@ class Attention(nn.Module):
         k, v = kv.view(*kv.shape[:2], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         return self.rotary(k, context_time), v
 
-    def step_weights(self, own_keys):
+    def step_weights(self, own_keys, rows):
         """Its layers `laid_out` for `step_self` (`own_keys`: queries, keys and values in one
-        product) or `step_cross` (queries, scaled by 1/√head_dim; the memory's keys are cached)."""
+        product) or `step_cross` (queries, scaled by 1/√head_dim; the memory's keys are cached),
+        of at most `rows` rows."""
         if own_keys:
-            return {"qkv": laid_out(self.q, self.kv), "out": laid_out(self.out)}
-        scale = self.rotary.head_dim ** -0.5
-        return {"q": tuple(t * scale for t in laid_out(self.q)), "out": laid_out(self.out)}
+            return {"qkv": laid_out(self.q, self.kv, rows=rows), "out": laid_out(self.out, rows=rows)}
+        return {"q": laid_out(self.q, rows=rows, scale=self.rotary.head_dim ** -0.5), "out": laid_out(self.out, rows=rows)}
 
     def step_self(self, x, rotation, cache, layer, weights):
         """Causal self-attention of one new token per row, x (B, W) at the time of `rotation`
@@ -259,12 +259,13 @@ class Block(nn.Module):
             x = x + self.drop(self.cross(self.norm2(x), t, m, m_time, m_mask, context_rows=rows[0] if rows else None))
         return x + self.mlp(self.norm3(x))
 
-    def step_weights(self):
-        """The block's linear layers `laid_out` for `step`: copies, but for a narrowing layer's view
-        of its live weight, so to be made again after the weights change (each generation does)."""
-        return {"attn": self.attn.step_weights(own_keys=True) if self.attn is not None else None,
-                "cross": self.cross.step_weights(own_keys=False) if self.cross is not None else None,
-                "up": laid_out(self.mlp[0]), "down": laid_out(self.mlp[2])}
+    def step_weights(self, rows):
+        """The block's linear layers `laid_out` for `step` of at most `rows` rows: copies, but for a
+        narrowing layer's view of its live weight, so to be made again after the weights change
+        (each generation does)."""
+        return {"attn": self.attn.step_weights(True, rows) if self.attn is not None else None,
+                "cross": self.cross.step_weights(False, rows) if self.cross is not None else None,
+                "up": laid_out(self.mlp[0], rows=rows), "down": laid_out(self.mlp[2], rows=rows)}
 
     def step(self, x, rotation, own, layer, held, weights):
         """`forward` of one new token per row, x (B, W), with the decoder's `SelfCache` (this block
@@ -276,7 +277,7 @@ class Block(nn.Module):
             x = x + self.attn.step_self(norm(self.norm1, x), rotation, own, layer, weights["attn"])
         if self.cross is not None:
             x = x + self.cross.step_cross(norm(self.norm2, x), rotation, held, weights["cross"])
-        return x + product(F.gelu(product(norm(self.norm3, x), weights["up"])), weights["down"])
+        return product(product(norm(self.norm3, x), weights["up"], gelu=True), weights["down"], residual=x)
 
 
 def run_stack(blocks, x, t, mask, **kwargs):
@@ -294,24 +295,40 @@ def new_caches(blocks, rows):
     they are: made anew for each generation)."""
     attn, weight = blocks[0].attn, blocks[0].attn.q.weight                 # a decoder's blocks all self-attend
     own = SelfCache(rows, len(blocks), attn.heads, weight.shape[1] // attn.heads, weight.dtype, weight.device)
-    return own, [MemoryCache(rows) for _ in blocks], [blk.step_weights() for blk in blocks]
+    return own, [MemoryCache(rows) for _ in blocks], [blk.step_weights(rows) for blk in blocks]
 
 
-def product(x, laid):
-    """x @ weight + bias of a `laid_out` (weight, bias) pair: x (B, in) -> (B, out)."""
-    weight, bias = laid
-    return torch.addmm(bias, x, weight)
+def product(x, laid, gelu=False, residual=None):
+    """`residual` + act(x @ weight + bias) of a `laid_out` layer, x (B, in) -> (B, out), act GELU
+    if `gelu`, else none: of more than one row by oneDNN in one call when the layer is packed for it."""
+    weight, bias, packed = laid
+    if packed is not None and len(x) > 1:
+        if residual is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed, bias, "add")
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+    y = torch.addmm(bias, x, weight)
+    y = F.gelu(y) if gelu else y
+    return y if residual is None else residual + y
 
 
-def laid_out(*linears):
-    """Linear layers of one input as one (weight (in, out), bias) for `product` with few rows,
-    their outputs side by side: the transposed weight copied contiguous, unless it narrows
-    (in > out), when the (out, in) layout is kept (a view of a single layer's). On this project's
-    CPU a one-row product reads a widening weight ~2x faster so, and 16 rows read every weight
-    5-17% faster (BENCHMARKS, "Weights laid out")."""
-    weight = torch.cat([m.weight.detach() for m in linears]).t() if len(linears) > 1 else linears[0].weight.detach().t()
+def laid_out(*linears, rows=1, scale=1.0):
+    """Linear layers of one input as one (weight (in, out), bias, packed) for `product` with at most
+    `rows` rows, their outputs side by side, times `scale`. The weight: the transposed weight copied
+    contiguous, unless it narrows (in > out), when the (out, in) layout is kept (a view of a single
+    layer's). On this project's CPU a one-row product reads a widening weight ~2x faster so, and 16
+    rows read every weight 5-17% faster (BENCHMARKS, "Weights laid out"). `packed`: for more than
+    one row, a float32 layer that is not square is also packed for oneDNN (else None), whose
+    products of 2-16 rows were 1.4-3x faster than MKL's here, with `product`'s activation or
+    residual in the same call (BENCHMARKS, "oneDNN")."""
+    weight = torch.cat([m.weight.detach() for m in linears]) if len(linears) > 1 else linears[0].weight.detach()
     bias = torch.cat([m.bias.detach() for m in linears])
-    return (weight if weight.shape[0] > weight.shape[1] else weight.contiguous()), bias
+    weight, bias = (weight, bias) if scale == 1 else (weight * scale, bias * scale)
+    packed = None
+    if rows > 1 and weight.shape[0] != weight.shape[1] and weight.dtype == torch.float32 \
+            and weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows)
+    weight = weight.t()
+    return (weight if weight.shape[0] > weight.shape[1] else weight.contiguous()), bias, packed
 
 
 def _host(rows):

@@ -401,17 +401,34 @@ def test_step_weights_give_each_linear_layers_products_in_the_layout_read_fastes
     torch.manual_seed(0)
     widen, narrow, square = torch.nn.Linear(4, 12), torch.nn.Linear(12, 4), torch.nn.Linear(4, 4)
     for layer in (widen, narrow, square):
-        weight, bias = laid_out(layer)
+        weight, bias, packed = laid = laid_out(layer)
         x = torch.randn(3, layer.in_features)
-        torch.testing.assert_close(product(x, (weight, bias)), layer(x), rtol=1e-6, atol=1e-6)
-        assert weight.shape == (layer.in_features, layer.out_features)
+        torch.testing.assert_close(product(x, laid), layer(x), rtol=1e-6, atol=1e-6)
+        assert weight.shape == (layer.in_features, layer.out_features) and packed is None     # one row: not packed
     assert laid_out(widen)[0].is_contiguous() and laid_out(square)[0].is_contiguous()     # copies, (in, out) in memory
     kept = laid_out(narrow)[0]                                                              # a view of (out, in)
     assert kept.data_ptr() == narrow.weight.data_ptr() and kept.t().is_contiguous()
-    weight, bias = laid_out(square, widen)                                                  # outputs side by side
+    laid = laid_out(square, widen)                                                          # outputs side by side
     x = torch.randn(3, 4)
-    torch.testing.assert_close(product(x, (weight, bias)), torch.cat([square(x), widen(x)], 1), rtol=1e-6, atol=1e-6)
-    assert weight.is_contiguous() and laid_out(narrow, narrow)[0].t().is_contiguous()
+    torch.testing.assert_close(product(x, laid), torch.cat([square(x), widen(x)], 1), rtol=1e-6, atol=1e-6)
+    assert laid[0].is_contiguous() and laid_out(narrow, narrow)[0].t().is_contiguous()
+    torch.testing.assert_close(product(x, laid_out(widen, scale=0.5)), widen(x) / 2, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this build of torch")
+def test_layers_packed_for_onednn_give_the_same_products_with_activation_and_residual():
+    torch.manual_seed(0)
+    widen, narrow, square = torch.nn.Linear(8, 24), torch.nn.Linear(24, 8), torch.nn.Linear(8, 8)
+    assert laid_out(square, rows=16)[2] is None and laid_out(widen.double(), rows=16)[2] is None    # only where it pays
+    widen.float()
+    up, down = laid_out(widen, rows=16), laid_out(narrow, rows=16)
+    assert up[2] is not None and down[2] is not None
+    for rows in (1, 2, 16):                                         # one row by addmm, more by oneDNN
+        x, residual = torch.randn(rows, 8), torch.randn(rows, 8)
+        torch.testing.assert_close(product(x, up), widen(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(product(x, up, gelu=True), torch.nn.functional.gelu(widen(x)), rtol=1e-5, atol=1e-6)
+        h = torch.randn(rows, 24)
+        torch.testing.assert_close(product(h, down, residual=residual), residual + narrow(h), rtol=1e-5, atol=1e-6)
 
 
 def test_later_windows_frames_are_encoded_with_a_new_ones_and_give_the_same_spikes(tiny_run, tiny_synthetic, monkeypatch):
