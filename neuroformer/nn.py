@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+PACKED_FROM = 2 ** 17  # weights (in x out) from which `laid_out` packs a layer for oneDNN (256 x 512)
 _captured = None  # dict name -> list of (B, H, Nq, Nk) weights while capturing
 _keep_graph = False
 
@@ -317,14 +318,15 @@ def laid_out(*linears, rows=1, scale=1.0):
     contiguous, unless it narrows (in > out), when the (out, in) layout is kept (a view of a single
     layer's). On this project's CPU a one-row product reads a widening weight ~2x faster so, and 16
     rows read every weight 5-17% faster (BENCHMARKS, "Weights laid out"). `packed`: for more than
-    one row, a float32 layer that is not square is also packed for oneDNN (else None), whose
-    products of 2-16 rows were 1.4-3x faster than MKL's here, with `product`'s activation or
-    residual in the same call (BENCHMARKS, "oneDNN")."""
+    one row, a float32 layer of at least `PACKED_FROM` weights is also packed for oneDNN (else
+    None), whose products of 2-16 rows were 1.2-3x faster than MKL's here from that size, with
+    `product`'s activation or residual in the same call; a oneDNN call costs ~20 µs however
+    small, so smaller layers stay with MKL (BENCHMARKS, "oneDNN")."""
     weight = torch.cat([m.weight.detach() for m in linears]) if len(linears) > 1 else linears[0].weight.detach()
     bias = torch.cat([m.bias.detach() for m in linears])
     weight, bias = (weight, bias) if scale == 1 else (weight * scale, bias * scale)
     packed = None
-    if rows > 1 and weight.shape[0] != weight.shape[1] and weight.dtype == torch.float32 \
+    if rows > 1 and weight.numel() >= PACKED_FROM and weight.dtype == torch.float32 \
             and weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows)
     weight = weight.t()

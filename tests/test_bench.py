@@ -95,6 +95,22 @@ def test_bench_generate_quick(tmp_path):
     assert all(0.3 < r["generated_rate_hz"] / r["recorded_rate_hz"] < 3 for r in rows)
 
 
+@pytest.mark.skipif(not __import__("torch").backends.mkldnn.is_available(), reason="no oneDNN in this build of torch")
+def test_products_compares_both_libraries_on_the_same_arithmetic(tmp_path):
+    out = tmp_path / "products.json"
+    args = ["--quick", "-o", out]
+    _run("bench/products.py", *args)
+    check_provenance(out, 0, {"quick": True}, ["products.py", *args])
+    table = json.loads(out.read_text())["us_per_product"]
+    assert set(table) == {"qkv", "up+gelu", "down+residual", "square+residual"}
+    for by_rows in table.values():
+        assert set(by_rows) == {"1", "2"}
+        assert all(t["mkl"] > 0 and t["onednn"] > 0 and t["max_abs_difference"] < 1e-4 for t in by_rows.values())
+    bad = subprocess.run([sys.executable, str(SCRIPT.parent / "products.py"), "--rows", "2,0", "-o", tmp_path / "x.json"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--rows" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_long_trials_quick(tmp_path):
     _run("simulate/long_trials.py", "--quick", "-o", tmp_path)
     check_provenance(tmp_path / "report.json", 0, {"quick": True, "seed": 0},

@@ -418,17 +418,17 @@ def test_step_weights_give_each_linear_layers_products_in_the_layout_read_fastes
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this build of torch")
 def test_layers_packed_for_onednn_give_the_same_products_with_activation_and_residual():
     torch.manual_seed(0)
-    widen, narrow, square = torch.nn.Linear(8, 24), torch.nn.Linear(24, 8), torch.nn.Linear(8, 8)
-    assert laid_out(square, rows=16)[2] is None and laid_out(widen.double(), rows=16)[2] is None    # only where it pays
-    widen.float()
+    widen, narrow, small = torch.nn.Linear(256, 512), torch.nn.Linear(512, 256), torch.nn.Linear(64, 256)
+    assert laid_out(widen, rows=1)[2] is None and laid_out(small, rows=16)[2] is None       # only where it pays
+    assert laid_out(torch.nn.Linear(256, 512).double(), rows=16)[2] is None
     up, down = laid_out(widen, rows=16), laid_out(narrow, rows=16)
     assert up[2] is not None and down[2] is not None
     for rows in (1, 2, 16):                                         # one row by addmm, more by oneDNN
-        x, residual = torch.randn(rows, 8), torch.randn(rows, 8)
-        torch.testing.assert_close(product(x, up), widen(x), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(product(x, up, gelu=True), torch.nn.functional.gelu(widen(x)), rtol=1e-5, atol=1e-6)
-        h = torch.randn(rows, 24)
-        torch.testing.assert_close(product(h, down, residual=residual), residual + narrow(h), rtol=1e-5, atol=1e-6)
+        x, residual = torch.randn(rows, 256), torch.randn(rows, 256)
+        torch.testing.assert_close(product(x, up), widen(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(product(x, up, gelu=True), torch.nn.functional.gelu(widen(x)), rtol=1e-5, atol=1e-5)
+        h = torch.randn(rows, 512)
+        torch.testing.assert_close(product(h, down, residual=residual), residual + narrow(h), rtol=1e-5, atol=1e-5)
 
 
 def test_later_windows_frames_are_encoded_with_a_new_ones_and_give_the_same_spikes(tiny_run, tiny_synthetic, monkeypatch):
