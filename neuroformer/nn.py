@@ -326,8 +326,8 @@ def laid_out(*linears, rows=1, scale=1.0):
     bias = torch.cat([m.bias.detach() for m in linears])
     weight, bias = (weight, bias) if scale == 1 else (weight * scale, bias * scale)
     packed = None
-    if rows > 1 and weight.numel() >= PACKED_FROM and weight.dtype == torch.float32 \
-            and weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
+    if rows > 1 and weight.numel() >= PACKED_FROM and weight.dtype == torch.float32 and weight.device.type == "cpu" \
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows)
     weight = weight.t()
     return (weight if weight.shape[0] > weight.shape[1] else weight.contiguous()), bias, packed
