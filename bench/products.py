@@ -18,9 +18,9 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 from neuroformer.cli import positive_int
+from neuroformer.nn import product
 from neuroformer.provenance import write_result
 
 # (in, out) in multiples of the width, and what follows the product
@@ -48,11 +48,10 @@ def compare(n_in, n_out, post, rows, weights, repeats):
     packed = [torch.ops.mkldnn._reorder_linear_weight(m, rows) for m in w]
     x, residual = torch.randn(rows, n_in), torch.randn(rows, n_out)
 
-    def mkl(i):
-        y = torch.addmm(b[i], x, laid[i])
-        return F.gelu(y) if post == "gelu" else residual + y if post == "add" else y
+    def mkl(i):                                                   # nn.product's route for an unpacked layer
+        return product(x, (laid[i], b[i], None), gelu=post == "gelu", residual=residual if post == "add" else None)
 
-    def onednn(i):
+    def onednn(i):                                                # its calls for a packed one, here at one row too
         if post == "add":
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed[i], b[i], "add")
         return torch.ops.mkldnn._linear_pointwise(x, packed[i], b[i], post or "none", [], "none" if post else "")

@@ -303,6 +303,7 @@ def product(x, laid, gelu=False, residual=None):
     """`residual` + act(x @ weight + bias) of a `laid_out` layer, x (B, in) -> (B, out), act GELU
     if `gelu`, else none: of more than one row by oneDNN in one call when the layer is packed for it."""
     weight, bias, packed = laid
+    assert not (gelu and residual is not None), "product: an activation or a residual, not both"
     if packed is not None and len(x) > 1:
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed, bias, "add")
@@ -319,7 +320,7 @@ def laid_out(*linears, rows=1, scale=1.0):
     layer's). On this project's CPU a one-row product reads a widening weight ~2x faster so, and 16
     rows read every weight 5-17% faster (BENCHMARKS, "Weights laid out"). `packed`: for more than
     one row, a float32 layer of at least `PACKED_FROM` weights is also packed for oneDNN (else
-    None), whose products of 2-16 rows were 1.2-3x faster than MKL's here from that size, with
+    None), whose products of 2-16 rows were 1.4-3x faster than MKL's here at the published width, with
     `product`'s activation or residual in the same call; a oneDNN call costs ~20 µs however
     small, so smaller layers stay with MKL (BENCHMARKS, "oneDNN")."""
     weight = torch.cat([m.weight.detach() for m in linears]) if len(linears) > 1 else linears[0].weight.detach()

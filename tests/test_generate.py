@@ -19,7 +19,7 @@ from neuroformer.draws import Draws
 from neuroformer.errors import InputError
 from neuroformer.generation import Sampling, Windows, generate, sample_classes
 from neuroformer.model import Neuroformer
-from neuroformer.nn import MemoryCache, SelfCache, laid_out, new_caches, product
+from neuroformer.nn import Block, MemoryCache, SelfCache, laid_out, new_caches, product
 from neuroformer.rollouts import SimulationOptions, _closed_loop_history, simulate
 from neuroformer.simulations import load_simulation, save_nwb, save_simulation
 from conftest import check_provenance
@@ -130,6 +130,27 @@ def assert_generation_exact(model, batch, dataset, first_draw):
     refilled = _generate(model, batch, Draws(first_draw + np.arange(rows)), [True] * rows, allowed, slots=2, group=1)[0]
     assert refilled == runs[0]                                 # two rows, each taking the next window when free
 
+
+
+@pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")),
+                    reason="no oneDNN in this build of torch")
+def test_a_published_width_block_steps_with_packed_weights_to_its_forward_states():
+    torch.manual_seed(0)
+    blk = Block(256, 8, 4, 0.0, cross=True).eval()                 # wide enough for its layers to be packed
+    B, L, M = 3, 4, 5
+    x, t = torch.randn(B, L, 256), torch.rand(B, L).sort(1).values * 0.05
+    memory = (torch.randn(B, M, 256), torch.rand(B, M) * 0.05, torch.ones(B, M, dtype=torch.bool))
+    own, (held,), (weights,) = new_caches([blk], B)
+    assert weights["up"][2] is not None and weights["down"][2] is not None and weights["attn"]["qkv"][2] is not None
+    with torch.no_grad():
+        full = blk(x, t, torch.ones(B, L, dtype=torch.bool), causal=True, memory=memory)
+        k, v = blk.cross.memory_kv(memory[0], memory[1])
+        held.put(torch.arange(B), k, v, memory[2])
+        stepped = []
+        for i in range(L):
+            own.advance()
+            stepped.append(blk.step(x[:, i], blk.rotary.matrix(t[:, i]), own, 0, held, weights))
+    torch.testing.assert_close(torch.stack(stepped, 1), full, rtol=1e-4, atol=1e-4)
 
 def test_cached_and_naive_generation_give_identical_spikes_in_float64(setup):
     model, batch, dataset = setup
@@ -415,7 +436,8 @@ def test_step_weights_give_each_linear_layers_products_in_the_layout_read_fastes
     torch.testing.assert_close(product(x, laid_out(widen, scale=0.5)), widen(x) / 2, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this build of torch")
+@pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")),
+                    reason="no oneDNN in this build of torch")
 def test_layers_packed_for_onednn_give_the_same_products_with_activation_and_residual():
     torch.manual_seed(0)
     widen, narrow, small = torch.nn.Linear(256, 512), torch.nn.Linear(512, 256), torch.nn.Linear(64, 256)
@@ -429,6 +451,10 @@ def test_layers_packed_for_onednn_give_the_same_products_with_activation_and_res
         torch.testing.assert_close(product(x, up, gelu=True), torch.nn.functional.gelu(widen(x)), rtol=1e-5, atol=1e-5)
         h = torch.randn(rows, 512)
         torch.testing.assert_close(product(h, down, residual=residual), residual + narrow(h), rtol=1e-5, atol=1e-5)
+    x = torch.randn(2, 256)
+    packed_only = (torch.zeros_like(up[0]), up[1], up[2])           # more than one row reads the packed weight alone
+    torch.testing.assert_close(product(x, packed_only), widen(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(product(x, laid_out(widen, rows=16, scale=0.5)), widen(x) / 2, rtol=1e-5, atol=1e-5)
 
 
 def test_later_windows_frames_are_encoded_with_a_new_ones_and_give_the_same_spikes(tiny_run, tiny_synthetic, monkeypatch):
