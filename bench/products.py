@@ -20,7 +20,7 @@ import time
 import torch
 
 from neuroformer.cli import positive_int
-from neuroformer.nn import product
+from neuroformer.nn import laid_out, product
 from neuroformer.provenance import write_result
 
 # (in, out) in multiples of the width, and what follows the product
@@ -42,19 +42,19 @@ def per_call_us(f, calls, repeats):
 def compare(n_in, n_out, post, rows, weights, repeats):
     """µs per product of `rows` rows, MKL and oneDNN, and their largest difference."""
     torch.manual_seed(0)
-    w = [torch.randn(n_out, n_in) / n_in ** 0.5 for _ in range(weights)]
-    b = [torch.randn(n_out) for _ in range(weights)]
-    laid = [m.t().contiguous() if n_in < n_out else m.t() for m in w]              # as nn.laid_out
-    packed = [torch.ops.mkldnn._reorder_linear_weight(m, rows) for m in w]
+    layers = [torch.nn.Linear(n_in, n_out) for _ in range(weights)]
+    laid = [laid_out(m) for m in layers]                          # one row's layout, not packed
+    packed = [torch.ops.mkldnn._reorder_linear_weight(m.weight, rows) for m in layers]
     x, residual = torch.randn(rows, n_in), torch.randn(rows, n_out)
 
     def mkl(i):                                                   # nn.product's route for an unpacked layer
-        return product(x, (laid[i], b[i], None), gelu=post == "gelu", residual=residual if post == "add" else None)
+        return product(x, laid[i], gelu=post == "gelu", residual=residual if post == "add" else None)
 
     def onednn(i):                                                # its calls for a packed one, here at one row too
+        bias = layers[i].bias
         if post == "add":
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed[i], b[i], "add")
-        return torch.ops.mkldnn._linear_pointwise(x, packed[i], b[i], post or "none", [], "none" if post else "")
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed[i], bias, "add")
+        return torch.ops.mkldnn._linear_pointwise(x, packed[i], bias, post or "none", [], "none" if post else "")
     best = {"mkl": float("inf"), "onednn": float("inf")}
     for _ in range(3):
         for name, f in (("mkl", mkl), ("onednn", onednn)):
