@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 PACKED_FROM = 2 ** 17  # weights (in x out) from which `laid_out` packs a layer for oneDNN (256 x 512)
+PACK_BELOW = 0.75      # outside training, a stack runs on its real tokens alone when they are fewer than this share of its positions
 _captured = None  # dict name -> list of (B, H, Nq, Nk) weights while capturing
 _keep_graph = False
 
@@ -164,13 +165,14 @@ class Attention(nn.Module):
         self.out = nn.Linear(width, width)
         self.rotary = RotaryTime(width // heads)
 
-    def forward(self, x, x_time, context, context_time, key_mask, causal=False, context_rows=None):
+    def forward(self, x, x_time, context, context_time, key_mask, causal=False, context_rows=None, packing=None):
         """x (B, Nq, W) attends to context (B, Nk, W); key_mask (B, Nk) True where real. With
         `context_rows` (B, Nk), context is a table (R, W) and key j is its row context_rows[:, j]:
-        keys and values are projected once per row (history spikes: one row per unit), not per token."""
-        B, Nq, W = x.shape
-        q = self.rotary(self.q(x).view(B, Nq, self.heads, -1).transpose(1, 2), x_time)
-        k, v = self.memory_kv(context, context_time, context_rows)
+        keys and values are projected once per row (history spikes: one row per unit), not per token.
+        With `packing` (self-attention), x and context are the same batch's real tokens (N, W) (`Packing`)."""
+        q = self.rotary(self._heads(self.q(x), packing), x_time)
+        k, v = self.memory_kv(context, context_time, context_rows, packing)
+        B, _, Nq, _ = q.shape
         mask = key_mask[:, None, None, :]
         if causal:
             Nk = k.shape[2]
@@ -184,13 +186,19 @@ class Attention(nn.Module):
             weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
             _captured.setdefault(self.name, []).append(weights if _keep_graph else weights.detach())
             y = weights @ v
-        return self.out(y.transpose(1, 2).reshape(B, Nq, W))
+        y = y.transpose(1, 2).reshape(B, Nq, -1)
+        return self.out(y if packing is None else packing.pack(y))
 
-    def memory_kv(self, context, context_time, context_rows=None):
+    def memory_kv(self, context, context_time, context_rows=None, packing=None):
         """Rotated keys and values (B, H, Nk, D) of the context tokens (see `forward`)."""
         kv = self.kv(context) if context_rows is None else self.kv(context)[context_rows]     # (B, Nk, 2W)
-        k, v = kv.view(*kv.shape[:2], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        k, v = self._heads(kv, packing, 2).unbind(-4)
         return self.rotary(k, context_time), v
+
+    def _heads(self, y, packing, n=1):
+        """Projections (B, N, n W), or packed (N, n W), as heads (B, [n,] H, N, D)."""
+        y = y if packing is None else packing.pad(y)
+        return y.view(*y.shape[:2], *((n,) if n > 1 else ()), self.heads, -1).movedim(1, -2)
 
     def step_weights(self, own_keys, rows):
         """Its layers `laid_out` for `step_self` (`own_keys`: queries, keys and values in one
@@ -246,15 +254,16 @@ class Block(nn.Module):
     def rotary(self):
         return (self.attn or self.cross).rotary
 
-    def forward(self, x, t, mask, causal=False, memory=None):
+    def forward(self, x, t, mask, causal=False, memory=None, packing=None):
         """memory: (tokens, times, mask) for cross-attention, or (table, times, mask, rows) with the
-        tokens as rows of a table (see `Attention`)."""
-        if x.shape[1] == 0:                          # e.g. no history spikes in the whole batch
+        tokens as rows of a table (see `Attention`). With `packing` (no cross-attention), x holds
+        the real tokens alone (N, W) (`Packing`)."""
+        if x.shape[-2] == 0:                          # e.g. no history spikes in the whole batch
             return x
         t = t if isinstance(t, tuple) else self.rotary.angles(t)      # shared by self- and cross-attention
         if self.attn is not None:
             h = self.norm1(x)
-            x = x + self.drop(self.attn(h, t, h, t, mask, causal))
+            x = x + self.drop(self.attn(h, t, h, t, mask, causal, packing=packing))
         if self.cross is not None:
             m, m_time, m_mask, *rows = memory
             x = x + self.drop(self.cross(self.norm2(x), t, m, m_time, m_mask, context_rows=rows[0] if rows else None))
@@ -281,13 +290,35 @@ class Block(nn.Module):
         return product(product(norm(self.norm3, x), weights["up"], gelu=True), weights["down"], residual=x)
 
 
-def run_stack(blocks, x, t, mask, **kwargs):
-    """Apply blocks in turn, with the rotary angles of times t computed once for all of them."""
-    if len(blocks) and x.shape[1]:
-        t = blocks[0].rotary.angles(t)
+def run_stack(blocks, x, t, mask):
+    """Apply self-attending blocks in turn to x (B, L, W), with the rotary angles of times t
+    computed once for all of them. Outside training, a batch whose real tokens are fewer than
+    `PACK_BELOW` of its positions runs on those alone (`Packing`; generation's groups of history
+    windows are ~45% padding), and its padding's outputs are zeros."""
+    if not len(blocks) or not x.shape[1]:
+        return x
+    t = blocks[0].rotary.angles(t)
+    packing = Packing(mask) if not blocks[0].training and mask.sum() < PACK_BELOW * mask.numel() else None
+    x = x if packing is None else packing.pack(x)
     for blk in blocks:
-        x = blk(x, t, mask, **kwargs)
-    return x
+        x = blk(x, t, mask, packing=packing)
+    return x if packing is None else packing.pad(x)
+
+
+class Packing:
+    """The real tokens of a padded batch (mask (B, L) True where real) side by side (N, ...):
+    linear layers and MLPs then skip the padding, and attention lays them out padded (`pad`)."""
+
+    def __init__(self, mask):
+        self.shape, self.where = mask.shape, mask.nonzero(as_tuple=True)
+
+    def pack(self, x):
+        """(B, L, ...) -> (N, ...)"""
+        return x[self.where]
+
+    def pad(self, x):
+        """(N, ...) -> (B, L, ...), zeros where padded."""
+        return x.new_zeros(*self.shape, *x.shape[1:]).index_put_(self.where, x)
 
 
 def new_caches(blocks, rows):

@@ -395,6 +395,28 @@ def test_windows_without_history_stay_finite(setup):
             assert torch.isfinite(out["loss"]) and torch.isfinite(out["nll_sum"])
 
 
+def test_mostly_padded_stacks_run_on_their_real_tokens_alone_outside_training(setup, monkeypatch):
+    from neuroformer import nn as blocks
+    _, model, batch = setup
+    model = copy.deepcopy(model).double()
+    hist = batch["history"]
+    real = hist["mask"]
+    assert 0 < real.sum() < real.numel()                      # padding to skip
+    def history(pack_below, training=False):
+        monkeypatch.setattr(blocks, "PACK_BELOW", pack_below)
+        model.train(training)
+        with torch.no_grad(), capture_attention() as weights:
+            return model.encode_history(hist)[0], weights["history.0.self"][0]
+    packed, packed_weights = history(1.01)
+    padded, padded_weights = history(0.0)
+    torch.testing.assert_close(packed[real], padded[real], rtol=0, atol=1e-12)
+    torch.testing.assert_close(packed_weights.transpose(1, 2)[real], padded_weights.transpose(1, 2)[real],
+                               rtol=0, atol=1e-12)          # attention read by analyses: the same for real queries
+    assert packed[~real].abs().max() == 0 < padded[~real].abs().max()       # the padding was not run
+    assert history(1.01, training=True)[0][~real].abs().max() > 0           # training runs the padding
+    model.eval()
+
+
 def test_decoder_is_causal(setup):
     _, model, batch = setup
     cur = batch["current"]
