@@ -302,12 +302,21 @@ class Neuroformer(nn.Module):
 
     def unit_drive(self, memory):
         """Each unit's drive (B, 1 or 2, V): its own output query reads the memory once per window
-        (point process: level and slope over the window)."""
-        B, V = len(memory[0]), self.unit_emb.num_embeddings
-        q = self.unit_emb.weight.expand(B, V, -1)
-        q_time = torch.full((B, V), self.cfg.window.current / 2, device=q.device)
-        mask = torch.ones(B, V, dtype=torch.bool, device=q.device)
-        return self.bounded(self.unit_drive_out(self.unit_readout(q, q_time, mask, memory=memory)).transpose(1, 2))
+        (point process: level and slope over the window). The queries are the same for every row,
+        so projected once; outside training (no dropout) the read-out's last layer and
+        `unit_drive_out` are applied as one, out(x + down(h)) = out(x) + (out·down)(h): a product
+        of 1 or 2 outputs per unit instead of the width's."""
+        V, blk, out = self.unit_emb.num_embeddings, self.unit_readout, self.unit_drive_out
+        q = self.unit_emb.weight[None]                                                  # (1, V, W)
+        q_time = torch.full((1, V), self.cfg.window.current / 2, device=q.device)
+        mask = torch.ones(1, V, dtype=torch.bool, device=q.device)
+        if self.training:
+            drive = out(blk(q, q_time, mask, memory=memory))
+        else:
+            x = blk.attend(q, q_time, mask, memory=memory)                                # (B, V, W)
+            up, act, down = blk.mlp[:3]
+            drive = out(x) + F.linear(act(up(blk.norm3(x))), out.weight @ down.weight, out.weight @ down.bias)
+        return self.bounded(drive.transpose(1, 2))
 
     def bounded(self, log_rate_term, bound=None):
         """A term of the point process's log rate softly bounded to ±`bound` nats (default

@@ -172,6 +172,7 @@ class Attention(nn.Module):
         With `packing` (self-attention), x and context are the same batch's real tokens (N, W) (`Packing`)."""
         q = self.rotary(self._heads(self.q(x), packing), x_time)
         k, v = self.memory_kv(context, context_time, context_rows, packing)
+        q = q.expand(len(k), -1, -1, -1)                  # one row of queries for every context: projected once
         B, _, Nq, _ = q.shape
         mask = key_mask[:, None, None, :]
         if causal:
@@ -260,6 +261,12 @@ class Block(nn.Module):
         the real tokens alone (N, W) (`Packing`)."""
         if x.shape[-2] == 0:                          # e.g. no history spikes in the whole batch
             return x
+        x = self.attend(x, t, mask, causal, memory, packing)
+        return x + self.mlp(self.norm3(x))
+
+    def attend(self, x, t, mask, causal=False, memory=None, packing=None):
+        """`forward` before the MLP: x after its attention's residuals. One row of queries x (1, N, W)
+        reads each row of a memory of B rows: (B, N, W)."""
         t = t if isinstance(t, tuple) else self.rotary.angles(t)      # shared by self- and cross-attention
         if self.attn is not None:
             h = self.norm1(x)
@@ -267,7 +274,7 @@ class Block(nn.Module):
         if self.cross is not None:
             m, m_time, m_mask, *rows = memory
             x = x + self.drop(self.cross(self.norm2(x), t, m, m_time, m_mask, context_rows=rows[0] if rows else None))
-        return x + self.mlp(self.norm3(x))
+        return x
 
     def step_weights(self, rows):
         """The block's linear layers `laid_out` for `step` of at most `rows` rows: copies, but for a

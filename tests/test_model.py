@@ -417,6 +417,23 @@ def test_mostly_padded_stacks_run_on_their_real_tokens_alone_outside_training(se
     model.eval()
 
 
+def test_unit_drive_projects_the_shared_queries_once_and_folds_its_last_layers_outside_training(setup):
+    _, model, batch = setup
+    model = copy.deepcopy(model).double()
+    with torch.no_grad():
+        for p in [*model.unit_drive_out.parameters(), *model.unit_readout.parameters()]:   # (biases zero at first)
+            p.add_(torch.randn_like(p) * 0.3)
+        memory, _ = model.encode_context(batch)
+        B, V = len(memory[0]), model.unit_emb.num_embeddings
+        q_time = torch.full((B, V), model.cfg.window.current / 2, dtype=torch.float64)
+        reference = model.unit_drive_out(model.unit_readout(model.unit_emb.weight.expand(B, V, -1), q_time,
+                                                            torch.ones(B, V, dtype=torch.bool), memory=memory))
+        torch.testing.assert_close(model.unit_drive(memory), reference.transpose(1, 2), rtol=0, atol=1e-12)
+        model.train()
+        torch.testing.assert_close(model.unit_drive(memory), reference.transpose(1, 2), rtol=0, atol=1e-12)
+    model.eval()
+
+
 def test_decoder_is_causal(setup):
     _, model, batch = setup
     cur = batch["current"]
