@@ -234,8 +234,8 @@ class _Rows:
             if int(self.n.max()) >= self.units.shape[1]:                    # token buffers double when full
                 self.units = torch.cat([self.units, torch.full_like(self.units, START)], 1)
                 self.bins = torch.cat([self.bins, torch.zeros_like(self.bins)], 1)
-            self.units[rows[go], self.n[go]] = new[go]
-            self.bins[rows[go], self.n[go]] = (bin_ + dt)[go]
+            self.units[rows, self.n] = new              # every row writes past its tokens; those that took one keep it
+            self.bins[rows, self.n] = bin_ + dt
             self.n += go
             if self.coupling_input is not None and go.any():
                 self.coupling_input[go] += model.spike_coupling(new[go], (bin_ + dt)[go])
