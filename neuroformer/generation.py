@@ -17,7 +17,9 @@ A source hands out windows and takes their spikes back:
   whether it hit the spike cap;
 - `waiting()`: draw rows (trial repeats) with windows still to generate, started or not.
 The `Windows` it hands out may say which windows come after them (`Windows.upcoming`): their
-frames and behaviour, known in advance, are then encoded in one batch with the first new ones.
+frames and behaviour, known in advance, are then encoded in one batch with the first new ones;
+and which keys other windows will still start with (`Windows.pending`): encoded windows of other
+keys are let go.
 """
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -30,7 +32,8 @@ from torch.profiler import record_function
 from .data.vocab import START
 from .nn import new_caches
 
-KEPT_STIMULI = 64       # encoded trial windows kept for repeats that reach them later (~1.2 MB each at the published size)
+KEPT_STIMULI = 64       # encoded trial windows kept for repeats that reach them later (~1.2 MB each at the published size),
+                        # at least AHEAD + 1 per generating row (the windows a row had encoded ahead)
 AHEAD = 8               # later windows encoded with a new one (at the published size ~2x cheaper a window than alone)
 
 
@@ -51,11 +54,12 @@ class Windows:
     current sequence ignored), and `keys`: windows with the same key show the same recorded frames
     and behaviour (repeats of a trial window), which are then encoded once. `upcoming(n)`, if
     given: (batch, keys) of at most n windows the same rows reach later and not offered before,
-    or None."""
+    or None. `pending(key)`, if given: whether a window of that key is still to start."""
     rows: list
     batch: dict
     keys: list
     upcoming: Callable[[int], tuple | None] | None = None
+    pending: Callable[[object], bool] | None = None
 
 
 @torch.inference_mode()
@@ -99,6 +103,7 @@ class _Rows:
         self.coupling_input = None  # (size, n_bins, V) point process with the cache: of the spikes so far
         self.context = [None] * size            # 1-row context batches (naive recompute)
         self.stimuli = {}                       # key -> encoded frames and behaviour of a window (1 row)
+        self.kept = max(KEPT_STIMULI, size * (AHEAD + 1))                      # ... at most this many
         self.batch = None                       # ... stacked (naive recompute)
         self.caches = new_caches(model.decoder, size) if cache else None
         dt_res = model.cfg.window.dt_res
@@ -135,7 +140,8 @@ class _Rows:
     def stimulus(self, windows):
         """The encoded frames and behaviour of `windows` (`stimulus_parts`) and their decoder keys
         (`stimulus_keys`), computed once per key and kept for the windows of the same key that
-        start later (up to `KEPT_STIMULI`); the keys padded as the parts are, so that they sit where
+        start later (those still `Windows.pending`, up to `self.kept`, least recently used dropped
+        first); the keys padded as the parts are, so that they sit where
         the memory holds those tokens. New keys are encoded in one batch with up to `AHEAD` of
         the windows that come after them (`Windows.upcoming`)."""
         fresh = {}
@@ -157,7 +163,10 @@ class _Rows:
                 self.stimuli[key] = ({kind: [p[i:i + 1].clone() for p in part] for kind, part in encoded.items()},
                                      {kind: k[:, :, i:i + 1].movedim(2, 0).clone() for kind, k in keys.items()})
         held = [self.stimuli[key] for key in windows.keys]
-        while len(self.stimuli) > max(KEPT_STIMULI, len(windows.keys)):
+        if windows.pending:
+            for key in [key for key in self.stimuli if not windows.pending(key)]:
+                del self.stimuli[key]
+        while len(self.stimuli) > max(self.kept, len(windows.keys)):
             self.stimuli.pop(next(iter(self.stimuli)))
         parts, keys = zip(*held)
         return ({kind: tuple(_padded_cat([p[kind][m] for p in parts]) for m in range(3)) for kind in parts[0]},

@@ -14,7 +14,7 @@ moving on to its next window as soon as its window ends (continuous batching, `g
 each (seed, trial, repeat) draws its own counter-based random numbers (`draws`), so spikes do not
 depend on the batch size. Repeats of a trial share each window's recorded data, and the model
 encodes its frames and behaviour (and their cross-attention keys) once for the repeats that
-reach the window while it keeps them (`generation.KEPT_STIMULI` windows), a new window's with
+reach the window (until the last of them does, `Windows.pending`), a new window's with
 those of up to `generation.AHEAD` windows after it (one batch: known in advance).
 Generated spikes sit at the centre of their dt_res bin.
 """
@@ -174,7 +174,8 @@ class _TrialWindows:
             samples.append(sample)
             keys.append((self.items[row][0], k0))
         self.offered.update(keys)
-        return Windows(rows, to_device(collate_windows(samples), self.opts.device), keys, partial(self._upcoming, rows))
+        return Windows(rows, to_device(collate_windows(samples), self.opts.device), keys, partial(self._upcoming, rows),
+                       self.recorded.__contains__)                  # read ahead or by some repeats only: still to start
 
     def _upcoming(self, rows, n):
         """Up to n windows that items `rows` reach after those they start now, not offered before

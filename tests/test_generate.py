@@ -159,6 +159,23 @@ def test_cached_and_naive_generation_give_identical_spikes_in_float64(setup):
     assert_generation_exact(model64, batch, dataset, 10)
 
 
+def test_windows_encoded_ahead_stay_until_their_rows_reach_them(tiny_run, tiny_synthetic, monkeypatch):
+    """Trials side by side: however few windows `KEPT_STIMULI` asks for, the windows each row had
+    encoded ahead are kept until it reaches them, so every trial window is encoded once."""
+    from neuroformer import generation, rollouts
+    from neuroformer.checkpoints import checkpoint_file, load_model
+    from neuroformer.rollouts import rollout, select_trials
+    _, model, dataset, recordings = load_model(checkpoint_file(tiny_run), [tiny_synthetic])
+    rid = recordings.recording_ids[0]
+    trials = select_trials(recordings.get_recording(rid), tiny_synthetic, "test", (0, 1))
+    encoded, ended, original, put = [], [], Neuroformer.stimulus_parts, rollouts._TrialWindows.put
+    monkeypatch.setattr(Neuroformer, "stimulus_parts", lambda self, b: encoded.append(len(b["t0"])) or original(self, b))
+    monkeypatch.setattr(rollouts._TrialWindows, "put", lambda self, *a: ended.append(a[0]) or put(self, *a))
+    monkeypatch.setattr(generation, "KEPT_STIMULI", 1)
+    rollout(model, dataset, rid, trials, SimulationOptions(repeats=1, batch=2, progress=False))
+    assert len(ended) > 2 * (generation.AHEAD + 1) and sum(encoded) == len(ended)   # one repeat: a window each
+
+
 def test_windows_sharing_a_stimulus_are_encoded_once_whenever_they_start(setup, monkeypatch):
     model, batch, dataset = setup
     model64 = Neuroformer(model.cfg, model.unit_emb.num_embeddings, frame_shape=(64, 112)).double().eval()
