@@ -3,13 +3,14 @@
 This machine's speed drifts by 10-20% within an hour (bench_generate.py's untouched naive rows
 move that much between runs), so a before/after ratio of a change smaller than that needs its
 runs interleaved: each round times one cached rollout (bench_generate.py's `measure`: the same
-recording, untrained frequency-initialised model and trial) with the library of each checkout in
+recording, untrained frequency-initialised model and trials) with the library of each checkout in
 turn, each in its own process (checked to import that checkout's library), the order swapped
 every round. Reported: every round's wall time, the mean per checkout, their ratio, and whether
 both generated as many spikes (they should, unless a change moved rounding).
 
     git worktree add /tmp/before <commit>
     python bench/alternate_generate.py --trees /tmp/before,. --config published.yaml --batch 16 --seconds 4 -o W/ab.json
+    python bench/alternate_generate.py --trees /tmp/before,. --trials 8 --repeats 2 -o W/ab.json   # trials side by side
     python bench/alternate_generate.py --quick --trees .,. -o /tmp/ab.json       # what the test runs
 """
 import argparse
@@ -33,8 +34,9 @@ from pathlib import Path
 from bench_generate import measure, synthetic_recording
 import neuroformer
 from neuroformer.provenance import git_commit
-config, seconds, batch, workdir, quick = sys.argv[1:]
-row = measure(config, synthetic_recording(Path(workdir), quick == "1"), float(seconds), int(batch), True, int(batch))
+config, seconds, batch, repeats, trials, workdir, quick = sys.argv[1:]
+row = measure(config, synthetic_recording(Path(workdir), quick == "1"), float(seconds), int(batch), True, int(repeats),
+              int(trials))
 print(json.dumps({**row, "library": neuroformer.__file__, "library_commit": git_commit()}))
 """
 
@@ -44,7 +46,8 @@ def timed(tree, args):
     bench_generate's row."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(HERE)])}
     out = subprocess.run([sys.executable, "-c", CHILD, str(args.config), str(args.seconds), str(args.batch),
-                          str(args.workdir.resolve()), "1" if args.quick else "0"], env=env, cwd=tree,
+                          str(args.repeats or args.batch), str(args.trials), str(args.workdir.resolve()),
+                          "1" if args.quick else "0"], env=env, cwd=tree,
                          capture_output=True, text=True)                  # (-c puts the working directory first)
     if out.returncode:
         sys.exit(f"alternate_generate: the run with {tree} failed:\n{out.stderr[-2000:]}")
@@ -58,7 +61,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trees", required=True, help="two checkouts of the project, before,after")
     parser.add_argument("--config", default="published.yaml", help="a config of configs/")
-    parser.add_argument("--batch", type=positive_int, default=16, help="repeats of one trial, as one batch")
+    parser.add_argument("--batch", type=positive_int, default=16, help="rows generated at once")
+    parser.add_argument("--repeats", type=positive_int, help="repeats of each trial (default: --batch)")
+    parser.add_argument("--trials", type=positive_int, default=1, help="the recording's first trials (it has 8)")
     parser.add_argument("--seconds", type=positive_float, default=4.0, help="simulated seconds of the trial")
     parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/neuroformer-bench"))

@@ -75,11 +75,12 @@ def prepared(config, recording):
     return cfg, model, dataset, recordings.get_recording(rid), rid
 
 
-def first_trial(data, duration):
-    """The first `duration` seconds of the recording's first trial, as a trial table."""
-    start = float(data.trials.start[0])
-    return {"index": np.array([0]), "start": np.array([start]), "end": np.array([start + duration]),
-            "stimulus_id": np.array([0])}
+def first_trial(data, duration, n=1):
+    """The first `duration` seconds of the recording's first trial (or first `n` trials), as a trial table."""
+    if n > len(data.trials.start):
+        raise SystemExit(f"bench_generate: the recording has {len(data.trials.start)} trials, {n} asked for")
+    start = np.asarray(data.trials.start[:n], dtype=float)
+    return {"index": np.arange(n), "start": start, "end": start + duration, "stimulus_id": np.zeros(n, dtype=int)}
 
 
 def warm_up(model, dataset, rid, trials, cache):
@@ -90,25 +91,23 @@ def warm_up(model, dataset, rid, trials, cache):
             SimulationOptions(repeats=1, batch=1, cache=cache, progress=False))
 
 
-def measure(config, recording, duration, batch, cache, repeats):
+def measure(config, recording, duration, batch, cache, repeats, n_trials=1):
     from neuroformer.rollouts import SimulationOptions, rollout
 
     cfg, model, dataset, data, rid = prepared(config, recording)
-    trials = first_trial(data, duration)
-    start = float(trials["start"][0])
+    trials = first_trial(data, duration, n_trials)
     opts = SimulationOptions(repeats=repeats, batch=batch, cache=cache, progress=False)
     warm_up(model, dataset, rid, trials, cache)
     clock = time.perf_counter()
     sim = rollout(model, dataset, rid, trials, opts)
     wall = time.perf_counter() - clock
-    n_units = len(sim.unit_ids)
-    w = data.spikes.slice(start, start + duration, reset_origin=False)
+    n_units, simulated = len(sim.unit_ids), duration * repeats * n_trials
+    recorded = sum(len(data.spikes.slice(a, a + duration, reset_origin=False).timestamps) for a in trials["start"])
     return dict(config=Path(config).name, width=cfg.model.width, layers=cfg.model.decoder_layers, batch=batch,
-                mode="cached" if cache else "naive", repeats=repeats, simulated_s=duration * repeats,
+                mode="cached" if cache else "naive", trials=n_trials, repeats=repeats, simulated_s=simulated,
                 wall_s=wall, spikes=len(sim.timestamps), ms_per_spike=1000 * wall / max(1, len(sim.timestamps)),
-                sim_s_per_wall_s=duration * repeats / wall,
-                generated_rate_hz=len(sim.timestamps) / (duration * repeats * n_units),
-                recorded_rate_hz=len(w.timestamps) / (duration * n_units), peak_rss_mb=peak_rss_mb())
+                sim_s_per_wall_s=simulated / wall, generated_rate_hz=len(sim.timestamps) / (simulated * n_units),
+                recorded_rate_hz=recorded / (duration * n_trials * n_units), peak_rss_mb=peak_rss_mb())
 
 
 def synthetic_recording(workdir, quick=False):

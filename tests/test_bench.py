@@ -64,17 +64,19 @@ def test_stimulus_feature_script_quick(tmp_path):
 
 def test_alternate_generate_times_both_checkouts_in_turn(tmp_path):
     root, out = SCRIPT.parents[1], tmp_path / "ab.json"
-    args = ["--quick", "--trees", f"{root},{root}", "--workdir", tmp_path, "-o", out]
+    args = ["--quick", "--trees", f"{root},{root}", "--trials", "2", "--workdir", tmp_path, "-o", out]
     _run("bench/alternate_generate.py", *args)
-    record = check_provenance(out, 0, {"quick": True, "config": str(root / "configs" / "small.yaml")},
+    record = check_provenance(out, 0, {"quick": True, "config": str(root / "configs" / "small.yaml"), "trials": 2},
                               ["alternate_generate.py", *args])
     result = json.loads(out.read_text())
     before, after = result["runs"]["before"], result["runs"]["after"]
     assert len(before) == len(after) == 1 and before[0]["spikes"] == after[0]["spikes"] > 0 and result["same_spike_counts"]
+    assert (before[0]["trials"], before[0]["repeats"], before[0]["simulated_s"]) == (2, 2, pytest.approx(0.8))
     assert result["after_over_before"] == pytest.approx(after[0]["wall_s"] / before[0]["wall_s"])
     assert result["trees"]["before"]["commit"] == result["trees"]["after"]["commit"] == record["commit"]
     for wrong, problem in ((["--trees", str(root)], "--trees: two checkouts"), (["--trees", ","], "--trees: two checkouts"),
                            (["--seconds", "nan"], "--seconds: must be a positive number"),
+                           (["--trials", "0"], "--trials: must be a positive"),
                            (["--config", "nope.yaml"], "--config: 'nope.yaml' is not a config"),
                            (["-o", tmp_path], "is a folder")):
         bad = subprocess.run([sys.executable, str(root / "bench/alternate_generate.py"), "--trees", f"{root},{root}",
