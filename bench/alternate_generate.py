@@ -63,7 +63,7 @@ def main():
     parser.add_argument("--config", default="published.yaml", help="a config of configs/")
     parser.add_argument("--batch", type=positive_int, default=16, help="rows generated at once")
     parser.add_argument("--repeats", type=positive_int, help="repeats of each trial (default: --batch)")
-    parser.add_argument("--trials", type=positive_int, default=1, help="the recording's first trials (it has 8)")
+    parser.add_argument("--trials", type=positive_int, default=1, help="the recording's first trials (it has 8; --quick's 5)")
     parser.add_argument("--seconds", type=positive_float, default=4.0, help="simulated seconds of the trial")
     parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/neuroformer-bench"))

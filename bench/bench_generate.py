@@ -80,7 +80,8 @@ def first_trial(data, duration, n=1):
     if n > len(data.trials.start):
         raise SystemExit(f"bench_generate: the recording has {len(data.trials.start)} trials, {n} asked for")
     start = np.asarray(data.trials.start[:n], dtype=float)
-    return {"index": np.arange(n), "start": start, "end": start + duration, "stimulus_id": np.zeros(n, dtype=int)}
+    return {"index": np.arange(n), "start": start, "end": start + duration,
+            "stimulus_id": np.asarray(data.trials.stimulus_id[:n])}
 
 
 def warm_up(model, dataset, rid, trials, cache):

@@ -141,9 +141,9 @@ class _Rows:
         """The encoded frames and behaviour of `windows` (`stimulus_parts`) and their decoder keys
         (`stimulus_keys`), computed once per key and kept for the windows of the same key that
         start later (those still `Windows.pending`, up to `self.kept`, least recently used dropped
-        first); the keys padded as the parts are, so that they sit where
-        the memory holds those tokens. New keys are encoded in one batch with up to `AHEAD` of
-        the windows that come after them (`Windows.upcoming`)."""
+        first); the keys padded as the parts are, so that they sit where the memory holds those
+        tokens. New keys are encoded in one batch with up to `AHEAD` of the windows that come
+        after them (`Windows.upcoming`)."""
         fresh = {}
         for j, key in enumerate(windows.keys):
             if key in self.stimuli:

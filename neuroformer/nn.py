@@ -166,9 +166,10 @@ class Attention(nn.Module):
         self.rotary = RotaryTime(width // heads)
 
     def forward(self, x, x_time, context, context_time, key_mask, causal=False, context_rows=None, packing=None):
-        """x (B, Nq, W) attends to context (B, Nk, W); key_mask (B, Nk) True where real. With
-        `context_rows` (B, Nk), context is a table (R, W) and key j is its row context_rows[:, j]:
-        keys and values are projected once per row (history spikes: one row per unit), not per token.
+        """x (B, Nq, W) attends to context (B, Nk, W) (x (1, Nq, W): the same queries for every row);
+        key_mask (B, Nk) True where real. With `context_rows` (B, Nk), context is a table (R, W) and
+        key j is its row context_rows[:, j]: keys and values are projected once per row (history
+        spikes: one row per unit), not per token.
         With `packing` (self-attention), x and context are the same batch's real tokens (N, W) (`Packing`)."""
         q = self.rotary(self._heads(self.q(x), packing), x_time)
         k, v = self.memory_kv(context, context_time, context_rows, packing)

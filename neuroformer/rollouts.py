@@ -14,7 +14,8 @@ moving on to its next window as soon as its window ends (continuous batching, `g
 each (seed, trial, repeat) draws its own counter-based random numbers (`draws`), so spikes do not
 depend on the batch size. Repeats of a trial share each window's recorded data, and the model
 encodes its frames and behaviour (and their cross-attention keys) once for the repeats that
-reach the window (until the last of them does, `Windows.pending`), a new window's with
+reach the window (until the last of them does, `Windows.pending`, up to `generation.KEPT_STIMULI`
+or `AHEAD` + 1 windows per row), a new window's with
 those of up to `generation.AHEAD` windows after it (one batch: known in advance).
 Generated spikes sit at the centre of their dt_res bin.
 """
