@@ -20,7 +20,7 @@ import time
 import torch
 
 from neuroformer.cli import positive_int
-from neuroformer.nn import laid_out, product
+from neuroformer.nn import laid_out, packed_product, product
 from neuroformer.provenance import write_result
 
 # (in, out) in multiples of the width, and what follows the product
@@ -50,11 +50,8 @@ def compare(n_in, n_out, post, rows, weights, repeats):
     def mkl(i):                                                   # nn.product's route for an unpacked layer
         return product(x, laid[i], gelu=post == "gelu", residual=residual if post == "add" else None)
 
-    def onednn(i):                                                # its calls for a packed one, here at one row too
-        bias = layers[i].bias
-        if post == "add":
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed[i], bias, "add")
-        return torch.ops.mkldnn._linear_pointwise(x, packed[i], bias, post or "none", [], "none" if post else "")
+    def onednn(i):                                                # its route for a packed one, here at one row too
+        return packed_product(x, packed[i], layers[i].bias, gelu=post == "gelu", residual=residual if post == "add" else None)
     best = {"mkl": float("inf"), "onednn": float("inf")}
     for _ in range(3):
         for name, f in (("mkl", mkl), ("onednn", onednn)):

@@ -344,12 +344,18 @@ def product(x, laid, gelu=False, residual=None):
     weight, bias, packed = laid
     assert not (gelu and residual is not None), "product: an activation or a residual, not both"
     if packed is not None and len(x) > 1:
-        if residual is not None:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed, bias, "add")
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+        return packed_product(x, packed, bias, gelu, residual)
     y = torch.addmm(bias, x, weight)
     y = F.gelu(y) if gelu else y
     return y if residual is None else residual + y
+
+
+def packed_product(x, packed, bias, gelu=False, residual=None):
+    """`product` by oneDNN, with a weight packed for it (`laid_out`) and the activation or the
+    residual in the same call, at any number of rows."""
+    if residual is not None:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed, bias, "add")
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
 
 
 def laid_out(*linears, rows=1, scale=1.0):
