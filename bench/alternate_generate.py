@@ -11,6 +11,7 @@ both generated as many spikes (they should, unless a change moved rounding).
     git worktree add /tmp/before <commit>
     python bench/alternate_generate.py --trees /tmp/before,. --config published.yaml --batch 16 --seconds 4 -o W/ab.json
     python bench/alternate_generate.py --trees /tmp/before,. --trials 8 --repeats 2 -o W/ab.json   # trials side by side
+    python bench/alternate_generate.py --trees /tmp/before,. --config glm --batch 16 --seconds 32 -o W/ab.json  # the GLM
     python bench/alternate_generate.py --quick --trees .,. -o /tmp/ab.json       # what the test runs
 """
 import argparse
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_generate import GLM
 from neuroformer.cli import positive_float, positive_int
 from neuroformer.errors import InputError
 from neuroformer.io import check_output
@@ -60,7 +62,7 @@ def timed(tree, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trees", required=True, help="two checkouts of the project, before,after")
-    parser.add_argument("--config", default="published.yaml", help="a config of configs/")
+    parser.add_argument("--config", default="published.yaml", help=f"a config of configs/, or {GLM} (the Poisson GLM's rollout)")
     parser.add_argument("--batch", type=positive_int, default=16, help="rows generated at once")
     parser.add_argument("--repeats", type=positive_int, help="repeats of each trial (default: --batch)")
     parser.add_argument("--trials", type=positive_int, default=1, help="the recording's first trials (it has 8; --quick's 5)")
@@ -76,9 +78,10 @@ def main():
     trees = [Path(t).resolve() for t in trees]
     if args.quick:
         args.config, args.seconds, args.batch, args.rounds = "small.yaml", 0.2, 2, 1
-    args.config = HERE.parent / "configs" / args.config
-    if not args.config.is_file():
-        parser.error(f"--config: {args.config.name!r} is not a config of {args.config.parent}")
+    if args.config != GLM:
+        args.config = HERE.parent / "configs" / args.config
+        if not args.config.is_file():
+            parser.error(f"--config: {args.config.name!r} is not a config of {args.config.parent} (nor {GLM})")
     try:
         check_output(args.out)
         check_output(args.workdir, option="--workdir", folder=True)

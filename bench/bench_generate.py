@@ -8,11 +8,12 @@ features) and with the demo's own model (configs/demo.yaml: the point process), 
 (softmax heads: the Δ/END and unit heads' biases are the log frequencies of the training windows;
 the point process: the GLM inside starts at each unit's rate and the transformer's corrections
 are zeroed), so they generate about as many spikes per window as the recording has and the cost
-per spike is the one of a trained model. Reported: ms per generated spike, simulated seconds per
+per spike is the one of a trained model. The Poisson GLM baseline (`glm`), fitted on the
+recording, rolls out the same trials. Reported: ms per generated spike, simulated seconds per
 wall second, generated and recorded firing rates; the headline is 16 repeats of one 32 s trial
 at the published size as one batch.
 
-    python bench/bench_generate.py           # small.yaml and published.yaml, ~12 min on 2 cores
+    python bench/bench_generate.py           # small.yaml, published.yaml and the GLM, ~12 min on 2 cores
     python bench/bench_generate.py --configs demo.yaml   # the point process
     python bench/bench_generate.py --quick   # what the test runs
     python bench/bench_generate.py --configs small.yaml   # the demo's size alone (~2 min)
@@ -30,6 +31,8 @@ from _common import peak_rss_mb
 from neuroformer.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
+GLM = "glm"             # the Poisson GLM baseline's rollout, in place of a config
+GLM_PENALTY = 0.1       # the penalty PoissonGLM.fit chose on the benchmark's recording, stable over 32 s
 
 
 def frequency_initialise(model, dataset, recordings):
@@ -93,6 +96,11 @@ def warm_up(model, dataset, rid, trials, cache):
 
 
 def measure(config, recording, duration, batch, cache, repeats, n_trials=1):
+    """One timed rollout of the first `n_trials` trials' first `duration` s, `repeats` each, `batch`
+    rows at a time: bench_generate's row. `config` is a config file, or `GLM` (batch: every
+    (trial, repeat) at once)."""
+    if config == GLM:
+        return measure_glm(recording, duration, repeats, n_trials)
     from neuroformer.rollouts import SimulationOptions, rollout
 
     cfg, model, dataset, data, rid = prepared(config, recording)
@@ -102,12 +110,36 @@ def measure(config, recording, duration, batch, cache, repeats, n_trials=1):
     clock = time.perf_counter()
     sim = rollout(model, dataset, rid, trials, opts)
     wall = time.perf_counter() - clock
-    n_units, simulated = len(sim.unit_ids), duration * repeats * n_trials
-    recorded = sum(len(data.spikes.slice(a, a + duration, reset_origin=False).timestamps) for a in trials["start"])
     return dict(config=Path(config).name, width=cfg.model.width, layers=cfg.model.decoder_layers, batch=batch,
-                mode="cached" if cache else "naive", trials=n_trials, repeats=repeats, simulated_s=simulated,
-                wall_s=wall, spikes=len(sim.timestamps), ms_per_spike=1000 * wall / max(1, len(sim.timestamps)),
-                sim_s_per_wall_s=simulated / wall, generated_rate_hz=len(sim.timestamps) / (simulated * n_units),
+                mode="cached" if cache else "naive", **_figures(sim, data, trials, repeats, duration, wall))
+
+
+def measure_glm(recording, duration, repeats, n_trials=1):
+    """The GLM's row: fitted on the recording's training split at one penalty (`GLM_PENALTY`, stable
+    over `duration`; the fit's time reported apart), then one closed-loop rollout timed."""
+    from neuroformer.data.recording import open_recording
+    from neuroformer.glm import GLMConfig, PoissonGLM
+
+    clock = time.perf_counter()
+    glm = PoissonGLM.fit(recording, GLMConfig(penalties=(GLM_PENALTY,)), progress=False, stable_seconds=duration)
+    fit = time.perf_counter() - clock
+    with open_recording(recording) as data:
+        trials = first_trial(data, duration, n_trials)
+        clock = time.perf_counter()
+        sim = glm.simulate(data, trials, repeats, seed=0, progress=False)
+        wall = time.perf_counter() - clock
+        return dict(config=GLM, width=None, layers=None, batch=repeats * n_trials, mode="closed loop", fit_s=fit,
+                    **_figures(sim, data, trials, repeats, duration, wall))
+
+
+def _figures(sim, data, trials, repeats, duration, wall):
+    """Speed and rates of a timed rollout `sim` of `trials`."""
+    n_trials, n_units = len(trials["start"]), len(sim.unit_ids)
+    simulated = duration * repeats * n_trials
+    recorded = sum(len(data.spikes.slice(a, a + duration, reset_origin=False).timestamps) for a in trials["start"])
+    return dict(trials=n_trials, repeats=repeats, simulated_s=simulated, wall_s=wall, spikes=len(sim.timestamps),
+                ms_per_spike=1000 * wall / max(1, len(sim.timestamps)), sim_s_per_wall_s=simulated / wall,
+                generated_rate_hz=len(sim.timestamps) / (simulated * n_units),
                 recorded_rate_hz=recorded / (duration * n_trials * n_units), peak_rss_mb=peak_rss_mb())
 
 
@@ -132,38 +164,39 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/neuroformer-bench"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generate.json")
-    parser.add_argument("--configs", default="small.yaml,published.yaml",
-                        help="which of small.yaml, published.yaml, demo.yaml to run")
+    parser.add_argument("--configs", default=f"small.yaml,published.yaml,{GLM}",
+                        help=f"which of small.yaml, published.yaml, demo.yaml and {GLM} (the Poisson GLM) to run")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     recording = synthetic_recording(args.workdir, args.quick)
     if args.quick:
-        configs = [ROOT / "configs" / "small.yaml", ROOT / "configs" / "demo.yaml"]
+        configs = [ROOT / "configs" / "small.yaml", ROOT / "configs" / "demo.yaml", GLM]
         # (duration s, batch, cache, repeats)
         plan = {"small.yaml": [(0.2, 1, True, 1), (0.2, 1, False, 1), (0.2, 2, True, 2)],
-                "demo.yaml": [(0.2, 2, True, 2)]}
+                "demo.yaml": [(0.2, 2, True, 2)], GLM: [(0.2, 2, True, 2)]}
     else:
         names = args.configs.split(",")
-        if not set(names) <= {"small.yaml", "published.yaml", "demo.yaml"}:
-            parser.error(f"--configs: small.yaml, published.yaml and/or demo.yaml, got {args.configs!r}")
-        configs = [ROOT / "configs" / name for name in names]
+        if not set(names) <= {"small.yaml", "published.yaml", "demo.yaml", GLM}:
+            parser.error(f"--configs: small.yaml, published.yaml, demo.yaml and/or {GLM}, got {args.configs!r}")
+        configs = [name if name == GLM else ROOT / "configs" / name for name in names]
         demo_size = [(8.0, 1, True, 1), (1.0, 1, False, 1), (32.0, 16, True, 16), (0.5, 16, False, 16)]
         plan = {"small.yaml": demo_size, "demo.yaml": demo_size,
                 "published.yaml": [(4.0, 1, True, 1), (0.5, 1, False, 1), (32.0, 16, True, 16),
-                                   (0.25, 16, False, 16)]}
+                                   (0.25, 16, False, 16)],
+                GLM: [(4.0, 1, True, 1), (32.0, 16, True, 16)]}
     rows = []
     for config in configs:
-        for duration, batch, cache, repeats in plan[config.name]:
+        for duration, batch, cache, repeats in plan[Path(config).name]:
             row = measure(config, recording, duration, batch, cache, repeats)
             rows.append(row)
             print(json.dumps(row))
     for config in configs:
-        mine = [r for r in rows if r["config"] == config.name]
+        mine = [r for r in rows if r["config"] == Path(config).name]
         for batch in sorted({r["batch"] for r in mine}):
             c = [r for r in mine if r["batch"] == batch and r["mode"] == "cached"]
             n = [r for r in mine if r["batch"] == batch and r["mode"] == "naive"]
             if c and n:
-                print(f"{config.name} batch {batch}: cached is {n[0]['ms_per_spike'] / c[0]['ms_per_spike']:.1f}x "
+                print(f"{Path(config).name} batch {batch}: cached is {n[0]['ms_per_spike'] / c[0]['ms_per_spike']:.1f}x "
                       f"faster per spike than naive")
     write_result(args.out, {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "rows": rows},
                  vars(args), 0)

@@ -39,22 +39,31 @@ class Draws:
         self.counts[rows] += np.uint64(1)
         return bits * 2.0 ** -53
 
+    def uniforms(self, n):
+        """float64 (rows, n): the next n draws of every row."""
+        bits = splitmix64(self.keys[:, None], self.counts[:, None] + np.arange(n, dtype=np.uint64)) >> np.uint64(11)
+        self.counts += np.uint64(n)
+        return bits * 2.0 ** -53
+
     def poisson(self, rates, cap):
-        """One count per row and column of `rates` (B, N), Poisson capped at `cap` (the cap takes
-        the tail's probability), by inverse CDF of one uniform per element; each row's draws
+        """One count per row and column of `rates` (B, N) (`poisson_counts`); each row's draws
         advance its counter by N."""
-        rates = np.asarray(rates, dtype=np.float64)
-        if np.isnan(rates).any() or (rates < 0).any():
-            raise ValueError("Poisson rates must be >= 0 (got NaN or a negative rate)")
-        rates = np.minimum(rates, 1e300)                                       # an infinite rate draws the cap
-        B, N = rates.shape
-        bits = splitmix64(self.keys[:, None], self.counts[:, None] + np.arange(N, dtype=np.uint64)) >> np.uint64(11)
-        self.counts += np.uint64(N)
-        u = bits * 2.0 ** -53
-        k = np.arange(cap, dtype=np.float64)                                   # counts below the cap
-        log_pmf = k * np.log(np.maximum(rates, 1e-300))[..., None] - rates[..., None] - _log_factorial(cap)
-        cdf = np.cumsum(np.exp(log_pmf), -1)                                   # P(count <= k), k < cap
-        return (u[..., None] >= cdf).sum(-1)
+        return poisson_counts(rates, self.uniforms(np.shape(rates)[1]), cap)
+
+
+def poisson_counts(rates, u, cap):
+    """Poisson counts of `rates` capped at `cap` (the cap takes the tail's probability), by
+    inverse CDF of the uniforms `u` (one per rate, same shape)."""
+    rates = np.asarray(rates, dtype=np.float64)
+    if not (rates >= 0).all():
+        raise ValueError("Poisson rates must be >= 0 (got NaN or a negative rate)")
+    if cap == 1:                                                           # the same numbers, fewer operations
+        return (u >= np.exp(-rates)).astype(np.int64)
+    rates = np.minimum(rates, 1e300)                                       # an infinite rate draws the cap
+    k = np.arange(cap, dtype=np.float64)                                   # counts below the cap
+    log_pmf = k * np.log(np.maximum(rates, 1e-300))[..., None] - rates[..., None] - _log_factorial(cap)
+    cdf = np.cumsum(np.exp(log_pmf), -1)                                   # P(count <= k), k < cap
+    return (u[..., None] >= cdf).sum(-1)
 
 
 def _log_factorial(n):

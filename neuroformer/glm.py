@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .bases import raised_cosines
 from .data.gaze import Gaze, eye_centred
 from .data.recording import behavior_at, frames_shown, movie_frame_dataset, open_recording, spike_counts
-from .draws import Draws
+from .draws import Draws, poisson_counts
 from .errors import InputError
 from .simulations import Simulation, trial_seed
 
@@ -45,6 +45,7 @@ class ConvergenceWarning(UserWarning):
 
 
 GLM_STREAM = 0x9E6C63D0676A9A99     # mixed into the GLM's draw keys: its draws are not the model's of the same seed
+DRAWN_AHEAD = 256                   # bins whose uniforms a rollout draws at once
 
 
 @dataclass
@@ -107,6 +108,14 @@ class PoissonGLM:
         parts += [behavior_at(data, v, times[self.pad:])[:, None] for v in self.behavior]
         return np.concatenate(parts, 1).astype(np.float32) if parts else np.zeros((k1 - k0, 0), np.float32)
 
+    def history_effects(self):
+        """(L, N, N): what a spike of unit n adds to unit m's log rate l + 1 bins later
+        (the history filters' weights, undone of the feature standardisation, through the bases)."""
+        n, nb = len(self.unit_ids), len(self.hist_kernel)
+        w = (self.weight[-self.n_history_features:] / self.std[-self.n_history_features:, None]).view(n, nb, n)
+        kernel = torch.as_tensor(self.hist_kernel[:, 1:], dtype=w.dtype)                    # (nb, L), lags 1..L
+        return torch.einsum("kl,skm->lsm", kernel, w)
+
     def log_rate(self, features):
         z = (torch.as_tensor(features) - self.mean) / self.std
         return z @ self.weight + self.bias
@@ -163,48 +172,64 @@ class PoissonGLM:
         with torch.no_grad():
             return _poisson_ll(self.log_rate(x), counts).numpy(), counts.numpy()
 
+    @torch.no_grad()
     def simulate(self, data, trials, repeats, seed, progress=True):
         """Closed-loop Poisson rollouts of `trials` (dict index/start/end/stimulus_id), each
-        (trial, repeat) with its own counter-based draws, keyed like the model's and salted apart (`GLM_STREAM`)."""
+        (trial, repeat) with its own counter-based draws, keyed like the model's and salted apart (`GLM_STREAM`).
+
+        A spike's effect on the log rates of the next `history` bins is the same for every spike
+        of its unit (`history_effects`), so each bin adds its spikes' effects to the log rates
+        ahead (`ahead`) instead of filtering the whole history buffer again."""
         b, n = self.cfg.bin, len(self.unit_ids)
         items = [(i, r) for i in range(len(trials["index"])) for r in range(repeats)]
-        kernel = torch.as_tensor(self.hist_kernel[:, ::-1].copy(), dtype=torch.float32)[:, :-1]   # (nb, L-1)
-        L = kernel.shape[1]
-        drives, buffers, lengths = [], [], []
-        n_ext = self.weight.shape[0] - self.n_history_features
-        for i, r in items:
-            s, e = float(trials["start"][i]), float(trials["end"][i])
-            ext = torch.as_tensor(self.external_features(data, s, e))
-            with torch.no_grad():
-                drives.append((ext - self.mean[:n_ext]) / self.std[:n_ext] @ self.weight[:n_ext] + self.bias)
-            buffers.append(torch.as_tensor(spike_counts(data, s - L * b, s, b), dtype=torch.float32))
-            lengths.append(len(ext))
+        effect = self.history_effects()                                      # (L, N, N): lags 1..L
+        L, n_ext = len(effect), self.weight.shape[0] - self.n_history_features
+        fixed = self.bias - (self.mean[n_ext:] / self.std[n_ext:]) @ self.weight[n_ext:]   # history at zero
+        drives, recorded = [], []                                            # of each trial
+        for s, e in zip(np.asarray(trials["start"], dtype=float), np.asarray(trials["end"], dtype=float)):
+            ext = torch.as_tensor(self.external_features(data, s, e)).to(effect.dtype)
+            drives.append((ext - self.mean[:n_ext]) / self.std[:n_ext] @ self.weight[:n_ext] + fixed)
+            recorded.append(spike_counts(data, s - L * b, s, b))
+        lengths = [len(drives[i]) for i, _ in items]
         T = max(lengths)
-        drive = torch.stack([F.pad(d, (0, 0, 0, T - len(d))) for d in drives])                # (B, T, N)
-        buffer = torch.stack(buffers)                                                         # (B, L, N)
-        h_mean, h_std = self.mean[n_ext:].view(n, -1), self.std[n_ext:].view(n, -1)
-        w_hist = self.weight[n_ext:]
+        ahead = torch.stack([F.pad(drives[i], (0, 0, 0, T + L - len(drives[i]))) for i, _ in items], 1)  # (T + L, B, N) log rates
+        for t, counts in enumerate(np.stack([recorded[i] for i, _ in items], 1), start=-L):    # the recorded history
+            _add_effects(ahead, effect, t, *_spikes(counts))
         draws = Draws([trial_seed(seed, int(trials["index"][i]), r) ^ GLM_STREAM for i, r in items])
         running = np.arange(T)[:, None] < np.asarray(lengths)                                   # (T, B)
-        out = np.zeros((len(items), T, n), dtype=np.int64)
+        spikes = []                                                          # (bin, row, unit) of every spike
         for t in tqdm(range(T), desc="simulating GLM", unit="bin", disable=not progress, mininterval=1):
-            with torch.no_grad():
-                h = (torch.einsum("kl,bln->bnk", kernel, buffer) - h_mean) / h_std
-                rate = (drive[:, t] + h.reshape(len(items), -1) @ w_hist).exp().clamp(max=self.cfg.max_count).numpy()
-            counts = draws.poisson(rate, self.cfg.max_count) * running[t][:, None]
-            out[:, t] = counts
-            buffer = torch.cat([buffer[:, 1:], torch.as_tensor(counts, dtype=torch.float32)[:, None]], 1)
-        rows = []
-        for j, (i, r) in enumerate(items):
-            k, u = np.nonzero(out[j])
-            reps = out[j][k, u]
-            k0 = int(round(trials["start"][i] / b))
-            rows.append((np.repeat((k0 + k + 0.5) * b, reps), np.repeat(u, reps),
-                         np.full(reps.sum(), trials["index"][i]), np.full(reps.sum(), r)))
-        times, units, trial, repeat = (np.concatenate(c) for c in zip(*rows))
+            if t % DRAWN_AHEAD == 0:                        # bin t's uniforms: its row's draws t * N .. t * N + N - 1
+                u = draws.uniforms(min(DRAWN_AHEAD, T - t) * n).reshape(len(items), -1, n)
+            rate = ahead[t].exp().clamp(max=self.cfg.max_count).numpy()
+            row, unit = _spikes(poisson_counts(rate, u[:, t % DRAWN_AHEAD], self.cfg.max_count) * running[t][:, None])
+            if len(row):
+                spikes.append((np.full(len(row), t), row, unit))
+                _add_effects(ahead, effect, t, row, unit)
+        k, row, units = (np.concatenate(c) for c in zip(*spikes)) if spikes else (np.zeros(0, int),) * 3
+        item = np.asarray(items).reshape(-1, 2)[row]
+        start = np.round(np.asarray(trials["start"], dtype=float) / b).astype(np.int64)[item[:, 0]]
+        times, trial, repeat = (start + k + 0.5) * b, np.asarray(trials["index"])[item[:, 0]], item[:, 1]
         order = np.lexsort((units, times, repeat, trial))
         return Simulation(times[order], units[order], trial[order], repeat[order], np.asarray(self.unit_ids),
                           trials, repeats, {"model": "poisson GLM", "glm": str(asdict(self.cfg)), "seed": seed})
+
+
+def _spikes(counts):
+    """(row, unit) of every spike of the counts (B, N) of one bin, a pair repeated by its count."""
+    row, unit = np.nonzero(counts)
+    if len(row) and counts.max() > 1:
+        row, unit = np.repeat(row, counts[row, unit]), np.repeat(unit, counts[row, unit])
+    return row, unit
+
+
+def _add_effects(ahead, effect, t, row, unit):
+    """Add the effects (L, N, N) of the spikes (`_spikes`) of bin t to the log rates `ahead`
+    (T + L, B, N) of bins t + 1 .. t + L (those from 0 on)."""
+    if len(row):
+        first = max(0, -(t + 1))                                             # lags that land before bin 0
+        ahead[t + 1 + first:t + 1 + len(effect)].index_add_(
+            1, torch.from_numpy(row), effect[first:].index_select(1, torch.from_numpy(unit)))
 
 
 def _stack(glm, data, domain):

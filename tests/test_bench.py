@@ -91,7 +91,9 @@ def test_bench_generate_quick(tmp_path):
     check_provenance(out, 0, {"quick": True}, ["bench_generate.py", *args])
     rows = json.loads(out.read_text())["rows"]
     assert [(r["config"], r["mode"], r["batch"]) for r in rows] == [
-        ("small.yaml", "cached", 1), ("small.yaml", "naive", 1), ("small.yaml", "cached", 2), ("demo.yaml", "cached", 2)]
+        ("small.yaml", "cached", 1), ("small.yaml", "naive", 1), ("small.yaml", "cached", 2), ("demo.yaml", "cached", 2),
+        ("glm", "closed loop", 2)]
+    assert rows[-1]["fit_s"] > 0
     assert all(r["spikes"] > 0 and r["ms_per_spike"] > 0 for r in rows)
     # models set to the recording's rates fire at about them
     assert all(0.3 < r["generated_rate_hz"] / r["recorded_rate_hz"] < 3 for r in rows)

@@ -30,18 +30,26 @@ def test_uniform_and_poisson_draws_have_their_distributions():
     u = np.concatenate([draws.uniform(np.arange(2000)) for _ in range(10)])
     assert stats.kstest(u, "uniform").pvalue > 1e-3 and u.min() >= 0 and u.max() < 1
     rates = np.tile([0.05, 0.7, 3.0], (2000, 1))
-    counts = np.concatenate([draws.poisson(rates, cap=4) for _ in range(5)])
-    for j, lam in enumerate(rates[0]):
-        expected = np.append(stats.poisson.pmf(np.arange(4), lam), stats.poisson.sf(3, lam))     # the cap takes the tail
-        observed = np.bincount(counts[:, j], minlength=5)
-        assert counts[:, j].max() <= 4
-        keep = expected * len(counts) > 5
-        chi2 = stats.chisquare(observed[keep], expected[keep] / expected[keep].sum() * observed[keep].sum())
-        assert chi2.pvalue > 1e-3
+    for cap in (4, 1):                                                  # (1 has its own code)
+        counts = np.concatenate([draws.poisson(rates, cap=cap) for _ in range(5)])
+        for j, lam in enumerate(rates[0]):
+            expected = np.append(stats.poisson.pmf(np.arange(cap), lam), stats.poisson.sf(cap - 1, lam))  # the cap takes the tail
+            observed = np.bincount(counts[:, j], minlength=cap + 1)
+            assert counts[:, j].max() <= cap
+            keep = expected * len(counts) > 5
+            chi2 = stats.chisquare(observed[keep], expected[keep] / expected[keep].sum() * observed[keep].sum())
+            assert chi2.pvalue > 1e-3
+
+
+def test_a_block_of_draws_is_the_draws_one_at_a_time():
+    block = Draws([5, 6]).uniforms(3)
+    one_by_one = Draws([5, 6])
+    assert np.array_equal(block, np.stack([one_by_one.uniform([0, 1]) for _ in range(3)], 1))
 
 
 def test_poisson_refuses_nan_rates_and_gives_the_cap_for_infinite_ones():
     import pytest
-    assert Draws([1, 2]).poisson(np.array([[np.inf, 0.0], [1e300, 0.0]]), cap=3).tolist() == [[3, 0], [3, 0]]
-    with pytest.raises(ValueError, match="NaN"):
-        Draws([1]).poisson(np.array([[np.nan]]), cap=1)
+    for cap in (3, 1):
+        assert Draws([1, 2]).poisson(np.array([[np.inf, 0.0], [1e300, 0.0]]), cap=cap).tolist() == [[cap, 0], [cap, 0]]
+        with pytest.raises(ValueError, match="NaN"):
+            Draws([1]).poisson(np.array([[np.nan]]), cap=cap)

@@ -1,6 +1,6 @@
 """The Poisson GLM baseline estimates what it claims: known weights from data drawn by a known
 GLM, the same solution as scikit-learn's PoissonRegressor, a warning when L-BFGS stops short,
-and a recording's coupling from spikes alone."""
+a recording's coupling from spikes alone, and closed-loop rollouts drawn from the fitted rates."""
 import warnings
 
 import numpy as np
@@ -11,9 +11,11 @@ from sklearn.metrics import roc_auc_score
 
 from neuroformer.connectivity import glm_coupling
 from neuroformer.data.circuits import HubCircuitConfig, hub_circuit
-from neuroformer.data.recording import open_recording
+from neuroformer.data.recording import open_recording, spike_counts
 from neuroformer.data.synthetic import write_with_truth
-from neuroformer.glm import ConvergenceWarning, GLMConfig, PoissonGLM, _lbfgs
+from neuroformer.draws import Draws, poisson_counts
+from neuroformer.glm import GLM_STREAM, ConvergenceWarning, GLMConfig, PoissonGLM, _lbfgs, lag_filter
+from neuroformer.simulations import trial_seed
 
 
 @pytest.fixture(autouse=True)
@@ -109,3 +111,36 @@ def test_fitted_coupling_follows_a_known_circuit(tmp_path):
     assert len(alone.timestamps) > 10 and alone.timestamps.max() < 21.0
     for r in (0, 1):
         assert np.array_equal(together.spikes_of(1, r)[0], alone.spikes_of(1, r)[0])
+
+
+def test_a_rollout_draws_each_bin_from_the_rates_of_its_own_history(tmp_path):
+    """Closed loop against the fitting path: every bin's simulated counts are the capped Poisson
+    draws (the row's uniforms) of the rates `log_rate` gives to the `lag_filter` features of the
+    recorded activity before the trial and the simulated spikes since. A GLM in float64 with
+    strong coupling, standardised features, a cap of 2 and trials of two lengths."""
+    data, truth = hub_circuit(HubCircuitConfig(n_neurons=6, n_hubs=1, duration=20.0))
+    path = write_with_truth(tmp_path / "hub.h5", data, truth)
+    cfg, n, rng = GLMConfig(history=0.01, max_count=2), 6, np.random.default_rng(0)
+    f = n * cfg.history_bases
+    glm = PoissonGLM(cfg, [str(i) for i in range(n)], (), None, torch.tensor(rng.uniform(0, 0.3, f)),
+                     torch.tensor(rng.uniform(0.5, 2.0, f)), torch.tensor(rng.normal(0, 0.8, (f, n))),
+                     torch.tensor(np.log(rng.uniform(0.02, 0.2, n))), 0.0)
+    trials = {"index": np.array([3, 7]), "start": np.array([5.0, 10.0]), "end": np.array([6.0, 10.4]),
+              "stimulus_id": np.array([-1, -1])}
+    b, lags = cfg.bin, glm.hist_kernel.shape[1] - 1
+    with open_recording(path) as rec:
+        sim = glm.simulate(rec, trials, 2, seed=4, progress=False)
+        doubles = 0
+        for i, (start, end) in enumerate(zip(trials["start"], trials["end"])):
+            T = int(round((end - start) / b))
+            for r in range(2):
+                times, units = sim.spikes_of(trials["index"][i], r)
+                counts = np.zeros((T, n), dtype=np.int64)
+                np.add.at(counts, (np.round(times / b - 0.5).astype(int) - int(round(start / b)), units), 1)
+                history = np.concatenate([spike_counts(rec, start - lags * b, start, b), counts])
+                rate = glm.log_rate(lag_filter(history, glm.hist_kernel)).exp().clamp(max=2).numpy()
+                u = Draws([trial_seed(4, int(trials["index"][i]), r) ^ GLM_STREAM]).uniforms(T * n).reshape(T, n)
+                assert counts.sum() > 20
+                assert np.array_equal(counts, poisson_counts(rate, u, 2))
+                doubles += (counts == 2).sum()
+    assert doubles > 0
