@@ -291,7 +291,8 @@ def build_parser():
     p.add_argument("--top-k", type=count, default=0, help="sample among the k likeliest (0: all)")
     p.add_argument("--top-p", type=fraction, default=1.0, help="nucleus sampling mass (1: all)")
     p.add_argument("--max-spikes", type=positive_int, default=1000, help="cap on spikes per window")
-    p.add_argument("--batch", type=positive_int, default=16, help="trials x repeats generated together")
+    p.add_argument("--batch", type=positive_int, default=64,
+                   help="trials x repeats generated together (at most as many as there are)")
     p.add_argument("--no-cache", action="store_true", help="naive: re-run the whole model for every spike")
     p.add_argument("--device", default="cpu", type=device)
     p.set_defaults(func=_simulate)

@@ -47,7 +47,7 @@ class SimulationOptions:
     seed: int = 0
     history: str = "generated"          # "generated" (closed loop) or "recorded" (open loop)
     sampling: Sampling = field(default_factory=Sampling)
-    batch: int = 16
+    batch: int = 64                     # rows at once (at most the trials x repeats)
     cache: bool = True                  # False: re-run the whole model for every spike (naive)
     device: str = "cpu"
     progress: bool = True
@@ -119,7 +119,7 @@ def rollout(model, dataset, rid, trials, opts):
                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} sim s [{elapsed}<{remaining}, {rate_fmt}]")
     source = _TrialWindows(dataset, rid, trials, items, opts, bar)
     draws = Draws([trial_seed(opts.seed, int(trials["index"][i]), r) for i, r in items])
-    generate(model, source, draws, allowed, opts.sampling, cache=opts.cache, slots=opts.batch)
+    generate(model, source, draws, allowed, opts.sampling, cache=opts.cache, slots=min(opts.batch, len(items)))
     bar.close()
     rows = []
     for (i, r), bins, units in zip(items, source.bins, source.units):

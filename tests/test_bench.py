@@ -74,10 +74,17 @@ def test_alternate_generate_times_both_checkouts_in_turn(tmp_path):
     assert (before[0]["trials"], before[0]["repeats"], before[0]["simulated_s"]) == (2, 2, pytest.approx(0.8))
     assert result["after_over_before"] == pytest.approx(after[0]["wall_s"] / before[0]["wall_s"])
     assert result["trees"]["before"]["commit"] == result["trees"]["after"]["commit"] == record["commit"]
+    _run("bench/alternate_generate.py", "--quick", "--trees", root, "--batches", "1,2", "--repeats", "2",
+         "--workdir", tmp_path, "-o", out)                  # one checkout at two batch sizes: the same spikes
+    result = json.loads(out.read_text())
+    assert list(result["runs"]) == ["batch 1", "batch 2"] and result["same_spike_counts"]
+    assert [r[0]["batch"] for r in result["runs"].values()] == [1, 2] and result["over_first"]["batch 1"] == 1.0
     for wrong, problem in ((["--trees", str(root)], "--trees: two checkouts"), (["--trees", ","], "--trees: two checkouts"),
                            (["--seconds", "nan"], "--seconds: must be a positive number"),
                            (["--trials", "0"], "--trials: must be a positive"),
                            (["--config", "nope.yaml"], "--config: 'nope.yaml' is not a config"),
+                           (["--batches", "16"], "--batches: must be two or more"),
+                           (["--batches", "16,64"], "--trees: one checkout"),
                            (["-o", tmp_path], "is a folder")):
         bad = subprocess.run([sys.executable, str(root / "bench/alternate_generate.py"), "--trees", f"{root},{root}",
                               "-o", out, *wrong], capture_output=True, text=True)

@@ -261,11 +261,15 @@ def test_closed_loop_history_keeps_recorded_spikes_only_before_the_trial(setup):
     assert hist["unit"].tolist() == [5, 8] and np.allclose(hist["time"].numpy(), [-0.040, -0.010])
 
 
-def test_simulation_is_seeded_batch_invariant_and_valid(tiny_run, tiny_synthetic, tmp_path):
+def test_simulation_is_seeded_batch_invariant_and_valid(tiny_run, tiny_synthetic, tmp_path, monkeypatch):
+    from neuroformer import rollouts
+    slots, generate = [], rollouts.generate
+    monkeypatch.setattr(rollouts, "generate", lambda *a, **k: slots.append(k["slots"]) or generate(*a, **k))
     opts = dict(trials=(0, 6), repeats=2, progress=False)
     one = simulate(tiny_run, tiny_synthetic, SimulationOptions(batch=1, seed=5, **opts))
     many = simulate(tiny_run, tiny_synthetic, SimulationOptions(batch=16, seed=5, **opts))
-    other = simulate(tiny_run, tiny_synthetic, SimulationOptions(batch=16, seed=6, **opts))
+    other = simulate(tiny_run, tiny_synthetic, SimulationOptions(seed=6, **opts))
+    assert slots == [1, 4, 4]                           # rows: at most the 2 trials x 2 repeats
     assert len(one.timestamps) > 100
     for name in ("timestamps", "unit_index", "trial", "repeat"):
         assert np.array_equal(getattr(one, name), getattr(many, name))
