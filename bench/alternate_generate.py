@@ -82,6 +82,8 @@ def main():
         parser.error(f"--trees: {wanted} of the project (each holding neuroformer/), got {args.trees!r}")
     trees = [Path(t).resolve() for t in trees]
     if args.batches:
+        if args.config == GLM:
+            parser.error("--batches: the GLM rolls out every (trial, repeat) at once; it has no batch size")
         args.repeats = args.repeats or max(args.batches)
     if args.quick:
         args.config, args.seconds, args.batch, args.rounds = "small.yaml", 0.2, 2, 1

@@ -46,6 +46,7 @@ class ConvergenceWarning(UserWarning):
 
 GLM_STREAM = 0x9E6C63D0676A9A99     # mixed into the GLM's draw keys: its draws are not the model's of the same seed
 DRAWN_AHEAD = 256                   # bins whose uniforms a rollout draws at once
+GLM_ROWS = 64                       # (trial, repeat) rows rolled out at once (each holds its trial's log rates: bins x units)
 
 
 @dataclass
@@ -175,44 +176,60 @@ class PoissonGLM:
     @torch.no_grad()
     def simulate(self, data, trials, repeats, seed, progress=True):
         """Closed-loop Poisson rollouts of `trials` (dict index/start/end/stimulus_id), each
-        (trial, repeat) with its own counter-based draws, keyed like the model's and salted apart (`GLM_STREAM`).
-
-        A spike's effect on the log rates of the next `history` bins is the same for every spike
-        of its unit (`history_effects`), so each bin adds its spikes' effects to the log rates
-        ahead (`ahead`) instead of filtering the whole history buffer again."""
-        b, n = self.cfg.bin, len(self.unit_ids)
-        items = [(i, r) for i in range(len(trials["index"])) for r in range(repeats)]
+        (trial, repeat) with its own counter-based draws, keyed like the model's and salted apart
+        (`GLM_STREAM`), `GLM_ROWS` of them at a time."""
+        b = self.cfg.bin
+        items = np.array([(i, r) for i in range(len(trials["index"])) for r in range(repeats)]).reshape(-1, 2)
         effect = self.history_effects()                                      # (L, N, N): lags 1..L
         L, n_ext = len(effect), self.weight.shape[0] - self.n_history_features
         fixed = self.bias - (self.mean[n_ext:] / self.std[n_ext:]) @ self.weight[n_ext:]   # history at zero
-        drives, recorded = [], []                                            # of each trial
-        for s, e in zip(np.asarray(trials["start"], dtype=float), np.asarray(trials["end"], dtype=float)):
+        first_bin = np.round(np.asarray(trials["start"], dtype=float) / b).astype(np.int64)
+        drives, recorded = [], []                                            # of each trial, once for its repeats
+        for s, e, k0 in zip(np.asarray(trials["start"], dtype=float), np.asarray(trials["end"], dtype=float), first_bin):
             ext = torch.as_tensor(self.external_features(data, s, e)).to(effect.dtype)
             drives.append((ext - self.mean[:n_ext]) / self.std[:n_ext] @ self.weight[:n_ext] + fixed)
-            recorded.append(spike_counts(data, s - L * b, s, b))
-        lengths = [len(drives[i]) for i, _ in items]
-        T = max(lengths)
-        ahead = torch.stack([F.pad(drives[i], (0, 0, 0, T + L - len(drives[i]))) for i, _ in items], 1)  # (T + L, B, N) log rates
-        for t, counts in enumerate(np.stack([recorded[i] for i, _ in items], 1), start=-L):    # the recorded history
-            _add_effects(ahead, effect, t, *_spikes(counts))
-        draws = Draws([trial_seed(seed, int(trials["index"][i]), r) ^ GLM_STREAM for i, r in items])
-        running = np.arange(T)[:, None] < np.asarray(lengths)                                   # (T, B)
-        spikes = []                                                          # (bin, row, unit) of every spike
-        for t in tqdm(range(T), desc="simulating GLM", unit="bin", disable=not progress, mininterval=1):
-            if t % DRAWN_AHEAD == 0:                        # bin t's uniforms: its row's draws t * N .. t * N + N - 1
-                u = draws.uniforms(min(DRAWN_AHEAD, T - t) * n).reshape(len(items), -1, n)
-            rate = ahead[t].exp().clamp(max=self.cfg.max_count).numpy()
-            row, unit = _spikes(poisson_counts(rate, u[:, t % DRAWN_AHEAD], self.cfg.max_count) * running[t][:, None])
-            if len(row):
-                spikes.append((np.full(len(row), t), row, unit))
-                _add_effects(ahead, effect, t, row, unit)
-        k, row, units = (np.concatenate(c) for c in zip(*spikes)) if spikes else (np.zeros(0, int),) * 3
-        item = np.asarray(items).reshape(-1, 2)[row]
-        start = np.round(np.asarray(trials["start"], dtype=float) / b).astype(np.int64)[item[:, 0]]
-        times, trial, repeat = (start + k + 0.5) * b, np.asarray(trials["index"])[item[:, 0]], item[:, 1]
+            recorded.append(spike_counts(data, (k0 - L) * b, k0 * b, b))
+        keys = [trial_seed(seed, int(trials["index"][i]), r) ^ GLM_STREAM for i, r in items]
+        chunks = range(0, len(items), GLM_ROWS)
+        spikes = []
+        with tqdm(total=sum(max(len(drives[i]) for i in items[c:c + GLM_ROWS, 0]) for c in chunks),
+                  desc="simulating GLM", unit="bin", disable=not progress, mininterval=1) as bar:
+            for c in chunks:
+                rows = items[c:c + GLM_ROWS, 0]
+                k, row, unit = self.closed_loop([drives[i] for i in rows], [recorded[i] for i in rows], effect,
+                                                Draws(keys[c:c + GLM_ROWS]), bar)
+                spikes.append((k, row + c, unit))
+        k, row, units = (np.concatenate(c) for c in zip(*spikes))
+        trial, repeat = items[row, 0], items[row, 1]
+        times, trial = (first_bin[trial] + k + 0.5) * b, np.asarray(trials["index"])[trial]
         order = np.lexsort((units, times, repeat, trial))
         return Simulation(times[order], units[order], trial[order], repeat[order], np.asarray(self.unit_ids),
                           trials, repeats, {"model": "poisson GLM", "glm": str(asdict(self.cfg)), "seed": seed})
+
+    def closed_loop(self, drives, recorded, effect, draws, bar):
+        """(bin, row, unit) of every spike of rows with log rates `drives` (T_row, N) but for their
+        spike history, the `recorded` counts (L, N) before their first bin, the history's `effect`
+        (`history_effects`) and `draws`. A spike's effect on the log rates of the next L bins is
+        the same for every spike of its unit, so each bin adds its spikes' effects to the log
+        rates ahead (`ahead`) instead of filtering the whole history again."""
+        n, L, cap = drives[0].shape[1], len(effect), self.cfg.max_count
+        lengths = [len(d) for d in drives]
+        T = max(lengths)
+        ahead = torch.stack([F.pad(d, (0, 0, 0, T + L - len(d))) for d in drives], 1)  # (T + L, B, N) log rates
+        for t, counts in enumerate(np.stack(recorded, 1), start=-L):        # the recorded history
+            _add_effects(ahead, effect, t, *_spikes(counts))
+        running = np.arange(T)[:, None] < np.asarray(lengths)                                   # (T, B)
+        spikes = [(np.zeros(0, np.int64),) * 3]
+        for t in range(T):
+            if t % DRAWN_AHEAD == 0:                        # bin t's uniforms: its row's draws t * N .. t * N + N - 1
+                u = draws.uniforms(min(DRAWN_AHEAD, T - t) * n).reshape(len(drives), -1, n)
+            rate = ahead[t].exp().clamp(max=cap).numpy()
+            row, unit = _spikes(poisson_counts(rate, u[:, t % DRAWN_AHEAD], cap) * running[t][:, None])
+            if len(row):
+                spikes.append((np.full(len(row), t), row, unit))
+                _add_effects(ahead, effect, t, row, unit)
+            bar.update()
+        return tuple(np.concatenate(c) for c in zip(*spikes))
 
 
 def _spikes(counts):

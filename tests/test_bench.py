@@ -85,6 +85,7 @@ def test_alternate_generate_times_both_checkouts_in_turn(tmp_path):
                            (["--config", "nope.yaml"], "--config: 'nope.yaml' is not a config"),
                            (["--batches", "16"], "--batches: must be two or more"),
                            (["--batches", "16,64"], "--trees: one checkout"),
+                           (["--trees", str(root), "--batches", "1,2", "--config", "glm"], "--batches: the GLM"),
                            (["-o", tmp_path], "is a folder")):
         bad = subprocess.run([sys.executable, str(root / "bench/alternate_generate.py"), "--trees", f"{root},{root}",
                               "-o", out, *wrong], capture_output=True, text=True)

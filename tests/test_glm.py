@@ -113,33 +113,38 @@ def test_fitted_coupling_follows_a_known_circuit(tmp_path):
         assert np.array_equal(together.spikes_of(1, r)[0], alone.spikes_of(1, r)[0])
 
 
-def test_a_rollout_draws_each_bin_from_the_rates_of_its_own_history(tmp_path):
+def test_a_rollout_draws_each_bin_from_the_rates_of_its_own_history(tiny_synthetic, monkeypatch):
     """Closed loop against the fitting path: every bin's simulated counts are the capped Poisson
-    draws (the row's uniforms) of the rates `log_rate` gives to the `lag_filter` features of the
-    recorded activity before the trial and the simulated spikes since. A GLM in float64 with
-    strong coupling, standardised features, a cap of 2 and trials of two lengths."""
-    data, truth = hub_circuit(HubCircuitConfig(n_neurons=6, n_hubs=1, duration=20.0))
-    path = write_with_truth(tmp_path / "hub.h5", data, truth)
-    cfg, n, rng = GLMConfig(history=0.01, max_count=2), 6, np.random.default_rng(0)
-    f = n * cfg.history_bases
-    glm = PoissonGLM(cfg, [str(i) for i in range(n)], (), None, torch.tensor(rng.uniform(0, 0.3, f)),
-                     torch.tensor(rng.uniform(0.5, 2.0, f)), torch.tensor(rng.normal(0, 0.8, (f, n))),
-                     torch.tensor(np.log(rng.uniform(0.02, 0.2, n))), 0.0)
-    trials = {"index": np.array([3, 7]), "start": np.array([5.0, 10.0]), "end": np.array([6.0, 10.4]),
-              "stimulus_id": np.array([-1, -1])}
-    b, lags = cfg.bin, glm.hist_kernel.shape[1] - 1
-    with open_recording(path) as rec:
+    draws (the row's uniforms) of the rates `log_rate` gives to the features of its trial (a
+    behaviour input) and the `lag_filter` features of the recorded activity before the trial and
+    the simulated spikes since. A GLM in float64 with strong coupling, standardised features, a
+    cap of 2 and trials of two lengths; rolled out all rows at once or one at a time."""
+    import neuroformer.glm as glm_module
+    cfg, rng = GLMConfig(history=0.01, max_count=2), np.random.default_rng(0)
+    with open_recording(tiny_synthetic) as rec:
+        n = len(rec.units.id)
+        f = 1 + n * cfg.history_bases
+        glm = PoissonGLM(cfg, rec.units.id.astype(str), ["running.speed"], None, torch.tensor(rng.uniform(0, 0.3, f)),
+                         torch.tensor(rng.uniform(0.5, 2.0, f)), torch.tensor(rng.normal(0, 0.6, (f, n))),
+                         torch.tensor(np.log(rng.uniform(0.005, 0.05, n))), 0.0)
+        glm.weight[0] = torch.tensor(rng.normal(0, 2.0, n))                 # a strong behaviour input
+        start = np.asarray(rec.trials.start[:2], dtype=float)
+        trials = {"index": np.array([0, 1]), "start": start, "end": start + [1.0, 0.4], "stimulus_id": np.array([-1, -1])}
         sim = glm.simulate(rec, trials, 2, seed=4, progress=False)
-        doubles = 0
-        for i, (start, end) in enumerate(zip(trials["start"], trials["end"])):
-            T = int(round((end - start) / b))
+        monkeypatch.setattr(glm_module, "GLM_ROWS", 1)
+        alone = glm.simulate(rec, trials, 2, seed=4, progress=False)
+        assert np.array_equal(sim.timestamps, alone.timestamps) and np.array_equal(sim.unit_index, alone.unit_index)
+        b, lags, doubles = cfg.bin, glm.hist_kernel.shape[1] - 1, 0
+        for i, (s, e) in enumerate(zip(trials["start"], trials["end"])):
+            T, k0 = int(round((e - s) / b)), int(round(s / b))
             for r in range(2):
-                times, units = sim.spikes_of(trials["index"][i], r)
+                times, units = sim.spikes_of(i, r)
                 counts = np.zeros((T, n), dtype=np.int64)
-                np.add.at(counts, (np.round(times / b - 0.5).astype(int) - int(round(start / b)), units), 1)
-                history = np.concatenate([spike_counts(rec, start - lags * b, start, b), counts])
-                rate = glm.log_rate(lag_filter(history, glm.hist_kernel)).exp().clamp(max=2).numpy()
-                u = Draws([trial_seed(4, int(trials["index"][i]), r) ^ GLM_STREAM]).uniforms(T * n).reshape(T, n)
+                np.add.at(counts, (np.round(times / b - 0.5).astype(int) - k0, units), 1)
+                history = np.concatenate([spike_counts(rec, (k0 - lags) * b, k0 * b, b), counts])
+                features = np.concatenate([glm.external_features(rec, s, e), lag_filter(history, glm.hist_kernel)], 1)
+                rate = glm.log_rate(features).exp().clamp(max=2).numpy()
+                u = Draws([trial_seed(4, i, r) ^ GLM_STREAM]).uniforms(T * n).reshape(T, n)
                 assert counts.sum() > 20
                 assert np.array_equal(counts, poisson_counts(rate, u, 2))
                 doubles += (counts == 2).sum()
