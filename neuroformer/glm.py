@@ -45,8 +45,9 @@ class ConvergenceWarning(UserWarning):
 
 
 GLM_STREAM = 0x9E6C63D0676A9A99     # mixed into the GLM's draw keys: its draws are not the model's of the same seed
-DRAWN_AHEAD = 256                   # bins whose uniforms a rollout draws at once
-GLM_ROWS = 64                       # (trial, repeat) rows rolled out at once (each holds its trial's log rates: bins x units)
+GLM_ROWS = 64                       # (trial, repeat) rows rolled out at once, at most ...
+GLM_BYTES = 2 ** 30                 # ... as many as hold their trials' log rates (bins x units float32) in this
+DRAWN_AT_ONCE = 2 ** 21             # uniforms a rollout draws in one call (whole bins of all its rows, at least one)
 
 
 @dataclass
@@ -177,7 +178,7 @@ class PoissonGLM:
     def simulate(self, data, trials, repeats, seed, progress=True):
         """Closed-loop Poisson rollouts of `trials` (dict index/start/end/stimulus_id), each
         (trial, repeat) with its own counter-based draws, keyed like the model's and salted apart
-        (`GLM_STREAM`), `GLM_ROWS` of them at a time."""
+        (`GLM_STREAM`), up to `GLM_ROWS` of them at a time (fewer with long trials: `GLM_BYTES`)."""
         b = self.cfg.bin
         items = np.array([(i, r) for i in range(len(trials["index"])) for r in range(repeats)]).reshape(-1, 2)
         effect = self.history_effects()                                      # (L, N, N): lags 1..L
@@ -190,14 +191,15 @@ class PoissonGLM:
             drives.append((ext - self.mean[:n_ext]) / self.std[:n_ext] @ self.weight[:n_ext] + fixed)
             recorded.append(spike_counts(data, (k0 - L) * b, k0 * b, b))
         keys = [trial_seed(seed, int(trials["index"][i]), r) ^ GLM_STREAM for i, r in items]
-        chunks = range(0, len(items), GLM_ROWS)
+        at_once = max(1, min(GLM_ROWS, GLM_BYTES // (4 * (max(map(len, drives)) + L) * drives[0].shape[1])))
+        chunks = range(0, len(items), at_once)
         spikes = []
-        with tqdm(total=sum(max(len(drives[i]) for i in items[c:c + GLM_ROWS, 0]) for c in chunks),
+        with tqdm(total=sum(max(len(drives[i]) for i in items[c:c + at_once, 0]) for c in chunks),
                   desc="simulating GLM", unit="bin", disable=not progress, mininterval=1) as bar:
             for c in chunks:
-                rows = items[c:c + GLM_ROWS, 0]
+                rows = items[c:c + at_once, 0]
                 k, row, unit = self.closed_loop([drives[i] for i in rows], [recorded[i] for i in rows], effect,
-                                                Draws(keys[c:c + GLM_ROWS]), bar)
+                                                Draws(keys[c:c + at_once]), bar)
                 spikes.append((k, row + c, unit))
         k, row, units = (np.concatenate(c) for c in zip(*spikes))
         trial, repeat = items[row, 0], items[row, 1]
@@ -220,11 +222,12 @@ class PoissonGLM:
             _add_effects(ahead, effect, t, *_spikes(counts))
         running = np.arange(T)[:, None] < np.asarray(lengths)                                   # (T, B)
         spikes = [(np.zeros(0, np.int64),) * 3]
+        block = max(1, DRAWN_AT_ONCE // (len(drives) * n))                  # bins whose uniforms are drawn at once
         for t in range(T):
-            if t % DRAWN_AHEAD == 0:                        # bin t's uniforms: its row's draws t * N .. t * N + N - 1
-                u = draws.uniforms(min(DRAWN_AHEAD, T - t) * n).reshape(len(drives), -1, n)
+            if t % block == 0:                              # bin t's uniforms: its row's draws t * N .. t * N + N - 1
+                u = draws.uniforms(min(block, T - t) * n).reshape(len(drives), -1, n)
             rate = ahead[t].exp().clamp(max=cap).numpy()
-            row, unit = _spikes(poisson_counts(rate, u[:, t % DRAWN_AHEAD], cap) * running[t][:, None])
+            row, unit = _spikes(poisson_counts(rate, u[:, t % block], cap) * running[t][:, None])
             if len(row):
                 spikes.append((np.full(len(row), t), row, unit))
                 _add_effects(ahead, effect, t, row, unit)

@@ -118,7 +118,8 @@ def test_a_rollout_draws_each_bin_from_the_rates_of_its_own_history(tiny_synthet
     draws (the row's uniforms) of the rates `log_rate` gives to the features of its trial (a
     behaviour input) and the `lag_filter` features of the recorded activity before the trial and
     the simulated spikes since. A GLM in float64 with strong coupling, standardised features, a
-    cap of 2 and trials of two lengths; rolled out all rows at once or one at a time."""
+    cap of 2 and trials of two lengths; rolled out all rows at once or one at a time, drawing
+    many bins' uniforms at once or two."""
     import neuroformer.glm as glm_module
     cfg, rng = GLMConfig(history=0.01, max_count=2), np.random.default_rng(0)
     with open_recording(tiny_synthetic) as rec:
@@ -131,7 +132,8 @@ def test_a_rollout_draws_each_bin_from_the_rates_of_its_own_history(tiny_synthet
         start = np.asarray(rec.trials.start[:2], dtype=float)
         trials = {"index": np.array([0, 1]), "start": start, "end": start + [1.0, 0.4], "stimulus_id": np.array([-1, -1])}
         sim = glm.simulate(rec, trials, 2, seed=4, progress=False)
-        monkeypatch.setattr(glm_module, "GLM_ROWS", 1)
+        monkeypatch.setattr(glm_module, "GLM_BYTES", 1)                  # one row at a time, ...
+        monkeypatch.setattr(glm_module, "DRAWN_AT_ONCE", 2 * n + 1)         # ... drawing 2 bins at once
         alone = glm.simulate(rec, trials, 2, seed=4, progress=False)
         assert np.array_equal(sim.timestamps, alone.timestamps) and np.array_equal(sim.unit_index, alone.unit_index)
         b, lags, doubles = cfg.bin, glm.hist_kernel.shape[1] - 1, 0
