@@ -324,10 +324,7 @@ def glm_coupling(glm, lags=None):
     """The GLM's coupling kernels integrated over lags (over the `lags` (first, last) s window
     only, when given; log-rate change per source spike), in spike units (undoing the feature
     standardisation): (target, source), diagonal 0."""
-    n, nb = len(glm.unit_ids), len(glm.hist_kernel)
-    n_ext = glm.weight.shape[0] - glm.n_history_features
-    w = (glm.weight[n_ext:] / glm.std[n_ext:, None]).numpy().reshape(n, nb, n)     # (source, basis, target)
-    out = np.einsum("sbt,b->ts", w, lag_sums(glm.hist_kernel, glm.cfg.bin, lags))
+    out = np.einsum("sbt,b->ts", glm.history_weights().numpy(), lag_sums(glm.hist_kernel, glm.cfg.bin, lags))
     np.fill_diagonal(out, 0.0)
     return out
 

@@ -46,7 +46,7 @@ class ConvergenceWarning(UserWarning):
 
 GLM_STREAM = 0x9E6C63D0676A9A99     # mixed into the GLM's draw keys: its draws are not the model's of the same seed
 GLM_ROWS = 64                       # (trial, repeat) rows rolled out at once, at most ...
-GLM_BYTES = 2 ** 30                 # ... as many as hold their trials' log rates (bins x units float32) in this
+GLM_BYTES = 2 ** 30                 # ... as many as hold their trials' log rates (bins x units) in this
 DRAWN_AT_ONCE = 2 ** 21             # uniforms a rollout draws in one call (whole bins of all its rows, at least one)
 
 
@@ -110,11 +110,16 @@ class PoissonGLM:
         parts += [behavior_at(data, v, times[self.pad:])[:, None] for v in self.behavior]
         return np.concatenate(parts, 1).astype(np.float32) if parts else np.zeros((k1 - k0, 0), np.float32)
 
+    def history_weights(self):
+        """(source, basis, target): the spike-history weights per source spike (the feature
+        standardisation undone)."""
+        n, nb = len(self.unit_ids), len(self.hist_kernel)
+        return (self.weight[-self.n_history_features:] / self.std[-self.n_history_features:, None]).view(n, nb, n)
+
     def history_effects(self):
         """(L, N, N): what a spike of unit n adds to unit m's log rate l + 1 bins later
-        (the history filters' weights, undone of the feature standardisation, through the bases)."""
-        n, nb = len(self.unit_ids), len(self.hist_kernel)
-        w = (self.weight[-self.n_history_features:] / self.std[-self.n_history_features:, None]).view(n, nb, n)
+        (`history_weights` through the bases)."""
+        w = self.history_weights()
         kernel = torch.as_tensor(self.hist_kernel[:, 1:], dtype=w.dtype)                    # (nb, L), lags 1..L
         return torch.einsum("kl,skm->lsm", kernel, w)
 
@@ -191,14 +196,15 @@ class PoissonGLM:
             drives.append((ext - self.mean[:n_ext]) / self.std[:n_ext] @ self.weight[:n_ext] + fixed)
             recorded.append(spike_counts(data, (k0 - L) * b, k0 * b, b))
         keys = [trial_seed(seed, int(trials["index"][i]), r) ^ GLM_STREAM for i, r in items]
-        at_once = max(1, min(GLM_ROWS, GLM_BYTES // (4 * (max(map(len, drives)) + L) * drives[0].shape[1])))
+        row_bytes = effect.element_size() * (max(map(len, drives)) + L) * drives[0].shape[1]
+        at_once = max(1, min(GLM_ROWS, GLM_BYTES // row_bytes))
         chunks = range(0, len(items), at_once)
         spikes = []
         with tqdm(total=sum(max(len(drives[i]) for i in items[c:c + at_once, 0]) for c in chunks),
                   desc="simulating GLM", unit="bin", disable=not progress, mininterval=1) as bar:
             for c in chunks:
                 rows = items[c:c + at_once, 0]
-                k, row, unit = self.closed_loop([drives[i] for i in rows], [recorded[i] for i in rows], effect,
+                k, row, unit = self._closed_loop([drives[i] for i in rows], [recorded[i] for i in rows], effect,
                                                 Draws(keys[c:c + at_once]), bar)
                 spikes.append((k, row + c, unit))
         k, row, units = (np.concatenate(c) for c in zip(*spikes))
@@ -208,7 +214,7 @@ class PoissonGLM:
         return Simulation(times[order], units[order], trial[order], repeat[order], np.asarray(self.unit_ids),
                           trials, repeats, {"model": "poisson GLM", "glm": str(asdict(self.cfg)), "seed": seed})
 
-    def closed_loop(self, drives, recorded, effect, draws, bar):
+    def _closed_loop(self, drives, recorded, effect, draws, bar):
         """(bin, row, unit) of every spike of rows with log rates `drives` (T_row, N) but for their
         spike history, the `recorded` counts (L, N) before their first bin, the history's `effect`
         (`history_effects`) and `draws`. A spike's effect on the log rates of the next L bins is
